@@ -1,0 +1,151 @@
+"""Input checks shared by every public function.
+
+Each check raises ``ValueError`` naming the argument and what was expected. Checks that
+need the values (finiteness, sums) read them on the host; pass ``validate=False`` to
+the public functions to skip those in a hot loop or under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from elta_core.backends import Backend, get_backend
+
+DISTRIBUTION_TOLERANCE = 1e-3
+# bf16 keeps 8 bits of mantissa: rounding 10 probabilities can move a row sum by ~1e-2.
+HALF_DISTRIBUTION_TOLERANCE = 2e-2
+
+
+def positive_number(value: Any, name: str) -> float:
+    """``value`` as a float, which must be finite and > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return number
+
+
+def positive_numbers(values: Sequence[Any], name: str) -> list[float]:
+    values = list(values) if not isinstance(values, (int, float)) else [values]
+    if not values:
+        raise ValueError(f"{name}: expected at least one value, got an empty sequence")
+    return [positive_number(v, f"{name}[{k}]") for k, v in enumerate(values)]
+
+
+def probability_thresholds(values: Sequence[Any], name: str) -> list[float]:
+    thresholds = positive_numbers(values, name)
+    for k, t in enumerate(thresholds):
+        if t > 1.0:
+            raise ValueError(f"{name}[{k}]: expected a threshold in (0, 1], got {t!r}")
+    return thresholds
+
+
+def tensor(x: Any, name: str) -> tuple[Backend, Any]:
+    """The backend of ``x`` and ``x`` itself (lists become NumPy arrays)."""
+    try:
+        backend = get_backend(x)
+    except TypeError as error:
+        raise ValueError(f"{name}: {error}") from None
+    if backend.name == "numpy":
+        import numpy as np
+
+        x = np.asarray(x)
+    return backend, x
+
+
+def finite(backend: Backend, x: Any, name: str, validate: bool = True) -> None:
+    if validate and not backend.all_finite_host(x):
+        raise ValueError(f"{name}: expected finite values, found NaN or Inf")
+
+
+def float_tensor(backend: Backend, x: Any, name: str, validate: bool = True) -> Any:
+    """``x`` as a floating tensor of at least 32 bits, checked finite."""
+    try:
+        x = backend.compute_dtype_of(x)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    finite(backend, x, name, validate)
+    return x
+
+
+def rank(backend: Backend, x: Any, name: str, ranks: Sequence[int], what: str) -> tuple[int, ...]:
+    shape = backend.shape(x)
+    if len(shape) not in ranks:
+        raise ValueError(f"{name}: expected {what}, got shape {shape}")
+    return shape
+
+
+def bin_values_for(
+    backend: Backend, bin_values: Any, num_bins: int, like: Any, name: str = "bin_values"
+) -> Any:
+    """``bin_values`` (default 1..C) as a tensor of the dtype and device of ``like``."""
+    if bin_values is None:
+        return backend.constant([float(k) for k in range(1, num_bins + 1)], like)
+    values_backend = get_backend(bin_values)
+    values = [float(v) for v in values_backend.to_numpy(bin_values).reshape(-1)]
+    if len(values) != num_bins:
+        raise ValueError(
+            f"{name}: expected {num_bins} values (one per level of the distribution), got {len(values)}"
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name}: expected finite values, found NaN or Inf")
+    return backend.constant(values, like)
+
+
+def distribution(
+    backend: Backend, x: Any, name: str, validate: bool = True, tolerance: float | None = None
+) -> Any:
+    """Check a (N, C) matrix of PMFs: finite, non-negative, rows summing to 1."""
+    rank(backend, x, name, (2,), "a 2-D array (N, C) of score distributions")
+    if tolerance is None:
+        half = any(kind in str(getattr(x, "dtype", "")) for kind in ("float16", "bfloat16"))
+        tolerance = HALF_DISTRIBUTION_TOLERANCE if half else DISTRIBUTION_TOLERANCE
+    x = float_tensor(backend, x, name, validate)
+    if validate and backend.shape(x)[0] > 0:
+        if backend.min_host(x) < 0:
+            raise ValueError(f"{name}: expected non-negative probabilities, found negative mass")
+        sums = backend.sum(x, axis=1)
+        tol = DISTRIBUTION_TOLERANCE if tolerance is None else tolerance
+        worst = max(abs(backend.max_host(sums) - 1.0), abs(backend.min_host(sums) - 1.0))
+        if worst > tol:
+            raise ValueError(
+                f"{name}: expected each row to sum to 1 (tolerance {tol:g}), "
+                f"found a row off by {worst:.3g}"
+            )
+    return x
+
+
+def scores(
+    backend: Backend,
+    labels: Any,
+    name: str,
+    bin_values: Any = None,
+    validate: bool = True,
+) -> Any:
+    """Scores (N,) from scores (N,), (N, 1) or distributions (N, C) with C > 1."""
+    shape = rank(backend, labels, name, (1, 2), "scores (N,) or (N, 1), or distributions (N, C)")
+    if len(shape) == 2 and shape[1] > 1:
+        dist = distribution(backend, labels, name, validate)
+        values = bin_values_for(backend, bin_values, shape[1], dist)
+        return backend.matmul(dist, values)
+    labels = float_tensor(backend, labels, name, validate)
+    return backend.reshape(labels, (shape[0],))
+
+
+def scalar_scores(backend: Backend, x: Any, name: str, validate: bool = True) -> Any:
+    """Scalar scores of shape (N,) or (N, 1), returned as (N,)."""
+    shape = rank(backend, x, name, (1, 2), "scalar scores of shape (N,) or (N, 1)")
+    if len(shape) == 2 and shape[1] != 1:
+        raise ValueError(f"{name}: expected scalar scores of shape (N,) or (N, 1), got shape {shape}")
+    x = float_tensor(backend, x, name, validate)
+    return backend.reshape(x, (shape[0],))
+
+
+def same_length(name_a: str, length_a: int, name_b: str, length_b: int) -> None:
+    if length_a != length_b:
+        raise ValueError(
+            f"{name_b}: expected {length_a} rows to match {name_a}, got {length_b}"
+        )

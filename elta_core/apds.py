@@ -1,0 +1,325 @@
+"""APDS, Adaptive Probability Distribution Sharpening (paper 3.4, SPEC section 4).
+
+Each predicted distribution is sharpened with its own temperature
+``tau_i(beta) = exp(-beta |s_hat_i - s_bar|)`` [Eq. 8], so predictions far from the mean
+score (the tails) are sharpened most and pass a confidence threshold more easily.
+A grid search over (beta, threshold) on a labelled calibration set [Eq. 9, with the
+mean instead of the paper's sum] picks the setting whose selected pseudo-labels are
+most accurate; :func:`select` then keeps the confident samples of an unlabelled pool.
+
+``beta`` is in inverse label units (defaults for scores on 1..10): pass ``score_scale``
+to use the same betas with another score range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Sequence
+
+from elta_core import _checks
+
+Tensor = Any
+
+__all__ = ["GridCell", "GridSearchResult", "Selection", "grid_search", "select", "sharpen", "temperatures"]
+
+DEFAULT_BETAS = (1.0, 1.1, 1.2, 1.25)
+DEFAULT_THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90)
+PseudoLabel = Literal["prediction", "sharpened"]
+
+
+class _Prediction(NamedTuple):
+    logits: Tensor  # (N, C), compute dtype
+    probs: Tensor  # unsharpened softmax
+    scores: Tensor  # s_hat_i
+    gap: Tensor  # |s_hat_i - s_bar| / score_scale
+    bin_values: Tensor
+
+
+def _predict(
+    logits: Tensor, bin_values: Any, mean_score: float | None, score_scale: float, validate: bool
+) -> tuple[Any, _Prediction]:
+    backend, logits = _checks.tensor(logits, "logits")
+    _checks.rank(backend, logits, "logits", (2,), "a 2-D array (N, C) of logits")
+    logits = _checks.float_tensor(backend, logits, "logits", validate)
+    num_bins = backend.shape(logits)[1]
+    if num_bins < 2:
+        raise ValueError(f"logits: expected at least 2 levels (N, C >= 2), got shape {backend.shape(logits)}")
+    values = _checks.bin_values_for(backend, bin_values, num_bins, logits)
+    score_scale = _checks.positive_number(score_scale, "score_scale")
+    probs = backend.softmax(logits, axis=1)
+    scores = backend.matmul(probs, values)
+    if mean_score is None:
+        centre = backend.mean(scores) if backend.shape(scores)[0] else backend.constant(0.0, scores)
+    else:
+        centre = _finite_number(mean_score, "mean_score")
+    gap = backend.abs(scores - centre) / score_scale
+    return backend, _Prediction(logits, probs, scores, gap, values)
+
+
+def _finite_number(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return number
+
+
+def _sharpened_logits(backend, prediction: _Prediction, beta: float) -> Tensor:
+    # z / tau_i = z * exp(beta |s_hat_i - s_bar|) (authors' code); the row max is
+    # subtracted first, which the softmax ignores and which keeps the product finite.
+    row_max = backend.max(prediction.logits, axis=1, keepdims=True)
+    factor = backend.exp(beta * prediction.gap)
+    return (prediction.logits - row_max) * backend.reshape(factor, (-1, 1))
+
+
+def temperatures(
+    logits: Tensor,
+    beta: float,
+    bin_values: Any = None,
+    mean_score: float | None = None,
+    *,
+    score_scale: float = 1.0,
+    validate: bool = True,
+) -> Tensor:
+    """Per-sample temperatures ``tau_i(beta) = exp(-beta |s_hat_i - s_bar|)`` [Eq. 8], (N,)."""
+    beta = _checks.positive_number(beta, "beta")
+    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    return backend.exp(-beta * prediction.gap)
+
+
+def sharpen(
+    logits: Tensor,
+    beta: float,
+    bin_values: Any = None,
+    mean_score: float | None = None,
+    *,
+    score_scale: float = 1.0,
+    validate: bool = True,
+) -> Tensor:
+    """Sharpened distributions ``softmax_c(z_ic / tau_i(beta))`` [Eqs. 7, 8; SPEC 4.1-4.3].
+
+    The softmax runs over the C levels of one sample (the paper's Eq. 7 writes a sum over
+    the batch; SPEC 4.3 corrects that typo).
+
+    Args:
+        logits: (N, C) logits of a distribution head.
+        beta: > 0; larger sharpens the tails more.
+        bin_values: rating value of each level, length C (default ``1..C``).
+        mean_score: ``s_bar``; default the mean predicted score of these N samples.
+        score_scale: gaps ``|s_hat - s_bar|`` are divided by it (1 for a 1..10 scale).
+
+    Returns:
+        (N, C) probabilities. The argmax is kept and the max probability does not drop.
+    """
+    beta = _checks.positive_number(beta, "beta")
+    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    return backend.softmax(_sharpened_logits(backend, prediction, beta), axis=1)
+
+
+def _max_sharpened_prob(backend, prediction: _Prediction, beta: float) -> Tensor:
+    """``max_c`` of the sharpened softmax, ``1 / sum_c exp(z'_c - max z')``, one exp per entry."""
+    shifted = _sharpened_logits(backend, prediction, beta)
+    return 1 / backend.sum(backend.exp(shifted), axis=1)
+
+
+class Selection(NamedTuple):
+    """Kept samples: their ``indices`` (K,) and ``labels`` (K, C) pseudo-label distributions."""
+
+    indices: Tensor
+    labels: Tensor
+
+
+def _pseudo_labels(backend, prediction: _Prediction, beta: float, pseudo_label: PseudoLabel) -> Tensor:
+    if pseudo_label == "prediction":
+        return prediction.probs
+    return backend.softmax(_sharpened_logits(backend, prediction, beta), axis=1)
+
+
+def _check_pseudo_label(pseudo_label: str) -> None:
+    if pseudo_label not in ("prediction", "sharpened"):
+        raise ValueError(f"pseudo_label: expected 'prediction' or 'sharpened', got {pseudo_label!r}")
+
+
+def select(
+    logits: Tensor,
+    beta: float,
+    threshold: float,
+    bin_values: Any = None,
+    mean_score: float | None = None,
+    *,
+    pseudo_label: PseudoLabel = "prediction",
+    strict: bool = False,
+    score_scale: float = 1.0,
+    validate: bool = True,
+) -> Selection:
+    """Keep the samples whose sharpened max probability reaches ``threshold`` (SPEC 4.4, 4.6).
+
+    Args:
+        logits: (N, C) logits of the unlabelled pool.
+        beta, threshold: usually ``grid_search(...).beta`` and ``.threshold``.
+        pseudo_label: ``"prediction"`` (authors' code) labels a kept sample with its
+            unsharpened predicted distribution, ``"sharpened"`` with the sharpened one.
+        strict: use ``>`` as the authors' code does instead of the paper's ``>=``.
+
+    Returns:
+        ``Selection(indices, labels)``; the score of a pseudo-label is
+        ``labels @ bin_values``.
+    """
+    beta = _checks.positive_number(beta, "beta")
+    threshold = _checks.probability_thresholds([threshold], "threshold")[0]
+    _check_pseudo_label(pseudo_label)
+    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    confidence = _max_sharpened_prob(backend, prediction, beta)
+    kept = confidence > threshold if strict else confidence >= threshold
+    indices = backend.from_numpy(backend.to_numpy(kept).nonzero()[0].astype("int64"), prediction.logits)
+    labels = backend.take(_pseudo_labels(backend, prediction, beta, pseudo_label), indices, axis=0)
+    return Selection(indices, labels)
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One (beta, threshold) cell: MAE of the selected pseudo-labels (None if none) and how many."""
+
+    beta: float
+    threshold: float
+    mae: float | None
+    num_selected: int
+    eligible: bool
+
+
+@dataclass(frozen=True)
+class GridSearchResult:
+    """Best cell of :func:`grid_search` and the whole ``table`` (one :class:`GridCell` per cell)."""
+
+    beta: float
+    threshold: float
+    mae: float
+    num_selected: int
+    min_selected: int
+    table: list[GridCell] = field(repr=False)
+
+    def to_markdown(self) -> str:
+        """The table as Markdown; the chosen cell is marked with ``*``."""
+        lines = ["| beta | threshold | MAE | selected |", "|---:|---:|---:|---:|"]
+        for cell in self.table:
+            mark = " *" if (cell.beta, cell.threshold) == (self.beta, self.threshold) else ""
+            mae = "-" if cell.mae is None else f"{cell.mae:.4f}"
+            lines.append(f"| {cell.beta:g} | {cell.threshold:g} | {mae} | {cell.num_selected}{mark} |")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "beta": self.beta,
+            "threshold": self.threshold,
+            "mae": self.mae,
+            "num_selected": self.num_selected,
+            "min_selected": self.min_selected,
+            "table": [cell.__dict__.copy() for cell in self.table],
+        }
+
+
+def _min_selected_count(min_selected: int | float, total: int) -> int:
+    if isinstance(min_selected, bool):
+        raise ValueError(f"min_selected: expected a count or a fraction in (0, 1), got {min_selected!r}")
+    if isinstance(min_selected, float) and 0 < min_selected < 1:
+        return max(1, math.ceil(min_selected * total))
+    if isinstance(min_selected, (int, float)) and min_selected == int(min_selected) and min_selected >= 1:
+        return int(min_selected)
+    raise ValueError(f"min_selected: expected a count >= 1 or a fraction in (0, 1), got {min_selected!r}")
+
+
+def grid_search(
+    logits: Tensor,
+    labels: Tensor,
+    betas: Sequence[float] = DEFAULT_BETAS,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    bin_values: Any = None,
+    min_selected: int | float = 11,
+    pseudo_label: PseudoLabel = "prediction",
+    *,
+    mean_score: float | None = None,
+    strict: bool = False,
+    score_scale: float = 1.0,
+    validate: bool = True,
+) -> GridSearchResult:
+    """Pick (beta, threshold) on a labelled calibration set [Eq. 9; SPEC 4.5].
+
+    For each cell, the samples with sharpened max probability ``>= t`` are selected and
+    the MEAN absolute error between their pseudo-label score and true score is taken
+    (Eq. 9's sum would be minimised by selecting nothing). Cells with fewer than
+    ``min_selected`` samples are not eligible. The best cell has the lowest MAE; ties
+    (within a relative 1e-9) go to more selected samples, then to the earlier cell in
+    grid order.
+
+    All thresholds of one beta come from one pass: each max probability is bucketed
+    among the sorted thresholds and the errors are summed per bucket.
+
+    Args:
+        logits: (N, C) calibration logits.
+        labels: (N,) / (N, 1) true scores or (N, C) true distributions.
+        min_selected: a count (default 11, "more than 10" in the authors' code) or a
+            fraction of N in (0, 1).
+        pseudo_label: which pseudo-label score is compared, see :func:`select`.
+
+    Raises:
+        ValueError: if no cell selects ``min_selected`` samples; the message gives the
+        largest selection found.
+    """
+    beta_values = _checks.positive_numbers(betas, "betas")
+    threshold_values = _checks.probability_thresholds(thresholds, "thresholds")
+    _check_pseudo_label(pseudo_label)
+    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    _, labels = _checks.tensor(labels, "labels")
+    size = backend.shape(prediction.logits)[0]
+    true_scores = _checks.scores(backend, labels, "labels", bin_values, validate)
+    _checks.same_length("logits", size, "labels", backend.shape(true_scores)[0])
+    floor = _min_selected_count(min_selected, size)
+    true_scores = backend.cast_like(true_scores, prediction.scores)
+
+    sorted_thresholds = sorted(set(threshold_values))
+    edges = backend.constant(sorted_thresholds, prediction.scores)
+    buckets = len(sorted_thresholds) + 1
+    stats: dict[tuple[float, float], tuple[int, float]] = {}
+    for beta in dict.fromkeys(beta_values):
+        confidence = _max_sharpened_prob(backend, prediction, beta)
+        if pseudo_label == "prediction":
+            pseudo_scores = prediction.scores
+        else:
+            pseudo_scores = backend.matmul(
+                _pseudo_labels(backend, prediction, beta, pseudo_label), prediction.bin_values
+            )
+        errors = backend.abs(pseudo_scores - true_scores)
+        # Bucket b holds the samples that pass exactly the b lowest thresholds.
+        bucket = backend.searchsorted(edges, confidence, right=not strict)
+        ones = errors * 0 + 1
+        counts = backend.to_numpy(backend.bincount(bucket, ones, buckets))
+        sums = backend.to_numpy(backend.bincount(bucket, errors, buckets))
+        # Passing threshold k means landing in a bucket > k: reverse cumulative sums.
+        passing_counts = counts[::-1].cumsum()[::-1]
+        passing_sums = sums[::-1].cumsum()[::-1]
+        for k, t in enumerate(sorted_thresholds):
+            stats[(beta, t)] = (int(round(float(passing_counts[k + 1]))), float(passing_sums[k + 1]))
+
+    table = []
+    for beta in beta_values:
+        for t in threshold_values:
+            count, error_sum = stats[(beta, t)]
+            mae = error_sum / count if count else None
+            table.append(GridCell(beta, t, mae, count, count >= floor))
+    eligible = [cell for cell in table if cell.eligible]
+    if not eligible:
+        best_coverage = max(cell.num_selected for cell in table)
+        raise ValueError(
+            f"min_selected: no (beta, threshold) cell selects at least {floor} of {size} samples; "
+            f"the largest selection is {best_coverage}. Lower the thresholds, raise the betas "
+            "or lower min_selected."
+        )
+    # Sums over the same samples, grouped differently per beta, differ by rounding only:
+    # MAEs within a relative 1e-9 of the lowest count as tied.
+    lowest = min(cell.mae for cell in eligible)
+    tied = [cell for cell in eligible if cell.mae <= lowest + 1e-9 * abs(lowest) + 1e-12]
+    best = max(tied, key=lambda cell: cell.num_selected)  # max keeps the first of equals
+    return GridSearchResult(best.beta, best.threshold, best.mae, best.num_selected, floor, table)

@@ -1,0 +1,161 @@
+"""The array operations that the equations of :mod:`elta_core` are written against.
+
+A backend is stateless. Its methods take and return tensors of its own framework; the
+only values that cross to the host are the ones named ``*_host`` (Python numbers or
+bools), which the input checks use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+Tensor = Any
+
+
+class Backend:
+    """Interface of a backend. Subclasses implement every method."""
+
+    name: str = "abstract"
+    tensor_types: tuple[type, ...] = ()
+
+    # -- identity and conversion -------------------------------------------------
+    def is_tensor(self, x: Any) -> bool:
+        return isinstance(x, self.tensor_types)
+
+    def to_numpy(self, x: Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def from_numpy(self, array: np.ndarray, like: Tensor) -> Tensor:
+        """A tensor with the values of ``array`` on the device of ``like`` (dtype kept)."""
+        raise NotImplementedError
+
+    def constant(self, values: Sequence[float] | float, like: Tensor) -> Tensor:
+        """A float tensor on the device and in the dtype of ``like``."""
+        raise NotImplementedError
+
+    def compute_dtype_of(self, x: Tensor) -> Tensor:
+        """``x`` as a floating tensor of at least 32 bits (half types and ints go to float32)."""
+        raise NotImplementedError
+
+    def cast_like(self, x: Tensor, like: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def is_floating(self, x: Tensor) -> bool:
+        raise NotImplementedError
+
+    def is_integer(self, x: Tensor) -> bool:
+        raise NotImplementedError
+
+    def stop_gradient(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- host-side checks --------------------------------------------------------
+    def shape(self, x: Tensor) -> tuple[int, ...]:
+        return tuple(int(d) for d in x.shape)
+
+    def all_finite_host(self, x: Tensor) -> bool:
+        raise NotImplementedError
+
+    def min_host(self, x: Tensor) -> float:
+        raise NotImplementedError
+
+    def max_host(self, x: Tensor) -> float:
+        raise NotImplementedError
+
+    # -- elementwise -------------------------------------------------------------
+    def abs(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def exp(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sqrt(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sigmoid(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def maximum(self, x: Tensor, y: Tensor | float) -> Tensor:
+        raise NotImplementedError
+
+    def where(self, condition: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- reductions --------------------------------------------------------------
+    def sum(self, x: Tensor, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def mean(self, x: Tensor, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def max(self, x: Tensor, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def min(self, x: Tensor, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def argmax(self, x: Tensor, axis: int) -> Tensor:
+        raise NotImplementedError
+
+    def cumsum(self, x: Tensor, axis: int) -> Tensor:
+        raise NotImplementedError
+
+    def logsumexp(self, x: Tensor, axis: int, keepdims: bool = False) -> Tensor:
+        """Log-sum-exp that returns ``-inf`` (not NaN) for an all ``-inf`` slice."""
+        raise NotImplementedError
+
+    def softmax(self, x: Tensor, axis: int) -> Tensor:
+        raise NotImplementedError
+
+    # -- shape and indexing ------------------------------------------------------
+    def reshape(self, x: Tensor, shape: tuple[int, ...]) -> Tensor:
+        raise NotImplementedError
+
+    def transpose(self, x: Tensor) -> Tensor:
+        """Swap the last two axes."""
+        raise NotImplementedError
+
+    def concat(self, tensors: Sequence[Tensor], axis: int) -> Tensor:
+        raise NotImplementedError
+
+    def take(self, x: Tensor, indices: Tensor, axis: int = 0) -> Tensor:
+        raise NotImplementedError
+
+    def index_set(self, x: Tensor, indices: Tensor, values: Tensor) -> Tensor:
+        """A copy of ``x`` with rows ``indices`` set to ``values`` (differentiable)."""
+        raise NotImplementedError
+
+    def argsort(self, x: Tensor, axis: int = -1, descending: bool = False) -> Tensor:
+        """A stable argsort."""
+        raise NotImplementedError
+
+    def matmul(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def arange(self, n: int, like: Tensor) -> Tensor:
+        """Integer 0..n-1 on the device of ``like``."""
+        raise NotImplementedError
+
+    def eye(self, n: int, like: Tensor) -> Tensor:
+        """Boolean identity on the device of ``like``."""
+        raise NotImplementedError
+
+    def searchsorted(self, sorted_sequence: Tensor, values: Tensor, right: bool) -> Tensor:
+        raise NotImplementedError
+
+    def bincount(self, x: Tensor, weights: Tensor, length: int) -> Tensor:
+        raise NotImplementedError
+
+    # -- randomness --------------------------------------------------------------
+    def gumbel(self, shape: tuple[int, ...], like: Tensor, seed: Any) -> Tensor:
+        """Finite standard Gumbel draws in the float dtype and on the device of ``like``.
+
+        ``seed`` is None (the framework's global generator), an int, or a generator
+        object of a framework this backend knows.
+        """
+        raise NotImplementedError

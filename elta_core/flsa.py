@@ -1,0 +1,168 @@
+"""FLSA, Feature-Label Similarity Alignment (paper 3.3, SPEC section 2).
+
+The loss pulls the cosine-similarity matrix of the features (Eq. 5) towards the
+similarity matrix of the labels (Eq. 6):
+``L_flsa = mean_{i,j} (C_ij - M_ij)^2`` over all B*B entries, diagonal included.
+
+Two exact forms, picked by shape (``method="auto"``):
+
+- ``"direct"`` forms the B x B matrices: O(B^2 D) time, O(B^2) memory. Cheaper for B <= D.
+- ``"gram"`` never forms a B x B matrix (SPEC 2.6): ``sum C^2`` is the squared Frobenius
+  norm of the D x D Gram matrix ``Zh^T Zh``, and ``sum C*M`` and ``sum M^2`` come from
+  prefix sums in score order. O(B D^2 + B log B) time, O(B D + D^2) memory.
+
+Both are written in backend operations, so autograd of the framework gives the
+gradient, and both accumulate in float32 at least (bf16/fp16 features are upcast).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from elta_core import _checks
+
+Tensor = Any
+
+__all__ = ["alignment_loss", "feature_similarity", "label_similarity", "normalized_features"]
+
+NORM_FLOOR = 1e-8
+
+
+def _features_2d(backend, features: Tensor, validate: bool) -> Tensor:
+    shape = _checks.rank(backend, features, "features", range(1, 9), "a batch (B, D) or (B, ...) of features")
+    if not backend.is_floating(features):
+        raise ValueError(f"features: expected a floating dtype, got {getattr(features, 'dtype', None)}")
+    features = _checks.float_tensor(backend, features, "features", validate)
+    width = 1
+    for d in shape[1:]:
+        width *= d
+    return backend.reshape(features, (shape[0], width))
+
+
+def normalized_features(features: Tensor, *, validate: bool = True) -> Tensor:
+    """Rows scaled to unit L2 norm, trailing dimensions flattened (B, D).
+
+    The squared norm is floored at ``NORM_FLOOR**2`` before the root, so a zero vector
+    stays zero and has a zero (not NaN) gradient.
+    """
+    backend, features = _checks.tensor(features, "features")
+    return _normalize(backend, _features_2d(backend, features, validate))
+
+
+def _normalize(backend, z: Tensor) -> Tensor:
+    squared = backend.sum(z * z, axis=1, keepdims=True)
+    return z / backend.sqrt(backend.maximum(squared, NORM_FLOOR**2))
+
+
+def _unit_scores(backend, s: Tensor) -> tuple[Tensor, Tensor]:
+    """Scores rescaled to [0, 1] by the batch range, and whether that range is > 0.
+
+    ``M_ij = 1 - |u_i - u_j|`` with ``u = (s - min s) / R`` is Eq. 6. A zero range gives
+    ``u = 0`` (every pair fully similar) instead of 0/0.
+    """
+    low = backend.min(s)
+    spread = backend.max(s) - low
+    has_range = spread > 0
+    safe = backend.where(has_range, spread, backend.constant(1.0, spread))
+    return (s - low) / safe, has_range
+
+
+def feature_similarity(features: Tensor, *, validate: bool = True) -> Tensor:
+    """Cosine similarity matrix ``C_ij = cos(z_i, z_j)`` [Eq. 5], shape (B, B).
+
+    A zero feature vector has similarity 0 with every sample, itself included.
+    """
+    backend, features = _checks.tensor(features, "features")
+    zh = _normalize(backend, _features_2d(backend, features, validate))
+    return backend.matmul(zh, backend.transpose(zh))
+
+
+def label_similarity(scores: Tensor, *, bin_values: Any = None, validate: bool = True) -> Tensor:
+    """Label similarity ``M_ij = 1 - |s_i - s_j| / (max_k s_k - min_k s_k)`` [Eq. 6], (B, B).
+
+    ``scores`` may be (B,) / (B, 1) scores or (B, C) distributions (their mean scores are
+    used). When all scores are equal the matrix is all ones.
+    """
+    backend, scores = _checks.tensor(scores, "scores")
+    s = _checks.scores(backend, scores, "scores", bin_values, validate)
+    u, _ = _unit_scores(backend, s)
+    return 1 - backend.abs(backend.reshape(u, (-1, 1)) - backend.reshape(u, (1, -1)))
+
+
+def _direct_sum(backend, zh: Tensor, u: Tensor) -> Tensor:
+    """``sum_ij (C_ij - M_ij)^2`` with the B x B matrices formed."""
+    cosine = backend.matmul(zh, backend.transpose(zh))
+    similarity = 1 - backend.abs(backend.reshape(u, (-1, 1)) - backend.reshape(u, (1, -1)))
+    gap = cosine - similarity
+    return backend.sum(gap * gap)
+
+
+def _gram_sum(backend, zh: Tensor, u: Tensor) -> Tensor:
+    """``sum_ij (C_ij - M_ij)^2`` in O(B D^2 + B log B), no B x B matrix (SPEC 2.6)."""
+    size = backend.shape(zh)[0]
+    gram = backend.matmul(backend.transpose(zh), zh)
+    sum_c2 = backend.sum(gram * gram)
+
+    order = backend.argsort(u, axis=0)
+    u_sorted = backend.take(u, order)
+    z_sorted = backend.take(zh, order, axis=0)
+    u_column = backend.reshape(u_sorted, (-1, 1))
+    prefix = backend.cumsum(z_sorted, axis=0)  # sum_{m<=k} z_m
+    weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)  # sum_{m<=k} u_m z_m
+    total = prefix[-1:]
+    weighted_total = weighted_prefix[-1:]
+    # A_k = sum_j |u_k - u_j| z_j: the lower part (m <= k) plus the upper part (m > k).
+    # Tied scores contribute 0 to either part, so inclusive prefixes are exact.
+    spread_sum = (
+        u_column * prefix - weighted_prefix
+        + (weighted_total - weighted_prefix) - u_column * (total - prefix)
+    )
+    sum_cm = backend.sum(total * total) - backend.sum(z_sorted * spread_sum)
+
+    # sum_ij M_ij^2 = B^2 - 2 sum_ij |u_i - u_j| + sum_ij (u_i - u_j)^2, labels only.
+    ranks = backend.cast_like(backend.arange(size, u), u)
+    sum_abs = 2 * backend.sum(u_sorted * (2 * ranks - (size - 1)))
+    centred = u - backend.mean(u)
+    sum_sq = 2 * size * backend.sum(centred * centred)
+    sum_m2 = size * size - 2 * sum_abs + sum_sq
+    return sum_c2 - 2 * sum_cm + sum_m2
+
+
+def alignment_loss(
+    features: Tensor,
+    scores: Tensor,
+    *,
+    bin_values: Any = None,
+    method: Literal["auto", "direct", "gram"] = "auto",
+    validate: bool = True,
+) -> Tensor:
+    """The FLSA loss ``mean_{i,j} (C_ij - M_ij)^2`` [Eqs. 5, 6; SPEC 2.3-2.6].
+
+    Args:
+        features: (B, D) or (B, ...) features; trailing dims are flattened.
+        scores: (B,) / (B, 1) scores or (B, C) distributions.
+        method: ``"auto"`` takes ``"gram"`` (no B x B matrix) when B > D and
+            ``"direct"`` otherwise. Both are exact.
+        validate: check for NaN/Inf and shapes (reads values on the host).
+
+    Returns:
+        A scalar, float32 (float64 for float64 features). For B < 2 or when all scores
+        are equal it is 0 with a zero gradient (SPEC 2.4; the authors' code gives NaN).
+    """
+    if method not in ("auto", "direct", "gram"):
+        raise ValueError(f"method: expected 'auto', 'direct' or 'gram', got {method!r}")
+    backend, features = _checks.tensor(features, "features")
+    _, scores = _checks.tensor(scores, "scores")
+    z = _features_2d(backend, features, validate)
+    s = _checks.scores(backend, scores, "scores", bin_values, validate)
+    size, width = backend.shape(z)
+    _checks.same_length("features", size, "scores", backend.shape(s)[0])
+    if size < 2:
+        return backend.sum(z) * 0
+    zh = _normalize(backend, z)
+    u, has_range = _unit_scores(backend, backend.cast_like(backend.stop_gradient(s), zh))
+    if method == "auto":
+        method = "gram" if size > width else "direct"
+    total = _gram_sum(backend, zh, u) if method == "gram" else _direct_sum(backend, zh, u)
+    loss = total / (size * size)
+    return backend.where(has_range, loss, backend.constant(0.0, loss))

@@ -1,0 +1,127 @@
+"""Task losses and label conversions (SPEC section 3.1-3.2).
+
+All functions accept NumPy arrays or tensors of a loaded framework and return the
+same kind. Half-precision inputs are computed in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from elta_core import _checks
+
+Tensor = Any
+
+__all__ = ["distribution_from_counts", "emd", "label_scores", "mse", "scores_from_distribution"]
+
+
+def scores_from_distribution(dist: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
+    """Mean score of each distribution, ``s = sum_j bin_values[j] * y[j]`` (paper 3.1).
+
+    Args:
+        dist: (N, C) probability mass functions over C ordered rating levels.
+        bin_values: the rating value of each level, length C; default ``1..C``.
+
+    Returns:
+        (N,) scores.
+    """
+    backend, dist = _checks.tensor(dist, "dist")
+    dist = _checks.distribution(backend, dist, "dist", validate)
+    values = _checks.bin_values_for(backend, bin_values, backend.shape(dist)[1], dist)
+    return backend.matmul(dist, values)
+
+
+def label_scores(labels: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
+    """Scores (N,) from labels that are scores (N,) / (N, 1) or distributions (N, C)."""
+    backend, labels = _checks.tensor(labels, "labels")
+    return _checks.scores(backend, labels, "labels", bin_values, validate)
+
+
+def distribution_from_counts(counts: Tensor) -> Tensor:
+    """Normalise vote counts (N, C) to score distributions (e.g. AVA's ``score2..score11``).
+
+    Raises ``ValueError`` for negative or non-finite counts and for a row with no votes
+    (naming the row).
+    """
+    backend, counts = _checks.tensor(counts, "counts")
+    _checks.rank(backend, counts, "counts", (2,), "a 2-D array (N, C) of vote counts")
+    counts = _checks.float_tensor(backend, counts, "counts")
+    if backend.shape(counts)[0] == 0:
+        return counts
+    if backend.min_host(counts) < 0:
+        raise ValueError("counts: expected non-negative vote counts, found a negative count")
+    totals = backend.sum(counts, axis=1, keepdims=True)
+    if backend.min_host(totals) <= 0:
+        empty_row = int(backend.to_numpy(totals).reshape(-1).argmin())
+        raise ValueError(f"counts: row {empty_row} has no votes, so it has no distribution")
+    return counts / totals
+
+
+def emd(
+    pred: Tensor,
+    target: Tensor,
+    r: float = 2,
+    *,
+    form: Literal["sample", "batch"] = "sample",
+    reduction: Literal["mean", "sum", "none"] = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Earth mover's distance between score distributions (NIMA; SPEC 3.1).
+
+    ``form="sample"`` (default): per sample ``(mean_k |CDF_y(k) - CDF_yhat(k)|^r)^(1/r)``,
+    then reduced over the batch. ``form="batch"`` is the authors' code: one root of the
+    mean over the whole batch, ``(mean_{n,k} |dCDF|^r)^(1/r)`` (``reduction`` is ignored).
+
+    The root is given a zero gradient where the distance is exactly 0, so a perfect
+    prediction yields a zero gradient, not NaN.
+
+    Args:
+        pred: (N, C) predicted probabilities (a softmax output, not logits).
+        target: (N, C) target distributions.
+        r: the norm's power, > 0 (NIMA uses 2).
+    """
+    r = _checks.positive_number(r, "r")
+    if form not in ("sample", "batch"):
+        raise ValueError(f"form: expected 'sample' or 'batch', got {form!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+    backend, pred = _checks.tensor(pred, "pred")
+    _, target = _checks.tensor(target, "target")
+    pred = _checks.distribution(backend, pred, "pred", validate)
+    target = _checks.distribution(backend, target, "target", validate)
+    if backend.shape(pred) != backend.shape(target):
+        raise ValueError(
+            f"target: expected shape {backend.shape(pred)} to match pred, got {backend.shape(target)}"
+        )
+    target = backend.cast_like(target, pred)
+    cdf_gap = backend.abs(backend.cumsum(pred, axis=1) - backend.cumsum(target, axis=1))
+    powered = cdf_gap**r if r != 1 else cdf_gap
+    if form == "batch":
+        return _safe_root(backend, backend.mean(powered), r)
+    per_sample = _safe_root(backend, backend.mean(powered, axis=1), r)
+    if reduction == "none":
+        return per_sample
+    if backend.shape(per_sample)[0] == 0:
+        return backend.sum(per_sample)
+    return backend.mean(per_sample) if reduction == "mean" else backend.sum(per_sample)
+
+
+def mse(pred: Tensor, target: Tensor, *, validate: bool = True) -> Tensor:
+    """Mean squared error between predicted and true scores (SPEC 3.2)."""
+    backend, pred = _checks.tensor(pred, "pred")
+    _, target = _checks.tensor(target, "target")
+    pred = _checks.scalar_scores(backend, pred, "pred", validate)
+    target = _checks.scalar_scores(backend, target, "target", validate)
+    _checks.same_length("pred", backend.shape(pred)[0], "target", backend.shape(target)[0])
+    if backend.shape(pred)[0] == 0:
+        return backend.sum(pred)
+    return backend.mean((pred - backend.cast_like(target, pred)) ** 2)
+
+
+def _safe_root(backend, x: Tensor, r: float) -> Tensor:
+    if r == 1:
+        return x
+    positive = x > 0
+    safe = backend.where(positive, x, backend.constant(1.0, x))
+    return backend.where(positive, safe ** (1.0 / r), backend.constant(0.0, x))
+

@@ -1,0 +1,138 @@
+"""Evaluation metrics (SPEC 3.3, 3.4): PLCC, SRCC, binary accuracy and segment MAE.
+
+Metrics are summaries, not losses: they take NumPy arrays or tensors of any framework
+(scores (N,) / (N, 1), or distributions (N, C) turned into scores with ``bin_values``),
+compute in float64 on the host, and return Python floats.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from elta_core import _checks
+
+Tensor = Any
+
+__all__ = ["SegmentMAE", "accuracy", "evaluate", "plcc", "segment_mae", "srcc"]
+
+
+def _pair(pred: Tensor, true: Tensor, bin_values: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    arrays = []
+    for value, name in ((pred, "pred"), (true, "true")):
+        backend, value = _checks.tensor(value, name)
+        scores = _checks.scores(backend, value, name, bin_values)
+        arrays.append(backend.to_numpy(scores).astype(np.float64))
+    _checks.same_length("pred", arrays[0].shape[0], "true", arrays[1].shape[0])
+    return arrays[0], arrays[1]
+
+
+def _need(count: int, size: int, what: str) -> None:
+    if size < count:
+        raise ValueError(f"pred: {what} needs at least {count} samples, got {size}")
+
+
+def _pearson(x: np.ndarray, y: np.ndarray, name: str) -> float:
+    xc, yc = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((xc * xc).sum() * (yc * yc).sum())
+    if denominator == 0:
+        warnings.warn(
+            f"{name}: an input is constant, so the correlation is undefined; returning NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return float("nan")
+    return float(np.clip((xc * yc).sum() / denominator, -1.0, 1.0))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..N with ties given their average rank (scipy.stats.rankdata 'average')."""
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    starts = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], x.size] - 1
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = (first[group] + last[group]) / 2.0 + 1.0
+    return ranks
+
+
+def plcc(pred: Tensor, true: Tensor, *, bin_values: Any = None) -> float:
+    """Pearson linear correlation between predicted and true scores (as scipy.stats.pearsonr).
+
+    Returns NaN with a ``RuntimeWarning`` when an input is constant.
+    """
+    p, t = _pair(pred, true, bin_values)
+    _need(2, p.size, "plcc")
+    return _pearson(p, t, "plcc")
+
+
+def srcc(pred: Tensor, true: Tensor, *, bin_values: Any = None) -> float:
+    """Spearman rank correlation, ties averaged (as scipy.stats.spearmanr)."""
+    p, t = _pair(pred, true, bin_values)
+    _need(2, p.size, "srcc")
+    return _pearson(_ranks(p), _ranks(t), "srcc")
+
+
+def accuracy(pred: Tensor, true: Tensor, threshold: float = 5.0, *, bin_values: Any = None) -> float:
+    """Binary aesthetics accuracy: the share of samples where ``pred > threshold`` agrees
+    with ``true > threshold`` (AVA: 5 on 1..10)."""
+    threshold = float(threshold)
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold: expected a finite number, got {threshold!r}")
+    p, t = _pair(pred, true, bin_values)
+    _need(1, p.size, "accuracy")
+    return float(np.mean((p > threshold) == (t > threshold)))
+
+
+class SegmentMAE(NamedTuple):
+    """MAE of the low 20 %, medium 60 % and high 20 % of the true scores (by rank)."""
+
+    low: float
+    medium: float
+    high: float
+
+
+def segment_sizes(size: int) -> tuple[int, int, int]:
+    """Sizes of the low, medium and high segments: 20 %, 60 %, 20 % by rank, each >= 1."""
+    tail = max(1, int(round(0.2 * size)))
+    return tail, size - 2 * tail, tail
+
+
+def segment_mae(pred: Tensor, true: Tensor, *, bin_values: Any = None) -> SegmentMAE:
+    """MAE on the low, medium and high segments of the true scores [paper 4.1; SPEC 3.4].
+
+    Samples are sorted by true score (ties by predicted score, so the result does not
+    depend on the order of the input); the bottom 20 % are "low", the top 20 % "high" and
+    the rest "medium". Every sample is in exactly one segment (the authors' script drops
+    the boundary samples; this does not). Needs N >= 3.
+    """
+    p, t = _pair(pred, true, bin_values)
+    _need(3, p.size, "segment_mae")
+    order = np.lexsort((p, t))
+    errors = np.abs(p - t)[order]
+    low, medium, _ = segment_sizes(p.size)
+    return SegmentMAE(
+        float(errors[:low].mean()),
+        float(errors[low : low + medium].mean()),
+        float(errors[low + medium :].mean()),
+    )
+
+
+def evaluate(pred: Tensor, true: Tensor, threshold: float = 5.0, *, bin_values: Any = None) -> dict[str, float]:
+    """All metrics as a dict: ``plcc``, ``srcc``, ``accuracy``, ``mae``, ``mae_low``,
+    ``mae_medium``, ``mae_high`` (the paper's P, S, L, M, H and accuracy)."""
+    p, t = _pair(pred, true, bin_values)
+    segments = segment_mae(p, t)
+    return {
+        "plcc": plcc(p, t),
+        "srcc": srcc(p, t),
+        "accuracy": accuracy(p, t, threshold),
+        "mae": float(np.mean(np.abs(p - t))),
+        "mae_low": segments.low,
+        "mae_medium": segments.medium,
+        "mae_high": segments.high,
+    }

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import elta_core.apds as apds
+from tests import reference as ref
+from tests.flavours import FLAVOURS, assert_close, make, rounded, same_kind, to_numpy
+
+
+def _calibration(rng, size=400, num_bins=10):
+    true = np.clip(rng.normal(5.4, 1.1, size), 1, 10)
+    centres = np.arange(1, num_bins + 1)
+    logits = -((centres[None, :] - (true + rng.normal(0, 0.7, size))[:, None]) ** 2) / rng.uniform(0.5, 3, (size, 1))
+    return logits, true
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("beta", [0.5, 1.25])
+def test_sharpen_matches_reference(flavour, beta, rng):
+    logits, _ = _calibration(rng, 33)
+    result = apds.sharpen(make(logits, flavour), beta)
+    assert same_kind(result, flavour)
+    assert_close(result, ref.sharpen(rounded(logits, flavour), beta), flavour, scale=20)
+
+
+def test_sharpen_with_bin_values_and_mean_score(rng):
+    logits = rng.normal(size=(20, 9))
+    values = np.arange(1.0, 5.01, 0.5)  # PARA: 9 half-step bins
+    np.testing.assert_allclose(
+        apds.sharpen(logits, 1.1, bin_values=values, mean_score=3.0),
+        ref.sharpen(logits, 1.1, values, 3.0),
+        rtol=1e-10,
+    )
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(0.01, 3.0))
+@settings(max_examples=60, deadline=None)
+def test_sharpening_keeps_argmax_and_raises_max(seed, beta):
+    generator = np.random.default_rng(seed)
+    logits = generator.normal(0, 2, size=(16, 10))
+    sharp = apds.sharpen(logits, beta)
+    plain = ref.softmax(logits)
+    np.testing.assert_allclose(sharp.sum(axis=1), 1.0, rtol=1e-12)
+    assert (sharp >= 0).all()
+    unique_max = np.sort(plain, axis=1)[:, -1] - np.sort(plain, axis=1)[:, -2] > 1e-9
+    assert np.array_equal(sharp.argmax(axis=1)[unique_max], plain.argmax(axis=1)[unique_max])
+    assert np.all(sharp.max(axis=1) >= plain.max(axis=1) - 1e-12)
+
+
+def test_temperatures_are_eq8(rng):
+    logits = rng.normal(size=(12, 10))
+    s_hat = ref.softmax(logits) @ np.arange(1, 11)
+    np.testing.assert_allclose(apds.temperatures(logits, 1.2), np.exp(-1.2 * np.abs(s_hat - s_hat.mean())))
+
+
+@pytest.mark.parametrize("pseudo_label", ["prediction", "sharpened"])
+@pytest.mark.parametrize("flavour", ["numpy-float64", "torch-float64", "torch-float32"])
+def test_grid_search_equals_brute_force(pseudo_label, flavour, rng):
+    logits, true = _calibration(rng)
+    betas, thresholds = (0.5, 1.0, 1.25), (0.3, 0.5, 0.7, 0.9)
+    result = apds.grid_search(make(logits, flavour), make(true, flavour), betas, thresholds, pseudo_label=pseudo_label)
+    best, table = ref.grid_search_brute_force(rounded(logits, flavour), rounded(true, flavour), betas, thresholds, 11, pseudo_label)
+    counts = [cell.num_selected for cell in result.table]
+    expected_counts = [row[3] for row in table]
+    if flavour.endswith("float32"):  # a max probability may sit within an ulp of a threshold
+        assert np.max(np.abs(np.subtract(counts, expected_counts))) <= 1
+        return
+    assert counts == expected_counts
+    for cell, row in zip(result.table, table):
+        assert (cell.beta, cell.threshold) == row[:2]
+        assert cell.mae == pytest.approx(row[2], rel=1e-9) if row[2] is not None else cell.mae is None
+    assert (result.beta, result.threshold, result.num_selected) == (best[0], best[1], best[3])
+    assert result.mae == pytest.approx(best[2], rel=1e-9)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 30))
+@settings(max_examples=30, deadline=None)
+def test_grid_search_property_equals_brute_force(seed, min_selected):
+    generator = np.random.default_rng(seed)
+    logits, true = _calibration(generator, 60)
+    betas, thresholds = (1.0, 1.1, 1.2, 1.25), (0.70, 0.75, 0.80, 0.85, 0.90)
+    try:
+        best, table = ref.grid_search_brute_force(logits, true, betas, thresholds, min_selected)
+    except ValueError:  # no eligible cell
+        with pytest.raises(ValueError, match="min_selected"):
+            apds.grid_search(logits, true, min_selected=min_selected)
+        return
+    result = apds.grid_search(logits, true, min_selected=min_selected)
+    assert (result.beta, result.threshold, result.num_selected) == (best[0], best[1], best[3])
+
+
+def test_grid_search_accepts_distribution_labels(rng):
+    logits, true = _calibration(rng)
+    dist = ref.softmax(np.log(np.clip(ref.softmax(logits), 1e-9, 1)) + rng.normal(0, 0.1, logits.shape))
+    by_dist = apds.grid_search(logits, dist)
+    by_score = apds.grid_search(logits, dist @ np.arange(1, 11))
+    assert (by_dist.beta, by_dist.threshold, by_dist.num_selected) == (by_score.beta, by_score.threshold, by_score.num_selected)
+
+
+def test_grid_search_strict_threshold_and_table_outputs(rng):
+    # Equal logits keep a max probability of exactly 0.5 under any sharpening.
+    logits = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    true = np.array([1.5, 1.2, 1.9])
+    result = apds.grid_search(logits, true, betas=(1.0,), thresholds=(0.5,), min_selected=1)
+    assert result.num_selected == 3
+    strict = apds.grid_search(logits, true, betas=(1.0,), thresholds=(0.5,), min_selected=1, strict=True)
+    assert strict.num_selected == 2
+    assert "| 1 | 0.5 |" in result.to_markdown()
+    assert result.as_dict()["table"][0]["num_selected"] == 3
+
+
+def test_grid_search_reports_when_nothing_is_eligible(rng):
+    logits = rng.normal(0, 0.01, size=(50, 10))  # nearly uniform: never confident
+    with pytest.raises(ValueError, match=r"min_selected: .*at least 11 of 50.*largest selection is 0"):
+        apds.grid_search(logits, rng.uniform(1, 10, 50))
+
+
+def test_min_selected_as_fraction(rng):
+    logits, true = _calibration(rng)
+    result = apds.grid_search(logits, true, min_selected=0.25)
+    assert result.min_selected == 100 and result.num_selected >= 100
+
+
+@pytest.mark.parametrize("flavour", ["numpy-float64", "torch-float32"])
+@pytest.mark.parametrize("pseudo_label", ["prediction", "sharpened"])
+def test_select_keeps_confident_samples(flavour, pseudo_label, rng):
+    logits, _ = _calibration(rng, 120)
+    selection = apds.select(make(logits, flavour), 1.2, 0.8, pseudo_label=pseudo_label)
+    sharp = ref.sharpen(rounded(logits, flavour), 1.2)
+    expected = np.flatnonzero(sharp.max(axis=1) >= 0.8)
+    np.testing.assert_array_equal(to_numpy(selection.indices).astype(int), expected)
+    labels = ref.softmax(rounded(logits, flavour)) if pseudo_label == "prediction" else sharp
+    assert_close(selection.labels, labels[expected], flavour, scale=20)
+
+
+def test_extreme_logits_stay_finite():
+    logits = np.array([[800.0, -800.0, 0.0], [0.0, 0.0, 0.0], [-1e4, 1e4, 5.0]], dtype=np.float32)
+    for beta in (0.1, 1.25, 5.0):
+        assert np.isfinite(apds.sharpen(logits, beta)).all()
+    apds.grid_search(logits, np.array([1.0, 2.0, 3.0]), min_selected=1)
