@@ -106,18 +106,15 @@ def _gram_sum(backend, zh: Tensor, u: Tensor) -> Tensor:
     order = backend.argsort(u, axis=0)
     u_sorted = backend.take(u, order)
     z_sorted = backend.take(zh, order, axis=0)
-    u_column = backend.reshape(u_sorted, (-1, 1))
-    prefix = backend.cumsum(z_sorted, axis=0)  # sum_{m<=k} z_m
-    weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)  # sum_{m<=k} u_m z_m
-    total = prefix[-1:]
-    weighted_total = weighted_prefix[-1:]
-    # A_k = sum_j |u_k - u_j| z_j: the lower part (m <= k) plus the upper part (m > k).
-    # Tied scores contribute 0 to either part, so inclusive prefixes are exact.
-    spread_sum = (
-        u_column * prefix - weighted_prefix
-        + (weighted_total - weighted_prefix) - u_column * (total - prefix)
-    )
-    sum_cm = backend.sum(total * total) - backend.sum(z_sorted * spread_sum)
+    weighted = backend.reshape(u_sorted, (-1, 1)) * z_sorted
+    prefix = backend.cumsum(z_sorted, axis=0)  # P0_k = sum_{m<=k} z_m
+    weighted_prefix = backend.cumsum(weighted, axis=0)  # P1_k = sum_{m<=k} u_m z_m
+    total = prefix[-1]
+    # With A_k = sum_j |u_k - u_j| z_j (ties add 0 on either side, so inclusive prefixes
+    # are exact): A_k = 2 (u_k P0_k - P1_k) + T1 - u_k T0, and since sum_k z_k = T0 and
+    # sum_k u_k z_k = T1, sum_k z_k . A_k = 2 sum_k (u_k z_k . P0_k - z_k . P1_k).
+    spread_dot = backend.sum(weighted * prefix) - backend.sum(z_sorted * weighted_prefix)
+    sum_cm = backend.sum(total * total) - 2 * spread_dot
 
     # sum_ij M_ij^2 = B^2 - 2 sum_ij |u_i - u_j| + sum_ij (u_i - u_j)^2, labels only.
     ranks = backend.cast_like(backend.arange(size, u), u)

@@ -1,0 +1,41 @@
+"""Peak extra resident memory of one call, measured in a fresh Python process.
+
+torch's CPU allocator keeps no statistics, so the growth of the child's ``ru_maxrss``
+over its value just before the call is used: it counts every page the call touched at
+its peak. A fresh process (not a fork, which deadlocks torch's thread pool) keeps
+other benchmarks' memory out of the reading.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import subprocess
+import sys
+
+
+def peak_extra_mib(target: str, *args) -> float:
+    """MiB that ``module:function(*args)`` adds at its peak.
+
+    The function is called twice: ``function(*args, setup=True)`` must build the inputs
+    and return a zero-argument callable that does the measured work.
+    """
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", target, json.dumps(list(args))],
+        check=True, capture_output=True, text=True,
+    )
+    return float(completed.stdout.strip().splitlines()[-1])
+
+
+def _main() -> None:
+    module_name, function_name = sys.argv[1].split(":")
+    args = json.loads(sys.argv[2])
+    work = getattr(importlib.import_module(module_name), function_name)(*args)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    work()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,21 @@
+"""PyTorch adapter: ``ELTAWrapper`` for any ``nn.Module``, and APDS self-training.
+
+>>> from elta_core.adapters.torch import ELTAWrapper
+>>> wrapper = ELTAWrapper(model, head="fc", num_pairs=4, flsa_weight=1.0)
+>>> out = wrapper(images, labels)          # train mode: TFA + FLSA + task loss
+>>> out.loss.backward()
+"""
+
+from elta_core.adapters.torch.modules import to_distribution_head
+from elta_core.adapters.torch.self_training import PseudoLabelledDataset, SelfTraining, fit, predict
+from elta_core.adapters.torch.wrapper import ELTAOutput, ELTAWrapper
+
+__all__ = [
+    "ELTAOutput",
+    "ELTAWrapper",
+    "PseudoLabelledDataset",
+    "SelfTraining",
+    "fit",
+    "predict",
+    "to_distribution_head",
+]

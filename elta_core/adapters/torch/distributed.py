@@ -1,0 +1,33 @@
+"""Gathering a batch across DDP ranks with gradients, for ``flsa_scope="global"``."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (rows may differ per rank) from all ranks, in rank order.
+
+    Gradients flow back to each rank's own rows: the backward of the autograd all-gather
+    sums the gradients of every rank's copy, so with DDP's gradient averaging a loss
+    computed identically on every rank gets exactly its single-process gradient.
+    """
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    rows = torch.tensor([tensor.shape[0]], device=tensor.device)
+    all_rows = [torch.zeros_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(all_rows, rows)
+    counts = [int(r.item()) for r in all_rows]
+    widest = max(counts)
+    if tensor.shape[0] < widest:
+        padding = tensor.new_zeros((widest - tensor.shape[0],) + tuple(tensor.shape[1:]))
+        tensor = torch.cat([tensor, padding])
+    pieces = all_gather(tensor)
+    return torch.cat([piece[:count] for piece, count in zip(pieces, counts)])

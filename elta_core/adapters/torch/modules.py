@@ -1,0 +1,75 @@
+"""Finding and replacing submodules by name, with helpful errors."""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import nn
+
+
+def module_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def find_module(model: nn.Module, name: str, argument: str) -> nn.Module:
+    """The submodule called ``name``; a ``ValueError`` that lists the nearest names if none."""
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return modules[name]
+    names = module_names(model)
+    nearest = difflib.get_close_matches(name, names, n=5, cutoff=0.3)
+    top_level = [child for child, _ in model.named_children()]
+    hint = f"nearest names: {', '.join(nearest)}" if nearest else "no similar names"
+    raise ValueError(
+        f"{argument}: {type(model).__name__} has no submodule {name!r} ({hint}; "
+        f"top-level modules: {', '.join(top_level) or 'none'})"
+    )
+
+
+def name_of(model: nn.Module, module: nn.Module, argument: str) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module and name:
+            return name
+    raise ValueError(f"{argument}: the given module is not a submodule of {type(model).__name__}")
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = find_module(model, parent_name, "head") if parent_name else model
+    setattr(parent, child, new)
+
+
+def last_linear(module: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"head: expected an nn.Linear inside {type(module).__name__} to widen")
+    return linears[-1]
+
+
+def to_distribution_head(model: nn.Module, head: str, num_bins: int = 10) -> nn.Module:
+    """Turn a scalar regression head into a ``num_bins``-way distribution head, in place.
+
+    The last ``nn.Linear`` of the module ``head`` (its output width 1) is replaced by a
+    fresh ``nn.Linear(in_features, num_bins)``; the model then outputs logits over the
+    rating levels, which APDS needs. Use the matching ``bin_values`` (e.g. 1..10 for AVA,
+    1.0, 1.5, ..., 5.0 for PARA) in ``ELTAWrapper``. Returns ``model``.
+    """
+    if num_bins < 2:
+        raise ValueError(f"num_bins: expected at least 2 rating levels, got {num_bins}")
+    head_module = find_module(model, head, "head")
+    if isinstance(head_module, nn.Linear):
+        inner_name, linear = "", head_module
+    else:
+        inner_name, linear = last_linear(head_module)
+    widened = nn.Linear(linear.in_features, num_bins, bias=linear.bias is not None)
+    widened.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    replace_module(model, f"{head}.{inner_name}" if inner_name else head, widened)
+    return model
+
+
+def as_float_labels(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    dtype = torch.float64 if labels.dtype == torch.float64 else torch.float32
+    return labels.to(device=like.device, dtype=dtype)

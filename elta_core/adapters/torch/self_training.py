@@ -1,0 +1,311 @@
+"""APDS self-training with torch (paper 3.5, Eq. 10; SPEC section 5).
+
+Round 1 trains on the labelled set; the calibration set and the unlabelled pool are
+predicted; the grid search picks (beta*, t*); the confident pool samples become
+pseudo-labelled data (capped at the labelled set's size, most confident first); round 2
+trains on ``L = L_s + L_u``. Every stage is saved atomically in ``workdir``, and a run
+that finds a stage's file there loads it instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from elta_core import apds, losses
+from elta_core.adapters.torch.wrapper import ELTAWrapper
+
+Stage = Literal["round1", "calibration", "unlabelled", "grid", "selection", "round2"]
+STAGES: tuple[Stage, ...] = ("round1", "calibration", "unlabelled", "grid", "selection", "round2")
+
+
+def _progress(iterable: Iterable, enabled: bool, **kwargs):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (list, tuple)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(
+    wrapper: ELTAWrapper,
+    loader: Iterable,
+    *,
+    progress: bool = True,
+    desc: str = "predict",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stream ``loader`` through the model in eval mode; return (logits (N, C), labels or None).
+
+    APDS needs logits over the rating levels: a ``"probs"`` model gives ``log(probs)``
+    (the same softmax); a scalar ``"score"`` model raises ``ValueError``.
+    """
+    model, device = wrapper.model, _device_of(wrapper.model)
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    try:
+        for batch in _progress(loader, progress, desc=desc, unit="batch"):
+            x, y = _split_batch(batch)
+            out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
+            kind = wrapper.output_kind(out)
+            if kind == "score":
+                raise ValueError(
+                    "model: APDS needs a distribution head (logits over C rating levels) but the model "
+                    "regresses a scalar score. Turn its head into one with "
+                    "elta_core.adapters.torch.to_distribution_head(model, head, num_bins) and train it "
+                    "with distribution or score labels."
+                )
+            out = out.float()
+            outputs.append((torch.log(out.clamp_min(1e-12)) if kind == "probs" else out).cpu())
+            if y is not None:
+                labels.append(torch.as_tensor(y).float().cpu())
+    finally:
+        model.train(was_training)
+    logits = torch.cat(outputs) if outputs else torch.zeros(0, 0)
+    return logits, (torch.cat(labels) if labels else None)
+
+
+class PseudoLabelledDataset(Dataset):
+    """Items ``(x, pseudo_label)`` for the selected ``indices`` of an unlabelled dataset."""
+
+    def __init__(self, unlabelled: Dataset, indices: Sequence[int] | torch.Tensor, labels: torch.Tensor):
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        if len(indices) != len(labels):
+            raise ValueError(f"labels: expected {len(indices)} pseudo-labels to match indices, got {len(labels)}")
+        self.unlabelled, self.indices, self.labels = unlabelled, indices, labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        x, _ = _split_batch(self.unlabelled[int(self.indices[k])])
+        return x, self.labels[k]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` (torch.save) or a ``.json``/``.md`` text to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            if path.suffix == ".json":
+                stream.write(json.dumps(obj, indent=2).encode())
+            elif path.suffix == ".md":
+                stream.write(str(obj).encode())
+            else:
+                torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def fit(
+    wrapper: ELTAWrapper,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int = 1,
+    pseudo_loader: Iterable | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> list[float]:
+    """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
+    a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
+    of each epoch."""
+    device = _device_of(wrapper.model)
+    wrapper.train()
+    history = []
+    for epoch in range(epochs):
+        pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
+        total, steps = 0.0, 0
+        for batch in _progress(loader, progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch"):
+            x, y = _split_batch(batch)
+            loss = wrapper(x.to(device), y.to(device)).loss
+            if pseudo_batches is not None:
+                try:
+                    xu, yu = next(pseudo_batches)
+                except StopIteration:
+                    pseudo_batches = iter(pseudo_loader)
+                    xu, yu = next(pseudo_batches)
+                loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        history.append(total / max(steps, 1))
+    return history
+
+
+TrainFn = Callable[[ELTAWrapper, DataLoader, "DataLoader | None", int], Any]
+
+
+class SelfTraining:
+    """One round of APDS self-training, resumable stage by stage.
+
+    Args:
+        wrapper: the wrapped model (a distribution head).
+        workdir: where each stage is saved: ``round1.pt``, ``calibration.pt``,
+            ``unlabelled.pt``, ``grid.json`` (+ ``grid.md``), ``selection.pt``, ``round2.pt``.
+        train: ``train(wrapper, labelled_loader, pseudo_loader, round)``; the default runs
+            :func:`fit` for ``epochs`` with ``optimizer(parameters)`` (AdamW, lr 1e-3).
+        betas, thresholds, min_selected, pseudo_label, bin_values: as in
+            :func:`elta_core.apds.grid_search`.
+        batch_size, loader_kwargs: for the DataLoaders built from the datasets.
+    """
+
+    def __init__(
+        self,
+        wrapper: ELTAWrapper,
+        workdir: str | os.PathLike,
+        *,
+        train: TrainFn | None = None,
+        epochs: int = 1,
+        optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+        betas: Sequence[float] = apds.DEFAULT_BETAS,
+        thresholds: Sequence[float] = apds.DEFAULT_THRESHOLDS,
+        min_selected: int | float = 11,
+        pseudo_label: apds.PseudoLabel = "prediction",
+        batch_size: int = 32,
+        loader_kwargs: dict[str, Any] | None = None,
+        progress: bool = True,
+    ):
+        self.wrapper = wrapper
+        self.workdir = Path(workdir)
+        self.train_fn = train
+        self.epochs = epochs
+        self.optimizer = optimizer or (lambda parameters: torch.optim.AdamW(parameters, lr=1e-3))
+        self.betas, self.thresholds = tuple(betas), tuple(thresholds)
+        self.min_selected, self.pseudo_label = min_selected, pseudo_label
+        self.batch_size, self.loader_kwargs = batch_size, dict(loader_kwargs or {})
+        self.progress = progress
+
+    def path(self, stage: Stage) -> Path:
+        names = {"grid": "grid.json"}
+        return self.workdir / names.get(stage, f"{stage}.pt")
+
+    def done(self, stage: Stage) -> bool:
+        return self.path(stage).exists()
+
+    def _load(self, stage: Stage) -> Any:
+        if stage == "grid":
+            return json.loads(self.path(stage).read_text())
+        return torch.load(self.path(stage), map_location="cpu", weights_only=True)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **self.loader_kwargs)
+
+    def _train(self, labelled: DataLoader, pseudo: DataLoader | None, round_index: int) -> None:
+        if self.train_fn is not None:
+            self.train_fn(self.wrapper, labelled, pseudo, round_index)
+            return
+        optimizer = self.optimizer(self.wrapper.parameters())
+        fit(self.wrapper, labelled, optimizer, epochs=self.epochs, pseudo_loader=pseudo,
+            progress=self.progress, desc=f"round {round_index}")
+
+    def _weights(self, stage: Stage, train: Callable[[], None]) -> None:
+        if self.done(stage):
+            self.wrapper.model.load_state_dict(self._load(stage))
+            return
+        train()
+        atomic_save(self.wrapper.model.state_dict(), self.path(stage))
+
+    def _predictions(self, stage: Stage, dataset: Dataset) -> dict[str, torch.Tensor]:
+        if self.done(stage):
+            return self._load(stage)
+        logits, labels = predict(self.wrapper, self._loader(dataset, False), progress=self.progress, desc=f"predict {stage}")
+        record = {"logits": logits} if labels is None else {"logits": logits, "labels": labels}
+        atomic_save(record, self.path(stage))
+        return record
+
+    def run(
+        self,
+        labelled: Dataset,
+        calibration: Dataset,
+        unlabelled: Dataset,
+        *,
+        stop_after: Stage | None = None,
+    ) -> dict[str, Any]:
+        """Run (or resume) all stages; ``stop_after`` ends the run after that stage.
+
+        Returns a summary: the grid search result, the number selected and kept, and the
+        paths of the saved stages.
+        """
+        if stop_after is not None and stop_after not in STAGES:
+            raise ValueError(f"stop_after: expected one of {', '.join(STAGES)}, got {stop_after!r}")
+        summary: dict[str, Any] = {"workdir": str(self.workdir)}
+        bin_values = self.wrapper.bin_values
+
+        self._weights("round1", lambda: self._train(self._loader(labelled, True), None, 1))
+        if stop_after == "round1":
+            return summary
+        calibration_record = self._predictions("calibration", calibration)
+        if "labels" not in calibration_record:
+            raise ValueError("calibration: expected a labelled dataset of (x, y) items")
+        if stop_after == "calibration":
+            return summary
+        pool = self._predictions("unlabelled", unlabelled)
+        if stop_after == "unlabelled":
+            return summary
+
+        if self.done("grid"):
+            grid = self._load("grid")
+        else:
+            result = apds.grid_search(
+                calibration_record["logits"], calibration_record["labels"], self.betas, self.thresholds,
+                bin_values, self.min_selected, self.pseudo_label,
+            )
+            grid = result.as_dict()
+            atomic_save(result.to_markdown() + "\n", self.workdir / "grid.md")
+            atomic_save(grid, self.path("grid"))
+        summary["grid"] = grid
+        if stop_after == "grid":
+            return summary
+
+        if self.done("selection"):
+            selection = self._load("selection")
+        else:
+            selection = self._select(pool["logits"], grid["beta"], grid["threshold"], len(labelled))
+            atomic_save(selection, self.path("selection"))
+        summary["num_selected"] = int(selection["num_selected"])
+        summary["num_kept"] = len(selection["indices"])
+        if stop_after == "selection":
+            return summary
+
+        pseudo = PseudoLabelledDataset(unlabelled, selection["indices"], selection["labels"])
+        pseudo_loader = self._loader(pseudo, True) if len(pseudo) else None
+        self._weights("round2", lambda: self._train(self._loader(labelled, True), pseudo_loader, 2))
+        summary["paths"] = {stage: str(self.path(stage)) for stage in STAGES}
+        return summary
+
+    def _select(self, logits: torch.Tensor, beta: float, threshold: float, cap: int) -> dict[str, torch.Tensor]:
+        bin_values = self.wrapper.bin_values
+        pool_mean = float(losses.scores_from_distribution(torch.softmax(logits, 1), bin_values).mean())
+        chosen = apds.select(logits, beta, threshold, bin_values, pool_mean, pseudo_label=self.pseudo_label)
+        indices, labels = chosen.indices, chosen.labels
+        if len(indices) > cap:  # [A.2] at most as many pseudo-labels as labels, most confident first
+            confidence = apds.sharpen(logits[indices], beta, bin_values, pool_mean).max(dim=1).values
+            keep = torch.argsort(confidence, descending=True, stable=True)[:cap].sort().values
+            indices, labels = indices[keep], labels[keep]
+        return {"indices": indices, "labels": labels, "num_selected": torch.tensor(len(chosen.indices))}

@@ -1,0 +1,206 @@
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from elta_core import apds, flsa, losses  # noqa: E402
+from elta_core.adapters.torch import ELTAWrapper, predict, to_distribution_head  # noqa: E402
+from tests.torch_models import NIMA, TwoLayer, distributions  # noqa: E402
+
+
+def test_eval_mode_returns_the_model_output_bit_for_bit():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    wrapper = ELTAWrapper(model, "fc", num_pairs=4).eval()
+    x = torch.randn(3, 3, 64, 64)
+    expected = model(x)
+    assert torch.equal(wrapper(x), expected)
+    assert torch.equal(wrapper(x, distributions(3)), expected)  # labels are ignored in eval
+    wrapper.train()
+    model.train(False)  # BatchNorm in eval for a deterministic comparison, wrapper in train
+    assert torch.equal(wrapper(x), model(x)), "without labels the hooks stay inactive"
+
+
+def test_head_sees_mixed_rows_that_equal_eq1():
+    model = TwoLayer()
+    seen = {}
+    wrapper = ELTAWrapper(model, "fc", num_pairs=3, seed=1, flsa_weight=0.0)
+    model.fc.register_forward_pre_hook(lambda module, args: seen.update(head_input=args[0]))
+    x, y = torch.randn(8, 4), torch.rand(8) * 9 + 1
+    out = wrapper(x, y)
+    features = torch.tanh(model.backbone(x))
+    i, j, lam = out.pairs
+    expected = torch.cat([features, lam[:, None] * features[i] + (1 - lam[:, None]) * features[j]])
+    assert seen["head_input"].shape[0] == 8 + 3
+    torch.testing.assert_close(seen["head_input"], expected)
+    torch.testing.assert_close(out.labels, torch.cat([y, lam * y[i] + (1 - lam) * y[j]]))
+    assert out.predictions.shape == (11, 10)
+
+
+def test_same_seed_same_pairs_same_loss():
+    model = TwoLayer()
+    x, y = torch.randn(16, 4), distributions(16)
+    runs = [ELTAWrapper(copy.deepcopy(model), "fc", num_pairs=4, seed=7)(x, y) for _ in range(2)]
+    for a, b in zip(runs[0].pairs, runs[1].pairs):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(runs[0].loss, runs[1].loss)
+    other = ELTAWrapper(copy.deepcopy(model), "fc", num_pairs=4, seed=8)(x, y)
+    assert not torch.equal(other.pairs.i, runs[0].pairs.i) or not torch.equal(other.pairs.j, runs[0].pairs.j)
+
+
+@pytest.mark.parametrize("use_tfa", [False, True])
+@pytest.mark.parametrize("flsa_weight", [0.0, 0.5])
+def test_each_module_switches_alone(use_tfa, flsa_weight):
+    model = TwoLayer()
+    x, y = torch.randn(12, 4), distributions(12)
+    out = ELTAWrapper(model, "fc", tfa=use_tfa, num_pairs=2, flsa_weight=flsa_weight, seed=0)(x, y)
+    assert out.predictions.shape[0] == (14 if use_tfa else 12)
+    assert (out.pairs is not None) == use_tfa
+    features = torch.tanh(model.backbone(x))
+    if use_tfa:
+        i, j, lam = out.pairs
+        features = torch.cat([features, lam[:, None] * features[i] + (1 - lam[:, None]) * features[j]])
+    expected_flsa = flsa.alignment_loss(features, out.labels) if flsa_weight else torch.tensor(0.0)
+    expected_task = losses.emd(torch.softmax(out.predictions, 1), out.labels)
+    torch.testing.assert_close(out.flsa_loss, expected_flsa)
+    torch.testing.assert_close(out.task_loss, expected_task)
+    torch.testing.assert_close(out.loss, expected_task + flsa_weight * expected_flsa)
+    out.loss.backward()
+
+
+def test_scalar_labels_use_mse_and_scalar_heads_work():
+    model = TwoLayer(out=1)
+    x, y = torch.randn(10, 4), torch.rand(10) * 9 + 1
+    out = ELTAWrapper(model, "fc", num_pairs=2, seed=0)(x, y)
+    torch.testing.assert_close(out.task_loss, ((out.predictions[:, 0] - out.labels) ** 2).mean())
+    out.loss.backward()
+
+
+def test_mix_at_a_named_layer_and_at_the_input():
+    model = TwoLayer()
+    x, y = torch.randn(8, 4), torch.rand(8) * 9 + 1
+    layer = ELTAWrapper(model, "fc", mix_at="backbone", num_pairs=2, seed=0)(x, y)
+    assert layer.predictions.shape[0] == 10 and layer.features.shape[0] == 10
+    pixels = ELTAWrapper(model, "fc", mix_at="input", num_pairs=2, seed=0)(x, y)
+    i, j, lam = pixels.pairs
+    mixed_input = lam[:, None] * x[i] + (1 - lam[:, None]) * x[j]
+    torch.testing.assert_close(pixels.predictions[8:], model(mixed_input))
+
+
+def test_backbone_and_head_modules():
+    model = NIMA()
+    wrapper = ELTAWrapper(backbone=model.backbone, head=model.head, num_pairs=2, output="probs", seed=0)
+    out = wrapper(torch.randn(6, 3, 32, 32), distributions(6))
+    assert out.predictions.shape == (8, 10)
+    out.loss.backward()
+    assert model.backbone[0].weight.grad is not None
+
+
+def _all_three_modules(model, head, x, y, **options):
+    wrapper = ELTAWrapper(model, head, num_pairs=2, flsa_weight=1.0, seed=0, **options)
+    out = wrapper(x, y)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    logits, _ = predict(wrapper, [(x, y)], progress=False)
+    sharp = apds.sharpen(logits, 1.2)
+    assert torch.allclose(sharp.sum(1), torch.ones(len(x)))
+    assert apds.select(logits, 1.2, 0.05).indices.numel() == len(x)
+
+
+@pytest.mark.parametrize(
+    "name,head,size",
+    [("resnet18", "fc", 64), ("mobilenet_v3_small", "classifier", 64), ("swin_v2_t", "head", 64), ("maxvit_t", "classifier", 224)],
+)
+def test_torchvision_models(name, head, size):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10)
+    batch = 2 if name == "maxvit_t" else 4
+    _all_three_modules(model, head, torch.randn(batch, 3, size, size), distributions(batch))
+
+
+def test_nima_style_model():
+    _all_three_modules(NIMA(), "head", torch.randn(6, 3, 32, 32), distributions(6), output="probs")
+
+
+def test_autocast_bf16_on_cpu():
+    model = NIMA()
+    wrapper = ELTAWrapper(model, "head.1", num_pairs=2, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = wrapper(torch.randn(8, 3, 32, 32), distributions(8))
+    assert out.flsa_loss.dtype == torch.float32 and out.task_loss.dtype == torch.float32
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_gradient_accumulation_adds_micro_batches():
+    model = TwoLayer()
+    wrapper = ELTAWrapper(model, "fc", tfa=False, flsa_weight=0.0)
+    x, y = torch.randn(8, 4), distributions(8)
+    wrapper(x, y).loss.backward()
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for half in (slice(0, 4), slice(4, 8)):
+        (wrapper(x[half], y[half]).loss / 2).backward()
+    for a, b in zip(full, model.parameters()):
+        torch.testing.assert_close(a, b.grad)
+    ELTAWrapper(model, "fc", num_pairs=2, seed=0)(x[:4], y[:4]).loss.backward()  # with TFA + FLSA too
+
+
+@pytest.mark.slow
+def test_torch_compile():
+    model = TwoLayer()
+    wrapper = ELTAWrapper(model, "fc", num_pairs=2, seed=0)
+    compiled = torch.compile(wrapper, backend="aot_eager")
+    x, y = torch.randn(8, 4), distributions(8)
+    expected = ELTAWrapper(copy.deepcopy(model), "fc", num_pairs=2, seed=0)(x, y)
+    out = compiled(x, y)
+    torch.testing.assert_close(out.loss, expected.loss)
+    out.loss.backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda():
+    model = TwoLayer().cuda()
+    out = ELTAWrapper(model, "fc", num_pairs=2, seed=0)(torch.randn(8, 4).cuda(), distributions(8).cuda())
+    out.loss.backward()
+
+
+def test_apds_on_a_scalar_head_points_to_the_helper():
+    model = TwoLayer(out=1)
+    wrapper = ELTAWrapper(model, "fc")
+    with pytest.raises(ValueError, match="to_distribution_head"):
+        predict(wrapper, [torch.randn(4, 4)], progress=False)
+    to_distribution_head(model, "fc", num_bins=9)
+    logits, _ = predict(ELTAWrapper(model, "fc", bin_values=np.arange(1, 5.01, 0.5)), [torch.randn(4, 4)], progress=False)
+    assert logits.shape == (4, 9)
+
+
+def test_bad_inputs():
+    model = TwoLayer()
+    wrapper = ELTAWrapper(model, "fc")
+    with pytest.raises(ValueError, match="y: expected 8 labels to match the batch of x, got 5"):
+        wrapper(torch.randn(8, 4), torch.rand(5))
+    with pytest.raises(ValueError, match="y: expected distributions over the model's 10 outputs, got 9 levels"):
+        wrapper(torch.randn(8, 4), distributions(8, num_bins=9))
+    with pytest.raises(ValueError, match=r"head: TwoLayer has no submodule 'fcc' \(nearest names: fc"):
+        ELTAWrapper(model, "fcc")
+    with pytest.raises(ValueError, match="mix_at: TwoLayer has no submodule 'backbon'"):
+        ELTAWrapper(model, "fc", mix_at="backbon")
+    with pytest.raises(ValueError, match="y: expected finite labels"):
+        wrapper(torch.randn(8, 4), torch.full((8,), float("nan")))
+    with pytest.raises(ValueError, match="num_pairs"):
+        ELTAWrapper(model, "fc", num_pairs=-1)
+    with pytest.raises(ValueError, match="flsa_weight"):
+        ELTAWrapper(model, "fc", flsa_weight=-1)
+
+    class Exploding(TwoLayer):
+        def forward(self, x):
+            return super().forward(x) * float("inf")
+
+    with pytest.raises(FloatingPointError, match="task loss"):
+        ELTAWrapper(Exploding(), "fc", flsa_weight=0.0)(torch.randn(8, 4), torch.rand(8))
