@@ -101,16 +101,17 @@ class PseudoLabelledDataset(Dataset):
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` (torch.save) or a ``.json``/``.md`` text to ``path`` atomically."""
+    """Write ``obj`` to ``path`` atomically: a ``str`` as text, JSON for ``.json``, else
+    ``torch.save``. An interrupted write leaves the old file (or none), never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            if path.suffix == ".json":
+            if isinstance(obj, str):
+                stream.write(obj.encode())
+            elif path.suffix == ".json":
                 stream.write(json.dumps(obj, indent=2).encode())
-            elif path.suffix == ".md":
-                stream.write(str(obj).encode())
             else:
                 torch.save(obj, stream)
             stream.flush()
@@ -274,7 +275,7 @@ class SelfTraining:
         else:
             result = apds.grid_search(
                 calibration_record["logits"], calibration_record["labels"], self.betas, self.thresholds,
-                bin_values, self.min_selected, self.pseudo_label,
+                bin_values, self.min_selected, self.pseudo_label, score_scale=self.wrapper.score_scale,
             )
             grid = result.as_dict()
             atomic_save(result.to_markdown() + "\n", self.workdir / "grid.md")
@@ -302,10 +303,11 @@ class SelfTraining:
     def _select(self, logits: torch.Tensor, beta: float, threshold: float, cap: int) -> dict[str, torch.Tensor]:
         bin_values = self.wrapper.bin_values
         pool_mean = float(losses.scores_from_distribution(torch.softmax(logits, 1), bin_values).mean())
-        chosen = apds.select(logits, beta, threshold, bin_values, pool_mean, pseudo_label=self.pseudo_label)
+        scale = self.wrapper.score_scale
+        chosen = apds.select(logits, beta, threshold, bin_values, pool_mean, pseudo_label=self.pseudo_label, score_scale=scale)
         indices, labels = chosen.indices, chosen.labels
         if len(indices) > cap:  # [A.2] at most as many pseudo-labels as labels, most confident first
-            confidence = apds.sharpen(logits[indices], beta, bin_values, pool_mean).max(dim=1).values
+            confidence = apds.sharpen(logits[indices], beta, bin_values, pool_mean, score_scale=scale).max(dim=1).values
             keep = torch.argsort(confidence, descending=True, stable=True)[:cap].sort().values
             indices, labels = indices[keep], labels[keep]
         return {"indices": indices, "labels": labels, "num_selected": torch.tensor(len(chosen.indices))}

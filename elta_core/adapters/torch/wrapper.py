@@ -93,6 +93,8 @@ class ELTAWrapper(nn.Module):
             (softmax already applied, NIMA-style), ``"score"`` (a scalar regression) or
             ``"auto"`` (``"score"`` when the last dim is 1, else ``"logits"``).
         bin_values: rating value of each level (default 1..C).
+        score_scale: label units per point of a 1..10 scale, so that the temperatures keep
+            their meaning (e.g. 1/9 for AADB's 0..1 scores, 4/9 for PARA's 1..5).
         seed: None (torch's global generator), an int or a ``torch.Generator``. With DDP,
             give each rank its own seed.
         check_finite: raise ``FloatingPointError`` naming the term if a loss is NaN/Inf.
@@ -117,6 +119,7 @@ class ELTAWrapper(nn.Module):
         task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         output: OutputKind = "auto",
         bin_values: Any = None,
+        score_scale: float = 1.0,
         seed: int | torch.Generator | None = None,
         check_finite: bool = True,
     ):
@@ -155,6 +158,7 @@ class ELTAWrapper(nn.Module):
         self.output = output
         self.task_loss_fn = task_loss
         self.bin_values = bin_values
+        self.score_scale = _checks.positive_number(score_scale, "score_scale")
         self.check_finite = check_finite
         self.mix_at = mix_at
         self.align_at = align_at
@@ -188,7 +192,7 @@ class ELTAWrapper(nn.Module):
         count = self.num_pairs if isinstance(self.num_pairs, float) else min(int(self.num_pairs), size)
         step.pairs = tfa_core.sample_pairs(
             step.labels, count, self.tau1, self.tau2, self.eps, self.generator,
-            bin_values=self.bin_values, validate=False,
+            bin_values=self.bin_values, score_scale=self.score_scale, validate=False,
         )
         features, step.labels = tfa_core.mix(features, step.labels, *step.pairs, mode=self.mix_mode, validate=False)
         return features

@@ -1,0 +1,104 @@
+"""torch datasets over a :class:`~elta_core.data.LabelTable`, with the usual IAA transforms."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from elta_core.data.labels import LabelTable
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class UnreadableImageError(OSError):
+    """An image file that is missing or cannot be decoded; the message names the file."""
+
+
+def iaa_transforms(train: bool, image_size: int = 224) -> Callable:
+    """Resize to 8/7 of ``image_size``, then a random crop and flip (train) or a centre crop,
+    then ImageNet normalisation."""
+    from torchvision import transforms
+
+    resize = transforms.Resize((image_size * 8 // 7, image_size * 8 // 7))
+    crop = [transforms.RandomCrop(image_size), transforms.RandomHorizontalFlip()] if train else [transforms.CenterCrop(image_size)]
+    return transforms.Compose([resize, *crop, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def open_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise UnreadableImageError(f"image: no such file: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise UnreadableImageError(f"image: cannot decode {path}: {error}") from None
+
+
+def readable(path: str) -> bool:
+    try:
+        open_image(path)
+    except UnreadableImageError:
+        return False
+    return True
+
+
+class ImageLabelDataset(Dataset):
+    """Items ``(image, label)``: the label is the distribution where the table has one,
+    else the score. ``labels=False`` gives images only (an unlabelled pool).
+
+    Args:
+        table: the labels (image paths included).
+        transform: a callable on a PIL image; default :func:`iaa_transforms`.
+        skip_unreadable: check every image first and drop the missing or corrupt ones
+            (their paths are in ``skipped``); otherwise such an image raises
+            :class:`UnreadableImageError` naming the file when it is loaded.
+    """
+
+    def __init__(
+        self,
+        table: LabelTable,
+        transform: Callable | None = None,
+        *,
+        train: bool = False,
+        image_size: int = 224,
+        labels: bool = True,
+        skip_unreadable: bool = False,
+    ):
+        self.table = table
+        self.transform = transform or iaa_transforms(train, image_size)
+        self.with_labels = labels
+        self.rows: Sequence[int] = range(len(table))
+        self.skipped: list[str] = []
+        if skip_unreadable:
+            good = [k for k in self.rows if readable(table.images[k])]
+            self.skipped = [table.images[k] for k in sorted(set(self.rows) - set(good))]
+            self.rows = good
+            if self.skipped:
+                warnings.warn(f"skipped {len(self.skipped)} unreadable image(s), e.g. {self.skipped[0]}", stacklevel=2)
+        label_array = table.labels()
+        self.labels = torch.as_tensor(label_array, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        row = self.rows[index]
+        image = self.transform(open_image(self.table.images[row]))
+        return (image, self.labels[row]) if self.with_labels else image
+
+
+def image_files(folder: str | Path) -> list[str]:
+    """Image files under ``folder`` (recursively), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"images: no such folder: {folder}")
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,258 @@
+"""What ``elta train``, ``elta evaluate`` and ``elta pseudo-label`` do, on real datasets.
+
+A torchvision backbone gets a C-level distribution head (C = the dataset's levels: 10,
+or 9 for PARA), is trained with TFA / FLSA switched on by flags, checkpointed every epoch
+(atomically; ``--resume`` continues), and evaluated with the metrics of SPEC section 3,
+written as JSON and CSV. ``--apds`` adds one self-training round.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from elta_core import apds, metrics
+from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit, predict
+from elta_core.adapters.torch.data import ImageLabelDataset, image_files
+from elta_core.adapters.torch.self_training import atomic_save
+from elta_core.data.labels import LabelTable, load_labels
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class RunConfig:
+    backbone: str
+    num_bins: int
+    bin_values: list[float]
+    scale: list[float]
+    image_size: int
+    head: str
+
+
+def default_head(model: nn.Module) -> str:
+    """Name of the last top-level module that holds an ``nn.Linear`` (fc, classifier, head)."""
+    for name, child in reversed(list(model.named_children())):
+        if isinstance(child, nn.Linear) or any(isinstance(m, nn.Linear) for m in child.modules()):
+            return name
+    raise ValueError(f"backbone: cannot find a linear head in {type(model).__name__}")
+
+
+def build_model(backbone: str, num_bins: int, weights: str | None = None) -> tuple[nn.Module, str, list[str]]:
+    """A torchvision model with a ``num_bins`` head; ``weights`` is a local state dict whose
+    tensors of matching shape are loaded (an ImageNet head is skipped). Returns the model,
+    its head name and the keys that were not loaded."""
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(backbone, weights=None, num_classes=num_bins)
+    except ValueError:
+        names = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models))[:12])
+        raise ValueError(f"backbone: unknown torchvision model {backbone!r} (e.g. {names}, ...)") from None
+    skipped: list[str] = []
+    if weights:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights: no such file: {weights}")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        own = model.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(own) - set(usable))
+        model.load_state_dict(usable, strict=False)
+    return model, default_head(model), skipped
+
+
+def score_scale_of(table: LabelTable) -> float:
+    low, high = table.scale
+    return (high - low) / 9.0
+
+
+def split_table(table: LabelTable, val_fraction: float, seed: int) -> tuple[LabelTable, LabelTable]:
+    """The file's own train / test split where it has one, else a seeded random split."""
+    if table.split is not None and "train" in table.split:
+        held_out = [s for s in ("test", "validation", "testnew") if s in table.split]
+        if held_out:
+            rows = np.array([s == "train" for s in table.split])
+            evaluation = np.array([s == held_out[0] for s in table.split])
+            return table.subset(rows), table.subset(evaluation)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(table))
+    cut = max(1, int(round(len(table) * val_fraction)))
+    return table.subset(np.sort(order[cut:])), table.subset(np.sort(order[:cut]))
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _write_metrics(result: dict[str, float], out: Path, stem: str) -> None:
+    atomic_save(result, out / f"{stem}.json")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(result.keys())
+    writer.writerow(f"{v:.6g}" if isinstance(v, float) else v for v in result.values())
+    atomic_save(buffer.getvalue(), out / f"{stem}.csv")
+
+
+def format_metrics(result: dict[str, float]) -> str:
+    names = [("plcc", "P (PLCC)"), ("srcc", "S (SRCC)"), ("accuracy", "accuracy"), ("mae_low", "L (low MAE)"),
+             ("mae_medium", "M (medium MAE)"), ("mae_high", "H (high MAE)")]
+    return "\n".join(f"{label:>15}: {result[key]:.4f}" for key, label in names)
+
+
+def evaluate_model(wrapper: ELTAWrapper, dataset, table: LabelTable, batch_size: int, progress: bool) -> dict[str, float]:
+    logits, _ = predict(wrapper, DataLoader(dataset, batch_size=batch_size), progress=progress, desc="evaluate")
+    values = torch.as_tensor(table.bin_values, dtype=torch.float32)
+    predicted = (torch.softmax(logits, 1) @ values).numpy()
+    true = table.scores[list(dataset.rows)]
+    low, high = table.scale
+    result = metrics.evaluate(predicted, true, threshold=low + (high - low) * 4 / 9)
+    result["num_images"] = float(len(true))
+    return result
+
+
+def train(args: Any) -> dict[str, float]:
+    """``elta train``: returns the evaluation metrics of the final model."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    table = load_labels(args.labels, args.format, image_root=args.images)
+    train_table, eval_table = split_table(table, args.val_fraction, args.seed)
+    num_bins = len(table.bin_values)
+    model, head, skipped = build_model(args.backbone, num_bins, args.weights)
+    device = _device(args.device)
+    model.to(device)
+    wrapper = ELTAWrapper(
+        model, head, tfa=args.tfa, num_pairs=args.num_pairs, flsa_weight=args.flsa,
+        bin_values=table.bin_values.tolist(), score_scale=score_scale_of(table), seed=args.seed,
+    )
+    train_data = ImageLabelDataset(train_table, train=True, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
+    eval_data = ImageLabelDataset(eval_table, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
+    skipped_images = len(train_data.skipped) + len(eval_data.skipped)
+    loader = DataLoader(train_data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        generator=torch.Generator().manual_seed(args.seed), drop_last=len(train_data) > args.batch_size)
+    optimizer = torch.optim.AdamW(wrapper.parameters(), lr=args.lr)
+    config = RunConfig(args.backbone, num_bins, table.bin_values.tolist(), list(table.scale), args.image_size, head)
+
+    first_epoch = 0
+    checkpoint_path = out / CHECKPOINT
+    if args.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        first_epoch = int(state["epoch"])
+        print(f"resuming from {checkpoint_path} after epoch {first_epoch}")
+    for epoch in range(first_epoch, args.epochs):
+        losses = fit(wrapper, loader, optimizer, epochs=1, progress=not args.quiet, desc=f"epoch {epoch + 1}/{args.epochs}")
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                     "config": config.__dict__, "loss": losses[-1]}, checkpoint_path)
+        if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
+            print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
+            return {}
+
+    if args.apds:
+        if not args.unlabelled:
+            raise ValueError("unlabelled: --apds needs --unlabelled (a folder of images or a label file)")
+        pool = unlabelled_pool(args, table)
+        trainer = SelfTraining(
+            wrapper, out / "self_training", epochs=args.round2_epochs, betas=args.betas,
+            thresholds=args.thresholds, min_selected=args.min_selected,
+            optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=args.lr / 4),
+            batch_size=args.batch_size, progress=not args.quiet,
+        )
+        if not trainer.done("round1"):
+            atomic_save(model.state_dict(), trainer.path("round1"))
+        summary = trainer.run(train_data, eval_data, pool)
+        print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
+              f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": args.epochs,
+                     "config": config.__dict__, "round": 2}, checkpoint_path)
+
+    result = evaluate_model(wrapper, eval_data, eval_table, args.batch_size, not args.quiet)
+    result["skipped_images"] = float(skipped_images)
+    _write_metrics(result, out, "metrics")
+    if skipped:
+        print(f"weights: {len(skipped)} tensors not loaded (new head or other shapes), e.g. {skipped[0]}")
+    return result
+
+
+def unlabelled_pool(args: Any, table: LabelTable) -> ImageLabelDataset:
+    if Path(args.unlabelled).is_dir():
+        files = image_files(args.unlabelled)
+        pool_table = LabelTable(files, np.zeros(len(files)), None, table.bin_values, table.scale, source=args.unlabelled)
+    else:
+        pool_table = load_labels(args.unlabelled, args.unlabelled_format or args.format, image_root=args.images)
+    return ImageLabelDataset(pool_table, image_size=args.image_size, labels=False, skip_unreadable=args.skip_unreadable)
+
+
+def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunConfig]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint: no such file: {path}")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"checkpoint: {path} was not written by elta train")
+    config = RunConfig(**state["config"])
+    model, head, _ = build_model(config.backbone, config.num_bins)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    scale = (config.scale[1] - config.scale[0]) / 9.0
+    return ELTAWrapper(model, config.head, bin_values=config.bin_values, score_scale=scale).eval(), config
+
+
+def evaluate(args: Any) -> dict[str, float]:
+    """``elta evaluate``: metrics of a checkpoint on a label file (its test split if it has one)."""
+    wrapper, config = load_checkpoint(args.checkpoint, _device(args.device))
+    table = load_labels(args.labels, args.format, image_root=args.images)
+    if args.split:
+        table = table.where_split(args.split)
+    data = ImageLabelDataset(table, image_size=config.image_size, skip_unreadable=args.skip_unreadable)
+    result = evaluate_model(wrapper, data, table, args.batch_size, not args.quiet)
+    result["skipped_images"] = float(len(data.skipped))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        _write_metrics(result, Path(args.out), "evaluation")
+    return result
+
+
+def pseudo_label(args: Any) -> dict[str, Any]:
+    """``elta pseudo-label``: grid search on a labelled calibration file, then pseudo-labels
+    for an unlabelled pool, written as ``pseudo_labels.csv`` (image, score, p_1..p_C)."""
+    device = _device(args.device)
+    wrapper, config = load_checkpoint(args.checkpoint, device)
+    args.image_size = args.image_size or config.image_size
+    calibration = load_labels(args.calibration, args.format, image_root=args.images)
+    calibration_data = ImageLabelDataset(calibration, image_size=config.image_size, skip_unreadable=args.skip_unreadable)
+    logits, _ = predict(wrapper, DataLoader(calibration_data, batch_size=args.batch_size), progress=not args.quiet, desc="calibration")
+    scale = wrapper.score_scale
+    result = apds.grid_search(logits, torch.as_tensor(calibration.scores[list(calibration_data.rows)], dtype=torch.float32),
+                              args.betas, args.thresholds, config.bin_values, args.min_selected, score_scale=scale)
+    args.unlabelled_format = args.unlabelled_format or args.format
+    pool = unlabelled_pool(args, calibration)
+    pool_logits, _ = predict(wrapper, DataLoader(pool, batch_size=args.batch_size), progress=not args.quiet, desc="unlabelled")
+    values = torch.as_tensor(config.bin_values)
+    pool_mean = float((torch.softmax(pool_logits, 1) @ values).mean())
+    chosen = apds.select(pool_logits, result.beta, result.threshold, config.bin_values, pool_mean, score_scale=scale)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save(result.as_dict(), out / "grid.json")
+    atomic_save(result.to_markdown() + "\n", out / "grid.md")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "score"] + [f"p_{v:g}" for v in config.bin_values])
+    for index, label in zip(chosen.indices.tolist(), chosen.labels):
+        writer.writerow([pool.table.images[pool.rows[index]], f"{float(label @ values):.4f}"] + [f"{p:.6f}" for p in label.tolist()])
+    path = out / "pseudo_labels.csv"
+    atomic_save(buffer.getvalue(), path)
+    return {"grid": result, "num_selected": len(chosen.indices), "pool": len(pool), "path": str(path)}
+

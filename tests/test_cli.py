@@ -1,0 +1,113 @@
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from elta_core.cli import main  # noqa: E402
+from elta_core.data.synthetic import export, generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def folder_dataset(tmp_path_factory):
+    """64 synthetic images written as PNG files with an AVA-format label CSV."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    labels = export(generate(64, 32, seed=3), folder)
+    return labels, folder / "images"
+
+
+def _train(labels, images, out, *extra):
+    return main([
+        "train", "--labels", str(labels), "--format", "ava", "--images", str(images), "--backbone", "resnet18",
+        "--image-size", "32", "--batch-size", "16", "--epochs", "2", "--tfa", "--flsa", "1.0", "--val-fraction", "0.25",
+        "--out", str(out), "--quiet", *extra,
+    ])
+
+
+def test_train_resume_evaluate_and_pseudo_label(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    assert _train(labels, images, out, "--stop-after-epoch", "1") == 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1
+    assert "stopped after epoch 1" in capsys.readouterr().out
+
+    assert _train(labels, images, out, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert "resuming from" in printed and "after epoch 1" in printed
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    result = json.loads((out / "metrics.json").read_text())
+    assert {"plcc", "srcc", "accuracy", "mae_low", "mae_medium", "mae_high"} <= set(result)
+    assert (out / "metrics.csv").read_text().startswith("plcc,srcc,accuracy")
+
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--labels", str(labels), "--format", "ava",
+                 "--images", str(images), "--out", str(out / "eval"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("P (PLCC)", "S (SRCC)", "accuracy", "L (low MAE)", "M (medium MAE)", "H (high MAE)"):
+        assert name in printed
+    assert json.loads((out / "eval" / "evaluation.json").read_text())["num_images"] == 64
+
+    assert main(["pseudo-label", "--checkpoint", str(out / "checkpoint.pt"), "--calibration", str(labels), "--format", "ava",
+                 "--images", str(images), "--unlabelled", str(images), "--min-selected", "1",
+                 "--thresholds", "0.05,0.1", "--out", str(out / "pseudo"), "--quiet"]) == 0
+    assert "t* " in capsys.readouterr().out
+    rows = (out / "pseudo" / "pseudo_labels.csv").read_text().splitlines()
+    assert rows[0].startswith("image,score,p_1,p_2") and len(rows) > 1
+    assert (out / "pseudo" / "grid.md").exists()
+
+    # An untrained model reaches no default threshold: a clear error, exit code 2.
+    assert main(["pseudo-label", "--checkpoint", str(out / "checkpoint.pt"), "--calibration", str(labels), "--format", "ava",
+                 "--images", str(images), "--unlabelled", str(images), "--out", str(out / "none"), "--quiet"]) == 2
+    assert "min_selected: no (beta, threshold) cell selects at least 11" in capsys.readouterr().err
+
+
+def test_train_with_apds_round(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    out = tmp_path / "apds"
+    code = main([
+        "train", "--labels", str(labels), "--format", "ava", "--images", str(images), "--image-size", "32",
+        "--batch-size", "16", "--epochs", "1", "--apds", "--unlabelled", str(images), "--val-fraction", "0.25",
+        "--thresholds", "0.05,0.1", "--min-selected", "2", "--out", str(out), "--quiet",
+    ])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "self_training" / "round2.pt").exists() and "APDS: beta*" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 16
+
+
+def test_missing_and_corrupt_images(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    broken = tmp_path / "images"
+    broken.mkdir()
+    for path in sorted(images.iterdir())[:64]:
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "0.jpg").write_bytes(b"not a jpeg")
+    (broken / "1.jpg").unlink()
+    assert _train(labels, broken, tmp_path / "fails", "--epochs", "1") == 2
+    error = capsys.readouterr().err
+    assert "image:" in error and ("0.jpg" in error or "1.jpg" in error)
+    assert _train(labels, broken, tmp_path / "skips", "--epochs", "1", "--skip-unreadable") == 0
+    assert json.loads((tmp_path / "skips" / "metrics.json").read_text())["skipped_images"] == 2
+
+
+def test_bad_cli_inputs(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    assert main(["train", "--labels", str(tmp_path / "none.csv"), "--format", "ava", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert _train(labels, images, tmp_path / "y", "--backbone", "resnet_nope") == 2
+    assert "backbone: unknown torchvision model 'resnet_nope'" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--labels", str(labels), "--format", "ava"]) == 2
+    assert "checkpoint: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["stats", str(labels), "--format", "jpeg"])
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_table_and_picture(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for row in ("baseline", "+TFA", "+FLSA", "+TFA+FLSA", "+TFA+FLSA+APDS"):
+        assert f"| {row} |" in printed
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert len(report["results"]["baseline"]) == 3 and report["seconds"] < 120
