@@ -36,9 +36,8 @@ class _Prediction(NamedTuple):
     bin_values: Tensor
 
 
-def _predict(
-    logits: Tensor, bin_values: Any, mean_score: float | None, score_scale: float, validate: bool
-) -> tuple[Any, _Prediction]:
+def _validated_logits(logits: Tensor, bin_values: Any, score_scale: float, validate: bool):
+    """Backend, float logits (N, C >= 2), the bin values as a tensor and the score scale."""
     backend, logits = _checks.tensor(logits, "logits")
     _checks.rank(backend, logits, "logits", (2,), "a 2-D array (N, C) of logits")
     logits = _checks.float_tensor(backend, logits, "logits", validate)
@@ -46,7 +45,17 @@ def _predict(
     if num_bins < 2:
         raise ValueError(f"logits: expected at least 2 levels (N, C >= 2), got shape {backend.shape(logits)}")
     values = _checks.bin_values_for(backend, bin_values, num_bins, logits)
-    score_scale = _checks.positive_number(score_scale, "score_scale")
+    return backend, logits, values, _checks.positive_number(score_scale, "score_scale")
+
+
+def _predict(
+    logits: Tensor, bin_values: Any, mean_score: float | None, score_scale: float, validate: bool
+) -> tuple[Any, _Prediction]:
+    backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
+    return backend, _prediction(backend, logits, values, mean_score, score_scale)
+
+
+def _prediction(backend, logits: Tensor, values: Tensor, mean_score: float | None, score_scale: float) -> _Prediction:
     probs = backend.softmax(logits, axis=1)
     scores = backend.matmul(probs, values)
     if mean_score is None:
@@ -54,7 +63,7 @@ def _predict(
     else:
         centre = _finite_number(mean_score, "mean_score")
     gap = backend.abs(scores - centre) / score_scale
-    return backend, _Prediction(logits, probs, scores, gap, values)
+    return _Prediction(logits, probs, scores, gap, values)
 
 
 def _finite_number(value: Any, name: str) -> float:
@@ -231,6 +240,33 @@ def _min_selected_count(min_selected: int | float, total: int) -> int:
     raise ValueError(f"min_selected: expected a count >= 1 or a fraction in (0, 1), got {min_selected!r}")
 
 
+def _grid_stats(backend, prediction: _Prediction, true_scores: Tensor, betas: list[float],
+                sorted_thresholds: list[float], pseudo_label: PseudoLabel, strict: bool) -> dict:
+    """(count, summed |error|) per (beta, threshold): one pass per beta, thresholds bucketed."""
+    edges = backend.constant(sorted_thresholds, prediction.scores)
+    buckets = len(sorted_thresholds) + 1
+    stats: dict[tuple[float, float], tuple[int, float]] = {}
+    for beta in betas:
+        confidence = _max_sharpened_prob(backend, prediction, beta)
+        if pseudo_label == "prediction":
+            pseudo_scores = prediction.scores
+        else:
+            pseudo_scores = backend.matmul(
+                _pseudo_labels(backend, prediction, beta, pseudo_label), prediction.bin_values
+            )
+        errors = backend.abs(pseudo_scores - true_scores)
+        # Bucket b holds the samples that pass exactly the b lowest thresholds.
+        bucket = backend.searchsorted(edges, confidence, right=not strict)
+        counts = backend.to_numpy(backend.bincount(bucket, errors * 0 + 1, buckets))
+        sums = backend.to_numpy(backend.bincount(bucket, errors, buckets))
+        # Passing threshold k means landing in a bucket > k: reverse cumulative sums.
+        passing_counts = counts[::-1].cumsum()[::-1]
+        passing_sums = sums[::-1].cumsum()[::-1]
+        for k, t in enumerate(sorted_thresholds):
+            stats[(beta, t)] = (int(round(float(passing_counts[k + 1]))), float(passing_sums[k + 1]))
+    return stats
+
+
 def grid_search(
     logits: Tensor,
     labels: Tensor,
@@ -271,37 +307,32 @@ def grid_search(
     beta_values = _checks.positive_numbers(betas, "betas")
     threshold_values = _checks.probability_thresholds(thresholds, "thresholds")
     _check_pseudo_label(pseudo_label)
-    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
+    if mean_score is not None:
+        mean_score = _finite_number(mean_score, "mean_score")
     _, labels = _checks.tensor(labels, "labels")
-    size = backend.shape(prediction.logits)[0]
+    size = backend.shape(logits)[0]
     true_scores = _checks.scores(backend, labels, "labels", bin_values, validate)
     _checks.same_length("logits", size, "labels", backend.shape(true_scores)[0])
     floor = _min_selected_count(min_selected, size)
-    true_scores = backend.cast_like(true_scores, prediction.scores)
+    true_scores = backend.cast_like(true_scores, logits)
 
     sorted_thresholds = sorted(set(threshold_values))
-    edges = backend.constant(sorted_thresholds, prediction.scores)
-    buckets = len(sorted_thresholds) + 1
-    stats: dict[tuple[float, float], tuple[int, float]] = {}
-    for beta in dict.fromkeys(beta_values):
-        confidence = _max_sharpened_prob(backend, prediction, beta)
-        if pseudo_label == "prediction":
-            pseudo_scores = prediction.scores
-        else:
-            pseudo_scores = backend.matmul(
-                _pseudo_labels(backend, prediction, beta, pseudo_label), prediction.bin_values
-            )
-        errors = backend.abs(pseudo_scores - true_scores)
-        # Bucket b holds the samples that pass exactly the b lowest thresholds.
-        bucket = backend.searchsorted(edges, confidence, right=not strict)
-        ones = errors * 0 + 1
-        counts = backend.to_numpy(backend.bincount(bucket, ones, buckets))
-        sums = backend.to_numpy(backend.bincount(bucket, errors, buckets))
-        # Passing threshold k means landing in a bucket > k: reverse cumulative sums.
-        passing_counts = counts[::-1].cumsum()[::-1]
-        passing_sums = sums[::-1].cumsum()[::-1]
-        for k, t in enumerate(sorted_thresholds):
-            stats[(beta, t)] = (int(round(float(passing_counts[k + 1]))), float(passing_sums[k + 1]))
+    unique_betas = list(dict.fromkeys(beta_values))
+    from elta_core.kernels import native
+
+    if native.use_native_grid(backend.name, logits, size):
+        counts, sums = native.grid_accumulate(
+            backend.to_numpy(logits), backend.to_numpy(true_scores), backend.to_numpy(values), unique_betas,
+            sorted_thresholds, mean_score, score_scale, strict, pseudo_label == "sharpened",
+        )
+        stats = {
+            (beta, t): (int(counts[b, k]), float(sums[b, k]))
+            for b, beta in enumerate(unique_betas) for k, t in enumerate(sorted_thresholds)
+        }
+    else:
+        prediction = _prediction(backend, logits, values, mean_score, score_scale)
+        stats = _grid_stats(backend, prediction, true_scores, unique_betas, sorted_thresholds, pseudo_label, strict)
 
     table = []
     for beta in beta_values:

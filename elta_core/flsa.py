@@ -139,7 +139,8 @@ def alignment_loss(
         features: (B, D) or (B, ...) features; trailing dims are flattened.
         scores: (B,) / (B, 1) scores or (B, C) distributions.
         method: ``"auto"`` takes ``"gram"`` (no B x B matrix) when B > D and
-            ``"direct"`` otherwise. Both are exact.
+            ``"direct"`` otherwise, or the native CPU kernel (one pass, no B x B matrix)
+            for small CPU batches where it was measured faster. All are exact.
         validate: check for NaN/Inf and shapes (reads values on the host).
 
     Returns:
@@ -156,6 +157,11 @@ def alignment_loss(
     _checks.same_length("features", size, "scores", backend.shape(s)[0])
     if size < 2:
         return backend.sum(z) * 0
+    if method == "auto":
+        from elta_core.kernels import native
+
+        if native.use_native_flsa(backend.name, z, size, width):
+            return _native_loss(backend, z, backend.cast_like(s, z))
     zh = _normalize(backend, z)
     u, has_range = _unit_scores(backend, backend.cast_like(backend.stop_gradient(s), zh))
     if method == "auto":
@@ -163,3 +169,13 @@ def alignment_loss(
     total = _gram_sum(backend, zh, u) if method == "gram" else _direct_sum(backend, zh, u)
     loss = total / (size * size)
     return backend.where(has_range, loss, backend.constant(0.0, loss))
+
+
+def _native_loss(backend, z: Tensor, s: Tensor) -> Tensor:
+    """The same loss from the native kernel (tested against the forms above)."""
+    from elta_core.kernels import native
+
+    if backend.name == "torch":
+        return native.torch_flsa_loss(z, s)
+    loss, _ = native.flsa_loss_and_grad(z, s)
+    return z.dtype.type(loss)

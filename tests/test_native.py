@@ -1,0 +1,175 @@
+"""Native CPU kernels against the float64 reference, the dispatch, and the fallback."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from elta_core import apds, flsa, kernels
+from elta_core.kernels import native
+from tests import reference as ref
+
+needs_native = pytest.mark.skipif(not kernels.native_available(), reason=str(kernels.native_available().reason))
+SHAPES = [(2, 3), (17, 4), (6, 16), (48, 32), (33, 257)]
+
+
+def _reference_loss_and_grad(z, s):
+    torch = pytest.importorskip("torch")
+    features = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    loss = flsa.alignment_loss(features, torch.tensor(s, dtype=torch.float64), method="direct")
+    loss.backward()
+    return loss.item(), features.grad.numpy()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 2e-5)])
+@pytest.mark.parametrize("size,width", SHAPES)
+def test_flsa_kernel_matches_reference(size, width, dtype, tol, rng):
+    z = rng.normal(size=(size, width))
+    z[size // 2] = 0.0  # a zero vector
+    s = np.round(rng.uniform(1, 10, size), 1)
+    loss, grad = native.flsa_loss_and_grad(z.astype(dtype), s.astype(dtype))
+    z_used, s_used = z.astype(dtype).astype(np.float64), s.astype(dtype).astype(np.float64)
+    expected_loss, expected_grad = _reference_loss_and_grad(z_used, s_used)
+    assert loss == pytest.approx(ref.alignment_loss(z_used, s_used), rel=tol, abs=tol)
+    assert loss == pytest.approx(expected_loss, rel=tol, abs=tol)
+    np.testing.assert_allclose(grad, expected_grad, rtol=tol * 10, atol=tol)
+    assert grad.dtype == dtype
+
+
+@needs_native
+@pytest.mark.parametrize("z,s", [(np.ones((1, 4)), np.array([5.0])), (np.arange(12.0).reshape(6, 2), np.full(6, 5.5))])
+def test_flsa_kernel_degenerate_batches(z, s):
+    loss, grad = native.flsa_loss_and_grad(z, s)
+    assert loss == 0.0 and np.all(grad == 0)
+
+
+@needs_native
+def test_dispatch_uses_the_kernel_only_where_it_wins(rng, monkeypatch):
+    calls = []
+    real = native.flsa_loss_and_grad
+    monkeypatch.setattr(native, "flsa_loss_and_grad", lambda *a: calls.append(a[0].shape) or real(*a))
+    small, large = rng.normal(size=(16, 256)), rng.normal(size=(128, 256))
+    a = flsa.alignment_loss(small, rng.uniform(1, 10, 16))
+    flsa.alignment_loss(large, rng.uniform(1, 10, 128))
+    flsa.alignment_loss(small, rng.uniform(1, 10, 16), method="direct")  # an explicit form is honoured
+    assert calls == [(16, 256)]
+    assert isinstance(a, np.floating)
+    assert not native.use_native_flsa("torch", None, 16, 256), "torch stays on the reference (measured < 2x)"
+
+
+@needs_native
+def test_checks_run_before_the_kernel(rng):
+    z = rng.normal(size=(8, 4))
+    z[2, 1] = np.nan
+    with pytest.raises(ValueError, match="features: expected finite"):
+        flsa.alignment_loss(z, rng.uniform(1, 10, 8))
+    with pytest.raises(ValueError, match="scores: expected 8 rows"):
+        flsa.alignment_loss(rng.normal(size=(8, 4)), rng.uniform(1, 10, 7))
+
+
+@needs_native
+def test_non_contiguous_inputs_are_not_misread(rng):
+    wide = rng.normal(size=(12, 10))
+    z = wide[:, ::2]  # strided view
+    s = rng.uniform(1, 10, 24)[::2]
+    loss, grad = native.flsa_loss_and_grad(z, s)
+    expected, expected_grad = _reference_loss_and_grad(np.ascontiguousarray(z), np.ascontiguousarray(s))
+    assert loss == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-9, atol=1e-12)
+    logits = rng.normal(size=(10, 20)).T[:, :10]  # Fortran-ordered slice
+    sharp, _, _, _ = native.sharpen(logits, 1.2, np.arange(1, 11.0), None, 1.0)
+    np.testing.assert_allclose(sharp, ref.sharpen(np.ascontiguousarray(logits), 1.2), rtol=1e-10)
+
+
+@needs_native
+def test_torch_op_gradients_and_compile(rng):
+    torch = pytest.importorskip("torch")
+    z = torch.tensor(rng.normal(size=(12, 5)), requires_grad=True)
+    s = torch.tensor(np.round(rng.uniform(1, 10, 12), 1))
+    native.torch_flsa_loss(z, s).backward()
+    expected_loss, expected_grad = _reference_loss_and_grad(z.detach().numpy(), s.numpy())
+    np.testing.assert_allclose(z.grad.numpy(), expected_grad, rtol=1e-9, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda f: native.torch_flsa_loss(f, s), (z.detach().clone().requires_grad_(),))
+
+    compiled = torch.compile(lambda f, t: native.torch_flsa_loss(f, t) * 2, backend="aot_eager", fullgraph=True)
+    z.grad = None
+    out = compiled(z, s)
+    out.backward()
+    assert out.item() == pytest.approx(2 * expected_loss, rel=1e-10)
+    np.testing.assert_allclose(z.grad.numpy(), 2 * expected_grad, rtol=1e-9, atol=1e-12)
+    assert torch.ops.elta.flsa_forward.default is not None
+
+
+@needs_native
+@pytest.mark.parametrize("mean_score", [None, 5.0])
+def test_sharpen_row_operation(mean_score, rng):
+    logits = rng.normal(0, 2, size=(40, 9))
+    values = np.arange(1.0, 5.01, 0.5)
+    sharp, maximum, kept, centre = native.sharpen(logits, 1.1, values, mean_score, 0.5, threshold=0.6)
+    expected = apds.sharpen(logits, 1.1, values, mean_score, score_scale=0.5)
+    np.testing.assert_allclose(sharp, expected, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(maximum, expected.max(1), rtol=1e-12)
+    np.testing.assert_array_equal(kept, expected.max(1) >= 0.6)
+
+
+def _grid_pair(logits, true, **options):
+    kernels.set_native_enabled(True)
+    fast = apds.grid_search(logits, true, **options)
+    kernels.set_native_enabled(False)
+    try:
+        slow = apds.grid_search(logits, true, **options)
+    finally:
+        kernels.set_native_enabled(True)
+    return fast, slow
+
+
+@needs_native
+@pytest.mark.parametrize("pseudo_label", ["prediction", "sharpened"])
+@pytest.mark.parametrize("strict", [False, True])
+def test_grid_accumulation_equals_reference_in_float64(pseudo_label, strict, rng):
+    size = native.GRID_MIN_ROWS + 333
+    true = np.clip(rng.normal(5.4, 1.1, size), 1, 10)
+    logits = -((np.arange(1, 11) - (true + rng.normal(0, 0.7, size))[:, None]) ** 2) / rng.uniform(0.5, 3, (size, 1))
+    options = dict(betas=(0.5, 1.0, 1.25, 2.0), thresholds=(0.3, 0.5, 0.7, 0.9), pseudo_label=pseudo_label, strict=strict)
+    fast, slow = _grid_pair(logits, true, **options)
+    for a, b in zip(fast.table, slow.table):
+        assert a.num_selected == b.num_selected
+        assert (a.mae is None and b.mae is None) or a.mae == pytest.approx(b.mae, rel=1e-9)
+    assert (fast.beta, fast.threshold) == (slow.beta, slow.threshold)
+
+
+@needs_native
+def test_grid_accumulation_float32_and_torch(rng):
+    torch = pytest.importorskip("torch")
+    size = 5000
+    logits = (rng.normal(size=(size, 10)) * 3).astype(np.float32)
+    true = rng.uniform(1, 10, size).astype(np.float32)
+    for pair in (_grid_pair(logits, true), _grid_pair(torch.from_numpy(logits), torch.from_numpy(true))):
+        fast, slow = pair
+        for a, b in zip(fast.table, slow.table):
+            assert abs(a.num_selected - b.num_selected) <= 1  # a float32 probability on a threshold
+            if a.num_selected > 100:
+                assert a.mae == pytest.approx(b.mae, rel=2e-3)
+
+
+def test_fallback_when_disabled_or_not_built(rng, monkeypatch):
+    z, s = rng.normal(size=(16, 8)), rng.uniform(1, 10, 16)
+    expected = ref.alignment_loss(z, s)
+    monkeypatch.setattr(kernels, "_STATUS", kernels.NativeStatus(False, "the native extension was not built (test)"))
+    assert not kernels.native_enabled()
+    assert "not built" in str(kernels.native_available())
+    assert flsa.alignment_loss(z, s) == pytest.approx(expected, rel=1e-10)
+    logits = rng.normal(size=(3000, 10))
+    assert apds.grid_search(logits, rng.uniform(1, 10, 3000), thresholds=(0.2, 0.3), min_selected=1).num_selected > 0
+
+
+def test_environment_switch_forces_the_reference():
+    code = (
+        "import elta_core.kernels as k, numpy as np, elta_core.flsa as f\n"
+        "assert not k.native_enabled()\n"
+        "print(f.alignment_loss(np.eye(4), np.arange(4.0)))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ELTA_NATIVE": "0"})
