@@ -6,7 +6,7 @@ Baseline: the direct reading of Eq. 9, one full sharpen + select + MAE per cell.
 import numpy as np
 import pytest
 
-from elta_core import apds
+from elta_core import apds, kernels
 
 SIZE = 255_000
 
@@ -37,17 +37,32 @@ def calibration():
     return _calibration()
 
 
-@pytest.mark.parametrize("name", ["per-cell loop (baseline)", "elta_core grid_search"])
-def test_grid_search_numpy(benchmark, calibration, name):
+@pytest.fixture
+def native_switch():
+    yield kernels.set_native_enabled
+    kernels.set_native_enabled(True)
+
+
+NAMES = ["per-cell loop (baseline)", "elta_core grid_search, reference", "elta_core grid_search, native kernel"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grid_search_numpy(benchmark, calibration, name, native_switch):
+    if name.endswith("native kernel") and not kernels.native_available():
+        pytest.skip("native kernels not built")
+    native_switch(name.endswith("native kernel"))
     logits, true = calibration
     benchmark.group = f"grid search N={SIZE} C=10, 4x5 grid, NumPy"
     fn = per_cell_loop if name.startswith("per-cell") else apds.grid_search
     benchmark.pedantic(fn, args=(logits, true), rounds=5, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("name", ["per-cell loop (baseline)", "elta_core grid_search"])
-def test_grid_search_torch(benchmark, calibration, name):
+@pytest.mark.parametrize("name", NAMES)
+def test_grid_search_torch(benchmark, calibration, name, native_switch):
     torch = pytest.importorskip("torch")
+    if name.endswith("native kernel") and not kernels.native_available():
+        pytest.skip("native kernels not built")
+    native_switch(name.endswith("native kernel"))
     logits, true = (torch.from_numpy(x) for x in calibration)
     benchmark.group = f"grid search N={SIZE} C=10, 4x5 grid, torch CPU"
     if name.startswith("per-cell"):

@@ -1,16 +1,15 @@
 """Peak extra resident memory of one call, measured in a fresh Python process.
 
-torch's CPU allocator keeps no statistics, so the growth of the child's ``ru_maxrss``
-over its value just before the call is used: it counts every page the call touched at
-its peak. A fresh process (not a fork, which deadlocks torch's thread pool) keeps
-other benchmarks' memory out of the reading.
+torch's CPU allocator keeps no statistics, so the child's peak resident set (Linux
+``VmHWM``) is reset just before the call (``/proc/self/clear_refs``) and read after it:
+the growth counts every page the call touched at its peak. A fresh process (not a fork,
+which deadlocks torch's thread pool) keeps other benchmarks' memory out of the reading.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import resource
 import subprocess
 import sys
 
@@ -28,13 +27,23 @@ def peak_extra_mib(target: str, *args) -> float:
     return float(completed.stdout.strip().splitlines()[-1])
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def _main() -> None:
     module_name, function_name = sys.argv[1].split(":")
     args = json.loads(sys.argv[2])
     work = getattr(importlib.import_module(module_name), function_name)(*args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset the peak resident set to the current one
+    before = _status_kib("VmRSS")
     work()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0)
+    print((_status_kib("VmHWM") - before) / 1024.0)
 
 
 if __name__ == "__main__":

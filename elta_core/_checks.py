@@ -17,13 +17,21 @@ DISTRIBUTION_TOLERANCE = 1e-3
 HALF_DISTRIBUTION_TOLERANCE = 2e-2
 
 
-def positive_number(value: Any, name: str) -> float:
-    """``value`` as a float, which must be finite and > 0."""
+def finite_number(value: Any, name: str, what: str = "a finite number") -> float:
+    """``value`` as a finite float."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a positive number, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name}: expected {what}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return number
+
+
+def positive_number(value: Any, name: str) -> float:
+    """``value`` as a float, which must be finite and > 0."""
+    number = finite_number(value, name, "a finite number > 0")
+    if number <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return number
 

@@ -61,19 +61,9 @@ def _prediction(backend, logits: Tensor, values: Tensor, mean_score: float | Non
     if mean_score is None:
         centre = backend.mean(scores) if backend.shape(scores)[0] else backend.constant(0.0, scores)
     else:
-        centre = _finite_number(mean_score, "mean_score")
+        centre = _checks.finite_number(mean_score, "mean_score")
     gap = backend.abs(scores - centre) / score_scale
     return _Prediction(logits, probs, scores, gap, values)
-
-
-def _finite_number(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    return number
 
 
 def _sharpened_logits(backend, prediction: _Prediction, beta: float) -> Tensor:
@@ -309,7 +299,7 @@ def grid_search(
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
     if mean_score is not None:
-        mean_score = _finite_number(mean_score, "mean_score")
+        mean_score = _checks.finite_number(mean_score, "mean_score")
     _, labels = _checks.tensor(labels, "labels")
     size = backend.shape(logits)[0]
     true_scores = _checks.scores(backend, labels, "labels", bin_values, validate)

@@ -43,22 +43,15 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _plot_histogram(summary: dict, path: Path) -> None:
-    import matplotlib
+    from elta_core.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(7, 4))
+    fig, axis = pyplot().subplots(figsize=(7, 4))
     axis.bar(summary["bins"], summary["counts"], color="#4c72b0")
     axis.set_xlabel("mean score (1..10)")
     axis.set_ylabel("images")
     axis.set_title(f"{Path(summary['source']).name}: {summary['total']} images")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    temporary.replace(path)
+    save_png(fig, path)
 
 
 def _demo(args: argparse.Namespace) -> int:

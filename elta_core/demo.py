@@ -137,12 +137,9 @@ def _format_table(results: dict[str, list[dict]]) -> str:
 
 
 def _figure(path: Path, train_scores: np.ndarray, test_scores: np.ndarray, baseline: np.ndarray, elta: np.ndarray) -> None:
-    import matplotlib
+    from elta_core.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.6))
     counts = figure1_counts(train_scores)
     axes[0].bar(FIGURE1_BINS, counts, color="#8c8c8c")
     axes[0].set_title("Training-set scores (paper Figure 1 bins)")
@@ -159,10 +156,7 @@ def _figure(path: Path, train_scores: np.ndarray, test_scores: np.ndarray, basel
         axis.set_title(f"{name}: L {summary['mae_low']:.2f}  M {summary['mae_medium']:.2f}  H {summary['mae_high']:.2f}")
     fig.suptitle("elta demo, seed 0, test set")
     fig.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    temporary.replace(path)
+    save_png(fig, path)
 
 
 def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progress: bool = True) -> dict:

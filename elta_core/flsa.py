@@ -11,8 +11,9 @@ Two exact forms, picked by shape (``method="auto"``):
   norm of the D x D Gram matrix ``Zh^T Zh``, and ``sum C*M`` and ``sum M^2`` come from
   prefix sums in score order. O(B D^2 + B log B) time, O(B D + D^2) memory.
 
-Both are written in backend operations, so autograd of the framework gives the
-gradient, and both accumulate in float32 at least (bf16/fp16 features are upcast).
+Both are written in backend operations and return the loss with its exact gradient
+(first order), attached to the features through the backend, so no autograd graph of
+intermediates is kept. Both accumulate in float32 at least (bf16/fp16 are upcast).
 """
 
 from __future__ import annotations
@@ -89,16 +90,18 @@ def label_similarity(scores: Tensor, *, bin_values: Any = None, validate: bool =
     return 1 - backend.abs(backend.reshape(u, (-1, 1)) - backend.reshape(u, (1, -1)))
 
 
-def _direct_sum(backend, zh: Tensor, u: Tensor) -> Tensor:
-    """``sum_ij (C_ij - M_ij)^2`` with the B x B matrices formed."""
+def _direct_sum_and_grad(backend, zh: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_ij (C_ij - M_ij)^2`` with the B x B matrices formed, and its gradient
+    ``4 (C - M) Zh`` w.r.t. ``Zh``."""
     cosine = backend.matmul(zh, backend.transpose(zh))
     similarity = 1 - backend.abs(backend.reshape(u, (-1, 1)) - backend.reshape(u, (1, -1)))
     gap = cosine - similarity
-    return backend.sum(gap * gap)
+    return backend.sum(gap * gap), 4 * backend.matmul(gap, zh)
 
 
-def _gram_sum(backend, zh: Tensor, u: Tensor) -> Tensor:
-    """``sum_ij (C_ij - M_ij)^2`` in O(B D^2 + B log B), no B x B matrix (SPEC 2.6)."""
+def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum_ij (C_ij - M_ij)^2`` in O(B D^2 + B log B) with no B x B matrix, and its
+    gradient ``4 (Zh G - M Zh)`` w.r.t. ``Zh`` from the same prefix sums (SPEC 2.6)."""
     size = backend.shape(zh)[0]
     gram = backend.matmul(backend.transpose(zh), zh)
     sum_c2 = backend.sum(gram * gram)
@@ -106,23 +109,34 @@ def _gram_sum(backend, zh: Tensor, u: Tensor) -> Tensor:
     order = backend.argsort(u, axis=0)
     u_sorted = backend.take(u, order)
     z_sorted = backend.take(zh, order, axis=0)
-    weighted = backend.reshape(u_sorted, (-1, 1)) * z_sorted
+    u_column = backend.reshape(u_sorted, (-1, 1))
     prefix = backend.cumsum(z_sorted, axis=0)  # P0_k = sum_{m<=k} z_m
-    weighted_prefix = backend.cumsum(weighted, axis=0)  # P1_k = sum_{m<=k} u_m z_m
-    total = prefix[-1]
-    # With A_k = sum_j |u_k - u_j| z_j (ties add 0 on either side, so inclusive prefixes
-    # are exact): A_k = 2 (u_k P0_k - P1_k) + T1 - u_k T0, and since sum_k z_k = T0 and
-    # sum_k u_k z_k = T1, sum_k z_k . A_k = 2 sum_k (u_k z_k . P0_k - z_k . P1_k).
-    spread_dot = backend.sum(weighted * prefix) - backend.sum(z_sorted * weighted_prefix)
-    sum_cm = backend.sum(total * total) - 2 * spread_dot
+    weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)  # P1_k = sum_{m<=k} u_m z_m
+    total, weighted_total = prefix[-1:], weighted_prefix[-1:]
+    # A_k = sum_j |u_k - u_j| z_j = 2 (u_k P0_k - P1_k) + T1 - u_k T0; tied scores add 0
+    # on either side, so inclusive prefixes are exact.
+    spread = 2 * (u_column * prefix - weighted_prefix) + weighted_total - u_column * total
+    similar_sorted = total - spread  # (M Zh)_k = sum_j (1 - |u_k - u_j|) z_j
+    sum_cm = backend.sum(z_sorted * similar_sorted)
 
     # sum_ij M_ij^2 = B^2 - 2 sum_ij |u_i - u_j| + sum_ij (u_i - u_j)^2, labels only.
     ranks = backend.cast_like(backend.arange(size, u), u)
     sum_abs = 2 * backend.sum(u_sorted * (2 * ranks - (size - 1)))
     centred = u - backend.mean(u)
-    sum_sq = 2 * size * backend.sum(centred * centred)
-    sum_m2 = size * size - 2 * sum_abs + sum_sq
-    return sum_c2 - 2 * sum_cm + sum_m2
+    sum_m2 = size * size - 2 * sum_abs + 2 * size * backend.sum(centred * centred)
+
+    similar = backend.take(similar_sorted, backend.argsort(order, axis=0), axis=0)  # back to input order
+    return sum_c2 - 2 * sum_cm + sum_m2, 4 * (backend.matmul(zh, gram) - similar)
+
+
+def _normalize_backward(backend, z: Tensor, zh: Tensor, grad_zh: Tensor) -> Tensor:
+    """Chain ``dL/dZh`` through ``zh = z / max(|z|, floor)`` to ``dL/dz``."""
+    squared = backend.sum(z * z, axis=1, keepdims=True)
+    norm = backend.sqrt(backend.maximum(squared, NORM_FLOOR**2))
+    along = backend.sum(zh * grad_zh, axis=1, keepdims=True)
+    # Where the norm was floored, zh = z / floor is linear in z: no projection.
+    along = backend.where(squared >= NORM_FLOOR**2, along, backend.constant(0.0, along))
+    return (grad_zh - zh * along) / norm
 
 
 def alignment_loss(
@@ -162,13 +176,19 @@ def alignment_loss(
 
         if native.use_native_flsa(backend.name, z, size, width):
             return _native_loss(backend, z, backend.cast_like(s, z))
-    zh = _normalize(backend, z)
+    # Loss and gradient are computed together, outside the framework's autograd (no graph
+    # of B x D intermediates is kept), and the gradient is attached to z.
+    detached = backend.stop_gradient(z)
+    zh = _normalize(backend, detached)
     u, has_range = _unit_scores(backend, backend.cast_like(backend.stop_gradient(s), zh))
     if method == "auto":
         method = "gram" if size > width else "direct"
-    total = _gram_sum(backend, zh, u) if method == "gram" else _direct_sum(backend, zh, u)
-    loss = total / (size * size)
-    return backend.where(has_range, loss, backend.constant(0.0, loss))
+    form = _gram_sum_and_grad if method == "gram" else _direct_sum_and_grad
+    total, grad_zh = form(backend, zh, u)
+    zero = backend.constant(0.0, total)
+    loss = backend.where(has_range, total / (size * size), zero)
+    grad = backend.where(has_range, _normalize_backward(backend, detached, zh, grad_zh) / (size * size), zero)
+    return backend.with_gradient(loss, z, grad)
 
 
 def _native_loss(backend, z: Tensor, s: Tensor) -> Tensor:

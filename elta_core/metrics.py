@@ -80,9 +80,7 @@ def srcc(pred: Tensor, true: Tensor, *, bin_values: Any = None) -> float:
 def accuracy(pred: Tensor, true: Tensor, threshold: float = 5.0, *, bin_values: Any = None) -> float:
     """Binary aesthetics accuracy: the share of samples where ``pred > threshold`` agrees
     with ``true > threshold`` (AVA: 5 on 1..10)."""
-    threshold = float(threshold)
-    if not np.isfinite(threshold):
-        raise ValueError(f"threshold: expected a finite number, got {threshold!r}")
+    threshold = _checks.finite_number(threshold, "threshold")
     p, t = _pair(pred, true, bin_values)
     _need(1, p.size, "accuracy")
     return float(np.mean((p > threshold) == (t > threshold)))

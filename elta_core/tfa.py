@@ -57,23 +57,6 @@ def _tail_logits(backend, s: Tensor, tau1: float) -> Tensor:
     return backend.abs(s - backend.mean(s)) / tau1
 
 
-def sampling_log_probs(
-    scores: Tensor,
-    tau1: float = DEFAULT_TAU1,
-    *,
-    bin_values: Any = None,
-    score_scale: float = 1.0,
-    validate: bool = True,
-) -> Tensor:
-    """``log P(i)`` of Eq. 2, computed with a log-sum-exp (never exp then divide)."""
-    tau1 = _checks.positive_number(tau1, "tau1")
-    backend, s = _prepare_scores(scores, bin_values, score_scale, validate)
-    if backend.shape(s)[0] == 0:
-        return s
-    logits = _tail_logits(backend, s, tau1)
-    return logits - backend.logsumexp(logits, axis=0)
-
-
 def sampling_probs(
     scores: Tensor,
     tau1: float = DEFAULT_TAU1,

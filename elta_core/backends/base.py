@@ -51,6 +51,11 @@ class Backend:
     def stop_gradient(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def with_gradient(self, value: Tensor, wrt: Tensor, gradient: Tensor) -> Tensor:
+        """``value`` (a scalar computed without autograd) whose gradient w.r.t. ``wrt`` is
+        ``gradient`` (first order), for a loss whose gradient is known in closed form."""
+        raise NotImplementedError
+
     # -- host-side checks --------------------------------------------------------
     def shape(self, x: Tensor) -> tuple[int, ...]:
         return tuple(int(d) for d in x.shape)

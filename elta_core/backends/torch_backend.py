@@ -9,6 +9,20 @@ from elta_core.backends.base import Backend
 from elta_core.backends.numpy_backend import numpy_generator
 
 
+class _KnownGradient(torch.autograd.Function):
+    """Returns ``value``; backward gives ``grad_output * gradient`` to ``wrt``."""
+
+    @staticmethod
+    def forward(ctx, wrt, value, gradient):
+        ctx.save_for_backward(gradient)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (gradient,) = ctx.saved_tensors
+        return grad_output * gradient, None, None
+
+
 class TorchBackend(Backend):
     name = "torch"
     tensor_types = (torch.Tensor,)
@@ -44,6 +58,11 @@ class TorchBackend(Backend):
 
     def stop_gradient(self, x):
         return x.detach()
+
+    def with_gradient(self, value, wrt, gradient):
+        if not (torch.is_grad_enabled() and wrt.requires_grad):
+            return value
+        return _KnownGradient.apply(wrt, value.detach(), gradient.detach())
 
     def all_finite_host(self, x):
         if not x.is_floating_point():
