@@ -2,7 +2,7 @@
 
 torch's CPU allocator keeps no statistics, so the child's peak resident set (Linux
 ``VmHWM``) is reset just before the call (``/proc/self/clear_refs``) and read after it:
-the growth counts every page the call touched at its peak. A fresh process (not a fork,
+the growth counts every page the call touched at its peak. One warm-up call runs first. A fresh process (not a fork,
 which deadlocks torch's thread pool) keeps other benchmarks' memory out of the reading.
 """
 
@@ -39,6 +39,7 @@ def _main() -> None:
     module_name, function_name = sys.argv[1].split(":")
     args = json.loads(sys.argv[2])
     work = getattr(importlib.import_module(module_name), function_name)(*args)
+    work()  # warm-up: one-time set-up (autograd engine, thread pools) is not the op's memory
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # reset the peak resident set to the current one
     before = _status_kib("VmRSS")

@@ -27,10 +27,10 @@ def tables(report: dict) -> str:
             rule += "---:|"
         lines += [header, rule]
         for b in sorted(benches, key=lambda b: b["stats"]["mean"]):
-            name = b["name"].split("[", 1)[-1].rstrip("]").rsplit("-", 1)[0] if "[" in b["name"] else b["name"]
+            name = (b.get("params") or {}).get("name") or b["name"]
             row = (
-                f"| {b['param'] if 'param' in b and b['param'] else name} | {b['stats']['mean'] * 1e3:.1f} | "
-                f"{b['stats']['min'] * 1e3:.1f} | {b['stats']['rounds']} | {baseline / b['stats']['mean']:.2f}x |"
+                f"| {name} | {b['stats']['mean'] * 1e3:.3g} | {b['stats']['min'] * 1e3:.3g} | "
+                f"{b['stats']['rounds']} | {baseline / b['stats']['mean']:.2f}x |"
             )
             if has_memory:
                 row += f" {b['extra_info'].get('peak_extra_mib', float('nan')):.0f} |"

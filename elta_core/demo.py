@@ -35,7 +35,7 @@ class DemoConfig:
     unlabelled: int = 4000
     test: int = 2000
     image_size: int = 32
-    epochs: int = 10
+    epochs: int = 8
     round2_epochs: int = 3
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 64
