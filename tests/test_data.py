@@ -83,7 +83,7 @@ def test_generic_csv_scores_and_counts(tmp_path):
     "text,message,fmt",
     [
         ("image,scor\na.jpg,5\n", "line 1: missing column\\(s\\) score", "tad66k"),
-        ("image,score\na.jpg,5\nb.jpg,high\n", "line 3: column 'score': expected a number, got 'high'", "csv"),
+        ("image,score\na.jpg,5\nb.jpg,high\n", "line 3: column 'score': expected a finite number, got 'high'", "csv"),
         ("image,score\na.jpg,11\n", "line 2: score 11 outside the scale 1..10", "csv"),
         ("image,c1,c2\na.jpg,1,-2\n", "line 2: negative vote count", "csv"),
         ("image,c1,c2\na.jpg,0,0\n", "line 2: no votes", "csv"),

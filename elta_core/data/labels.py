@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from elta_core import _checks
+
 FORMATS = ("ava", "ava-txt", "tad66k", "aadb", "para", "csv")
 AVA_COUNT_COLUMNS = [f"score{k}" for k in range(2, 12)]
 PARA_BINS = [f"aestheticScore_{v:.1f}" for v in np.arange(1.0, 5.01, 0.5)]
@@ -92,12 +94,9 @@ class LabelTable:
 
 def _number(value: str, path: Path, line: int, column: str) -> float:
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise LabelFileError(f"{path}: line {line}: column {column!r}: expected a number, got {value!r}") from None
-    if not np.isfinite(number):
-        raise LabelFileError(f"{path}: line {line}: column {column!r}: expected a finite number, got {value!r}")
-    return number
+        return _checks.finite_number(value, column)
+    except ValueError:
+        raise LabelFileError(f"{path}: line {line}: column {column!r}: expected a finite number, got {value!r}") from None
 
 
 def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tuple[int, dict]]]:
