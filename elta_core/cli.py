@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--apds", action="store_true", help="one APDS self-training round after training")
     train.add_argument("--unlabelled", help="for --apds: a folder of images or a label file (labels ignored)")
     train.add_argument("--unlabelled-format", choices=FORMATS)
+    train.add_argument("--calibration", help="for --apds: a labelled file for the grid search "
+                       "(default: the held-out evaluation split)")
+    train.add_argument("--calibration-format", choices=FORMATS)
     train.add_argument("--round2-epochs", type=int, default=1)
     _apds_options(train)
     train.add_argument("--epochs", type=int, default=10)

@@ -173,7 +173,11 @@ def train(args: Any) -> dict[str, float]:
         )
         if not trainer.done("round1"):
             atomic_save(model.state_dict(), trainer.path("round1"))
-        summary = trainer.run(train_data, eval_data, pool)
+        calibration = eval_data  # (beta, t) are then chosen on the evaluation images
+        if args.calibration:
+            calibration_table = load_labels(args.calibration, args.calibration_format or args.format, image_root=args.images)
+            calibration = ImageLabelDataset(calibration_table, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
+        summary = trainer.run(train_data, calibration, pool)
         print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
               f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": args.epochs,

@@ -64,14 +64,18 @@ def test_train_resume_evaluate_and_pseudo_label(folder_dataset, tmp_path, capsys
 
 def test_train_with_apds_round(folder_dataset, tmp_path, capsys):
     labels, images = folder_dataset
+    calibration = tmp_path / "calibration.csv"
+    calibration.write_text("\n".join(labels.read_text().splitlines()[:41]) + "\n")  # header + 40 images
     out = tmp_path / "apds"
     code = main([
         "train", "--labels", str(labels), "--format", "ava", "--images", str(images), "--image-size", "32",
         "--batch-size", "16", "--epochs", "1", "--apds", "--unlabelled", str(images), "--val-fraction", "0.25",
-        "--thresholds", "0.05,0.1", "--min-selected", "2", "--out", str(out), "--quiet",
+        "--thresholds", "0.05,0.1", "--min-selected", "2", "--calibration", str(calibration),
+        "--out", str(out), "--quiet",
     ])
     assert code == 0, capsys.readouterr().err
     assert (out / "self_training" / "round2.pt").exists() and "APDS: beta*" in capsys.readouterr().out
+    assert torch.load(out / "self_training" / "calibration.pt", weights_only=True)["logits"].shape == (40, 10)
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 16
 
 
