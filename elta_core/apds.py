@@ -21,7 +21,9 @@ from elta_core import _checks
 
 Tensor = Any
 
-__all__ = ["GridCell", "GridSearchResult", "Selection", "grid_search", "select", "sharpen", "temperatures"]
+__all__ = [
+    "GridCell", "GridSearchResult", "Selection", "grid_search", "predicted_scores", "select", "sharpen", "temperatures",
+]
 
 DEFAULT_BETAS = (1.0, 1.1, 1.2, 1.25)
 DEFAULT_THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90)
@@ -64,6 +66,12 @@ def _prediction(backend, logits: Tensor, values: Tensor, mean_score: float | Non
         centre = _checks.finite_number(mean_score, "mean_score")
     gap = backend.abs(scores - centre) / score_scale
     return _Prediction(logits, probs, scores, gap, values)
+
+
+def predicted_scores(logits: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
+    """Predicted scores ``s_hat_i = sum_c softmax(z_i)_c * bin_values[c]`` (SPEC 4.1), (N,)."""
+    backend, logits, values, _ = _validated_logits(logits, bin_values, 1.0, validate)
+    return backend.matmul(backend.softmax(logits, axis=1), values)
 
 
 def _sharpened_logits(backend, prediction: _Prediction, beta: float) -> Tensor:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from elta_core import metrics
+from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
@@ -89,7 +89,7 @@ class _Flipped(TensorDataset):
 def _predicted_scores(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     model.eval()
     logits = torch.cat([model(chunk) for chunk in images.split(512)])
-    return (torch.softmax(logits, 1) @ torch.arange(1, 11.0)).numpy()
+    return apds.predicted_scores(logits).numpy()
 
 
 def _train_row(row: str, seed: int, data: dict, config: DemoConfig, workdir: Path, progress: bool):

@@ -51,8 +51,14 @@ def normalized_features(features: Tensor, *, validate: bool = True) -> Tensor:
 
 
 def _normalize(backend, z: Tensor) -> Tensor:
+    return _normalize_with_norms(backend, z)[0]
+
+
+def _normalize_with_norms(backend, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``zh``, the squared row norms and the floored norms (kept for the backward)."""
     squared = backend.sum(z * z, axis=1, keepdims=True)
-    return z / backend.sqrt(backend.maximum(squared, NORM_FLOOR**2))
+    norm = backend.sqrt(backend.maximum(squared, NORM_FLOOR**2))
+    return z / norm, squared, norm
 
 
 def _unit_scores(backend, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,18 +96,19 @@ def label_similarity(scores: Tensor, *, bin_values: Any = None, validate: bool =
     return 1 - backend.abs(backend.reshape(u, (-1, 1)) - backend.reshape(u, (1, -1)))
 
 
-def _direct_sum_and_grad(backend, zh: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """``sum_ij (C_ij - M_ij)^2`` with the B x B matrices formed, and its gradient
-    ``4 (C - M) Zh`` w.r.t. ``Zh``."""
+def _direct_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """``sum_ij (C_ij - M_ij)^2`` with the B x B matrices formed, and (when asked) its
+    gradient ``4 (C - M) Zh`` w.r.t. ``Zh``."""
     cosine = backend.matmul(zh, backend.transpose(zh))
     similarity = 1 - backend.abs(backend.reshape(u, (-1, 1)) - backend.reshape(u, (1, -1)))
     gap = cosine - similarity
-    return backend.sum(gap * gap), 4 * backend.matmul(gap, zh)
+    return backend.sum(gap * gap), (4 * backend.matmul(gap, zh) if with_grad else None)
 
 
-def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """``sum_ij (C_ij - M_ij)^2`` in O(B D^2 + B log B) with no B x B matrix, and its
-    gradient ``4 (Zh G - M Zh)`` w.r.t. ``Zh`` from the same prefix sums (SPEC 2.6)."""
+def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """``sum_ij (C_ij - M_ij)^2`` in O(B D^2 + B log B) with no B x B matrix, and (when
+    asked) its gradient ``4 (Zh G - M Zh)`` w.r.t. ``Zh`` from the same prefix sums
+    (SPEC 2.6)."""
     size = backend.shape(zh)[0]
     gram = backend.matmul(backend.transpose(zh), zh)
     sum_c2 = backend.sum(gram * gram)
@@ -125,14 +132,15 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     centred = u - backend.mean(u)
     sum_m2 = size * size - 2 * sum_abs + 2 * size * backend.sum(centred * centred)
 
+    total_sum = sum_c2 - 2 * sum_cm + sum_m2
+    if not with_grad:
+        return total_sum, None
     similar = backend.take(similar_sorted, backend.argsort(order, axis=0), axis=0)  # back to input order
-    return sum_c2 - 2 * sum_cm + sum_m2, 4 * (backend.matmul(zh, gram) - similar)
+    return total_sum, 4 * (backend.matmul(zh, gram) - similar)
 
 
-def _normalize_backward(backend, z: Tensor, zh: Tensor, grad_zh: Tensor) -> Tensor:
+def _normalize_backward(backend, zh: Tensor, squared: Tensor, norm: Tensor, grad_zh: Tensor) -> Tensor:
     """Chain ``dL/dZh`` through ``zh = z / max(|z|, floor)`` to ``dL/dz``."""
-    squared = backend.sum(z * z, axis=1, keepdims=True)
-    norm = backend.sqrt(backend.maximum(squared, NORM_FLOOR**2))
     along = backend.sum(zh * grad_zh, axis=1, keepdims=True)
     # Where the norm was floored, zh = z / floor is linear in z: no projection.
     along = backend.where(squared >= NORM_FLOOR**2, along, backend.constant(0.0, along))
@@ -177,17 +185,20 @@ def alignment_loss(
         if native.use_native_flsa(backend.name, z, size, width):
             return _native_loss(backend, z, backend.cast_like(s, z))
     # Loss and gradient are computed together, outside the framework's autograd (no graph
-    # of B x D intermediates is kept), and the gradient is attached to z.
-    detached = backend.stop_gradient(z)
-    zh = _normalize(backend, detached)
+    # of B x D intermediates is kept), and the gradient is attached to z. The gradient is
+    # skipped when nothing will ask for it (NumPy, no_grad, features without grad).
+    with_grad = backend.needs_gradient(z)
+    zh, squared, norm = _normalize_with_norms(backend, backend.stop_gradient(z))
     u, has_range = _unit_scores(backend, backend.cast_like(backend.stop_gradient(s), zh))
     if method == "auto":
         method = "gram" if size > width else "direct"
     form = _gram_sum_and_grad if method == "gram" else _direct_sum_and_grad
-    total, grad_zh = form(backend, zh, u)
+    total, grad_zh = form(backend, zh, u, with_grad)
     zero = backend.constant(0.0, total)
     loss = backend.where(has_range, total / (size * size), zero)
-    grad = backend.where(has_range, _normalize_backward(backend, detached, zh, grad_zh) / (size * size), zero)
+    if not with_grad:
+        return loss
+    grad = backend.where(has_range, _normalize_backward(backend, zh, squared, norm, grad_zh) / (size * size), zero)
     return backend.with_gradient(loss, z, grad)
 
 

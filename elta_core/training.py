@@ -113,8 +113,7 @@ def format_metrics(result: dict[str, float]) -> str:
 
 def evaluate_model(wrapper: ELTAWrapper, dataset, table: LabelTable, batch_size: int, progress: bool) -> dict[str, float]:
     logits, _ = predict(wrapper, DataLoader(dataset, batch_size=batch_size), progress=progress, desc="evaluate")
-    values = torch.as_tensor(table.bin_values, dtype=torch.float32)
-    predicted = (torch.softmax(logits, 1) @ values).numpy()
+    predicted = apds.predicted_scores(logits, table.bin_values).numpy()
     true = table.scores[list(dataset.rows)]
     low, high = table.scale
     result = metrics.evaluate(predicted, true, threshold=low + (high - low) * 4 / 9)
@@ -245,7 +244,7 @@ def pseudo_label(args: Any) -> dict[str, Any]:
     pool = unlabelled_pool(args, calibration)
     pool_logits, _ = predict(wrapper, DataLoader(pool, batch_size=args.batch_size), progress=not args.quiet, desc="unlabelled")
     values = torch.as_tensor(config.bin_values)
-    pool_mean = float((torch.softmax(pool_logits, 1) @ values).mean())
+    pool_mean = float(apds.predicted_scores(pool_logits, config.bin_values).mean())
     chosen = apds.select(pool_logits, result.beta, result.threshold, config.bin_values, pool_mean, score_scale=scale)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

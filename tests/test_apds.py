@@ -139,3 +139,25 @@ def test_extreme_logits_stay_finite():
     for beta in (0.1, 1.25, 5.0):
         assert np.isfinite(apds.sharpen(logits, beta)).all()
     apds.grid_search(logits, np.array([1.0, 2.0, 3.0]), min_selected=1)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_predicted_scores_match_reference(flavour, rng):
+    logits = rng.normal(0, 2, size=(25, 9))
+    values = np.arange(1.0, 5.01, 0.5)
+    result = apds.predicted_scores(make(logits, flavour), values)
+    assert same_kind(result, flavour)
+    assert_close(result, ref.softmax(rounded(logits, flavour)) @ values, flavour, scale=20)
+
+
+def test_flsa_loss_without_gradient_equals_with_gradient(rng):
+    torch = pytest.importorskip("torch")
+    from elta_core import flsa
+
+    z, s = torch.randn(40, 8, dtype=torch.float64), torch.rand(40, dtype=torch.float64) * 9 + 1
+    for method in ("direct", "gram"):
+        with torch.no_grad():
+            plain = flsa.alignment_loss(z, s, method=method)
+        tracked = flsa.alignment_loss(z.clone().requires_grad_(), s, method=method)
+        assert plain.grad_fn is None and tracked.grad_fn is not None
+        torch.testing.assert_close(plain, tracked.detach(), rtol=0, atol=0)

@@ -38,8 +38,8 @@ def test_auto_picks_gram_when_batch_exceeds_width(rng, monkeypatch):
 
     monkeypatch.setattr(kernels, "_enabled", False)  # the reference's own choice of form
     calls = []
-    monkeypatch.setattr(flsa, "_gram_sum_and_grad", lambda b, zh, u: calls.append("gram") or (0.0 * zh.sum(), 0.0 * zh))
-    monkeypatch.setattr(flsa, "_direct_sum_and_grad", lambda b, zh, u: calls.append("direct") or (0.0 * zh.sum(), 0.0 * zh))
+    monkeypatch.setattr(flsa, "_gram_sum_and_grad", lambda b, zh, u, with_grad: calls.append("gram") or (0.0 * zh.sum(), 0.0 * zh))
+    monkeypatch.setattr(flsa, "_direct_sum_and_grad", lambda b, zh, u, with_grad: calls.append("direct") or (0.0 * zh.sum(), 0.0 * zh))
     flsa.alignment_loss(rng.normal(size=(10, 4)), rng.normal(size=10))
     flsa.alignment_loss(rng.normal(size=(4, 10)), rng.normal(size=4))
     assert calls == ["gram", "direct"]

@@ -51,6 +51,10 @@ class Backend:
     def stop_gradient(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def needs_gradient(self, x: Tensor) -> bool:
+        """Whether a gradient w.r.t. ``x`` will be asked for (autograd on and tracking ``x``)."""
+        raise NotImplementedError
+
     def with_gradient(self, value: Tensor, wrt: Tensor, gradient: Tensor) -> Tensor:
         """``value`` (a scalar computed without autograd) whose gradient w.r.t. ``wrt`` is
         ``gradient`` (first order), for a loss whose gradient is known in closed form."""

@@ -64,6 +64,9 @@ class NumpyBackend(Backend):
     def stop_gradient(self, x):
         return x
 
+    def needs_gradient(self, x):
+        return False
+
     def with_gradient(self, value, wrt, gradient):
         return value
 

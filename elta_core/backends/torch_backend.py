@@ -59,8 +59,11 @@ class TorchBackend(Backend):
     def stop_gradient(self, x):
         return x.detach()
 
+    def needs_gradient(self, x):
+        return torch.is_grad_enabled() and x.requires_grad
+
     def with_gradient(self, value, wrt, gradient):
-        if not (torch.is_grad_enabled() and wrt.requires_grad):
+        if not self.needs_gradient(wrt):
             return value
         return _KnownGradient.apply(wrt, value.detach(), gradient.detach())
 

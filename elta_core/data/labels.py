@@ -117,6 +117,18 @@ def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tupl
     return header, rows
 
 
+def _whitespace_rows(path: Path, width: int, expected: str):
+    """(line number, fields) of a whitespace-separated file; blank lines are skipped and a
+    row with another number of fields than ``width`` is rejected naming ``expected``."""
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != width:
+            raise LabelFileError(f"{path}: line {line_number}: expected {expected}, got {len(fields)} field(s): {line!r}")
+        yield line_number, fields
+
+
 def _counts_to_distribution(counts: np.ndarray, path: Path, lines: list[int]) -> np.ndarray:
     for k, row in enumerate(counts):
         if (row < 0).any():
@@ -174,12 +186,7 @@ def read_ava_txt(
     if not path.is_file():
         raise FileNotFoundError(f"labels: no such file: {path}")
     ids, counts, lines = [], [], []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != 15:
-            raise LabelFileError(f"{path}: line {line_number}: expected 15 fields, got {len(fields)}")
+    for line_number, fields in _whitespace_rows(path, 15, "15 fields"):
         ids.append(fields[1])
         counts.append([_number(v, path, line_number, f"rating {k + 1}") for k, v in enumerate(fields[2:12])])
         lines.append(line_number)
@@ -235,12 +242,7 @@ def read_aadb(path: str | os.PathLike, image_root: str | os.PathLike | None = No
     images, scores, split, lines = [], [], [], []
     for file in files:
         name = file.name.replace("imgList", "").replace("Regression_score.txt", "").lower() or "all"
-        for line_number, line in enumerate(file.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != 2:
-                raise LabelFileError(f"{file}: line {line_number}: expected '<filename> <score>', got {line!r}")
+        for line_number, fields in _whitespace_rows(file, 2, "'<filename> <score>'"):
             images.append(_join(image_root, fields[0]))
             scores.append(_number(fields[1], file, line_number, "score"))
             split.append(name)

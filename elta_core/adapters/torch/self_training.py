@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from elta_core import apds, losses
+from elta_core import apds
 from elta_core.adapters.torch.wrapper import ELTAWrapper
 
 Stage = Literal["round1", "calibration", "unlabelled", "grid", "selection", "round2"]
@@ -302,7 +302,7 @@ class SelfTraining:
 
     def _select(self, logits: torch.Tensor, beta: float, threshold: float, cap: int) -> dict[str, torch.Tensor]:
         bin_values = self.wrapper.bin_values
-        pool_mean = float(losses.scores_from_distribution(torch.softmax(logits, 1), bin_values).mean())
+        pool_mean = float(apds.predicted_scores(logits, bin_values).mean())
         scale = self.wrapper.score_scale
         chosen = apds.select(logits, beta, threshold, bin_values, pool_mean, pseudo_label=self.pseudo_label, score_scale=scale)
         indices, labels = chosen.indices, chosen.labels

@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from elta_core import _checks, losses
+from elta_core import _checks, apds, losses
 from elta_core import tfa as tfa_core
 from elta_core import flsa as flsa_core
 from elta_core.adapters.torch.distributed import gather_with_grad
@@ -273,12 +273,9 @@ class ELTAWrapper(nn.Module):
         predictions = predictions.float()
         if kind == "score":
             return predictions.reshape(predictions.shape[0])
-        probs = predictions if kind == "probs" else torch.softmax(predictions, dim=1)
-        values = torch.as_tensor(
-            self.bin_values if self.bin_values is not None else range(1, probs.shape[1] + 1),
-            dtype=probs.dtype, device=probs.device,
-        )
-        return probs @ values
+        if kind == "probs":
+            return losses.scores_from_distribution(predictions, self.bin_values, validate=False)
+        return apds.predicted_scores(predictions, self.bin_values, validate=False)
 
     def _task_loss(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task_loss_fn is not None:
