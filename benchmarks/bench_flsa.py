@@ -8,18 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from benchmarks.baselines import plain_formula  # noqa: E402
 from benchmarks.memory import peak_extra_mib  # noqa: E402
 from elta_core import flsa  # noqa: E402
 
 WIDTH = 256
 SIZES = [48, 1024, 8192]
-
-
-def plain_formula(features, scores):
-    zh = torch.nn.functional.normalize(features, dim=1)
-    cosine = zh @ zh.T
-    label = 1 - (scores[:, None] - scores[None, :]).abs() / (scores.max() - scores.min())
-    return ((cosine - label) ** 2).mean()
 
 
 def elta_core_loss(features, scores):

@@ -63,9 +63,20 @@ def _prediction(backend, logits: Tensor, values: Tensor, mean_score: float | Non
     if mean_score is None:
         centre = backend.mean(scores) if backend.shape(scores)[0] else backend.constant(0.0, scores)
     else:
-        centre = _checks.finite_number(mean_score, "mean_score")
+        centre = _checked_mean_score(mean_score)
     gap = backend.abs(scores - centre) / score_scale
     return _Prediction(logits, probs, scores, gap, values)
+
+
+def _checked_mean_score(mean_score: float | None) -> float | None:
+    return None if mean_score is None else _checks.finite_number(mean_score, "mean_score")
+
+
+def _use_triton(backend, logits: Tensor) -> bool:
+    """CUDA logits with rows go to the Triton kernels (:mod:`elta_core.kernels`)."""
+    from elta_core.kernels.triton_ops import use_triton
+
+    return backend.shape(logits)[0] > 0 and use_triton(backend.name, logits)
 
 
 def predicted_scores(logits: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
@@ -122,7 +133,13 @@ def sharpen(
         (N, C) probabilities. The argmax is kept and the max probability does not drop.
     """
     beta = _checks.positive_number(beta, "beta")
-    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
+    mean_score = _checked_mean_score(mean_score)
+    if _use_triton(backend, logits):
+        from elta_core.kernels.triton_ops import apds as kernels
+
+        return kernels.sharpen_rows(logits, values, beta, mean_score, score_scale)[0]
+    prediction = _prediction(backend, logits, values, mean_score, score_scale)
     return backend.softmax(_sharpened_logits(backend, prediction, beta), axis=1)
 
 
@@ -178,7 +195,17 @@ def select(
     beta = _checks.positive_number(beta, "beta")
     threshold = _checks.probability_thresholds([threshold], "threshold")[0]
     _check_pseudo_label(pseudo_label)
-    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
+    mean_score = _checked_mean_score(mean_score)
+    if _use_triton(backend, logits):
+        from elta_core.kernels.triton_ops import apds as kernels
+
+        sharpened, _, kept = kernels.sharpen_rows(logits, values, beta, mean_score, score_scale, threshold, strict)
+        indices = kept.nonzero().reshape(-1)
+        if pseudo_label == "sharpened":
+            return Selection(indices, sharpened[indices])
+        return Selection(indices, backend.softmax(backend.take(logits, indices, axis=0), axis=1))
+    prediction = _prediction(backend, logits, values, mean_score, score_scale)
     confidence = _max_sharpened_prob(backend, prediction, beta)
     kept = confidence > threshold if strict else confidence >= threshold
     indices = backend.from_numpy(backend.to_numpy(kept).nonzero()[0].astype("int64"), prediction.logits)
@@ -285,8 +312,9 @@ def grid_search(
     the MEAN absolute error between their pseudo-label score and true score is taken
     (Eq. 9's sum would be minimised by selecting nothing). Cells with fewer than
     ``min_selected`` samples are not eligible. The best cell has the lowest MAE; ties
-    (within a relative 1e-9) go to more selected samples, then to the earlier cell in
-    grid order.
+    (within a relative 1e-9 for float64 logits, 1e-5 for lower precisions, where the
+    same samples summed in another order differ by more) go to more selected samples,
+    then to the earlier cell in grid order.
 
     All thresholds of one beta come from one pass: each max probability is bucketed
     among the sorted thresholds and the errors are summed per bucket.
@@ -306,8 +334,7 @@ def grid_search(
     threshold_values = _checks.probability_thresholds(thresholds, "thresholds")
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
-    if mean_score is not None:
-        mean_score = _checks.finite_number(mean_score, "mean_score")
+    mean_score = _checked_mean_score(mean_score)
     _, labels = _checks.tensor(labels, "labels")
     size = backend.shape(logits)[0]
     true_scores = _checks.scores(backend, labels, "labels", bin_values, validate)
@@ -319,11 +346,19 @@ def grid_search(
     unique_betas = list(dict.fromkeys(beta_values))
     from elta_core.kernels import native
 
-    if native.use_native_grid(backend.name, logits, size):
-        counts, sums = native.grid_accumulate(
+    kernel_arrays = None
+    if _use_triton(backend, logits):
+        from elta_core.kernels.triton_ops import apds as kernels
+
+        kernel_arrays = kernels.grid_accumulate(logits, true_scores, values, unique_betas, sorted_thresholds,
+                                                mean_score, score_scale, strict, pseudo_label == "sharpened")
+    elif native.use_native_grid(backend.name, logits, size):
+        kernel_arrays = native.grid_accumulate(
             backend.to_numpy(logits), backend.to_numpy(true_scores), backend.to_numpy(values), unique_betas,
             sorted_thresholds, mean_score, score_scale, strict, pseudo_label == "sharpened",
         )
+    if kernel_arrays is not None:
+        counts, sums = kernel_arrays
         stats = {
             (beta, t): (int(counts[b, k]), float(sums[b, k]))
             for b, beta in enumerate(unique_betas) for k, t in enumerate(sorted_thresholds)
@@ -347,8 +382,9 @@ def grid_search(
             "or lower min_selected."
         )
     # Sums over the same samples, grouped differently per beta, differ by rounding only:
-    # MAEs within a relative 1e-9 of the lowest count as tied.
+    # MAEs within a relative 1e-9 of the lowest count as tied (1e-5 below float64).
+    tie = 1e-9 if "float64" in str(getattr(logits, "dtype", "")) else 1e-5
     lowest = min(cell.mae for cell in eligible)
-    tied = [cell for cell in eligible if cell.mae <= lowest + 1e-9 * abs(lowest) + 1e-12]
+    tied = [cell for cell in eligible if cell.mae <= lowest + tie * abs(lowest) + 1e-12]
     best = max(tied, key=lambda cell: cell.num_selected)  # max keeps the first of equals
     return GridSearchResult(best.beta, best.threshold, best.mae, best.num_selected, floor, table)

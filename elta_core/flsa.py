@@ -162,7 +162,8 @@ def alignment_loss(
         scores: (B,) / (B, 1) scores or (B, C) distributions.
         method: ``"auto"`` takes ``"gram"`` (no B x B matrix) when B > D and
             ``"direct"`` otherwise, or the native CPU kernel (one pass, no B x B matrix)
-            for small CPU batches where it was measured faster. All are exact.
+            for small CPU batches where it was measured faster. All are exact. CUDA
+            tensors run the same form as Triton kernels (:mod:`elta_core.kernels`).
         validate: check for NaN/Inf and shapes (reads values on the host).
 
     Returns:
@@ -179,6 +180,13 @@ def alignment_loss(
     _checks.same_length("features", size, "scores", backend.shape(s)[0])
     if size < 2:
         return backend.sum(z) * 0
+    from elta_core.kernels.triton_ops import use_triton
+
+    if use_triton(backend.name, z):
+        from elta_core.kernels.triton_ops.flsa import flsa_loss
+
+        form = method if method != "auto" else ("gram" if size > width else "direct")
+        return flsa_loss(z, s, form)
     if method == "auto":
         from elta_core.kernels import native
 

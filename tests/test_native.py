@@ -160,7 +160,7 @@ def test_grid_accumulation_float32_and_torch(rng):
 def test_fallback_when_disabled_or_not_built(rng, monkeypatch):
     z, s = rng.normal(size=(16, 8)), rng.uniform(1, 10, 16)
     expected = ref.alignment_loss(z, s)
-    monkeypatch.setattr(kernels, "_STATUS", kernels.NativeStatus(False, "the native extension was not built (test)"))
+    monkeypatch.setattr(kernels, "_STATUS", kernels.KernelStatus(False, "the native extension was not built (test)"))
     assert not kernels.native_enabled()
     assert "not built" in str(kernels.native_available())
     assert flsa.alignment_loss(z, s) == pytest.approx(expected, rel=1e-10)

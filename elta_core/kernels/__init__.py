@@ -6,6 +6,10 @@ definition; every kernel is tested against them and is used only where it wins.
   grid-search accumulation. :func:`native_available` says whether they were built and,
   if not, why. Set ``ELTA_NATIVE=0`` (or call :func:`set_native_enabled`) to force the
   reference.
+- Triton GPU kernels (:mod:`elta_core.kernels.triton_ops`): FLSA forward and backward,
+  the APDS row operation and the grid-search accumulation, used automatically for CUDA
+  tensors when Triton is importable. :func:`triton_available` says whether it is. Set
+  ``ELTA_TRITON=0`` (or call :func:`set_triton_enabled`) to force the reference.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-__all__ = ["NativeStatus", "native_available", "native_enabled", "set_native_enabled"]
+__all__ = [
+    "KernelStatus", "native_available", "native_enabled", "set_native_enabled",
+    "set_triton_enabled", "triton_available", "triton_enabled",
+]
 
 
-class NativeStatus(NamedTuple):
-    """Truthy when the native extension is importable; ``reason`` says why not."""
+class KernelStatus(NamedTuple):
+    """Truthy when a kernel family can run; ``reason`` says why or why not."""
 
     available: bool
     reason: str
@@ -30,21 +37,29 @@ def _load_native():
     try:
         from elta_core.kernels import _native
     except ImportError as error:
-        return None, NativeStatus(
+        return None, KernelStatus(
             False,
             f"the native extension was not built (a pure-Python install, e.g. no C++ compiler or CMake at "
             f"install time): {error}",
         )
     threads = _native.max_threads()
     detail = f"OpenMP, {threads} threads" if _native.openmp_enabled() else "no OpenMP, 1 thread"
-    return _native, NativeStatus(True, f"built ({detail})")
+    return _native, KernelStatus(True, f"built ({detail})")
 
 
 _NATIVE, _STATUS = _load_native()
-_enabled = os.environ.get("ELTA_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def native_available() -> NativeStatus:
+def _switched_on(variable: str) -> bool:
+    return os.environ.get(variable, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+_enabled = _switched_on("ELTA_NATIVE")
+_triton_enabled = _switched_on("ELTA_TRITON")
+_TRITON_STATUS: KernelStatus | None = None
+
+
+def native_available() -> KernelStatus:
     """Whether the native CPU kernels were built; ``str()`` of the result says why or why not."""
     return _STATUS
 
@@ -63,3 +78,31 @@ def set_native_enabled(enabled: bool) -> None:
 def native_module():
     """The compiled module (``None`` when not built)."""
     return _NATIVE
+
+
+def triton_available() -> KernelStatus:
+    """Whether the Triton kernels can be imported (Triton and torch installed). Triton is
+    imported on the first call only, never by ``import elta_core``."""
+    global _TRITON_STATUS
+    if _TRITON_STATUS is None:
+        try:
+            import triton
+
+            from elta_core.kernels.triton_ops import apds, flsa  # noqa: F401
+        except Exception as error:  # a broken Triton install must not break the reference
+            _TRITON_STATUS = KernelStatus(False, f"Triton kernels unavailable: {type(error).__name__}: {error}")
+        else:
+            mode = ", interpreter (TRITON_INTERPRET=1)" if os.environ.get("TRITON_INTERPRET") == "1" else ""
+            _TRITON_STATUS = KernelStatus(True, f"Triton {triton.__version__}{mode}")
+    return _TRITON_STATUS
+
+
+def triton_enabled() -> bool:
+    """Triton importable and not switched off (it is still used for CUDA tensors only)."""
+    return _triton_enabled and triton_available().available
+
+
+def set_triton_enabled(enabled: bool) -> None:
+    """Switch the Triton kernels on or off for this process (off: the reference runs)."""
+    global _triton_enabled
+    _triton_enabled = bool(enabled)

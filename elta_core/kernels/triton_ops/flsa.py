@@ -1,0 +1,282 @@
+"""FLSA loss and gradient [Eqs. 5, 6; SPEC 2.3-2.6] as Triton kernels, with a
+``torch.autograd.Function`` on top (the Liger-Kernel layout).
+
+Pipeline (every step stays on the device, no host synchronisation):
+
+1. ``_normalize_kernel``: row norms (floored, as the reference) and ``Zh`` in the
+   compute dtype (float32, float64 for float64 inputs).
+2. Unit scores ``u = (s - min s) / R`` from a device-side ``aminmax``.
+3. The sum ``sum_ij (C_ij - M_ij)^2`` and its gradient w.r.t. ``Zh``:
+
+   - B <= D, ``_direct_kernel``: one program per (row block, column split). It forms a
+     cosine tile, the label tile from the scores, the squared error and ``gap @ Zh_j``
+     in one pass over the column blocks; no B x B matrix is stored. Column splits give
+     deterministic partial gradients that are summed afterwards (no atomics).
+   - B > D, the Gram form of SPEC 2.6: ``Zh^T Zh`` and ``Zh G`` are matmuls, and
+     ``_prefix_kernel`` walks the rows in score order once per feature block, keeping
+     the prefix sums ``P0, P1`` in registers, to produce ``(M Zh)_k``, ``sum C*M`` and
+     the gradient ``Zh G - M Zh`` in place.
+
+4. ``_normalize_backward_kernel``: the chain rule through the normalisation, scaled by
+   ``1 / B^2`` (0 when all scores are equal), written in the input dtype.
+
+float16 and bfloat16 inputs are computed in float32 (the cosine tiles use the input
+dtype's tensor cores with float32 accumulation).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from elta_core.flsa import NORM_FLOOR
+
+_DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+@triton.jit
+def _normalize_kernel(z_ptr, zh_ptr, squared_ptr, norm_ptr, rows_total, width, floor_squared,
+                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < rows_total
+    compute = zh_ptr.dtype.element_ty
+    total = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
+    for start in range(0, width, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (cols < width)[None, :]
+        x = tl.load(z_ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(compute)
+        total += x * x
+    squared = tl.sum(total, axis=1)
+    norm = tl.sqrt(tl.maximum(squared, floor_squared))
+    tl.store(squared_ptr + rows, squared, mask=row_ok)
+    tl.store(norm_ptr + rows, norm, mask=row_ok)
+    for start in range(0, width, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (cols < width)[None, :]
+        x = tl.load(z_ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(compute)
+        tl.store(zh_ptr + rows[:, None] * width + cols[None, :], x / norm[:, None], mask=mask)
+
+
+@triton.jit
+def _direct_kernel(zh_ptr, u_ptr, grad_ptr, partial_ptr, size, width, blocks_per_split,
+                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BLOCK_OUT: tl.constexpr, WITH_GRAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """Program (i, split): rows block i against column blocks of its split."""
+    block_i = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = block_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_ok = rows < size
+    compute = zh_ptr.dtype.element_ty
+    u_rows = tl.load(u_ptr + rows, mask=row_ok, other=0.0)
+    squares = tl.zeros([BLOCK_I, BLOCK_J], dtype=compute)
+    first = split * blocks_per_split
+    for block_j in range(first, first + blocks_per_split):
+        cols = block_j * BLOCK_J + tl.arange(0, BLOCK_J)
+        col_ok = cols < size
+        cosine = tl.zeros([BLOCK_I, BLOCK_J], dtype=compute)
+        for start in range(0, width, BLOCK_K):
+            ks = start + tl.arange(0, BLOCK_K)
+            k_ok = ks < width
+            a = tl.load(zh_ptr + rows[:, None] * width + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(zh_ptr + cols[None, :] * width + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            cosine += tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=PRECISION, out_dtype=compute)
+        u_cols = tl.load(u_ptr + cols, mask=col_ok, other=0.0)
+        gap = cosine - (1.0 - tl.abs(u_rows[:, None] - u_cols[None, :]))
+        gap = tl.where(row_ok[:, None] & col_ok[None, :], gap, 0.0)
+        squares += gap * gap
+        if WITH_GRAD:
+            # gradient rows of this split: out[split, i, :] += gap @ Zh[cols, :]
+            out_base = grad_ptr + split * size * width
+            for start in range(0, width, BLOCK_OUT):
+                outs = start + tl.arange(0, BLOCK_OUT)
+                out_ok = outs < width
+                zj = tl.load(zh_ptr + cols[:, None] * width + outs[None, :], mask=col_ok[:, None] & out_ok[None, :],
+                             other=0.0)
+                target = out_base + rows[:, None] * width + outs[None, :]
+                mask = row_ok[:, None] & out_ok[None, :]
+                previous = tl.load(target, mask=mask, other=0.0)
+                update = tl.dot(gap.to(DOT_DTYPE), zj.to(DOT_DTYPE), input_precision=PRECISION, out_dtype=compute)
+                tl.store(target, previous + 4.0 * update, mask=mask)
+    tl.store(partial_ptr + split * tl.num_programs(0) + block_i, tl.sum(squares))
+
+
+@triton.jit
+def _prefix_kernel(zh_ptr, u_sorted_ptr, order_ptr, total_ptr, weighted_total_ptr, grad_ptr, partial_ptr,
+                   size, width, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WITH_GRAD: tl.constexpr):
+    """Program d: features block d, all rows in score order, prefix sums carried."""
+    block_d = tl.program_id(0)
+    cols = block_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_ok = cols < width
+    compute = zh_ptr.dtype.element_ty
+    total = tl.load(total_ptr + cols, mask=col_ok, other=0.0)
+    weighted_total = tl.load(weighted_total_ptr + cols, mask=col_ok, other=0.0)
+    carry = tl.zeros([BLOCK_D], dtype=compute)
+    weighted_carry = tl.zeros([BLOCK_D], dtype=compute)
+    products = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
+    for start in range(0, size, BLOCK_R):
+        positions = start + tl.arange(0, BLOCK_R)
+        pos_ok = positions < size
+        index = tl.load(order_ptr + positions, mask=pos_ok, other=0)
+        u = tl.load(u_sorted_ptr + positions, mask=pos_ok, other=0.0)[:, None]
+        mask = pos_ok[:, None] & col_ok[None, :]
+        z = tl.load(zh_ptr + index[:, None] * width + cols[None, :], mask=mask, other=0.0)
+        prefix = carry[None, :] + tl.cumsum(z, axis=0)
+        weighted_prefix = weighted_carry[None, :] + tl.cumsum(u * z, axis=0)
+        # (M Zh)_k = T0 - sum_j |u_k - u_j| z_j = T0 - (2 (u_k P0_k - P1_k) + T1 - u_k T0)
+        similar = total[None, :] - (2.0 * (u * prefix - weighted_prefix) + weighted_total[None, :] - u * total[None, :])
+        products += tl.where(mask, z * similar, 0.0)
+        if WITH_GRAD:
+            target = grad_ptr + index[:, None] * width + cols[None, :]
+            zg = tl.load(target, mask=mask, other=0.0)
+            tl.store(target, 4.0 * (zg - similar), mask=mask)
+        carry += tl.sum(z, axis=0)
+        weighted_carry += tl.sum(u * z, axis=0)
+    tl.store(partial_ptr + block_d, tl.sum(products))
+
+
+@triton.jit
+def _normalize_backward_kernel(zh_ptr, squared_ptr, norm_ptr, grad_zh_ptr, scale_ptr, out_ptr, rows_total, width,
+                               splits, floor_squared, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out = scale * (g - zh <zh, g>) / norm, with g summed over the column splits."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < rows_total
+    compute = zh_ptr.dtype.element_ty
+    along = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
+    for start in range(0, width, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (cols < width)[None, :]
+        offsets = rows[:, None] * width + cols[None, :]
+        g = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
+        for split in range(0, splits):
+            g += tl.load(grad_zh_ptr + split * rows_total * width + offsets, mask=mask, other=0.0)
+        along += tl.load(zh_ptr + offsets, mask=mask, other=0.0) * g
+    squared = tl.load(squared_ptr + rows, mask=row_ok, other=0.0)
+    # Where the norm was floored, zh = z / floor is linear in z: no projection.
+    projection = tl.where(squared >= floor_squared, tl.sum(along, axis=1), 0.0)
+    scale = tl.load(scale_ptr) / tl.load(norm_ptr + rows, mask=row_ok, other=1.0)
+    for start in range(0, width, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = row_ok[:, None] & (cols < width)[None, :]
+        offsets = rows[:, None] * width + cols[None, :]
+        g = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
+        for split in range(0, splits):
+            g += tl.load(grad_zh_ptr + split * rows_total * width + offsets, mask=mask, other=0.0)
+        zh = tl.load(zh_ptr + offsets, mask=mask, other=0.0)
+        value = (g - zh * projection[:, None]) * scale[:, None]
+        tl.store(out_ptr + offsets, value.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _unit_scores(scores: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``u`` in [0, 1] and whether the score range is > 0, on the device (no sync)."""
+    s = scores.detach().to(dtype)
+    low, high = torch.aminmax(s)
+    spread = high - low
+    has_range = spread > 0
+    return (s - low) / torch.where(has_range, spread, torch.ones_like(spread)), has_range
+
+
+def _sum_m2(u: torch.Tensor) -> torch.Tensor:
+    """``sum_ij M_ij^2`` from the scores only (SPEC 2.6)."""
+    size = u.shape[0]
+    u_sorted = torch.sort(u).values
+    ranks = torch.arange(size, device=u.device, dtype=u.dtype)
+    sum_abs = 2 * torch.sum(u_sorted * (2 * ranks - (size - 1)))
+    centred = u - u.mean()
+    return size * size - 2 * sum_abs + 2 * size * torch.sum(centred * centred)
+
+
+def _direct_blocks(size: int, width: int) -> tuple[int, int]:
+    """(row block, column splits): enough programs to fill a GPU at small B."""
+    block = 32 if size <= 256 else 64
+    row_blocks = triton.cdiv(size, block)
+    column_blocks = triton.cdiv(size, block)
+    splits = max(1, min(column_blocks, 256 // max(row_blocks, 1)))
+    while column_blocks % splits:
+        splits -= 1
+    return block, splits
+
+
+def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, method: str,
+                  with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """FLSA loss (0-d, float32 or float64) and, when asked, its gradient w.r.t. the
+    (B, D) ``features`` in their dtype. ``method`` is ``"direct"`` or ``"gram"``."""
+    z = features.detach().contiguous()
+    size, width = z.shape
+    compute = _compute_dtype(z.dtype)
+    device = z.device
+    floor_squared = NORM_FLOOR**2
+    zh = torch.empty((size, width), device=device, dtype=compute)
+    squared = torch.empty(size, device=device, dtype=compute)
+    norm = torch.empty(size, device=device, dtype=compute)
+    block_rows, block_width = 32, min(128, triton.next_power_of_2(width))
+    _normalize_kernel[(triton.cdiv(size, block_rows),)](z, zh, squared, norm, size, width, floor_squared,
+                                                         BLOCK_R=block_rows, BLOCK_D=block_width)
+    u, has_range = _unit_scores(scores, compute)
+
+    splits = 1
+    if method == "direct":
+        block, splits = _direct_blocks(size, width)
+        row_blocks = triton.cdiv(size, block)
+        grad_zh = torch.zeros((splits, size, width), device=device, dtype=compute) if with_grad else zh
+        partial = torch.empty((splits, row_blocks), device=device, dtype=compute)
+        dot_dtype = _DOT_DTYPES.get(z.dtype, tl.float64 if compute == torch.float64 else tl.float32)
+        _direct_kernel[(row_blocks, splits)](
+            zh, u, grad_zh, partial, size, width, triton.cdiv(size, block) // splits,
+            BLOCK_I=block, BLOCK_J=block, BLOCK_K=32, BLOCK_OUT=64, WITH_GRAD=with_grad, DOT_DTYPE=dot_dtype,
+            PRECISION="ieee",
+        )
+        total = partial.sum()
+    else:
+        gram = zh.T @ zh
+        sum_c2 = torch.sum(gram * gram)
+        order = torch.argsort(u, stable=True)
+        u_sorted = u[order]
+        column_total = zh.sum(0)
+        weighted_total = u @ zh
+        grad_zh = zh @ gram if with_grad else zh
+        block_d = 16 if width <= 1024 else 32
+        partial = torch.empty(triton.cdiv(width, block_d), device=device, dtype=compute)
+        _prefix_kernel[(triton.cdiv(width, block_d),)](
+            zh, u_sorted, order, column_total, weighted_total, grad_zh, partial, size, width,
+            BLOCK_R=64, BLOCK_D=block_d, WITH_GRAD=with_grad,
+        )
+        total = sum_c2 - 2 * partial.sum() + _sum_m2(u)
+
+    zero = torch.zeros((), device=device, dtype=compute)
+    loss = torch.where(has_range, total / (size * size), zero)
+    if not with_grad:
+        return loss, None
+    scale = torch.where(has_range, torch.full((), 1.0 / (size * size), device=device, dtype=compute), zero)
+    grad = torch.empty_like(z)
+    _normalize_backward_kernel[(triton.cdiv(size, block_rows),)](
+        zh, squared, norm, grad_zh, scale, grad, size, width, splits, floor_squared,
+        BLOCK_R=block_rows, BLOCK_D=block_width,
+    )
+    return loss, grad
+
+
+class FLSAFunction(torch.autograd.Function):
+    """The FLSA loss of (B, D) features, differentiable w.r.t. them (first order): the
+    gradient is computed with the loss and kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, scores: torch.Tensor, method: str) -> torch.Tensor:
+        loss, grad = loss_and_grad(features, scores, method, with_grad=ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad if grad is not None else loss)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad_output.to(grad.dtype) * grad, None, None
+
+
+def flsa_loss(features: torch.Tensor, scores: torch.Tensor, method: str) -> torch.Tensor:
+    """FLSA loss through the Triton kernels; ``features`` (B >= 2, D), ``scores`` (B,)."""
+    return FLSAFunction.apply(features, scores, method)
