@@ -12,7 +12,11 @@ from elta_core import _checks
 
 Tensor = Any
 
-__all__ = ["distribution_from_counts", "emd", "label_scores", "mse", "scores_from_distribution"]
+__all__ = [
+    "distribution_from_counts", "emd", "label_scores", "mse", "output_scores", "scores_from_distribution", "task_loss",
+]
+
+OutputKind = Literal["logits", "probs", "score"]
 
 
 def scores_from_distribution(dist: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
@@ -116,6 +120,48 @@ def mse(pred: Tensor, target: Tensor, *, validate: bool = True) -> Tensor:
     if backend.shape(pred)[0] == 0:
         return backend.sum(pred)
     return backend.mean((pred - backend.cast_like(target, pred)) ** 2)
+
+
+def _check_output_kind(output: str) -> None:
+    if output not in ("logits", "probs", "score"):
+        raise ValueError(f"output: expected 'logits', 'probs' or 'score', got {output!r}")
+
+
+def output_scores(predictions: Tensor, output: OutputKind, bin_values: Any = None, *, validate: bool = True) -> Tensor:
+    """Scores (N,) from a model's output of kind ``output``: a scalar ``"score"``, a
+    softmax ``"probs"`` (paper 3.1) or ``"logits"`` (SPEC 4.1)."""
+    _check_output_kind(output)
+    backend, predictions = _checks.tensor(predictions, "predictions")
+    if output == "score":
+        return _checks.scalar_scores(backend, predictions, "predictions", validate)
+    if output == "probs":
+        return scores_from_distribution(predictions, bin_values, validate=validate)
+    from elta_core.apds import predicted_scores
+
+    return predicted_scores(predictions, bin_values, validate=validate)
+
+
+def task_loss(predictions: Tensor, labels: Tensor, output: OutputKind, bin_values: Any = None, *,
+              validate: bool = True) -> Tensor:
+    """The default task loss of the adapters (SPEC 3.1-3.2): EMD between distributions
+    when the labels are (N, C) distributions and the model outputs C levels, else the MSE
+    between the predicted and the true scores. Computed in float32 at least. The labels
+    are named ``y`` in errors, as in the adapters' ``fit``/``wrapper(x, y)``."""
+    _check_output_kind(output)
+    backend, predictions = _checks.tensor(predictions, "predictions")
+    _, labels = _checks.tensor(labels, "labels")
+    predictions = _checks.float_tensor(backend, predictions, "predictions", validate)
+    label_shape = backend.shape(labels)
+    distribution_labels = len(label_shape) == 2 and label_shape[1] > 1
+    if distribution_labels and output != "score":
+        levels = backend.shape(predictions)[-1]
+        if levels != label_shape[1]:
+            raise ValueError(f"y: expected distributions over the model's {levels} outputs, "
+                             f"got {label_shape[1]} levels")
+        probs = predictions if output == "probs" else backend.softmax(predictions, axis=1)
+        return emd(probs, backend.cast_like(labels, probs), validate=validate)
+    target = label_scores(labels, bin_values, validate=validate)
+    return mse(output_scores(predictions, output, bin_values, validate=validate), target, validate=validate)
 
 
 def _safe_root(backend, x: Tensor, r: float) -> Tensor:

@@ -20,6 +20,7 @@ __all__ = ["Backend", "get_backend", "register_backend", "registered_backends"]
 # imported only once the framework itself is in sys.modules.
 _LAZY_BACKENDS: list[tuple[str, str]] = [
     ("torch", "elta_core.backends.torch_backend:TorchBackend"),
+    ("keras", "elta_core.backends.keras_backend:KerasBackend"),  # TensorFlow and JAX tensors
 ]
 _loaded: dict[str, Backend] = {}
 _numpy_backend = NumpyBackend()

@@ -270,28 +270,13 @@ class ELTAWrapper(nn.Module):
     def predicted_scores(self, predictions: torch.Tensor) -> torch.Tensor:
         """Scores (N,) from the model's raw output, whatever its kind."""
         kind = self.output_kind(predictions)
-        predictions = predictions.float()
-        if kind == "score":
-            return predictions.reshape(predictions.shape[0])
-        if kind == "probs":
-            return losses.scores_from_distribution(predictions, self.bin_values, validate=False)
-        return apds.predicted_scores(predictions, self.bin_values, validate=False)
+        return losses.output_scores(predictions.float(), kind, self.bin_values, validate=False)
 
     def _task_loss(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task_loss_fn is not None:
             return self.task_loss_fn(predictions, labels)
-        kind = self.output_kind(predictions)
-        distribution_labels = labels.dim() == 2 and labels.shape[1] > 1
-        if distribution_labels and kind != "score":
-            if predictions.shape[-1] != labels.shape[1]:
-                raise ValueError(
-                    f"y: expected distributions over the model's {predictions.shape[-1]} outputs, "
-                    f"got {labels.shape[1]} levels"
-                )
-            probs = predictions.float() if kind == "probs" else torch.softmax(predictions.float(), dim=1)
-            return losses.emd(probs, labels.to(probs.dtype), validate=False)
-        target = losses.scores_from_distribution(labels, self.bin_values, validate=False) if distribution_labels else labels.reshape(-1)
-        return losses.mse(self.predicted_scores(predictions), target.float(), validate=False)
+        return losses.task_loss(predictions, labels, self.output_kind(predictions), self.bin_values,
+                                validate=False)
 
     def _losses(self, predictions: torch.Tensor, step: _Step) -> ELTAOutput:
         if not isinstance(predictions, torch.Tensor):
