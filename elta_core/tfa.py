@@ -128,15 +128,16 @@ def _mix_factor_from_scores(backend, s: Tensor, i: Tensor, j: Tensor, tau1: floa
     return backend.sigmoid(backend.take(tail, i) - backend.take(tail, j))
 
 
-def _indices(backend, idx: Any, like: Tensor, size: int, name: str) -> Tensor:
-    """Integer index tensor on the device of ``like``, checked to lie in [0, size)."""
+def _indices(backend, idx: Any, like: Tensor, size: int, name: str, validate: bool = True) -> Tensor:
+    """Integer index tensor on the device of ``like``, checked (on the host, when
+    ``validate``) to lie in [0, size)."""
     index_backend, idx = _checks.tensor(idx, name)
     if index_backend is not backend:
         idx = backend.from_numpy(index_backend.to_numpy(idx), like)
     if not backend.is_integer(idx):
         raise ValueError(f"{name}: expected integer indices, got dtype {getattr(idx, 'dtype', None)}")
     _checks.rank(backend, idx, name, (1,), "a 1-D array of indices")
-    if backend.shape(idx)[0] and (backend.min_host(idx) < 0 or backend.max_host(idx) >= size):
+    if validate and backend.shape(idx)[0] and (backend.min_host(idx) < 0 or backend.max_host(idx) >= size):
         raise ValueError(f"{name}: expected indices in [0, {size}), got values outside")
     return idx
 
@@ -267,8 +268,8 @@ def mix(
         raise ValueError(f"features: expected a floating dtype, got {getattr(features, 'dtype', None)}")
     _checks.finite(backend, features, "features", validate)
     labels = _checks.float_tensor(backend, labels, "labels", validate)
-    i = _indices(backend, i, features, size, "i")
-    j = _indices(backend, j, features, size, "j")
+    i = _indices(backend, i, features, size, "i", validate)
+    j = _indices(backend, j, features, size, "j", validate)
     lam_backend, lam = _checks.tensor(lam, "lam")
     if lam_backend is not backend:
         lam = backend.from_numpy(lam_backend.to_numpy(lam), features)

@@ -9,6 +9,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The Keras tests run in one process per backend, started by tests/test_keras.py.
+collect_ignore = [] if os.environ.get("ELTA_KERAS_SUBPROCESS") else ["keras_backend"]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 

@@ -1,0 +1,11 @@
+"""Keras 3 adapter: ``ELTAModel`` wraps any ``keras.Model`` for ``compile()``/``fit()``
+with TFA and FLSA, on the TensorFlow, JAX and torch backends; ``self_training`` runs the
+APDS round (grid search, pseudo-labels, the round-2 data set).
+
+Importing it imports Keras (and registers ``ELTAModel`` for ``.keras`` files).
+"""
+
+from elta_core.adapters.keras.model import ELTAModel, split_at
+from elta_core.adapters.keras.self_training import PseudoLabels, pseudo_label
+
+__all__ = ["ELTAModel", "PseudoLabels", "pseudo_label", "split_at"]

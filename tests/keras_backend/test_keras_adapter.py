@@ -1,0 +1,294 @@
+"""The Keras adapter and the core on Keras tensors, for the backend in KERAS_BACKEND.
+
+Each backend runs in its own process (``tests/test_keras.py`` starts them), since Keras
+picks its backend once per process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+from keras import ops  # noqa: E402
+
+from elta_core import apds, flsa, losses, tfa  # noqa: E402
+from elta_core.adapters.keras import ELTAModel, pseudo_label, split_at  # noqa: E402
+from tests import reference  # noqa: E402
+
+BACKEND = keras.backend.backend()
+assert BACKEND == os.environ.get("KERAS_BACKEND", BACKEND)
+FLOAT32 = dict(rtol=2e-4, atol=2e-5)
+
+
+def tensor(values) -> object:
+    return ops.convert_to_tensor(np.asarray(values, dtype=np.float32))
+
+
+def array(x) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
+
+
+def gradient(fn, x):
+    """d fn / d x through the backend's own autodiff."""
+    if BACKEND == "jax":
+        import jax
+
+        return array(jax.grad(fn)(x))
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        return array(tape.gradient(value, x))
+    import torch
+
+    leaf = x.detach().clone().requires_grad_(True)
+    fn(leaf).backward()
+    return array(leaf.grad)
+
+
+def finite_difference(fn, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    out = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += step
+        down[index] -= step
+        out[index] = (fn(up) - fn(down)) / (2 * step)
+    return out
+
+
+# -- the core on Keras tensors ------------------------------------------------------
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(12, 7)), rng.uniform(1, 10, 12)
+
+
+def test_tfa_probabilities_equal_reference(batch):
+    _, s = batch
+    s = np.float32(s).astype(np.float64)
+    np.testing.assert_allclose(array(tfa.sampling_probs(tensor(s))), reference.sampling_probs(s, 0.2), **FLOAT32)
+    np.testing.assert_allclose(array(tfa.partner_probs(tensor(s))), reference.partner_probs(s, 4.0, 1e-2), **FLOAT32)
+    i, j = np.array([0, 3, 5]), np.array([1, 2, 11])
+    np.testing.assert_allclose(array(tfa.mix_factor(tensor(s), ops.convert_to_tensor(i), ops.convert_to_tensor(j))),
+                               reference.mix_factor(s, i, j, 0.2), **FLOAT32)
+
+
+def test_int_seed_draws_the_numpy_pairs(batch):
+    _, s = batch
+    drawn = tfa.sample_pairs(tensor(s), 4, seed=7)
+    expected = tfa.sample_pairs(np.float32(s), 4, seed=7)
+    np.testing.assert_array_equal(array(drawn.i), expected.i)
+    np.testing.assert_array_equal(array(drawn.j), expected.j)
+    np.testing.assert_allclose(array(drawn.lam), expected.lam, **FLOAT32)
+
+
+def test_seed_generator_reproduces_pairs(batch):
+    _, s = batch
+    first = [array(tfa.sample_pairs(tensor(s), 3, seed=keras.random.SeedGenerator(5)).i) for _ in range(2)]
+    np.testing.assert_array_equal(first[0], first[1])
+
+
+@pytest.mark.parametrize("method", ["direct", "gram"])
+def test_flsa_loss_and_gradient_equal_reference(batch, method):
+    z, s = batch
+    z = np.float32(z).astype(np.float64)
+    s = np.float32(s).astype(np.float64)
+    scores = tensor(s)
+    loss = flsa.alignment_loss(tensor(z), scores, method=method)
+    assert float(array(loss)) == pytest.approx(reference.alignment_loss(z, s), rel=1e-5)
+    grad = gradient(lambda x: flsa.alignment_loss(x, scores, method=method, validate=False), tensor(z))
+    expected = finite_difference(lambda x: reference.alignment_loss(x, s), z)
+    np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_flsa_degenerate_batches_are_zero(batch):
+    z, _ = batch
+    assert float(array(flsa.alignment_loss(tensor(z), tensor(np.full(12, 5.0))))) == 0.0
+    assert float(array(flsa.alignment_loss(tensor(z[:1]), tensor([3.0])))) == 0.0
+
+
+def test_apds_equal_reference():
+    rng = np.random.default_rng(1)
+    logits = np.float32(rng.normal(size=(40, 10)) * 2).astype(np.float64)
+    labels = rng.uniform(1, 10, 40)
+    np.testing.assert_allclose(array(apds.sharpen(tensor(logits), 1.2)), reference.sharpen(logits, 1.2), **FLOAT32)
+    result = apds.grid_search(tensor(logits), tensor(labels), thresholds=[0.2, 0.3, 0.5], min_selected=1)
+    expected = apds.grid_search(logits, labels, thresholds=[0.2, 0.3, 0.5], min_selected=1)
+    for cell, ref in zip(result.table, expected.table):
+        assert abs(cell.num_selected - ref.num_selected) <= 1
+    chosen = apds.select(tensor(logits), 1.2, 0.3)
+    np.testing.assert_array_equal(array(chosen.indices), apds.select(logits, 1.2, 0.3).indices)
+
+
+def test_losses_equal_reference():
+    rng = np.random.default_rng(2)
+    pred, target = rng.dirichlet(np.ones(10), 6), rng.dirichlet(np.ones(10), 6)
+    pred, target = np.float32(pred).astype(np.float64), np.float32(target).astype(np.float64)
+    assert float(array(losses.emd(tensor(pred), tensor(target), validate=False))) == pytest.approx(
+        np.mean([reference.emd(p[None], t[None]) for p, t in zip(pred, target)]), rel=1e-5)
+    assert float(array(losses.task_loss(tensor(pred), tensor(target), "probs", validate=False))) == pytest.approx(
+        float(losses.task_loss(pred, target, "probs")), rel=1e-5)
+
+
+# -- models ------------------------------------------------------------------------------
+
+def nima_model() -> keras.Model:
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(24, activation="relu", name="fc1")(inputs)
+    hidden = keras.layers.Dropout(0.1, name="drop")(hidden)
+    outputs = keras.layers.Dense(10, activation="softmax", name="scores")(hidden)
+    return keras.Model(inputs, outputs, name="nima")
+
+
+def data(rows: int, width: int | tuple = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    shape = (rows,) + (width if isinstance(width, tuple) else (width,))
+    return rng.random(shape, dtype=np.float32), rng.dirichlet(np.ones(10) * 0.7, rows).astype(np.float32)
+
+
+def test_mobilenet_v3_small_fits_and_predicts_like_the_model():
+    base = keras.applications.MobileNetV3Small(weights=None, input_shape=(64, 64, 3), classes=10,
+                                               include_preprocessing=False)
+    model = ELTAModel(base, "logits", num_pairs=3, seed=1)
+    assert model.output_kind(ops.ones((1, 10))) == "probs"
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x, y = data(8, (64, 64, 3))
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # one step: compiling is the cost
+    assert np.isfinite(history.history["loss"]).all()
+    np.testing.assert_array_equal(model.predict(x[:4], verbose=0), base.predict(x[:4], verbose=0))
+    np.testing.assert_array_equal(array(model(x[:4])), array(base(x[:4], training=False)))
+
+
+def test_nima_model_fits_with_all_modules_and_metrics():
+    base = nima_model()
+    model = ELTAModel(base, "scores", num_pairs=0.25, flsa_weight=0.5, seed=0)
+    model.compile(optimizer="adam", metrics=["mae"])
+    x, y = data(50)
+    before = base.get_weights()
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and "mae" in history.history
+    assert any(not np.array_equal(a, b) for a, b in zip(before, base.get_weights()))
+    np.testing.assert_array_equal(model.predict(x, verbose=0), base.predict(x, verbose=0))
+    evaluation = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert np.isfinite(evaluation["loss"])
+
+
+def test_same_seed_same_training():
+    histories = []
+    for _ in range(2):
+        keras.utils.set_random_seed(4)
+        model = ELTAModel(nima_model(), "scores", num_pairs=4, seed=9)
+        model.compile(optimizer="sgd")
+        x, y = data(32)
+        histories.append(model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False).history["loss"])
+    assert histories[0] == pytest.approx(histories[1], rel=1e-6)
+
+
+def test_modules_switch_off_and_scalar_head():
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(8, activation="relu", name="fc1")(inputs)
+    score = keras.layers.Dense(1, name="score")(hidden)
+    base = keras.Model(inputs, score)
+    x, y = data(24)
+    scores = (y @ np.arange(1, 11, dtype=np.float32)).astype(np.float32)
+    for options in (dict(tfa=False), dict(flsa_weight=0.0), dict()):
+        model = ELTAModel(base, "score", seed=0, **options)
+        model.compile(optimizer="sgd")
+        assert np.isfinite(model.fit(x, scores, batch_size=8, epochs=1, verbose=0).history["loss"]).all()
+    assert model.output_kind(ops.ones((1, 1))) == "score"
+
+
+def test_sequential_and_backbone_head_models():
+    sequential = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="a"),
+                                   keras.layers.Dense(10, activation="softmax", name="b")])
+    backbone, head = split_at(sequential, "b")
+    x, y = data(20)
+    np.testing.assert_allclose(array(head(backbone(x))), array(sequential(x)), rtol=1e-6)
+    model = ELTAModel(backbone=backbone, head_model=head, output="probs", seed=0)
+    model.compile(optimizer="sgd")
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), sequential.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = ELTAModel(nima_model(), "scores", num_pairs=2, seed=3)
+    model.compile(optimizer="adam")
+    x, y = data(20)
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    path = tmp_path / "elta.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, ELTAModel) and loaded.num_pairs == 2 and loaded.head_name == "scores"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    loaded.fit(x, y, batch_size=10, epochs=1, verbose=0)  # trains again after loading
+
+
+def test_self_training_round(tmp_path):
+    model = ELTAModel(nima_model(), "scores", seed=0)
+    model.compile(optimizer="adam")
+    x, y = data(60)
+    model.fit(x, y, batch_size=20, epochs=1, verbose=0)
+    pool, _ = data(40, seed=1)
+    result = pseudo_label(model, (x, y), pool, thresholds=[0.1, 0.15, 0.2], min_selected=1, max_selected=30,
+                          verbose=0)
+    assert 0 < len(result.indices) <= 30 and result.num_selected >= len(result.indices)
+    assert result.labels.shape == (len(result.indices), 10)
+    np.testing.assert_allclose(result.labels.sum(axis=1), 1.0, atol=1e-5)
+    round2 = result.round2(x, y, pool, batch_size=16)
+    assert sum(len(batch[0]) for batch in (round2[k] for k in range(len(round2)))) == 60 + len(result.indices)
+    assert np.isfinite(model.fit(round2, epochs=1, verbose=0).history["loss"]).all()
+
+
+# -- bad input -------------------------------------------------------------------------
+
+def test_bad_inputs():
+    base = nima_model()
+    with pytest.raises(ValueError, match=r"head: .* has no layer 'score' \(nearest names: scores"):
+        ELTAModel(base, "score")
+    with pytest.raises(ValueError, match="head: expected the name"):
+        ELTAModel(base)
+    with pytest.raises(ValueError, match="model: expected a keras.Model"):
+        ELTAModel(object(), "scores")
+    with pytest.raises(ValueError, match="num_pairs"):
+        ELTAModel(base, "scores", num_pairs=-1)
+    with pytest.raises(ValueError, match="output"):
+        ELTAModel(base, "scores", output="softmax")
+    with pytest.raises(ValueError, match="flsa_weight"):
+        ELTAModel(base, "scores", flsa_weight=-1.0)
+    model = ELTAModel(base, "scores", seed=0)
+    model.compile(optimizer="sgd")
+    x, y = data(16)
+    with pytest.raises(ValueError, match="y: expected distributions over the model's 10 outputs, got 9 levels"):
+        model.fit(x, y[:, :9] / y[:, :9].sum(1, keepdims=True), batch_size=8, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="sample_weight"):
+        model.fit(x, y, sample_weight=np.ones(16), batch_size=8, epochs=1, verbose=0)
+
+
+def test_subclassed_model_needs_backbone_and_head():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.body = keras.layers.Dense(8, name="body")
+            self.top = keras.layers.Dense(10, name="top")
+
+        def call(self, x):
+            return self.top(self.body(x))
+
+    net = Net()
+    net(np.zeros((1, 16), np.float32))
+    with pytest.raises(ValueError, match="backbone= and head_model="):
+        ELTAModel(net, "top")
+
+
+def test_apds_on_a_scalar_head_is_refused():
+    inputs = keras.Input((16,))
+    base = keras.Model(inputs, keras.layers.Dense(1, name="score")(keras.layers.Dense(4, name="fc")(inputs)))
+    x, y = data(20)
+    with pytest.raises(ValueError, match="model: APDS needs a distribution head"):
+        pseudo_label(base, (x, y), x, verbose=0)
