@@ -292,3 +292,17 @@ def test_apds_on_a_scalar_head_is_refused():
     x, y = data(20)
     with pytest.raises(ValueError, match="model: APDS needs a distribution head"):
         pseudo_label(base, (x, y), x, verbose=0)
+
+
+def test_mixed_bfloat16_policy_trains():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        inputs = keras.Input((16,))
+        hidden = keras.layers.Dense(24, activation="relu", name="fc1")(inputs)
+        outputs = keras.layers.Dense(10, activation="softmax", name="scores", dtype="float32")(hidden)
+        model = ELTAModel(keras.Model(inputs, outputs), "scores", num_pairs=3, seed=0)
+        model.compile(optimizer="adam")
+        x, y = data(40)
+        assert np.isfinite(model.fit(x, y, batch_size=16, epochs=1, verbose=0).history["loss"]).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
