@@ -242,6 +242,9 @@ class ELTAModel(keras.Model):
         core sees static shapes; Keras's own function relaxes the batch size to None."""
         import tensorflow as tf
 
+        if self.distribute_strategy.num_replicas_in_sync > 1:
+            raise ValueError("ELTAModel on TensorFlow runs on one device; tf.distribute strategies with several "
+                             "replicas are not supported (use the JAX or torch backend, or one device)")
         if self.steps_per_execution != 1:
             raise ValueError(f"steps_per_execution: ELTAModel on TensorFlow runs one step per call, "
                              f"got {self.steps_per_execution}")
