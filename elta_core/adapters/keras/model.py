@@ -16,7 +16,7 @@ from typing import Any, Literal
 import keras
 from keras import ops
 
-from elta_core import flsa, losses
+from elta_core import _checks, flsa, losses
 from elta_core import tfa as tfa_core
 
 OutputKind = Literal["auto", "logits", "probs", "score"]
@@ -126,21 +126,20 @@ class ELTAModel(keras.Model):
         self.head_name = head
         if output not in ("auto", "logits", "probs", "score"):
             raise ValueError(f"output: expected 'auto', 'logits', 'probs' or 'score', got {output!r}")
-        if not isinstance(flsa_weight, (int, float)) or isinstance(flsa_weight, bool) or not flsa_weight >= 0:
-            raise ValueError(f"flsa_weight: expected a number >= 0, got {flsa_weight!r}")
+        self.flsa_weight = _checks.finite_number(flsa_weight, "flsa_weight", "a finite weight >= 0")
+        if self.flsa_weight < 0:
+            raise ValueError(f"flsa_weight: expected a finite weight >= 0, got {flsa_weight!r}")
         tfa_core.resolve_num_pairs(num_pairs, 2**31)  # type and range only; clipped to the batch later
-        for name, value in (("tau1", tau1), ("tau2", tau2), ("eps", eps), ("score_scale", score_scale)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed: expected None or an int, got {seed!r}")
         self.tfa_enabled = bool(tfa)
         self.num_pairs = num_pairs
-        self.tau1, self.tau2, self.eps = float(tau1), float(tau2), float(eps)
-        self.flsa_weight = float(flsa_weight)
+        self.tau1 = _checks.positive_number(tau1, "tau1")
+        self.tau2 = _checks.positive_number(tau2, "tau2")
+        self.eps = _checks.positive_number(eps, "eps")
         self.output_type = output
         self.bin_values = None if bin_values is None else [float(v) for v in bin_values]
-        self.score_scale = float(score_scale)
+        self.score_scale = _checks.positive_number(score_scale, "score_scale")
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -230,7 +229,7 @@ class ELTAModel(keras.Model):
             self.train_function = self._traced_per_shape(self.train_step)
         return self.train_function
 
-    def make_test_function(self, force: bool = False):
+    def make_test_function(self, force: bool = False):  # evaluate() runs the core too (the task loss)
         if keras.backend.backend() != "tensorflow" or self.run_eagerly:
             return super().make_test_function(force)
         if self.test_function is None or force:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
-from elta_core import _checks, apds, losses
+from elta_core import _checks, losses
 from elta_core import tfa as tfa_core
 from elta_core import flsa as flsa_core
 from elta_core.adapters.torch.distributed import gather_with_grad

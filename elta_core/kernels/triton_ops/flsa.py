@@ -36,6 +36,13 @@ _DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 @triton.jit
+def _row_tile(rows, row_ok, start, width, BLOCK_D: tl.constexpr):
+    """Offsets and mask of the (rows, start:start+BLOCK_D) tile of a row-major (B, D) array."""
+    cols = start + tl.arange(0, BLOCK_D)
+    return rows[:, None] * width + cols[None, :], row_ok[:, None] & (cols < width)[None, :]
+
+
+@triton.jit
 def _normalize_kernel(z_ptr, zh_ptr, squared_ptr, norm_ptr, rows_total, width, floor_squared,
                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -43,19 +50,17 @@ def _normalize_kernel(z_ptr, zh_ptr, squared_ptr, norm_ptr, rows_total, width, f
     compute = zh_ptr.dtype.element_ty
     total = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
     for start in range(0, width, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        mask = row_ok[:, None] & (cols < width)[None, :]
-        x = tl.load(z_ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(compute)
+        offsets, mask = _row_tile(rows, row_ok, start, width, BLOCK_D)
+        x = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(compute)
         total += x * x
     squared = tl.sum(total, axis=1)
     norm = tl.sqrt(tl.maximum(squared, floor_squared))
     tl.store(squared_ptr + rows, squared, mask=row_ok)
     tl.store(norm_ptr + rows, norm, mask=row_ok)
-    for start in range(0, width, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        mask = row_ok[:, None] & (cols < width)[None, :]
-        x = tl.load(z_ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(compute)
-        tl.store(zh_ptr + rows[:, None] * width + cols[None, :], x / norm[:, None], mask=mask)
+    for start in range(0, width, BLOCK_D):  # second pass: the norm needs the whole row
+        offsets, mask = _row_tile(rows, row_ok, start, width, BLOCK_D)
+        x = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(compute)
+        tl.store(zh_ptr + offsets, x / norm[:, None], mask=mask)
 
 
 @triton.jit
@@ -137,32 +142,35 @@ def _prefix_kernel(zh_ptr, u_sorted_ptr, order_ptr, total_ptr, weighted_total_pt
 
 
 @triton.jit
+def _summed_splits(grad_zh_ptr, offsets, mask, splits, split_stride, compute: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A tile of ``dL/dZh``, summed over the direct kernel's column splits."""
+    g = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
+    for split in range(0, splits):
+        g += tl.load(grad_zh_ptr + split * split_stride + offsets, mask=mask, other=0.0)
+    return g
+
+
+@triton.jit
 def _normalize_backward_kernel(zh_ptr, squared_ptr, norm_ptr, grad_zh_ptr, scale_ptr, out_ptr, rows_total, width,
                                splits, floor_squared, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """out = scale * (g - zh <zh, g>) / norm, with g summed over the column splits."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < rows_total
     compute = zh_ptr.dtype.element_ty
+    split_stride = rows_total * width
     along = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
     for start in range(0, width, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        mask = row_ok[:, None] & (cols < width)[None, :]
-        offsets = rows[:, None] * width + cols[None, :]
-        g = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
-        for split in range(0, splits):
-            g += tl.load(grad_zh_ptr + split * rows_total * width + offsets, mask=mask, other=0.0)
+        offsets, mask = _row_tile(rows, row_ok, start, width, BLOCK_D)
+        g = _summed_splits(grad_zh_ptr, offsets, mask, splits, split_stride, compute, BLOCK_R, BLOCK_D)
         along += tl.load(zh_ptr + offsets, mask=mask, other=0.0) * g
     squared = tl.load(squared_ptr + rows, mask=row_ok, other=0.0)
     # Where the norm was floored, zh = z / floor is linear in z: no projection.
     projection = tl.where(squared >= floor_squared, tl.sum(along, axis=1), 0.0)
     scale = tl.load(scale_ptr) / tl.load(norm_ptr + rows, mask=row_ok, other=1.0)
-    for start in range(0, width, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        mask = row_ok[:, None] & (cols < width)[None, :]
-        offsets = rows[:, None] * width + cols[None, :]
-        g = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
-        for split in range(0, splits):
-            g += tl.load(grad_zh_ptr + split * rows_total * width + offsets, mask=mask, other=0.0)
+    for start in range(0, width, BLOCK_D):  # second pass: the projection needs the whole row
+        offsets, mask = _row_tile(rows, row_ok, start, width, BLOCK_D)
+        g = _summed_splits(grad_zh_ptr, offsets, mask, splits, split_stride, compute, BLOCK_R, BLOCK_D)
         zh = tl.load(zh_ptr + offsets, mask=mask, other=0.0)
         value = (g - zh * projection[:, None]) * scale[:, None]
         tl.store(out_ptr + offsets, value.to(out_ptr.dtype.element_ty), mask=mask)
