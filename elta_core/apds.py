@@ -22,7 +22,8 @@ from elta_core import _checks
 Tensor = Any
 
 __all__ = [
-    "GridCell", "GridSearchResult", "Selection", "grid_search", "predicted_scores", "select", "sharpen", "temperatures",
+    "GridCell", "GridSearchResult", "Selection", "grid_search", "keep_most_confident", "predicted_scores", "select",
+    "sharpen", "temperatures",
 ]
 
 DEFAULT_BETAS = (1.0, 1.1, 1.2, 1.25)
@@ -211,6 +212,32 @@ def select(
     indices = backend.from_numpy(backend.to_numpy(kept).nonzero()[0].astype("int64"), prediction.logits)
     labels = backend.take(_pseudo_labels(backend, prediction, beta, pseudo_label), indices, axis=0)
     return Selection(indices, labels)
+
+
+def keep_most_confident(
+    logits: Tensor,
+    selection: Selection,
+    beta: float,
+    max_selected: int,
+    bin_values: Any = None,
+    mean_score: float | None = None,
+    *,
+    score_scale: float = 1.0,
+    validate: bool = True,
+) -> Selection:
+    """At most ``max_selected`` rows of a :func:`select` result on the same ``logits``:
+    the highest sharpened max probabilities [Eq. 8] first, ties to the earlier row,
+    returned in pool order. The authors cap the pseudo-labels at the labelled set's size."""
+    if isinstance(max_selected, bool) or not isinstance(max_selected, int) or max_selected < 0:
+        raise ValueError(f"max_selected: expected an int >= 0, got {max_selected!r}")
+    beta = _checks.positive_number(beta, "beta")
+    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    if backend.shape(selection.indices)[0] <= max_selected:
+        return selection
+    confidence = backend.take(_max_sharpened_prob(backend, prediction, beta), selection.indices)
+    order = backend.argsort(confidence, axis=0, descending=True)[:max_selected]
+    keep = backend.take(order, backend.argsort(order, axis=0))  # back to pool order
+    return Selection(backend.take(selection.indices, keep), backend.take(selection.labels, keep, axis=0))
 
 
 @dataclass(frozen=True)

@@ -161,3 +161,28 @@ def test_flsa_loss_without_gradient_equals_with_gradient(rng):
         tracked = flsa.alignment_loss(z.clone().requires_grad_(), s, method=method)
         assert plain.grad_fn is None and tracked.grad_fn is not None
         torch.testing.assert_close(plain, tracked.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_keep_most_confident_equals_brute_force(framework):
+    rng = np.random.default_rng(12)
+    logits = rng.normal(size=(40, 10)) * 2
+    logits[7] = logits[3]  # a tie: the earlier row wins
+    chosen = apds.select(logits, 1.1, 0.2, pseudo_label="sharpened")
+    confidence = ref.sharpen(logits, 1.1).max(axis=1)
+    cap = len(chosen.indices) // 2
+    ranked = sorted(chosen.indices.tolist(), key=lambda i: (-confidence[i], i))
+    expected = sorted(ranked[:cap])
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+        kept = apds.keep_most_confident(torch.tensor(logits), apds.select(torch.tensor(logits), 1.1, 0.2,
+                                        pseudo_label="sharpened"), 1.1, cap)
+        indices, labels = kept.indices.numpy(), kept.labels.numpy()
+    else:
+        kept = apds.keep_most_confident(logits, chosen, 1.1, cap)
+        indices, labels = kept.indices, kept.labels
+    assert indices.tolist() == expected
+    np.testing.assert_allclose(labels, ref.sharpen(logits, 1.1)[expected], atol=1e-12)
+    assert apds.keep_most_confident(logits, chosen, 1.1, len(chosen.indices)) is chosen
+    with pytest.raises(ValueError, match="max_selected: expected an int >= 0"):
+        apds.keep_most_confident(logits, chosen, 1.1, -1)

@@ -22,6 +22,14 @@ def _dtype(x) -> str:
     return keras.backend.standardize_dtype(x.dtype)
 
 
+def seed_generator_gumbel(shape: tuple[int, ...], seed: keras.random.SeedGenerator):
+    """float32 standard Gumbel draws from a ``keras.random.SeedGenerator`` (a tensor of
+    the Keras backend's framework; the generator's state advances, also under jit)."""
+    tiny = float(np.finfo(np.float32).tiny)
+    u = keras.random.uniform(shape, minval=tiny, maxval=1.0, dtype="float32", seed=seed)
+    return -ops.log(-ops.log(u))
+
+
 class KerasBackend(Backend):
     name = "keras"
 
@@ -186,9 +194,7 @@ class KerasBackend(Backend):
     def gumbel(self, shape, like, seed):
         dtype = _dtype(like) if self.is_floating(like) else "float32"
         if isinstance(seed, keras.random.SeedGenerator):
-            tiny = float(np.finfo(np.float32).tiny)
-            u = keras.random.uniform(shape, minval=tiny, maxval=1.0, dtype="float32", seed=seed)
-            return ops.cast(-ops.log(-ops.log(u)), dtype)
+            return ops.cast(seed_generator_gumbel(shape, seed), dtype)
         if seed is None:
             raise ValueError(
                 "seed: Keras tensors need a seed (an int, a numpy.random.Generator or a "

@@ -163,11 +163,10 @@ class TorchBackend(Backend):
     def gumbel(self, shape, like, seed):
         dtype = like.dtype if like.is_floating_point() else torch.float32
         if type(seed).__name__ == "SeedGenerator" and type(seed).__module__.startswith("keras"):
-            import keras  # Keras on its torch backend: keras.random keeps the traced seed state
+            # Keras on its torch backend: its tensors are torch tensors
+            from elta_core.backends.keras_backend import seed_generator_gumbel
 
-            tiny = float(np.finfo(np.float32).tiny)
-            u = keras.random.uniform(shape, minval=tiny, maxval=1.0, dtype="float32", seed=seed)
-            return (-torch.log(-torch.log(u))).to(device=like.device, dtype=dtype)
+            return seed_generator_gumbel(shape, seed).to(device=like.device, dtype=dtype)
         if seed is not None and not isinstance(seed, torch.Generator):
             # Ints and NumPy generators draw on the host, so that one int seed gives the
             # same pairs on NumPy, CPU and CUDA tensors alike.

@@ -108,9 +108,7 @@ def pseudo_label(
                          f"{calibration_logits.shape[1]}")
     chosen = apds.select(pool, grid.beta, grid.threshold, bin_values, pseudo_label=pseudo_label,
                          score_scale=score_scale)
-    indices, labels = np.asarray(chosen.indices), np.asarray(chosen.labels)
-    if max_selected is not None and len(indices) > max_selected:  # [A.2] most confident first
-        confidence = apds.sharpen(pool, grid.beta, bin_values, score_scale=score_scale)[indices].max(axis=1)
-        keep = np.sort(np.argsort(-confidence, kind="stable")[:max_selected])
-        indices, labels = indices[keep], labels[keep]
-    return PseudoLabels(grid, indices, labels, len(chosen.indices))
+    kept = chosen
+    if max_selected is not None:  # [A.2] most confident first
+        kept = apds.keep_most_confident(pool, chosen, grid.beta, max_selected, bin_values, score_scale=score_scale)
+    return PseudoLabels(grid, np.asarray(kept.indices), np.asarray(kept.labels), len(chosen.indices))

@@ -305,9 +305,6 @@ class SelfTraining:
         pool_mean = float(apds.predicted_scores(logits, bin_values).mean())
         scale = self.wrapper.score_scale
         chosen = apds.select(logits, beta, threshold, bin_values, pool_mean, pseudo_label=self.pseudo_label, score_scale=scale)
-        indices, labels = chosen.indices, chosen.labels
-        if len(indices) > cap:  # [A.2] at most as many pseudo-labels as labels, most confident first
-            confidence = apds.sharpen(logits[indices], beta, bin_values, pool_mean, score_scale=scale).max(dim=1).values
-            keep = torch.argsort(confidence, descending=True, stable=True)[:cap].sort().values
-            indices, labels = indices[keep], labels[keep]
+        # [A.2] at most as many pseudo-labels as labels, most confident first
+        indices, labels = apds.keep_most_confident(logits, chosen, beta, cap, bin_values, pool_mean, score_scale=scale)
         return {"indices": indices, "labels": labels, "num_selected": torch.tensor(len(chosen.indices))}
