@@ -29,6 +29,9 @@ __all__ = [
 DEFAULT_BETAS = (1.0, 1.1, 1.2, 1.25)
 DEFAULT_THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90)
 PseudoLabel = Literal["prediction", "sharpened"]
+# Eq. 10 trains on the sharpened distribution it thresholds; the authors' code on the
+# unsharpened prediction ("prediction"). Why the default is "sharpened": docs/design.md.
+DEFAULT_PSEUDO_LABEL: PseudoLabel = "sharpened"
 
 
 class _Prediction(NamedTuple):
@@ -51,14 +54,16 @@ def _validated_logits(logits: Tensor, bin_values: Any, score_scale: float, valid
     return backend, logits, values, _checks.positive_number(score_scale, "score_scale")
 
 
-def _predict(
+def _validated_prediction(
     logits: Tensor, bin_values: Any, mean_score: float | None, score_scale: float, validate: bool
 ) -> tuple[Any, _Prediction]:
+    """Check the inputs, then :func:`_prediction`."""
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
     return backend, _prediction(backend, logits, values, mean_score, score_scale)
 
 
 def _prediction(backend, logits: Tensor, values: Tensor, mean_score: float | None, score_scale: float) -> _Prediction:
+    """Softmax, predicted scores and gaps of already-checked logits."""
     probs = backend.softmax(logits, axis=1)
     scores = backend.matmul(probs, values)
     if mean_score is None:
@@ -73,11 +78,12 @@ def _checked_mean_score(mean_score: float | None) -> float | None:
     return None if mean_score is None else _checks.finite_number(mean_score, "mean_score")
 
 
-def _use_triton(backend, logits: Tensor) -> bool:
-    """CUDA logits with rows go to the Triton kernels (:mod:`elta_core.kernels`)."""
-    from elta_core.kernels.triton_ops import use_triton
+def _impl(op: str, backend, logits: Tensor) -> str:
+    """The implementation that runs ``op`` (:mod:`elta_core.kernels.dispatch`)."""
+    from elta_core.kernels import dispatch
 
-    return backend.shape(logits)[0] > 0 and use_triton(backend.name, logits)
+    rows, width = backend.shape(logits)
+    return dispatch.select_impl(op, backend.name, logits, rows=rows, width=width)
 
 
 def predicted_scores(logits: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
@@ -88,10 +94,11 @@ def predicted_scores(logits: Tensor, bin_values: Any = None, *, validate: bool =
 
 def _sharpened_logits(backend, prediction: _Prediction, beta: float) -> Tensor:
     # z / tau_i = z * exp(beta |s_hat_i - s_bar|) (authors' code); the row max is
-    # subtracted first, which the softmax ignores and which keeps the product finite.
-    row_max = backend.max(prediction.logits, axis=1, keepdims=True)
-    factor = backend.exp(beta * prediction.gap)
-    return (prediction.logits - row_max) * backend.reshape(factor, (-1, 1))
+    # subtracted first, which the softmax ignores. Where the factor overflows, the max
+    # entry would be 0 * inf = NaN: it stays 0, so the row becomes one-hot.
+    shifted = prediction.logits - backend.max(prediction.logits, axis=1, keepdims=True)
+    factor = backend.reshape(backend.exp(beta * prediction.gap), (-1, 1))
+    return backend.where(shifted == 0, backend.constant(0.0, shifted), shifted * factor)
 
 
 def temperatures(
@@ -105,7 +112,7 @@ def temperatures(
 ) -> Tensor:
     """Per-sample temperatures ``tau_i(beta) = exp(-beta |s_hat_i - s_bar|)`` [Eq. 8], (N,)."""
     beta = _checks.positive_number(beta, "beta")
-    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    backend, prediction = _validated_prediction(logits, bin_values, mean_score, score_scale, validate)
     return backend.exp(-beta * prediction.gap)
 
 
@@ -136,12 +143,23 @@ def sharpen(
     beta = _checks.positive_number(beta, "beta")
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
     mean_score = _checked_mean_score(mean_score)
-    if _use_triton(backend, logits):
-        from elta_core.kernels.triton_ops import apds as kernels
+    def reference():
+        prediction = _prediction(backend, logits, values, mean_score, score_scale)
+        return backend.softmax(_sharpened_logits(backend, prediction, beta), axis=1)
 
-        return kernels.sharpen_rows(logits, values, beta, mean_score, score_scale)[0]
-    prediction = _prediction(backend, logits, values, mean_score, score_scale)
-    return backend.softmax(_sharpened_logits(backend, prediction, beta), axis=1)
+    return _run_rows(backend, logits, reference, lambda rows: rows(logits, values, beta, mean_score, score_scale)[0])
+
+
+def _run_rows(backend, logits: Tensor, reference, kernel):
+    """``kernel(sharpen_rows)`` on the Triton row kernel where dispatch picks it, else ``reference()``."""
+    from elta_core.kernels import dispatch
+
+    impl = _impl("apds_rows", backend, logits)
+    if impl != "triton":
+        return reference()
+    from elta_core.kernels.triton_ops import apds as kernels
+
+    return dispatch.run("apds_rows", impl, lambda: kernel(kernels.sharpen_rows), reference)
 
 
 def _max_sharpened_prob(backend, prediction: _Prediction, beta: float) -> Tensor:
@@ -175,7 +193,7 @@ def select(
     bin_values: Any = None,
     mean_score: float | None = None,
     *,
-    pseudo_label: PseudoLabel = "prediction",
+    pseudo_label: PseudoLabel = DEFAULT_PSEUDO_LABEL,
     strict: bool = False,
     score_scale: float = 1.0,
     validate: bool = True,
@@ -185,8 +203,9 @@ def select(
     Args:
         logits: (N, C) logits of the unlabelled pool.
         beta, threshold: usually ``grid_search(...).beta`` and ``.threshold``.
-        pseudo_label: ``"prediction"`` (authors' code) labels a kept sample with its
-            unsharpened predicted distribution, ``"sharpened"`` with the sharpened one.
+        pseudo_label: ``"sharpened"`` (default, Eq. 10) labels a kept sample with its
+            sharpened distribution, ``"prediction"`` (the authors' code) with the
+            unsharpened prediction.
         strict: use ``>`` as the authors' code does instead of the paper's ``>=``.
 
     Returns:
@@ -198,20 +217,21 @@ def select(
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
     mean_score = _checked_mean_score(mean_score)
-    if _use_triton(backend, logits):
-        from elta_core.kernels.triton_ops import apds as kernels
+    def reference() -> Selection:
+        prediction = _prediction(backend, logits, values, mean_score, score_scale)
+        confidence = _max_sharpened_prob(backend, prediction, beta)
+        kept = confidence > threshold if strict else confidence >= threshold
+        indices = backend.from_numpy(backend.to_numpy(kept).nonzero()[0].astype("int64"), prediction.logits)
+        return Selection(indices, backend.take(_pseudo_labels(backend, prediction, beta, pseudo_label), indices, axis=0))
 
-        sharpened, _, kept = kernels.sharpen_rows(logits, values, beta, mean_score, score_scale, threshold, strict)
+    def kernel(sharpen_rows) -> Selection:
+        sharpened, _, kept = sharpen_rows(logits, values, beta, mean_score, score_scale, threshold, strict)
         indices = kept.nonzero().reshape(-1)
         if pseudo_label == "sharpened":
             return Selection(indices, sharpened[indices])
         return Selection(indices, backend.softmax(backend.take(logits, indices, axis=0), axis=1))
-    prediction = _prediction(backend, logits, values, mean_score, score_scale)
-    confidence = _max_sharpened_prob(backend, prediction, beta)
-    kept = confidence > threshold if strict else confidence >= threshold
-    indices = backend.from_numpy(backend.to_numpy(kept).nonzero()[0].astype("int64"), prediction.logits)
-    labels = backend.take(_pseudo_labels(backend, prediction, beta, pseudo_label), indices, axis=0)
-    return Selection(indices, labels)
+
+    return _run_rows(backend, logits, reference, kernel)
 
 
 def keep_most_confident(
@@ -227,11 +247,13 @@ def keep_most_confident(
 ) -> Selection:
     """At most ``max_selected`` rows of a :func:`select` result on the same ``logits``:
     the highest sharpened max probabilities [Eq. 8] first, ties to the earlier row,
-    returned in pool order. The authors cap the pseudo-labels at the labelled set's size."""
+    returned in pool order. This is this library's rule for pools much larger than the
+    labelled set (the authors' code has no cap; the paper's appendix A.2 limits the size
+    of the unlabelled pool instead); see ``docs/design.md``."""
     if isinstance(max_selected, bool) or not isinstance(max_selected, int) or max_selected < 0:
         raise ValueError(f"max_selected: expected an int >= 0, got {max_selected!r}")
     beta = _checks.positive_number(beta, "beta")
-    backend, prediction = _predict(logits, bin_values, mean_score, score_scale, validate)
+    backend, prediction = _validated_prediction(logits, bin_values, mean_score, score_scale, validate)
     if backend.shape(selection.indices)[0] <= max_selected:
         return selection
     confidence = backend.take(_max_sharpened_prob(backend, prediction, beta), selection.indices)
@@ -319,6 +341,59 @@ def _grid_stats(backend, prediction: _Prediction, true_scores: Tensor, betas: li
     return stats
 
 
+def _accumulate(backend, logits: Tensor, true_scores: Tensor, values: Tensor, betas: list[float],
+                thresholds: list[float], mean_score: float | None, score_scale: float, pseudo_label: PseudoLabel,
+                strict: bool) -> dict[tuple[float, float], tuple[int, float]]:
+    """(count, summed |error|) per (beta, threshold), from the implementation that
+    :mod:`elta_core.kernels.dispatch` picks."""
+    from elta_core.kernels import dispatch
+
+    sorted_thresholds = sorted(set(thresholds))
+    unique_betas = list(dict.fromkeys(betas))
+    sharpened = pseudo_label == "sharpened"
+
+    def reference():
+        prediction = _prediction(backend, logits, values, mean_score, score_scale)
+        return _grid_stats(backend, prediction, true_scores, unique_betas, sorted_thresholds, pseudo_label, strict)
+
+    def from_arrays(arrays) -> dict:
+        counts, sums = arrays
+        return {(beta, t): (int(counts[b, k]), float(sums[b, k]))
+                for b, beta in enumerate(unique_betas) for k, t in enumerate(sorted_thresholds)}
+
+    impl = _impl("apds_grid", backend, logits)
+    if impl == "triton":
+        from elta_core.kernels.triton_ops import apds as kernels
+
+        kernel = lambda: from_arrays(kernels.grid_accumulate(  # noqa: E731
+            logits, true_scores, values, unique_betas, sorted_thresholds, mean_score, score_scale, strict, sharpened))
+    else:
+        from elta_core.kernels import native
+
+        kernel = lambda: from_arrays(native.grid_accumulate(  # noqa: E731
+            backend.to_numpy(logits), backend.to_numpy(true_scores), backend.to_numpy(values), unique_betas,
+            sorted_thresholds, mean_score, score_scale, strict, sharpened))
+    return dispatch.run("apds_grid", impl, kernel, reference)
+
+
+def _best_cell(table: list[GridCell], floor: int, size: int, float64: bool) -> GridCell:
+    """The eligible cell with the lowest MAE; ties to more selected, then grid order."""
+    eligible = [cell for cell in table if cell.eligible]
+    if not eligible:
+        best_coverage = max(cell.num_selected for cell in table)
+        raise ValueError(
+            f"min_selected: no (beta, threshold) cell selects at least {floor} of {size} samples; "
+            f"the largest selection is {best_coverage}. Lower the thresholds, raise the betas "
+            "or lower min_selected."
+        )
+    # Sums over the same samples, grouped differently per beta, differ by rounding only:
+    # MAEs within a relative 1e-9 of the lowest count as tied (1e-5 below float64).
+    tie = 1e-9 if float64 else 1e-5
+    lowest = min(cell.mae for cell in eligible)
+    tied = [cell for cell in eligible if cell.mae <= lowest + tie * abs(lowest) + 1e-12]
+    return max(tied, key=lambda cell: cell.num_selected)  # max keeps the first of equals
+
+
 def grid_search(
     logits: Tensor,
     labels: Tensor,
@@ -326,7 +401,7 @@ def grid_search(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     bin_values: Any = None,
     min_selected: int | float = 11,
-    pseudo_label: PseudoLabel = "prediction",
+    pseudo_label: PseudoLabel = DEFAULT_PSEUDO_LABEL,
     *,
     mean_score: float | None = None,
     strict: bool = False,
@@ -362,56 +437,23 @@ def grid_search(
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
     mean_score = _checked_mean_score(mean_score)
-    _, labels = _checks.tensor(labels, "labels")
-    size = backend.shape(logits)[0]
+    label_backend, labels = _checks.tensor(labels, "labels")
+    size, levels = backend.shape(logits)
+    label_shape = label_backend.shape(labels)
+    if len(label_shape) == 2 and label_shape[1] > 1 and label_shape[1] != levels:
+        raise ValueError(f"labels: expected distributions over the logits' {levels} levels, got {label_shape[1]} "
+                         "levels (scores on two different scales cannot be compared)")
     true_scores = _checks.scores(backend, labels, "labels", bin_values, validate)
     _checks.same_length("logits", size, "labels", backend.shape(true_scores)[0])
     floor = _min_selected_count(min_selected, size)
     true_scores = backend.cast_like(true_scores, logits)
 
-    sorted_thresholds = sorted(set(threshold_values))
-    unique_betas = list(dict.fromkeys(beta_values))
-    from elta_core.kernels import native
-
-    kernel_arrays = None
-    if _use_triton(backend, logits):
-        from elta_core.kernels.triton_ops import apds as kernels
-
-        kernel_arrays = kernels.grid_accumulate(logits, true_scores, values, unique_betas, sorted_thresholds,
-                                                mean_score, score_scale, strict, pseudo_label == "sharpened")
-    elif native.use_native_grid(backend.name, logits, size):
-        kernel_arrays = native.grid_accumulate(
-            backend.to_numpy(logits), backend.to_numpy(true_scores), backend.to_numpy(values), unique_betas,
-            sorted_thresholds, mean_score, score_scale, strict, pseudo_label == "sharpened",
-        )
-    if kernel_arrays is not None:
-        counts, sums = kernel_arrays
-        stats = {
-            (beta, t): (int(counts[b, k]), float(sums[b, k]))
-            for b, beta in enumerate(unique_betas) for k, t in enumerate(sorted_thresholds)
-        }
-    else:
-        prediction = _prediction(backend, logits, values, mean_score, score_scale)
-        stats = _grid_stats(backend, prediction, true_scores, unique_betas, sorted_thresholds, pseudo_label, strict)
-
-    table = []
-    for beta in beta_values:
-        for t in threshold_values:
-            count, error_sum = stats[(beta, t)]
-            mae = error_sum / count if count else None
-            table.append(GridCell(beta, t, mae, count, count >= floor))
-    eligible = [cell for cell in table if cell.eligible]
-    if not eligible:
-        best_coverage = max(cell.num_selected for cell in table)
-        raise ValueError(
-            f"min_selected: no (beta, threshold) cell selects at least {floor} of {size} samples; "
-            f"the largest selection is {best_coverage}. Lower the thresholds, raise the betas "
-            "or lower min_selected."
-        )
-    # Sums over the same samples, grouped differently per beta, differ by rounding only:
-    # MAEs within a relative 1e-9 of the lowest count as tied (1e-5 below float64).
-    tie = 1e-9 if "float64" in str(getattr(logits, "dtype", "")) else 1e-5
-    lowest = min(cell.mae for cell in eligible)
-    tied = [cell for cell in eligible if cell.mae <= lowest + tie * abs(lowest) + 1e-12]
-    best = max(tied, key=lambda cell: cell.num_selected)  # max keeps the first of equals
+    stats = _accumulate(backend, logits, true_scores, values, beta_values, threshold_values, mean_score,
+                        score_scale, pseudo_label, strict)
+    table = [
+        GridCell(beta, t, stats[(beta, t)][1] / stats[(beta, t)][0] if stats[(beta, t)][0] else None,
+                 stats[(beta, t)][0], stats[(beta, t)][0] >= floor)
+        for beta in beta_values for t in threshold_values
+    ]
+    best = _best_cell(table, floor, size, "float64" in str(getattr(logits, "dtype", "")))
     return GridSearchResult(best.beta, best.threshold, best.mae, best.num_selected, floor, table)

@@ -18,6 +18,7 @@ intermediates is kept. Both accumulate in float32 at least (bf16/fp16 are upcast
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from elta_core import _checks
@@ -27,6 +28,7 @@ Tensor = Any
 __all__ = ["alignment_loss", "feature_similarity", "label_similarity", "normalized_features"]
 
 NORM_FLOOR = 1e-8
+Form = Literal["auto", "direct", "gram"]
 
 
 def _features_2d(backend, features: Tensor, validate: bool) -> Tensor:
@@ -61,7 +63,7 @@ def _normalize_with_norms(backend, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return z / norm, squared, norm
 
 
-def _unit_scores(backend, s: Tensor) -> tuple[Tensor, Tensor]:
+def unit_scores(backend, s: Tensor) -> tuple[Tensor, Tensor]:
     """Scores rescaled to [0, 1] by the batch range, and whether that range is > 0.
 
     ``M_ij = 1 - |u_i - u_j|`` with ``u = (s - min s) / R`` is Eq. 6. A zero range gives
@@ -92,7 +94,7 @@ def label_similarity(scores: Tensor, *, bin_values: Any = None, validate: bool =
     """
     backend, scores = _checks.tensor(scores, "scores")
     s = _checks.scores(backend, scores, "scores", bin_values, validate)
-    u, _ = _unit_scores(backend, s)
+    u, _ = unit_scores(backend, s)
     return 1 - backend.abs(backend.reshape(u, (-1, 1)) - backend.reshape(u, (1, -1)))
 
 
@@ -126,17 +128,24 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple
     similar_sorted = total - spread  # (M Zh)_k = sum_j (1 - |u_k - u_j|) z_j
     sum_cm = backend.sum(z_sorted * similar_sorted)
 
-    # sum_ij M_ij^2 = B^2 - 2 sum_ij |u_i - u_j| + sum_ij (u_i - u_j)^2, labels only.
-    ranks = backend.cast_like(backend.arange(size, u), u)
-    sum_abs = 2 * backend.sum(u_sorted * (2 * ranks - (size - 1)))
-    centred = u - backend.mean(u)
-    sum_m2 = size * size - 2 * sum_abs + 2 * size * backend.sum(centred * centred)
-
-    total_sum = sum_c2 - 2 * sum_cm + sum_m2
+    total_sum = sum_c2 - 2 * sum_cm + sum_similarity_squared(backend, u, u_sorted)
     if not with_grad:
         return total_sum, None
     similar = backend.take(similar_sorted, backend.argsort(order, axis=0), axis=0)  # back to input order
     return total_sum, 4 * (backend.matmul(zh, gram) - similar)
+
+
+def sum_similarity_squared(backend, u: Tensor, u_sorted: Tensor | None = None) -> Tensor:
+    """``sum_ij M_ij^2`` from the unit scores alone, in O(B log B):
+    ``B^2 - 2 sum_ij |u_i - u_j| + sum_ij (u_i - u_j)^2`` (the sum of absolute gaps from
+    the sorted scores and their ranks)."""
+    size = backend.shape(u)[0]
+    if u_sorted is None:
+        u_sorted = backend.take(u, backend.argsort(u, axis=0))
+    ranks = backend.cast_like(backend.arange(size, u), u)
+    sum_abs = 2 * backend.sum(u_sorted * (2 * ranks - (size - 1)))
+    centred = u - backend.mean(u)
+    return size * size - 2 * sum_abs + 2 * size * backend.sum(centred * centred)
 
 
 def _normalize_backward(backend, zh: Tensor, squared: Tensor, norm: Tensor, grad_zh: Tensor) -> Tensor:
@@ -152,26 +161,32 @@ def alignment_loss(
     scores: Tensor,
     *,
     bin_values: Any = None,
-    method: Literal["auto", "direct", "gram"] = "auto",
+    form: Form = "auto",
     validate: bool = True,
+    method: Form | None = None,
 ) -> Tensor:
-    """The FLSA loss ``mean_{i,j} (C_ij - M_ij)^2`` [Eqs. 5, 6; SPEC 2.3-2.6].
+    """The FLSA loss ``mean_{i,j} (C_ij - M_ij)^2`` [Eqs. 5, 6].
 
     Args:
         features: (B, D) or (B, ...) features; trailing dims are flattened.
         scores: (B,) / (B, 1) scores or (B, C) distributions.
-        method: ``"auto"`` takes ``"gram"`` (no B x B matrix) when B > D and
-            ``"direct"`` otherwise, or the native CPU kernel (one pass, no B x B matrix)
-            for small CPU batches where it was measured faster. All are exact. CUDA
-            tensors run the same form as Triton kernels (:mod:`elta_core.kernels`).
+        form: ``"direct"`` (B x B matrices), ``"gram"`` (no B x B matrix) or ``"auto"``
+            (``"gram"`` when B > D). All forms are exact; which implementation runs
+            (reference, native CPU or Triton kernel) is decided by
+            :mod:`elta_core.kernels.dispatch`.
         validate: check for NaN/Inf and shapes (reads values on the host).
+        method: the former name of ``form`` (deprecated).
 
     Returns:
         A scalar, float32 (float64 for float64 features). For B < 2 or when all scores
-        are equal it is 0 with a zero gradient (SPEC 2.4; the authors' code gives NaN).
+        are equal it is 0 with a zero gradient (the authors' code gives NaN; see
+        ``docs/design.md``).
     """
-    if method not in ("auto", "direct", "gram"):
-        raise ValueError(f"method: expected 'auto', 'direct' or 'gram', got {method!r}")
+    if method is not None:
+        warnings.warn("alignment_loss(method=...) is deprecated; use form=...", DeprecationWarning, stacklevel=2)
+        form = method
+    if form not in ("auto", "direct", "gram"):
+        raise ValueError(f"form: expected 'auto', 'direct' or 'gram', got {form!r}")
     backend, features = _checks.tensor(features, "features")
     _, scores = _checks.tensor(scores, "scores")
     z = _features_2d(backend, features, validate)
@@ -180,28 +195,28 @@ def alignment_loss(
     _checks.same_length("features", size, "scores", backend.shape(s)[0])
     if size < 2:
         return backend.sum(z) * 0
-    from elta_core.kernels.triton_ops import use_triton
+    from elta_core.kernels import dispatch
 
-    if use_triton(backend.name, z):
+    resolved = dispatch.flsa_form(size, width) if form == "auto" else form
+    impl = dispatch.select_impl("flsa", backend.name, z, rows=size, width=width, form=form)
+    reference = lambda: _reference_loss(backend, z, s, resolved)  # noqa: E731
+    if impl == "triton":
         from elta_core.kernels.triton_ops.flsa import flsa_loss
 
-        form = method if method != "auto" else ("gram" if size > width else "direct")
-        return flsa_loss(z, s, form)
-    if method == "auto":
-        from elta_core.kernels import native
+        return dispatch.run("flsa", impl, lambda: flsa_loss(z, s, resolved), reference)
+    return dispatch.run("flsa", impl, lambda: _native_loss(backend, z, backend.cast_like(s, z)), reference)
 
-        if native.use_native_flsa(backend.name, z, size, width):
-            return _native_loss(backend, z, backend.cast_like(s, z))
-    # Loss and gradient are computed together, outside the framework's autograd (no graph
-    # of B x D intermediates is kept), and the gradient is attached to z. The gradient is
-    # skipped when nothing will ask for it (NumPy, no_grad, features without grad).
+
+def _reference_loss(backend, z: Tensor, s: Tensor, form: str) -> Tensor:
+    """The loss and its gradient computed together, outside the framework's autograd (no
+    graph of B x D intermediates is kept), the gradient attached to ``z``. The gradient is
+    skipped when nothing will ask for it (NumPy, no_grad, features without grad)."""
+    size = backend.shape(z)[0]
     with_grad = backend.needs_gradient(z)
     zh, squared, norm = _normalize_with_norms(backend, backend.stop_gradient(z))
-    u, has_range = _unit_scores(backend, backend.cast_like(backend.stop_gradient(s), zh))
-    if method == "auto":
-        method = "gram" if size > width else "direct"
-    form = _gram_sum_and_grad if method == "gram" else _direct_sum_and_grad
-    total, grad_zh = form(backend, zh, u, with_grad)
+    u, has_range = unit_scores(backend, backend.cast_like(backend.stop_gradient(s), zh))
+    sum_and_grad = _gram_sum_and_grad if form == "gram" else _direct_sum_and_grad
+    total, grad_zh = sum_and_grad(backend, zh, u, with_grad)
     zero = backend.constant(0.0, total)
     loss = backend.where(has_range, total / (size * size), zero)
     if not with_grad:
@@ -211,10 +226,12 @@ def alignment_loss(
 
 
 def _native_loss(backend, z: Tensor, s: Tensor) -> Tensor:
-    """The same loss from the native kernel (tested against the forms above)."""
+    """The same loss from the native CPU kernel (tested against the forms above)."""
+    if backend.name == "torch":
+        from elta_core.kernels.torch_ops import flsa_loss
+
+        return flsa_loss(z, s)
     from elta_core.kernels import native
 
-    if backend.name == "torch":
-        return native.torch_flsa_loss(z, s)
     loss, _ = native.flsa_loss_and_grad(z, s)
     return z.dtype.type(loss)

@@ -165,9 +165,10 @@ def task_loss(predictions: Tensor, labels: Tensor, output: OutputKind, bin_value
 
 
 def _safe_root(backend, x: Tensor, r: float) -> Tensor:
+    """``x ** (1/r)`` with a zero gradient at exactly 0; NaN and Inf pass through."""
     if r == 1:
         return x
-    positive = x > 0
-    safe = backend.where(positive, x, backend.constant(1.0, x))
-    return backend.where(positive, safe ** (1.0 / r), backend.constant(0.0, x))
+    zero = x == 0
+    safe = backend.where(zero, backend.constant(1.0, x), x)
+    return backend.where(zero, backend.constant(0.0, x), safe ** (1.0 / r))
 

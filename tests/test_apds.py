@@ -81,7 +81,7 @@ def test_grid_search_property_equals_brute_force(seed, min_selected):
     logits, true = _calibration(generator, 60)
     betas, thresholds = (1.0, 1.1, 1.2, 1.25), (0.70, 0.75, 0.80, 0.85, 0.90)
     try:
-        best, table = ref.grid_search_brute_force(logits, true, betas, thresholds, min_selected)
+        best, table = ref.grid_search_brute_force(logits, true, betas, thresholds, min_selected, "sharpened")
     except ValueError:  # no eligible cell
         with pytest.raises(ValueError, match="min_selected"):
             apds.grid_search(logits, true, min_selected=min_selected)
@@ -157,8 +157,8 @@ def test_flsa_loss_without_gradient_equals_with_gradient(rng):
     z, s = torch.randn(40, 8, dtype=torch.float64), torch.rand(40, dtype=torch.float64) * 9 + 1
     for method in ("direct", "gram"):
         with torch.no_grad():
-            plain = flsa.alignment_loss(z, s, method=method)
-        tracked = flsa.alignment_loss(z.clone().requires_grad_(), s, method=method)
+            plain = flsa.alignment_loss(z, s, form=method)
+        tracked = flsa.alignment_loss(z.clone().requires_grad_(), s, form=method)
         assert plain.grad_fn is None and tracked.grad_fn is not None
         torch.testing.assert_close(plain, tracked.detach(), rtol=0, atol=0)
 

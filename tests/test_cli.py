@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from elta_core.cli import main  # noqa: E402
+from elta_core.app.cli import main  # noqa: E402
 from elta_core.data.synthetic import export, generate  # noqa: E402
 
 

@@ -110,11 +110,11 @@ def test_elta_stats_on_real_files_prints_exact_counts(shared_data, name, fmt):
     direct = [int(np.sum((table.scores >= lo) & (table.scores < hi))) for lo, hi in zip(edges, edges[1:])]
     direct.append(int(np.sum((table.scores >= 8) & (table.scores <= 10))))
     assert sum(direct) == len(table) == (12776 if name == "ava" else 14079)
-    completed = subprocess.run([sys.executable, "-m", "elta_core.cli", "stats", str(path), "--format", fmt, "--json"],
+    completed = subprocess.run([sys.executable, "-m", "elta_core", "stats", str(path), "--format", fmt, "--json"],
                                capture_output=True, text=True, check=True)
     summary = json.loads(completed.stdout)
     assert summary["bins"] == FIGURE1_BINS and summary["counts"] == direct
-    printed = subprocess.run([sys.executable, "-m", "elta_core.cli", "stats", str(path), "--format", fmt],
+    printed = subprocess.run([sys.executable, "-m", "elta_core", "stats", str(path), "--format", fmt],
                              capture_output=True, text=True, check=True).stdout
     printed_rows = [line.split() for line in printed.splitlines() if line.strip().startswith(("[",))]
     assert [(row[0], int(row[1])) for row in printed_rows] == list(zip(FIGURE1_BINS, direct))
@@ -122,10 +122,10 @@ def test_elta_stats_on_real_files_prints_exact_counts(shared_data, name, fmt):
 
 def test_stats_plot_and_bad_format(tmp_path, shared_data):
     plot = tmp_path / "hist.png"
-    completed = subprocess.run([sys.executable, "-m", "elta_core.cli", "stats", str(shared_data / "ava" / "test.csv"),
+    completed = subprocess.run([sys.executable, "-m", "elta_core", "stats", str(shared_data / "ava" / "test.csv"),
                                 "--format", "ava", "--plot", str(plot)], capture_output=True, text=True)
     assert completed.returncode == 0 and plot.stat().st_size > 1000
-    failed = subprocess.run([sys.executable, "-m", "elta_core.cli", "stats", str(shared_data / "ava" / "test.csv"),
+    failed = subprocess.run([sys.executable, "-m", "elta_core", "stats", str(shared_data / "ava" / "test.csv"),
                              "--format", "tad66k"], capture_output=True, text=True)
     assert failed.returncode == 2 and "missing column(s) image, score" in failed.stderr
 

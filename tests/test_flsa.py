@@ -27,7 +27,7 @@ def test_similarity_matrices_match_reference(flavour, rng):
 def test_alignment_loss_matches_reference(flavour, method, size, width, rng):
     features = rng.normal(size=(size, width))
     scores = np.round(rng.normal(5, 1.5, size), 1)  # ties exercise the prefix sums
-    loss = flsa.alignment_loss(make(features, flavour), make(scores, flavour), method=method)
+    loss = flsa.alignment_loss(make(features, flavour), make(scores, flavour), form=method)
     assert same_kind(loss, flavour)
     expected = ref.alignment_loss(rounded(features, flavour), rounded(scores, flavour))
     assert_close(loss, expected, flavour, scale=10)
@@ -69,7 +69,7 @@ def test_gradcheck_float64(method):
     features = torch.randn(size, width, dtype=torch.float64, generator=generator, requires_grad=True)
     scores = torch.round(torch.rand(size, dtype=torch.float64, generator=generator) * 90) / 10 + 1
     scores[3] = scores[4]  # a tie
-    assert torch.autograd.gradcheck(lambda z: flsa.alignment_loss(z, scores, method=method), (features,))
+    assert torch.autograd.gradcheck(lambda z: flsa.alignment_loss(z, scores, form=method), (features,))
 
 
 def test_gram_and_direct_gradients_agree():
@@ -79,7 +79,7 @@ def test_gram_and_direct_gradients_agree():
     grads = []
     for method in ("direct", "gram"):
         z = features.clone().requires_grad_()
-        flsa.alignment_loss(z, scores, method=method).backward()
+        flsa.alignment_loss(z, scores, form=method).backward()
         grads.append(z.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
@@ -104,9 +104,9 @@ def test_bf16_features_accumulate_in_float32():
 )
 def test_degenerate_batches_give_zero_loss_and_gradient(method, features, scores):
     torch = pytest.importorskip("torch")
-    assert flsa.alignment_loss(features, scores, method=method) == 0.0
+    assert flsa.alignment_loss(features, scores, form=method) == 0.0
     z = torch.tensor(features, requires_grad=True)
-    loss = flsa.alignment_loss(z, torch.tensor(scores), method=method)
+    loss = flsa.alignment_loss(z, torch.tensor(scores), form=method)
     loss.backward()
     assert loss.item() == 0.0
     assert torch.all(z.grad == 0)
@@ -118,7 +118,7 @@ def test_zero_feature_vectors_give_finite_gradients(method):
     z = torch.randn(6, 3, dtype=torch.float64)
     z[2] = 0
     z.requires_grad_()
-    loss = flsa.alignment_loss(z, torch.arange(6.0, dtype=torch.float64), method=method)
+    loss = flsa.alignment_loss(z, torch.arange(6.0, dtype=torch.float64), form=method)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
 
@@ -139,7 +139,7 @@ def test_loss_is_zero_when_features_reproduce_label_similarity(scores):
     if np.min(np.linalg.norm(features, axis=1)) < 1e-6:
         return
     for method in ("direct", "gram"):
-        assert flsa.alignment_loss(features, scores, method=method) == pytest.approx(0.0, abs=1e-9)
+        assert flsa.alignment_loss(features, scores, form=method) == pytest.approx(0.0, abs=1e-9)
 
 
 @given(st.integers(2, 30), st.integers(1, 12), st.integers(0, 2**31 - 1))
@@ -150,6 +150,6 @@ def test_loss_is_invariant_to_batch_order(size, width, seed):
     scores = np.round(generator.uniform(1, 10, size), 1)
     perm = generator.permutation(size)
     for method in ("direct", "gram"):
-        a = flsa.alignment_loss(features, scores, method=method)
-        b = flsa.alignment_loss(features[perm], scores[perm], method=method)
+        a = flsa.alignment_loss(features, scores, form=method)
+        b = flsa.alignment_loss(features[perm], scores[perm], form=method)
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from elta_core import apds, flsa, kernels
-from elta_core.kernels import native
+from elta_core.kernels import dispatch, native
 from tests import reference as ref
 
 needs_native = pytest.mark.skipif(not kernels.native_available(), reason=str(kernels.native_available().reason))
@@ -18,7 +18,7 @@ SHAPES = [(2, 3), (17, 4), (6, 16), (48, 32), (33, 257)]
 def _reference_loss_and_grad(z, s):
     torch = pytest.importorskip("torch")
     features = torch.tensor(z, dtype=torch.float64, requires_grad=True)
-    loss = flsa.alignment_loss(features, torch.tensor(s, dtype=torch.float64), method="direct")
+    loss = flsa.alignment_loss(features, torch.tensor(s, dtype=torch.float64), form="direct")
     loss.backward()
     return loss.item(), features.grad.numpy()
 
@@ -54,12 +54,13 @@ def test_dispatch_uses_the_kernel_only_where_it_wins(rng, monkeypatch):
     small, large = rng.normal(size=(16, 256)), rng.normal(size=(128, 256))
     a = flsa.alignment_loss(small, rng.uniform(1, 10, 16))
     flsa.alignment_loss(large, rng.uniform(1, 10, 128))
-    flsa.alignment_loss(small, rng.uniform(1, 10, 16), method="direct")  # an explicit form is honoured
-    assert calls == [(16, 256)]
+    flsa.alignment_loss(small, rng.uniform(1, 10, 16), form="direct")  # the kernel implements this form
+    flsa.alignment_loss(small, rng.uniform(1, 10, 16), form="gram")  # ... but not this one
+    assert calls == [(16, 256), (16, 256)]
     assert isinstance(a, np.floating)
     torch = pytest.importorskip("torch")
-    assert native.use_native_flsa("torch", torch.zeros(16, 256), 16, 256)
-    assert not native.use_native_flsa("torch", torch.zeros(48, 256), 48, 256)
+    assert dispatch.select_impl("flsa", "torch", torch.zeros(16, 256), rows=16, width=256) == "native"
+    assert dispatch.select_impl("flsa", "torch", torch.zeros(48, 256), rows=48, width=256) == "reference"
 
 
 @needs_native
@@ -81,40 +82,32 @@ def test_non_contiguous_inputs_are_not_misread(rng):
     expected, expected_grad = _reference_loss_and_grad(np.ascontiguousarray(z), np.ascontiguousarray(s))
     assert loss == pytest.approx(expected, rel=1e-10)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-9, atol=1e-12)
-    logits = rng.normal(size=(10, 20)).T[:, :10]  # Fortran-ordered slice
-    sharp, _, _, _ = native.sharpen(logits, 1.2, np.arange(1, 11.0), None, 1.0)
-    np.testing.assert_allclose(sharp, ref.sharpen(np.ascontiguousarray(logits), 1.2), rtol=1e-10)
+    logits = np.tile(rng.normal(size=(10, 20)).T[:, :10], (250, 1))  # Fortran-ordered, tiled past the row floor
+    true = rng.uniform(1, 10, len(logits))
+    fast, slow = _grid_pair(logits, true, thresholds=(0.2, 0.3))
+    assert [c.num_selected for c in fast.table] == [c.num_selected for c in slow.table]
 
 
 @needs_native
 def test_torch_op_gradients_and_compile(rng):
     torch = pytest.importorskip("torch")
+    from elta_core.kernels import torch_ops
+
     z = torch.tensor(rng.normal(size=(12, 5)), requires_grad=True)
     s = torch.tensor(np.round(rng.uniform(1, 10, 12), 1))
-    native.torch_flsa_loss(z, s).backward()
+    torch_ops.flsa_loss(z, s).backward()
     expected_loss, expected_grad = _reference_loss_and_grad(z.detach().numpy(), s.numpy())
     np.testing.assert_allclose(z.grad.numpy(), expected_grad, rtol=1e-9, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda f: native.torch_flsa_loss(f, s), (z.detach().clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda f: torch_ops.flsa_loss(f, s), (z.detach().clone().requires_grad_(),))
 
-    compiled = torch.compile(lambda f, t: native.torch_flsa_loss(f, t) * 2, backend="aot_eager", fullgraph=True)
+    # Under torch.compile the dispatch picks the reference, which the compiler traces.
+    compiled = torch.compile(lambda f, t: flsa.alignment_loss(f, t, validate=False) * 2, backend="aot_eager",
+                             fullgraph=True)
     z.grad = None
     out = compiled(z, s)
     out.backward()
     assert out.item() == pytest.approx(2 * expected_loss, rel=1e-10)
     np.testing.assert_allclose(z.grad.numpy(), 2 * expected_grad, rtol=1e-9, atol=1e-12)
-    assert torch.ops.elta.flsa_forward.default is not None
-
-
-@needs_native
-@pytest.mark.parametrize("mean_score", [None, 5.0])
-def test_sharpen_row_operation(mean_score, rng):
-    logits = rng.normal(0, 2, size=(40, 9))
-    values = np.arange(1.0, 5.01, 0.5)
-    sharp, maximum, kept, centre = native.sharpen(logits, 1.1, values, mean_score, 0.5, threshold=0.6)
-    expected = apds.sharpen(logits, 1.1, values, mean_score, score_scale=0.5)
-    np.testing.assert_allclose(sharp, expected, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(maximum, expected.max(1), rtol=1e-12)
-    np.testing.assert_array_equal(kept, expected.max(1) >= 0.6)
 
 
 def _grid_pair(logits, true, **options):
@@ -132,7 +125,7 @@ def _grid_pair(logits, true, **options):
 @pytest.mark.parametrize("pseudo_label", ["prediction", "sharpened"])
 @pytest.mark.parametrize("strict", [False, True])
 def test_grid_accumulation_equals_reference_in_float64(pseudo_label, strict, rng):
-    size = native.GRID_MIN_ROWS + 333
+    size = dispatch.NATIVE_GRID_MIN_ROWS + 333
     true = np.clip(rng.normal(5.4, 1.1, size), 1, 10)
     logits = -((np.arange(1, 11) - (true + rng.normal(0, 0.7, size))[:, None]) ** 2) / rng.uniform(0.5, 3, (size, 1))
     options = dict(betas=(0.5, 1.0, 1.25, 2.0), thresholds=(0.3, 0.5, 0.7, 0.9), pseudo_label=pseudo_label, strict=strict)

@@ -5,9 +5,19 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch.utils.data import TensorDataset  # noqa: E402
 
-from elta_core.adapters.torch import ELTAWrapper, PseudoLabelledDataset, SelfTraining  # noqa: E402
+from elta_core import apds  # noqa: E402
+from elta_core.adapters.torch import ELTAWrapper, PseudoLabelledDataset, SelfTraining, fit  # noqa: E402
 from elta_core.adapters.torch.self_training import STAGES, atomic_save  # noqa: E402
+from elta_core.io import atomic_write, atomic_write_json  # noqa: E402
 from tests.torch_models import TwoLayer, distributions  # noqa: E402
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _datasets():
@@ -68,28 +78,78 @@ def test_resume_after_round1_gives_the_same_selection(tmp_path):
     assert again_calls == []
 
 
-def test_stages_are_saved_atomically(tmp_path, monkeypatch):
+def test_stages_are_saved_atomically(tmp_path):
     target = tmp_path / "grid.json"
-    atomic_save({"a": 1}, target)
+    atomic_write_json(target, {"a": 1})
 
-    def broken_dumps(*args, **kwargs):
+    def half_then_fail(stream):
+        stream.write(b'{"a": ')
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(json, "dumps", broken_dumps)
     with pytest.raises(RuntimeError):
-        atomic_save({"a": 2}, target)
-    monkeypatch.undo()
+        atomic_write(target, half_then_fail)
     assert json.loads(target.read_text()) == {"a": 1}, "the old file is intact"
     assert [p.name for p in tmp_path.iterdir()] == ["grid.json"], "no temporary left behind"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask()), "the user's umask, not mkstemp's 0600"
+    with pytest.raises(ValueError, match="NaN"):
+        atomic_write_json(tmp_path / "nan.json", {"loss": float("nan")})
+    assert not (tmp_path / "nan.json").exists()
+    atomic_save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["w"], torch.ones(2))
 
 
-def test_cap_keeps_the_most_confident(tmp_path):
-    st = _self_training(tmp_path, [])
+def test_cap_keeps_the_most_confident():
     logits = torch.zeros(6, 10)
     logits[:, 5] = torch.tensor([1.0, 6.0, 2.0, 8.0, 3.0, 7.0])
-    selection = st._select(logits, 1.0, 0.1, cap=3)
-    assert selection["indices"].tolist() == [1, 3, 5]
-    assert int(selection["num_selected"]) == 6
+    chosen = apds.select(logits, 1.0, 0.1)
+    kept = apds.keep_most_confident(logits, chosen, 1.0, 3)
+    assert kept.indices.tolist() == [1, 3, 5] and len(chosen.indices) == 6
+
+
+@pytest.mark.parametrize("round2", ["concat", "separate"])
+def test_round2_modes_reach_the_training_function(tmp_path, round2):
+    seen = {}
+
+    def train(wrapper, labelled_loader, pseudo_loader, round_index):
+        if round_index == 2:
+            seen["labelled"] = len(labelled_loader.dataset)
+            seen["pseudo"] = None if pseudo_loader is None else len(pseudo_loader.dataset)
+
+    torch.manual_seed(0)
+    trainer = SelfTraining(ELTAWrapper(TwoLayer(), "fc", seed=0), tmp_path, train=train, round2=round2,
+                           thresholds=(0.12, 0.15, 0.2), min_selected=5, max_pseudo_labels=None, progress=False)
+    summary = trainer.run(*_datasets())
+    kept = summary["num_kept"]
+    assert kept == summary["num_selected"] > 0, "no cap"
+    if round2 == "concat":
+        assert seen == {"labelled": 40 + kept, "pseudo": None}
+    else:
+        assert seen == {"labelled": 40, "pseudo": kept}
+
+
+def test_concat_round2_trains_tfa_and_flsa_on_pseudo_labels_with_score_labels(tmp_path):
+    labelled, calibration, unlabelled = _datasets()
+    scores = TensorDataset(labelled.tensors[0], labelled.tensors[1] @ torch.arange(1, 11.0))
+    torch.manual_seed(0)
+    trainer = SelfTraining(ELTAWrapper(TwoLayer(), "fc", num_pairs=2, seed=0), tmp_path, epochs=1,
+                           thresholds=(0.12, 0.15, 0.2), min_selected=5, progress=False)
+    summary = trainer.run(scores, calibration, unlabelled)
+    assert summary["num_kept"] > 0 and (tmp_path / "round2.pt").exists()
+
+
+def test_bad_self_training_options(tmp_path):
+    wrapper = ELTAWrapper(TwoLayer(), "fc")
+    with pytest.raises(ValueError, match="round2: expected 'concat' or 'separate'"):
+        SelfTraining(wrapper, tmp_path, round2="mixed")
+    with pytest.raises(ValueError, match="max_pseudo_labels"):
+        SelfTraining(wrapper, tmp_path, max_pseudo_labels=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        SelfTraining(wrapper, tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="pseudo_loader: expected pseudo-labelled batches"):
+        fit(wrapper, [(torch.randn(4, 4), distributions(4))], torch.optim.SGD(wrapper.parameters(), 0.1),
+            pseudo_loader=[], progress=False)
+    with pytest.raises(ValueError, match="loader: expected \\(x, y\\) batches"):
+        fit(wrapper, [torch.randn(4, 4)], torch.optim.SGD(wrapper.parameters(), 0.1), progress=False)
 
 
 def test_pseudo_labelled_dataset_and_stage_names(tmp_path):

@@ -203,4 +203,47 @@ def test_bad_inputs():
             return super().forward(x) * float("inf")
 
     with pytest.raises(FloatingPointError, match="task loss"):
-        ELTAWrapper(Exploding(), "fc", flsa_weight=0.0)(torch.randn(8, 4), torch.rand(8))
+        ELTAWrapper(Exploding(), "fc", flsa_weight=0.0)(torch.randn(8, 4), torch.rand(8) * 9 + 1)
+
+
+def test_nan_input_is_a_named_error_not_a_finite_loss():
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 10))
+    wrapper = ELTAWrapper(model, head="2", flsa_weight=0.0).train()
+    x = torch.randn(8, 12)
+    x[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="task loss"):
+        wrapper(x, torch.softmax(torch.randn(8, 10), 1))
+    assert torch.isnan(losses.emd(torch.full((4, 10), float("nan")), distributions(4), validate=False))
+
+
+@pytest.mark.parametrize("make_labels,message", [
+    (lambda: torch.rand(8) * 40 + 10, "y: expected scores on the rating scale"),
+    (lambda: distributions(8) * 50, "raw vote counts"),
+    (lambda: torch.full((8, 10), float("nan")), "y: expected finite labels"),
+    (lambda: distributions(8, num_bins=9), "y: expected distributions over the model's 10 outputs"),
+])
+def test_bad_labels_are_refused(make_labels, message):
+    with pytest.raises(ValueError, match=message):
+        ELTAWrapper(TwoLayer(), "fc", seed=0)(torch.randn(8, 4), make_labels())
+
+
+def test_probs_output_on_logits_and_an_unused_head_are_refused():
+    with pytest.raises(ValueError, match="output: 'probs' expects softmax rows"):
+        ELTAWrapper(TwoLayer(), "fc", output="probs")(torch.randn(8, 4), distributions(8))
+
+    class SkipsHead(TwoLayer):
+        def forward(self, x):
+            return torch.tanh(self.backbone(x)) @ torch.ones(6, 10)
+
+    with pytest.raises(ValueError, match="'fc' was not called"):
+        ELTAWrapper(SkipsHead(), "fc")(torch.randn(8, 4), distributions(8))
+    with pytest.raises(ValueError, match="bogus: not an option of ELTAWrapper"):
+        ELTAWrapper(TwoLayer(), "fc", bogus=1)
+    with pytest.raises(ValueError, match="tfa: expected True or False"):
+        ELTAWrapper(TwoLayer(), "fc", tfa=1.0)
+
+
+def test_softmax_head_is_detected_as_probs():
+    wrapper = ELTAWrapper(NIMA(), "head")
+    assert wrapper.output_kind(torch.softmax(torch.randn(2, 10), 1)) == "probs"
+    assert ELTAWrapper(TwoLayer(), "fc").output_kind(torch.randn(2, 10)) == "logits"

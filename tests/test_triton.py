@@ -42,7 +42,7 @@ def _reference_loss_and_grad(z: torch.Tensor, scores: torch.Tensor, method: str 
     """The reference in float64 on the values the kernel sees (rounded to its dtype)."""
     z64 = z.detach().double().clone().requires_grad_(True)
     with kernels_off():
-        loss = flsa.alignment_loss(z64, scores.double(), method=method)
+        loss = flsa.alignment_loss(z64, scores.double(), form=method)
     loss.backward()
     return loss.item(), z64.grad.numpy()
 
@@ -58,7 +58,7 @@ class kernels_off:
 def _kernel_loss_and_grad(z: torch.Tensor, scores: torch.Tensor, method: str = "auto"):
     leaf = z.detach().clone().requires_grad_(True)
     with cpu_tensors_under_interpreter():
-        loss = flsa.alignment_loss(leaf, scores, method=method)
+        loss = flsa.alignment_loss(leaf, scores, form=method)
     loss.backward()
     return loss, leaf.grad
 

@@ -37,7 +37,7 @@ BAD_CALLS = [
     ("mode: expected 'append' or 'replace'", lambda: tfa.mix(FEATURES, SCORES, [0], [1], [0.5], mode="x")),
     ("features: expected finite", lambda: flsa.alignment_loss(FEATURES * np.inf, SCORES)),
     ("scores: expected 3 rows to match features", lambda: flsa.alignment_loss(FEATURES, SCORES[:2])),
-    ("method: expected 'auto', 'direct' or 'gram'", lambda: flsa.alignment_loss(FEATURES, SCORES, method="fast")),
+    ("form: expected 'auto', 'direct' or 'gram'", lambda: flsa.alignment_loss(FEATURES, SCORES, form="fast")),
     ("scores: expected each row to sum to 1", lambda: flsa.alignment_loss(FEATURES, DIST * 2)),
     ("scores: expected non-negative", lambda: flsa.label_similarity(DIST - 0.2)),
     ("bin_values: expected 10 values", lambda: flsa.alignment_loss(FEATURES, DIST, bin_values=[1, 2, 3])),

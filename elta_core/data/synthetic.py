@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from elta_core.io import atomic_write_text
+from elta_core.optional import require
+
 MECHANISMS = ("sharpness", "contrast", "harmony", "composition")
 
 
@@ -163,16 +166,11 @@ def generate(count: int, size: int = 64, seed: int = 0, *, raters: int = 80, chu
 def export(data: SyntheticAesthetics, folder: str | Path, suffix: str = ".jpg") -> Path:
     """Write the images to ``folder/images/<id><suffix>`` and the votes to
     ``folder/labels.csv`` in the AVA CSV format; returns the CSV's path (needs Pillow)."""
-    from PIL import Image
-
+    Image = require("PIL.Image", "vision")
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = ["image_id," + ",".join(f"score{k}" for k in range(2, 12)) + ",tag1,tag2,tag3"]
     for index, (image, counts) in enumerate(zip(data.images, data.counts)):
         Image.fromarray(image).save(folder / "images" / f"{index}{suffix}", quality=95)
         lines.append(f"{index}," + ",".join(str(int(c)) for c in counts) + ",0,0,0")
-    path = folder / "labels.csv"
-    temporary = path.with_name(".labels.csv.tmp")
-    temporary.write_text("\n".join(lines) + "\n")
-    temporary.replace(path)
-    return path
+    return atomic_write_text(folder / "labels.csv", "\n".join(lines) + "\n")

@@ -184,34 +184,6 @@ double mean_of(const std::vector<double>& values) {
   return values.empty() ? 0.0 : sum / double(values.size());
 }
 
-// APDS row operation [Eqs. 7, 8]: writes the sharpened distribution, its maximum, and
-// whether it reaches the threshold. mean_score NaN means the mean predicted score.
-template <typename T>
-double apds_rows(Matrix<T> logits, Vector<double> values, double beta, double mean_score, double score_scale,
-                 double threshold, bool strict, OutMatrix<T> sharpened, OutVector<T> maximum, OutVector<bool> kept) {
-  const int64_t rows = logits.shape(0), levels = logits.shape(1);
-  std::vector<double> scores = predicted_scores(logits, values);
-  const double centre = std::isnan(mean_score) ? mean_of(scores) : mean_score;
-#pragma omp parallel
-  {
-    std::vector<double> buffer(levels);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < rows; ++i) {
-      const T* row = logits.data() + i * levels;
-      const double factor = std::exp(beta * std::fabs(scores[i] - centre) / score_scale);
-      double peak = row[0];
-      for (int64_t c = 1; c < levels; ++c) peak = std::max<double>(peak, row[c]);
-      double sum = 0;
-      for (int64_t c = 0; c < levels; ++c) sum += buffer[c] = std::exp((double(row[c]) - peak) * factor);
-      for (int64_t c = 0; c < levels; ++c) sharpened.data()[i * levels + c] = T(buffer[c] / sum);
-      const double top = 1.0 / sum;
-      maximum.data()[i] = T(top);
-      kept.data()[i] = strict ? top > threshold : top >= threshold;
-    }
-  }
-  return centre;
-}
-
 // Grid search accumulation [Eq. 9]: for every beta and every threshold, the number of
 // selected samples and the sum of |pseudo score - true score|, in one pass over N. Rows
 // go in blocks; per block, beta and threshold a branch-free masked sum (vectorised).
@@ -270,7 +242,9 @@ void grid_accumulate(Matrix<T> logits, Vector<double> true_scores, Vector<double
           const T value = level_values[c];
 #pragma omp simd
           for (int64_t r = 0; r < kBlock; ++r) {
-            const T e = exp_nonpositive(level[r] * factor_p[r]);
+            // 0 * inf is NaN: the row maximum stays at 0 whatever the factor, so an
+            // overflowing temperature gives a one-hot row, as in the reference.
+            const T e = exp_nonpositive(level[r] == T(0) ? T(0) : level[r] * factor_p[r]);
             sum_p[r] += e;
             weighted_p[r] += e * value;
           }
@@ -332,8 +306,6 @@ NB_MODULE(_native, m) {
         nb::call_guard<nb::gil_scoped_release>());
   m.def("flsa_forward_backward", &flsa_forward_backward<double>, nb::arg("z"), nb::arg("s"), nb::arg("grad"),
         nb::call_guard<nb::gil_scoped_release>());
-  m.def("apds_rows", &apds_rows<float>, nb::call_guard<nb::gil_scoped_release>());
-  m.def("apds_rows", &apds_rows<double>, nb::call_guard<nb::gil_scoped_release>());
   m.def("grid_accumulate", &grid_accumulate<float>, nb::call_guard<nb::gil_scoped_release>());
   m.def("grid_accumulate", &grid_accumulate<double>, nb::call_guard<nb::gil_scoped_release>());
 }

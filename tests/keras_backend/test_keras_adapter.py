@@ -100,9 +100,9 @@ def test_flsa_loss_and_gradient_equal_reference(batch, method):
     z = np.float32(z).astype(np.float64)
     s = np.float32(s).astype(np.float64)
     scores = tensor(s)
-    loss = flsa.alignment_loss(tensor(z), scores, method=method)
+    loss = flsa.alignment_loss(tensor(z), scores, form=method)
     assert float(array(loss)) == pytest.approx(reference.alignment_loss(z, s), rel=1e-5)
-    grad = gradient(lambda x: flsa.alignment_loss(x, scores, method=method, validate=False), tensor(z))
+    grad = gradient(lambda x: flsa.alignment_loss(x, scores, form=method, validate=False), tensor(z))
     expected = finite_difference(lambda x: reference.alignment_loss(x, s), z)
     np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-6)
 
@@ -243,6 +243,13 @@ def test_self_training_round(tmp_path):
     round2 = result.round2(x, y, pool, batch_size=16)
     assert sum(len(batch[0]) for batch in (round2[k] for k in range(len(round2)))) == 60 + len(result.indices)
     assert np.isfinite(model.fit(round2, epochs=1, verbose=0).history["loss"]).all()
+    separate = result.round2(x, y, pool, batch_size=20, mode="separate")
+    (x_l, x_u), (y_l, y_u) = separate[0]
+    assert len(x_l) == 20 and len(x_u) == min(20, len(result.indices))
+    history = model.fit(separate, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"]).all() and np.isfinite(history["task_loss"]).all()
+    with pytest.raises(ValueError, match="round2: expected 'concat' or 'separate'"):
+        result.round2(x, y, pool, mode="mixed")
 
 
 # -- bad input -------------------------------------------------------------------------
@@ -306,3 +313,38 @@ def test_mixed_bfloat16_policy_trains():
         assert np.isfinite(model.fit(x, y, batch_size=16, epochs=1, verbose=0).history["loss"]).all()
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_training_call_returns_the_model_output_and_losses_are_metrics():
+    base = nima_model()
+    model = ELTAModel(base, "scores", num_pairs=2, flsa_weight=0.5, seed=0)
+    model.compile(optimizer="adam")
+    x, y = data(32)
+    out = model(x[:4], training=True)
+    assert not isinstance(out, (tuple, list)) and tuple(out.shape) == (4, 10)
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert {"loss", "task_loss", "flsa_loss"} <= set(history)
+    assert history["flsa_loss"][0] > 0
+
+
+@pytest.mark.parametrize("make_labels,message", [
+    (lambda y: y * 50, "raw vote counts"),
+    (lambda y: np.where(np.arange(10) == 3, np.nan, y), "y: expected finite labels"),
+    (lambda y: (y @ np.arange(1, 11.0)) * 10, "y: expected scores on the rating scale"),
+    (lambda y: y[:, :9] / y[:, :9].sum(1, keepdims=True), "y: expected distributions over the model's 10 outputs"),
+])
+def test_bad_labels_are_refused_like_the_torch_adapter(make_labels, message):
+    model = ELTAModel(nima_model(), "scores", seed=0)
+    model.compile(optimizer="sgd")
+    x, y = data(16)
+    with pytest.raises(ValueError, match=message):
+        model.fit(x, make_labels(y.astype(np.float64)), batch_size=8, epochs=1, verbose=0)
+
+
+def test_non_finite_loss_stops_fit_with_a_named_error():
+    model = ELTAModel(nima_model(), "scores", seed=0, output="logits")
+    model.compile(optimizer="sgd")
+    x, y = data(16)
+    x[0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)

@@ -5,7 +5,12 @@ APDS round (grid search, pseudo-labels, the round-2 data set).
 Importing it imports Keras (and registers ``ELTAModel`` for ``.keras`` files).
 """
 
-from elta_core.adapters.keras.model import ELTAModel, split_at
-from elta_core.adapters.keras.self_training import PseudoLabels, pseudo_label
+from elta_core.optional import require
+
+require("keras", "keras")
+
+from elta_core.adapters.keras.layers import split_at  # noqa: E402
+from elta_core.adapters.keras.model import ELTAModel  # noqa: E402
+from elta_core.adapters.keras.self_training import PseudoLabels, pseudo_label  # noqa: E402
 
 __all__ = ["ELTAModel", "PseudoLabels", "pseudo_label", "split_at"]

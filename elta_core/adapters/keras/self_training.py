@@ -1,7 +1,6 @@
-"""APDS self-training for Keras models [Eqs. 7-10; SPEC 4.4-4.6]: predict a labelled
-calibration set and an unlabelled pool, pick (beta, t) by the grid search, keep the
-confident pool samples as pseudo-labels (at most as many as the labelled set, most
-confident first) and build the round-2 data set L_s + L_u."""
+"""APDS self-training for Keras models [Eqs. 7-10]: predict a labelled calibration set
+and an unlabelled pool, run the core's pseudo-label round (:mod:`elta_core.pseudo_labels`)
+and build the round-2 data set for ``L = L_s + L_u`` in either meaning of Eq. 10."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import keras
 import numpy as np
 
 from elta_core import apds
+from elta_core.pseudo_labels import DEFAULT_ROUND2, Round2, check_round2, pseudo_label_round
 
 _TINY = 1e-12
 
@@ -41,15 +41,28 @@ class PseudoLabels:
     num_selected: int  # passing the threshold, before the cap
 
     def round2(self, x_labelled: np.ndarray, y_labelled: np.ndarray, x_unlabelled: np.ndarray,
-               batch_size: int = 32, shuffle: bool = True, seed: int = 0) -> keras.utils.PyDataset:
-        """The round-2 training set L_s + L_u as a ``keras.utils.PyDataset`` (any backend)."""
+               batch_size: int = 32, shuffle: bool = True, seed: int = 0,
+               mode: Round2 = DEFAULT_ROUND2) -> keras.utils.PyDataset:
+        """The round-2 training set as a ``keras.utils.PyDataset`` (any backend).
+
+        ``mode="concat"`` (default): the pseudo-labelled rows join the labelled set, so
+        ``fit`` gives them TFA and FLSA. ``mode="separate"``: each batch is
+        ``((x, x_pseudo), (y, y_pseudo))`` and :class:`ELTAModel` adds the task loss on the
+        pseudo-labelled rows (``L_u``) to ``L_s``, without TFA or FLSA on them."""
+        check_round2(mode)
         y_labelled = np.asarray(y_labelled, dtype=np.float32)
         if y_labelled.ndim != 2 or y_labelled.shape[1] != self.labels.shape[1]:
             raise ValueError(f"y_labelled: expected (N, {self.labels.shape[1]}) distributions to join the "
                              f"pseudo-labels, got shape {y_labelled.shape}")
-        x = np.concatenate([np.asarray(x_labelled), np.asarray(x_unlabelled)[self.indices]], axis=0)
-        y = np.concatenate([y_labelled, self.labels.astype(np.float32)], axis=0)
-        return _ArrayDataset(x, y, batch_size, shuffle, seed)
+        x_pseudo = np.asarray(x_unlabelled)[self.indices]
+        y_pseudo = self.labels.astype(np.float32)
+        if mode == "concat":
+            x = np.concatenate([np.asarray(x_labelled), x_pseudo], axis=0)
+            return _ArrayDataset(x, np.concatenate([y_labelled, y_pseudo], axis=0), batch_size, shuffle, seed)
+        if not len(x_pseudo):
+            raise ValueError("mode: 'separate' needs pseudo-labels, and none were kept")
+        return _PairedDataset(_ArrayDataset(np.asarray(x_labelled), y_labelled, batch_size, shuffle, seed),
+                              _ArrayDataset(x_pseudo, y_pseudo, batch_size, shuffle, seed + 1))
 
 
 class _ArrayDataset(keras.utils.PyDataset):
@@ -74,6 +87,26 @@ class _ArrayDataset(keras.utils.PyDataset):
             self.rng.shuffle(self.order)
 
 
+class _PairedDataset(keras.utils.PyDataset):
+    """Labelled batches, each paired with a pseudo-labelled batch (cycled)."""
+
+    def __init__(self, labelled: _ArrayDataset, pseudo: _ArrayDataset):
+        super().__init__()
+        self.labelled, self.pseudo = labelled, pseudo
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, index: int):
+        x, y = self.labelled[index]
+        x_pseudo, y_pseudo = self.pseudo[index % len(self.pseudo)]
+        return (x, x_pseudo), (y, y_pseudo)
+
+    def on_epoch_end(self) -> None:
+        self.labelled.on_epoch_end()
+        self.pseudo.on_epoch_end()
+
+
 def pseudo_label(
     model: keras.Model,
     calibration: tuple[Any, Any],
@@ -83,7 +116,7 @@ def pseudo_label(
     thresholds: Sequence[float] = apds.DEFAULT_THRESHOLDS,
     bin_values: Any = None,
     min_selected: int | float = 11,
-    pseudo_label: apds.PseudoLabel = "prediction",
+    pseudo_label: apds.PseudoLabel = apds.DEFAULT_PSEUDO_LABEL,
     score_scale: float | None = None,
     max_selected: int | None = None,
     output: str = "auto",
@@ -92,23 +125,17 @@ def pseudo_label(
 ) -> PseudoLabels:
     """One APDS round with a trained model (an :class:`ELTAModel` or any Keras model with
     a C-level head). ``calibration`` is ``(x, y)``; ``unlabelled`` is ``x``. Predictions
-    show Keras's progress bar (``verbose``). ``max_selected`` caps the pseudo-labels
-    (default: no cap; the authors cap at the labelled set's size)."""
+    show Keras's progress bar (``verbose``). ``max_selected`` caps the pseudo-labels, most
+    confident first (default: no cap)."""
     if not isinstance(calibration, (tuple, list)) or len(calibration) != 2:
         raise ValueError("calibration: expected a pair (x, y) of a labelled calibration set")
     bin_values = bin_values if bin_values is not None else getattr(model, "bin_values", None)
     score_scale = score_scale if score_scale is not None else getattr(model, "score_scale", 1.0)
     x_calibration, y_calibration = calibration
-    calibration_logits = _logits(model, x_calibration, output, batch_size, verbose)
-    grid = apds.grid_search(calibration_logits, np.asarray(y_calibration, dtype=np.float64), betas, thresholds,
-                            bin_values, min_selected, pseudo_label, score_scale=score_scale)
-    pool = _logits(model, unlabelled, output, batch_size, verbose)
-    if pool.shape[1] != calibration_logits.shape[1]:
-        raise ValueError(f"unlabelled: the model gave {pool.shape[1]} levels, the calibration set "
-                         f"{calibration_logits.shape[1]}")
-    chosen = apds.select(pool, grid.beta, grid.threshold, bin_values, pseudo_label=pseudo_label,
-                         score_scale=score_scale)
-    kept = chosen
-    if max_selected is not None:  # [A.2] most confident first
-        kept = apds.keep_most_confident(pool, chosen, grid.beta, max_selected, bin_values, score_scale=score_scale)
-    return PseudoLabels(grid, np.asarray(kept.indices), np.asarray(kept.labels), len(chosen.indices))
+    result = pseudo_label_round(
+        _logits(model, x_calibration, output, batch_size, verbose), np.asarray(y_calibration, dtype=np.float64),
+        _logits(model, unlabelled, output, batch_size, verbose), betas=betas, thresholds=thresholds,
+        bin_values=bin_values, min_selected=min_selected, pseudo_label=pseudo_label, score_scale=score_scale,
+        max_selected=max_selected,
+    )
+    return PseudoLabels(result.grid, np.asarray(result.indices), np.asarray(result.labels), result.num_selected)

@@ -68,6 +68,12 @@ def to_distribution_head(model: nn.Module, head: str, num_bins: int = 10) -> nn.
     return model
 
 
+def ends_in_softmax(module: nn.Module) -> bool:
+    """Whether the last leaf module of ``module`` is a softmax (a NIMA-style head)."""
+    leaves = [m for m in module.modules() if not list(m.children())]
+    return bool(leaves) and isinstance(leaves[-1], nn.Softmax)
+
+
 def as_float_labels(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels)

@@ -1,9 +1,9 @@
-"""APDS self-training with torch (paper 3.5, Eq. 10; SPEC section 5).
+"""APDS self-training with torch (paper 3.5, Eq. 10).
 
 Round 1 trains on the labelled set; the calibration set and the unlabelled pool are
-predicted; the grid search picks (beta*, t*); the confident pool samples become
-pseudo-labelled data (capped at the labelled set's size, most confident first); round 2
-trains on ``L = L_s + L_u``. Every stage is saved atomically in ``workdir``, and a run
+predicted; the core's pseudo-label round (:mod:`elta_core.pseudo_labels`) picks
+(beta*, t*) and the confident pool samples (by default at most as many as the labelled
+set, most confident first); round 2 trains on ``L = L_s + L_u``. Every stage is saved atomically in ``workdir``, and a run
 that finds a stage's file there loads it instead of recomputing it.
 """
 
@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from elta_core import apds
 from elta_core.adapters.torch.wrapper import ELTAWrapper
+from elta_core.io import atomic_write, atomic_write_json, atomic_write_text
+from elta_core.pseudo_labels import DEFAULT_ROUND2, Round2, check_round2, pseudo_label_round
 
 Stage = Literal["round1", "calibration", "unlabelled", "grid", "selection", "round2"]
 STAGES: tuple[Stage, ...] = ("round1", "calibration", "unlabelled", "grid", "selection", "round2")
@@ -100,26 +101,9 @@ class PseudoLabelledDataset(Dataset):
         return x, self.labels[k]
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` atomically: a ``str`` as text, JSON for ``.json``, else
-    ``torch.save``. An interrupted write leaves the old file (or none), never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            if isinstance(obj, str):
-                stream.write(obj.encode())
-            elif path.suffix == ".json":
-                stream.write(json.dumps(obj, indent=2).encode())
-            else:
-                torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`elta_core.io.atomic_write`: never half a file."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 def fit(
@@ -138,11 +122,15 @@ def fit(
     device = _device_of(wrapper.model)
     wrapper.train()
     history = []
+    if pseudo_loader is not None and len(pseudo_loader) == 0:
+        raise ValueError("pseudo_loader: expected pseudo-labelled batches, got an empty loader")
     for epoch in range(epochs):
         pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
         total, steps = 0.0, 0
         for batch in _progress(loader, progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch"):
             x, y = _split_batch(batch)
+            if y is None:
+                raise ValueError("loader: expected (x, y) batches with labels, got batches without labels")
             loss = wrapper(x.to(device), y.to(device)).loss
             if pseudo_batches is not None:
                 try:
@@ -160,6 +148,7 @@ def fit(
 
 
 TrainFn = Callable[[ELTAWrapper, DataLoader, "DataLoader | None", int], Any]
+MaxPseudoLabels = Union[int, Literal["labelled"], None]
 
 
 class SelfTraining:
@@ -171,7 +160,14 @@ class SelfTraining:
             ``unlabelled.pt``, ``grid.json`` (+ ``grid.md``), ``selection.pt``, ``round2.pt``.
         train: ``train(wrapper, labelled_loader, pseudo_loader, round)``; the default runs
             :func:`fit` for ``epochs`` with ``optimizer(parameters)`` (AdamW, lr 1e-3).
-        betas, thresholds, min_selected, pseudo_label, bin_values: as in
+        round2: ``"concat"`` (default: pseudo-labelled samples join the labelled set and
+            get TFA and FLSA) or ``"separate"`` (``L_u`` on separate batches); see
+            :mod:`elta_core.pseudo_labels`. With ``"concat"``, ``train`` gets the joined
+            loader and ``pseudo_loader=None``.
+        max_pseudo_labels: at most this many pseudo-labels, most confident first:
+            ``"labelled"`` (default, the labelled set's size; this library's rule for
+            large pools), an int, or None for no cap.
+        betas, thresholds, min_selected, pseudo_label: as in
             :func:`elta_core.apds.grid_search`.
         batch_size, loader_kwargs: for the DataLoaders built from the datasets.
     """
@@ -184,10 +180,12 @@ class SelfTraining:
         train: TrainFn | None = None,
         epochs: int = 1,
         optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+        round2: Round2 = DEFAULT_ROUND2,
+        max_pseudo_labels: MaxPseudoLabels = "labelled",
         betas: Sequence[float] = apds.DEFAULT_BETAS,
         thresholds: Sequence[float] = apds.DEFAULT_THRESHOLDS,
         min_selected: int | float = 11,
-        pseudo_label: apds.PseudoLabel = "prediction",
+        pseudo_label: apds.PseudoLabel = apds.DEFAULT_PSEUDO_LABEL,
         batch_size: int = 32,
         loader_kwargs: dict[str, Any] | None = None,
         progress: bool = True,
@@ -197,8 +195,15 @@ class SelfTraining:
         self.train_fn = train
         self.epochs = epochs
         self.optimizer = optimizer or (lambda parameters: torch.optim.AdamW(parameters, lr=1e-3))
+        self.round2 = check_round2(round2)
+        if max_pseudo_labels != "labelled" and max_pseudo_labels is not None and (
+                isinstance(max_pseudo_labels, bool) or not isinstance(max_pseudo_labels, int) or max_pseudo_labels < 0):
+            raise ValueError(f"max_pseudo_labels: expected 'labelled', an int >= 0 or None, got {max_pseudo_labels!r}")
+        self.max_pseudo_labels = max_pseudo_labels
         self.betas, self.thresholds = tuple(betas), tuple(thresholds)
         self.min_selected, self.pseudo_label = min_selected, pseudo_label
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         self.batch_size, self.loader_kwargs = batch_size, dict(loader_kwargs or {})
         self.progress = progress
 
@@ -240,14 +245,8 @@ class SelfTraining:
         atomic_save(record, self.path(stage))
         return record
 
-    def run(
-        self,
-        labelled: Dataset,
-        calibration: Dataset,
-        unlabelled: Dataset,
-        *,
-        stop_after: Stage | None = None,
-    ) -> dict[str, Any]:
+    def run(self, labelled: Dataset, calibration: Dataset, unlabelled: Dataset, *,
+            stop_after: Stage | None = None) -> dict[str, Any]:
         """Run (or resume) all stages; ``stop_after`` ends the run after that stage.
 
         Returns a summary: the grid search result, the number selected and kept, and the
@@ -255,56 +254,71 @@ class SelfTraining:
         """
         if stop_after is not None and stop_after not in STAGES:
             raise ValueError(f"stop_after: expected one of {', '.join(STAGES)}, got {stop_after!r}")
+        state: dict[str, Any] = {"labelled": labelled, "calibration": calibration, "unlabelled": unlabelled}
         summary: dict[str, Any] = {"workdir": str(self.workdir)}
-        bin_values = self.wrapper.bin_values
-
-        self._weights("round1", lambda: self._train(self._loader(labelled, True), None, 1))
-        if stop_after == "round1":
-            return summary
-        calibration_record = self._predictions("calibration", calibration)
-        if "labels" not in calibration_record:
-            raise ValueError("calibration: expected a labelled dataset of (x, y) items")
-        if stop_after == "calibration":
-            return summary
-        pool = self._predictions("unlabelled", unlabelled)
-        if stop_after == "unlabelled":
-            return summary
-
-        if self.done("grid"):
-            grid = self._load("grid")
-        else:
-            result = apds.grid_search(
-                calibration_record["logits"], calibration_record["labels"], self.betas, self.thresholds,
-                bin_values, self.min_selected, self.pseudo_label, score_scale=self.wrapper.score_scale,
-            )
-            grid = result.as_dict()
-            atomic_save(result.to_markdown() + "\n", self.workdir / "grid.md")
-            atomic_save(grid, self.path("grid"))
-        summary["grid"] = grid
-        if stop_after == "grid":
-            return summary
-
-        if self.done("selection"):
-            selection = self._load("selection")
-        else:
-            selection = self._select(pool["logits"], grid["beta"], grid["threshold"], len(labelled))
-            atomic_save(selection, self.path("selection"))
-        summary["num_selected"] = int(selection["num_selected"])
-        summary["num_kept"] = len(selection["indices"])
-        if stop_after == "selection":
-            return summary
-
-        pseudo = PseudoLabelledDataset(unlabelled, selection["indices"], selection["labels"])
-        pseudo_loader = self._loader(pseudo, True) if len(pseudo) else None
-        self._weights("round2", lambda: self._train(self._loader(labelled, True), pseudo_loader, 2))
+        for stage in STAGES:
+            getattr(self, f"_stage_{stage}")(state, summary)
+            if stage == stop_after:
+                return summary
         summary["paths"] = {stage: str(self.path(stage)) for stage in STAGES}
         return summary
 
-    def _select(self, logits: torch.Tensor, beta: float, threshold: float, cap: int) -> dict[str, torch.Tensor]:
-        bin_values = self.wrapper.bin_values
-        pool_mean = float(apds.predicted_scores(logits, bin_values).mean())
-        scale = self.wrapper.score_scale
-        chosen = apds.select(logits, beta, threshold, bin_values, pool_mean, pseudo_label=self.pseudo_label, score_scale=scale)
-        # [A.2] at most as many pseudo-labels as labels, most confident first
-        indices, labels = apds.keep_most_confident(logits, chosen, beta, cap, bin_values, pool_mean, score_scale=scale)
-        return {"indices": indices, "labels": labels, "num_selected": torch.tensor(len(chosen.indices))}
+    def _stage_round1(self, state: dict, summary: dict) -> None:
+        self._weights("round1", lambda: self._train(self._loader(state["labelled"], True), None, 1))
+
+    def _stage_calibration(self, state: dict, summary: dict) -> None:
+        state["calibration_record"] = self._predictions("calibration", state["calibration"])
+        if "labels" not in state["calibration_record"]:
+            raise ValueError("calibration: expected a labelled dataset of (x, y) items")
+
+    def _stage_unlabelled(self, state: dict, summary: dict) -> None:
+        state["pool"] = self._predictions("unlabelled", state["unlabelled"])
+
+    def _stage_grid(self, state: dict, summary: dict) -> None:
+        """The grid search and the selection come from one core round; the grid is saved
+        first so that a run stopped here can report it."""
+        if self.done("grid") and self.done("selection"):
+            summary["grid"] = self._load("grid")
+            return
+        record, pool = state["calibration_record"], state["pool"]
+        cap = len(state["labelled"]) if self.max_pseudo_labels == "labelled" else self.max_pseudo_labels
+        result = pseudo_label_round(
+            record["logits"], record["labels"], pool["logits"], betas=self.betas, thresholds=self.thresholds,
+            bin_values=self.wrapper.bin_values, min_selected=self.min_selected, pseudo_label=self.pseudo_label,
+            score_scale=self.wrapper.score_scale, max_selected=cap,
+        )
+        summary["grid"] = result.grid.as_dict()
+        atomic_write_text(self.workdir / "grid.md", result.grid.to_markdown() + "\n")
+        atomic_write_json(self.path("grid"), summary["grid"])
+        state["round"] = result
+
+    def _stage_selection(self, state: dict, summary: dict) -> None:
+        if "round" in state:
+            result = state["round"]
+            selection = {"indices": result.indices, "labels": result.labels,
+                         "num_selected": torch.tensor(result.num_selected)}
+            atomic_save(selection, self.path("selection"))
+        else:
+            selection = self._load("selection")
+        state["selection"] = selection
+        summary["num_selected"] = int(selection["num_selected"])
+        summary["num_kept"] = len(selection["indices"])
+
+    def _stage_round2(self, state: dict, summary: dict) -> None:
+        selection = state["selection"]
+        labelled = state["labelled"]
+        labels = selection["labels"]
+        if self.round2 == "concat" and len(labels) and len(labelled) and _is_score_label(labelled[0]):
+            values = torch.as_tensor(self.wrapper.bin_values or range(1, labels.shape[1] + 1), dtype=labels.dtype)
+            labels = labels @ values  # join a score-labelled set with the pseudo-labels' scores
+        pseudo = PseudoLabelledDataset(state["unlabelled"], selection["indices"], labels)
+        if self.round2 == "concat":
+            loaders = (self._loader(ConcatDataset([labelled, pseudo]) if len(pseudo) else labelled, True), None)
+        else:
+            loaders = (self._loader(labelled, True), self._loader(pseudo, True) if len(pseudo) else None)
+        self._weights("round2", lambda: self._train(*loaders, 2))
+
+
+def _is_score_label(item: Any) -> bool:
+    _, label = _split_batch(item)
+    return label is not None and torch.as_tensor(label).numel() == 1

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from elta_core.kernels.triton_ops import compute_dtype
+
 
 @triton.jit
 def _softmax_and_score(logits_ptr, values_ptr, rows, row_ok, num_bins, compute: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -32,6 +34,13 @@ def _softmax_and_score(logits_ptr, values_ptr, rows, row_ok, num_bins, compute: 
     probs = e / tl.sum(e, axis=1)[:, None]
     values = tl.load(values_ptr + cols, mask=col_ok, other=0.0).to(compute)
     return shifted, probs, values, tl.sum(probs * values[None, :], axis=1)
+
+
+@triton.jit
+def _sharpened_exp(shifted, factor):
+    """``exp(shifted * factor)`` per row; the row maximum (``shifted == 0``) stays 0 where
+    ``factor`` overflows (0 * inf is NaN), so an overflowing temperature gives a one-hot row."""
+    return tl.exp(tl.where(shifted == 0, 0.0, shifted * factor[:, None]))
 
 
 @triton.jit
@@ -52,7 +61,7 @@ def _sharpen_kernel(logits_ptr, values_ptr, centre_ptr, sharpened_ptr, maximum_p
     shifted, _, _, scores = _softmax_and_score(logits_ptr, values_ptr, rows, row_ok, num_bins, compute, BLOCK_C)
     gap = tl.abs(scores - tl.load(centre_ptr)) / score_scale
     # z / tau_i = z * exp(beta * gap) [Eq. 8], on max-shifted logits as the reference
-    e = tl.exp(shifted * tl.exp(beta * gap)[:, None])
+    e = _sharpened_exp(shifted, tl.exp(beta * gap))
     total = tl.sum(e, axis=1)
     maximum = 1.0 / total
     cols = tl.arange(0, BLOCK_C)
@@ -80,7 +89,7 @@ def _grid_kernel(logits_ptr, values_ptr, true_ptr, centre_ptr, betas_ptr, thresh
     out = block * num_betas * num_thresholds
     for b in range(0, num_betas):
         beta = tl.load(betas_ptr + b).to(compute)
-        e = tl.exp(shifted * tl.exp(beta * gap)[:, None])
+        e = _sharpened_exp(shifted, tl.exp(beta * gap))
         total = tl.sum(e, axis=1)
         confidence = 1.0 / total
         if SHARPENED:
@@ -96,10 +105,6 @@ def _grid_kernel(logits_ptr, values_ptr, true_ptr, centre_ptr, betas_ptr, thresh
         error_sum = tl.sum(tl.where(passing, error[:, None], 0.0), axis=0)
         tl.store(counts_ptr + out + b * num_thresholds + slots, count, mask=slot_ok)
         tl.store(sums_ptr + out + b * num_thresholds + slots, error_sum, mask=slot_ok)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _blocks(num_bins: int) -> tuple[int, int]:
@@ -120,7 +125,7 @@ def _centre(logits: torch.Tensor, values: torch.Tensor, mean_score: float | None
 
 
 def _prepared(logits: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-    compute = _compute_dtype(logits.dtype)
+    compute = compute_dtype(logits.dtype)
     return logits.detach().contiguous(), values.detach().to(device=logits.device, dtype=compute).contiguous(), compute
 
 

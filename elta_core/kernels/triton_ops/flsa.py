@@ -30,7 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from elta_core.flsa import NORM_FLOOR
+from elta_core.backends import get_backend
+from elta_core.flsa import NORM_FLOOR, sum_similarity_squared, unit_scores
+from elta_core.kernels.triton_ops import compute_dtype
 
 _DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -176,27 +178,7 @@ def _normalize_backward_kernel(zh_ptr, squared_ptr, norm_ptr, grad_zh_ptr, scale
         tl.store(out_ptr + offsets, value.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _unit_scores(scores: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``u`` in [0, 1] and whether the score range is > 0, on the device (no sync)."""
-    s = scores.detach().to(dtype)
-    low, high = torch.aminmax(s)
-    spread = high - low
-    has_range = spread > 0
-    return (s - low) / torch.where(has_range, spread, torch.ones_like(spread)), has_range
-
-
-def _sum_m2(u: torch.Tensor) -> torch.Tensor:
-    """``sum_ij M_ij^2`` from the scores only (SPEC 2.6)."""
-    size = u.shape[0]
-    u_sorted = torch.sort(u).values
-    ranks = torch.arange(size, device=u.device, dtype=u.dtype)
-    sum_abs = 2 * torch.sum(u_sorted * (2 * ranks - (size - 1)))
-    centred = u - u.mean()
-    return size * size - 2 * sum_abs + 2 * size * torch.sum(centred * centred)
+TORCH = get_backend(torch.zeros(0))
 
 
 def _direct_blocks(size: int, width: int) -> tuple[int, int]:
@@ -216,7 +198,7 @@ def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, method: str,
     (B, D) ``features`` in their dtype. ``method`` is ``"direct"`` or ``"gram"``."""
     z = features.detach().contiguous()
     size, width = z.shape
-    compute = _compute_dtype(z.dtype)
+    compute = compute_dtype(z.dtype)
     device = z.device
     floor_squared = NORM_FLOOR**2
     zh = torch.empty((size, width), device=device, dtype=compute)
@@ -225,7 +207,7 @@ def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, method: str,
     block_rows, block_width = 32, min(128, triton.next_power_of_2(width))
     _normalize_kernel[(triton.cdiv(size, block_rows),)](z, zh, squared, norm, size, width, floor_squared,
                                                          BLOCK_R=block_rows, BLOCK_D=block_width)
-    u, has_range = _unit_scores(scores, compute)
+    u, has_range = unit_scores(TORCH, scores.detach().to(compute))
 
     splits = 1
     if method == "direct":
@@ -254,7 +236,7 @@ def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, method: str,
             zh, u_sorted, order, column_total, weighted_total, grad_zh, partial, size, width,
             BLOCK_R=64, BLOCK_D=block_d, WITH_GRAD=with_grad,
         )
-        total = sum_c2 - 2 * partial.sum() + _sum_m2(u)
+        total = sum_c2 - 2 * partial.sum() + sum_similarity_squared(TORCH, u)
 
     zero = torch.zeros((), device=device, dtype=compute)
     loss = torch.where(has_range, total / (size * size), zero)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from elta_core.io import atomic_write
+from elta_core.optional import require
+
 
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -16,14 +18,8 @@ def pyplot():
 
 
 def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` through a temporary file, then close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix or '.png'}")
+    """Write ``fig`` to ``path`` atomically as PNG, then close it."""
     try:
-        fig.savefig(temporary, dpi=dpi)
-        temporary.replace(path)
+        return atomic_write(path, lambda stream: fig.savefig(stream, format="png", dpi=dpi))
     finally:
-        temporary.unlink(missing_ok=True)
         pyplot().close(fig)
-    return path

@@ -43,7 +43,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _plot_histogram(summary: dict, path: Path) -> None:
-    from elta_core.plotting import pyplot, save_png
+    from elta_core.app.plotting import pyplot, save_png
 
     fig, axis = pyplot().subplots(figsize=(7, 4))
     axis.bar(summary["bins"], summary["counts"], color="#4c72b0")
@@ -55,7 +55,7 @@ def _plot_histogram(summary: dict, path: Path) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from elta_core.demo import FULL, QUICK, describe, run_demo
+    from elta_core.app.demo import FULL, QUICK, describe, run_demo
 
     config = QUICK if args.quick else FULL
     report = run_demo(config, args.out, progress=not args.quiet)
@@ -64,7 +64,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from elta_core.training import format_metrics, train
+    from elta_core.app.training import format_metrics, train
 
     result = train(args)
     if result:
@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from elta_core.training import evaluate, format_metrics
+    from elta_core.app.training import evaluate, format_metrics
 
     result = evaluate(args)
     print(format_metrics(result))
@@ -82,7 +82,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _pseudo_label(args: argparse.Namespace) -> int:
-    from elta_core.training import pseudo_label
+    from elta_core.app.training import pseudo_label
 
     result = pseudo_label(args)
     print(result["grid"].to_markdown())

@@ -137,7 +137,7 @@ def _format_table(results: dict[str, list[dict]]) -> str:
 
 
 def _figure(path: Path, train_scores: np.ndarray, test_scores: np.ndarray, baseline: np.ndarray, elta: np.ndarray) -> None:
-    from elta_core.plotting import pyplot, save_png
+    from elta_core.app.plotting import pyplot, save_png
 
     fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.6))
     counts = figure1_counts(train_scores)

@@ -1,0 +1,93 @@
+"""Keras plumbing of the adapter: splitting a model at its head, the per-shape tracing of
+TensorFlow steps, and the callback that stops ``fit`` on a non-finite loss."""
+
+from __future__ import annotations
+
+import difflib
+
+import keras
+import numpy as np
+
+
+def _nearest_layer_error(model: keras.Model, name: str, argument: str) -> ValueError:
+    names = [layer.name for layer in model.layers]
+    nearest = difflib.get_close_matches(name, names, n=5, cutoff=0.3)
+    hint = f"nearest names: {', '.join(nearest)}" if nearest else f"layers: {', '.join(names[-8:])}"
+    return ValueError(f"{argument}: {type(model).__name__} {model.name!r} has no layer {name!r} ({hint})")
+
+
+def split_at(model: keras.Model, head: str) -> tuple[keras.Model, keras.Model]:
+    """(backbone, head) of a Sequential or functional ``model``, the head starting at the
+    layer named ``head``; both share the model's layers and weights."""
+    if not isinstance(head, str) or not head:
+        raise ValueError(f"head: expected the name of the layer where the head starts, got {head!r}")
+    if isinstance(model, keras.Sequential):
+        names = [layer.name for layer in model.layers]
+        if head not in names:
+            raise _nearest_layer_error(model, head, "head")
+        if names.index(head) == 0:
+            raise ValueError(f"head: {head!r} is the first layer of {model.name!r}; the backbone would be empty")
+    try:
+        layer = model.get_layer(head)
+    except ValueError:
+        raise _nearest_layer_error(model, head, "head") from None
+    try:
+        features, inputs = layer.input, model.inputs
+    except (AttributeError, ValueError):
+        raise ValueError(
+            f"model: {type(model).__name__} {model.name!r} has no layer graph to split (a subclassed model?); "
+            "pass backbone= and head_model= models instead"
+        ) from None
+    if isinstance(features, (list, tuple)):
+        raise ValueError(f"head: layer {head!r} takes {len(features)} inputs; expected a single features tensor")
+    backbone = keras.Model(inputs, features, name=f"{model.name}_backbone")
+    head_model = keras.Model(features, model.outputs[0] if len(model.outputs) == 1 else model.outputs,
+                             name=f"{model.name}_head")
+    return backbone, head_model
+
+
+def ends_in_softmax(model: keras.Model) -> bool:
+    """Whether the model's last layer is a softmax (a NIMA-style head)."""
+    layer = model.layers[-1] if getattr(model, "layers", None) else None
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax" or isinstance(layer, keras.layers.Softmax)
+
+
+def traced_per_shape(model: keras.Model, step_function):
+    """On TensorFlow, ``step_function`` traced once per batch shape (as JAX does), so that
+    the core sees static shapes; Keras's own function relaxes the batch size to None."""
+    import tensorflow as tf
+
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        raise ValueError("ELTAModel on TensorFlow runs on one device; tf.distribute strategies with several "
+                         "replicas are not supported (use the JAX or torch backend, or one device)")
+    if model.steps_per_execution != 1:
+        raise ValueError(f"steps_per_execution: ELTAModel on TensorFlow runs one step per call, "
+                         f"got {model.steps_per_execution}")
+    step = tf.function(step_function, jit_compile=model.jit_compile is True)
+
+    def function(iterator):
+        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+            optional = iterator.get_next_as_optional()
+            if not optional.has_value():
+                raise StopIteration
+            data = optional.get_value()
+        else:
+            data = next(iter(iterator))
+        data = tf.nest.map_structure(lambda item: None if isinstance(item, tf.experimental.Optional) else item, data)
+        return step(data)
+
+    return function
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Raise ``FloatingPointError`` naming the first non-finite loss in the batch logs (the
+    step itself runs traced, where values cannot be read)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name in ("task_loss", "flsa_loss", "loss"):
+            value = (logs or {}).get(name)
+            if value is not None and not np.isfinite(float(value)):
+                raise FloatingPointError(f"ELTAModel: the {name.replace('_', ' ')} is {float(value)} at batch {batch}: "
+                                         "training diverged or got a non-finite input (check the learning rate, "
+                                         "the inputs, the labels and the model's output)")

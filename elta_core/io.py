@@ -1,0 +1,84 @@
+"""Writing files so that a reader never sees half of one.
+
+Every file the library and the ``elta`` command write goes through :func:`atomic_write`:
+the bytes go to a temporary file beside the target, which is flushed, synced, given the
+permissions a plain ``open()`` would have given it (the user's umask), and renamed over
+the target; the directory is synced after the rename. An interrupted write leaves the
+old file (or none) and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+__all__ = ["TEMPORARY_SUFFIX", "atomic_write", "atomic_write_json", "atomic_write_text", "remove_stale_temporaries"]
+
+TEMPORARY_SUFFIX = ".elta-tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sync_directory(folder: Path) -> None:
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(stream)`` on a temporary file, then move it to ``path`` atomically."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, expected a file path to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
+    """JSON with ``allow_nan=False``: a NaN is an error, never the non-JSON token ``NaN``."""
+    try:
+        text = json.dumps(value, indent=2, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{path}: refusing to write NaN or Inf as JSON (a result that is not a number)") from None
+    return atomic_write_text(path, text + "\n")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed :func:`atomic_write` left in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMPORARY_SUFFIX)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

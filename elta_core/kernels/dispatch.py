@@ -1,0 +1,131 @@
+"""Which implementation runs each kernel-backed operation: the one place that decides.
+
+Policy (the reference is the definition; a kernel is an optional speed-up):
+
+=============  =======================================  ========================================  =========
+operation      Triton (GPU)                             native (CPU)                              reference
+=============  =======================================  ========================================  =========
+``flsa``       torch CUDA tensor; both forms            NumPy or torch CPU; form ``"auto"`` or    otherwise
+                                                        ``"direct"``; ``B*B*D <= 131,072``
+``apds_rows``  torch CUDA tensor with rows              never (the reference is as fast)          otherwise
+``apds_grid``  torch CUDA tensor with rows              NumPy or torch CPU; ``N >= 2,048``        otherwise
+=============  =======================================  ========================================  =========
+
+Rules shared by both kernel families, checked in this order:
+
+1. The family is switched on (``ELTA_TRITON`` / ``ELTA_NATIVE`` not ``0``, or
+   :func:`~elta_core.kernels.set_triton_enabled` / :func:`~elta_core.kernels.set_native_enabled`)
+   and importable (:func:`~elta_core.kernels.triton_available`, ``native_available``).
+2. Under ``torch.compile`` tracing the reference runs, so that the compiler sees plain ops.
+3. An explicit FLSA ``form`` runs on a kernel only if the kernel implements that form
+   (Triton implements ``"direct"`` and ``"gram"``; the native kernel the single-pass
+   ``"direct"`` sum).
+4. The shape rule of the table. The native thresholds were measured on 2 CPU cores
+   (``benchmarks/README.md``). The Triton kernels have only run under the interpreter:
+   no GPU measurement shows them faster than the reference yet, so ``TRITON_BY_DEFAULT``
+   is the switch that makes the reference the default for CUDA tensors should the first
+   GPU run show they are not.
+5. A kernel that fails to compile or launch is not retried: :func:`run` warns once,
+   naming the operation and the error, and the reference runs from then on.
+
+The core's input checks run before any of this.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Literal
+
+__all__ = ["Impl", "TRITON_BY_DEFAULT", "flsa_form", "run", "select_impl"]
+
+Impl = Literal["triton", "native", "reference"]
+Operation = Literal["flsa", "apds_rows", "apds_grid"]
+
+TRITON_BY_DEFAULT = os.environ.get("ELTA_TRITON_DEFAULT", "1").strip().lower() not in ("0", "false", "no", "off")
+NATIVE_FLSA_MAX_PAIR_WORK = 131_072  # B * B * D; past this BLAS wins (benchmarks/README.md)
+NATIVE_GRID_MIN_ROWS = 2048
+_NATIVE_FORMS = {"flsa": ("auto", "direct"), "apds_grid": ("auto",)}
+_broken: dict[tuple[Operation, Impl], str] = {}
+_cpu_under_interpreter = False  # set by triton_ops.cpu_tensors_under_interpreter (tests)
+
+
+def flsa_form(size: int, width: int) -> str:
+    """The FLSA form for ``form="auto"``: ``"gram"`` (no B x B matrix) when B > D."""
+    return "gram" if size > width else "direct"
+
+
+def _compiling(backend_name: str) -> bool:
+    if backend_name != "torch":
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
+def _device_type(backend_name: str, tensor: Any) -> str:
+    if backend_name == "numpy":
+        return "cpu"
+    if backend_name == "torch":
+        return tensor.device.type
+    return "other"
+
+
+def _triton_allowed(op: Operation, backend_name: str, tensor: Any, rows: int) -> bool:
+    from elta_core.kernels import triton_enabled
+
+    if backend_name != "torch" or rows == 0 or (op, "triton") in _broken:
+        return False
+    device = _device_type(backend_name, tensor)
+    if not (device == "cuda" and TRITON_BY_DEFAULT) and not (device == "cpu" and _cpu_under_interpreter):
+        return False
+    return triton_enabled()
+
+
+def _native_allowed(op: Operation, backend_name: str, tensor: Any, rows: int, width: int, form: str) -> bool:
+    from elta_core.kernels import native_enabled
+
+    if op not in _NATIVE_FORMS or form not in _NATIVE_FORMS[op] or (op, "native") in _broken:
+        return False
+    if _device_type(backend_name, tensor) != "cpu" or not native_enabled():
+        return False
+    if op == "flsa":
+        return rows * rows * width <= NATIVE_FLSA_MAX_PAIR_WORK
+    return rows >= NATIVE_GRID_MIN_ROWS
+
+
+def select_impl(op: Operation, backend_name: str, tensor: Any, *, rows: int, width: int = 0,
+                form: str = "auto") -> Impl:
+    """The implementation of ``op`` for ``tensor`` (rows x width) of backend ``backend_name``."""
+    if _compiling(backend_name):
+        return "reference"
+    if _triton_allowed(op, backend_name, tensor, rows):
+        return "triton"
+    if _native_allowed(op, backend_name, tensor, rows, width, form):
+        return "native"
+    return "reference"
+
+
+def run(op: Operation, impl: Impl, kernel: Callable[[], Any], reference: Callable[[], Any]) -> Any:
+    """``kernel()`` for a kernel ``impl``, falling back to ``reference()`` with one warning
+    if the kernel fails to compile or launch; ``reference()`` for ``"reference"``."""
+    if impl == "reference":
+        return reference()
+    try:
+        return kernel()
+    except Exception as error:  # noqa: BLE001 - any compile or launch failure; the inputs were checked
+        reason = f"{type(error).__name__}: {error}"
+        _broken[(op, impl)] = reason
+        warnings.warn(f"elta_core: the {impl} kernel for {op} failed ({reason}); the reference implementation "
+                      "runs instead from now on in this process", RuntimeWarning, stacklevel=3)
+        return reference()
+
+
+def broken_kernels() -> dict[tuple[str, str], str]:
+    """The kernels that failed in this process and why (they are no longer used)."""
+    return dict(_broken)
+
+
+def reset_broken_kernels() -> None:
+    """Allow kernels that failed to be tried again (e.g. after fixing the driver)."""
+    _broken.clear()

@@ -1,0 +1,316 @@
+"""One ELTA training step, framework-neutral: what every adapter runs on a labelled batch.
+
+A step is ``L_s = task(predictions, labels) + gamma * FLSA(features, labels)`` on the
+batch extended by TFA (paper section 3, Eqs. 1-6; ``L_s`` of Eq. 10). An adapter only
+finds the layer where the features enter the head and calls, in order:
+
+1. :func:`check_labels` on the batch's labels (before the forward);
+2. :func:`mix` on the features entering the head (TFA, Eqs. 1-4), inside the forward;
+3. :func:`losses` on the predictions of the extended batch (task loss, FLSA, the total),
+   which also checks the predictions against the labels and raises on a non-finite loss.
+
+The configuration, its defaults and its validation live in :class:`ELTAConfig`; the
+output-kind rule in :func:`output_kind`. Nothing here imports a framework: tensors go
+through the backends (see ``docs/design.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, NamedTuple
+
+from elta_core import _checks, flsa, losses
+from elta_core import tfa as tfa_core
+from elta_core.backends import get_backend
+
+Tensor = Any
+OutputKind = Literal["auto", "logits", "probs", "score"]
+OUTPUT_KINDS = ("auto", "logits", "probs", "score")
+MixMode = Literal["append", "replace"]
+
+DEFAULT_NUM_PAIRS = 1  # the authors' code mixes one pair per batch
+DEFAULT_FLSA_WEIGHT = 1.0
+# Scores may sit this fraction of the rating range outside the levels' values (rounding of
+# vote means, a slightly wider scale) before they are refused as being on another scale.
+SCALE_SLACK = 0.05
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ELTAConfig:
+    """The settings of a step, validated once when made.
+
+    Attributes:
+        tfa: switch TFA on or off.
+        num_pairs: TFA pairs per batch, an int (clipped to the batch) or a fraction of
+            the batch in (0, 1].
+        tau1, tau2, eps: TFA temperatures in label units (Eqs. 2-3).
+        mix_mode: ``"append"`` (the authors' code) or ``"replace"``, see :func:`elta_core.tfa.mix`.
+        flsa_weight: gamma, the weight of the FLSA loss; 0 switches FLSA off.
+        output: what the model returns, see :func:`output_kind`.
+        bin_values: the rating value of each output level (default ``1..C``).
+        score_scale: label units per point of a 1..10 scale (e.g. 1/9 for 0..1 scores).
+        check_finite: raise ``FloatingPointError`` naming the term when a loss is NaN/Inf.
+    """
+
+    tfa: bool = True
+    num_pairs: int | float = DEFAULT_NUM_PAIRS
+    tau1: float = tfa_core.DEFAULT_TAU1
+    tau2: float = tfa_core.DEFAULT_TAU2
+    eps: float = tfa_core.DEFAULT_EPS
+    mix_mode: MixMode = "append"
+    flsa_weight: float = DEFAULT_FLSA_WEIGHT
+    output: OutputKind = "auto"
+    bin_values: tuple[float, ...] | None = field(default=None)
+    score_scale: float = 1.0
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        put("tfa", _flag(self.tfa, "tfa"))
+        put("check_finite", _flag(self.check_finite, "check_finite"))
+        tfa_core.resolve_num_pairs(self.num_pairs, 2**62)  # type and range; clipped to the batch later
+        for name in ("tau1", "tau2", "eps", "score_scale"):
+            put(name, _checks.positive_number(getattr(self, name), name))
+        if self.mix_mode not in ("append", "replace"):
+            raise ValueError(f"mix_mode: expected 'append' or 'replace', got {self.mix_mode!r}")
+        weight = _checks.finite_number(self.flsa_weight, "flsa_weight", "a finite weight >= 0")
+        if weight < 0 or isinstance(self.flsa_weight, bool):
+            raise ValueError(f"flsa_weight: expected a finite weight >= 0, got {self.flsa_weight!r}")
+        put("flsa_weight", weight)
+        if self.output not in OUTPUT_KINDS:
+            raise ValueError(f"output: expected one of {', '.join(map(repr, OUTPUT_KINDS))}, got {self.output!r}")
+        if self.bin_values is not None:
+            put("bin_values", _bin_values_tuple(self.bin_values))
+
+    @property
+    def uses_flsa(self) -> bool:
+        return self.flsa_weight > 0
+
+
+def _config_field(name: str) -> property:
+    return property(lambda self: getattr(self.config, name), doc=f"``config.{name}`` (read-only).")
+
+
+class ConfigAttributes:
+    """Read-only attributes for the settings in ``self.config``, under the same names in
+    every adapter (``output`` is ``config.output``: Keras models own that name)."""
+
+    config: ELTAConfig
+
+
+for _name in ELTAConfig.__dataclass_fields__:
+    if _name != "output":
+        setattr(ConfigAttributes, _name, _config_field(_name))
+
+
+def _bin_values_tuple(bin_values: Any) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in get_backend(bin_values).to_numpy(bin_values).reshape(-1))
+    except (TypeError, ValueError):
+        raise ValueError(f"bin_values: expected a sequence of numbers, got {bin_values!r}") from None
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"bin_values: expected at least 2 finite values, got {bin_values!r}")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"bin_values: expected increasing rating values, got {values}")
+    return values
+
+
+def output_kind(config: ELTAConfig, predictions: Tensor, ends_in_softmax: bool = False) -> str:
+    """The kind of the model's output: the configured one, or for ``"auto"``: ``"score"``
+    for one output per sample, ``"probs"`` when the model ends in a softmax (the adapter
+    says so), else ``"logits"``."""
+    if config.output != "auto":
+        return config.output
+    shape = get_backend(predictions).shape(predictions)
+    if len(shape) == 1 or shape[-1] == 1:
+        return "score"
+    return "probs" if ends_in_softmax else "logits"
+
+
+def _level_values(config: ELTAConfig, levels: int) -> tuple[float, ...]:
+    return config.bin_values if config.bin_values is not None else tuple(float(k) for k in range(1, levels + 1))
+
+
+def check_labels(config: ELTAConfig, labels: Tensor, batch_size: int | None = None, *,
+                 validate: bool = True, name: str = "y") -> Tensor:
+    """The batch's labels, checked: (B,) / (B, 1) scores or (B, C) distributions, one per
+    sample, finite; distributions must be PMFs (raw vote counts are refused), and scores
+    must lie on the scale of ``bin_values`` when the config gives them. Returns the labels
+    as a float tensor (float32 at least)."""
+    backend, labels = _checks.tensor(labels, name)
+    shape = _checks.rank(backend, labels, name, (1, 2), "scores (B,), (B, 1) or distributions (B, C)")
+    if batch_size is not None and shape[0] != batch_size:
+        raise ValueError(f"{name}: expected {batch_size} labels to match the batch of x, got {shape[0]}")
+    labels = _checks.float_tensor(backend, labels, name, validate=False)
+    if validate and shape[0] and not backend.all_finite_host(labels):
+        raise ValueError(f"{name}: expected finite labels, found NaN or Inf")
+    if len(shape) == 2 and shape[1] > 1:
+        if config.bin_values is not None and len(config.bin_values) != shape[1]:
+            raise ValueError(f"{name}: expected distributions over the {len(config.bin_values)} levels of "
+                             f"bin_values, got {shape[1]} levels")
+        if validate and shape[0]:
+            _check_distribution(backend, labels, name)
+    elif validate and shape[0] and config.bin_values is not None:
+        _check_scale(backend, labels, config.bin_values, name)
+    return labels
+
+
+def _check_distribution(backend, labels: Tensor, name: str) -> None:
+    if backend.min_host(labels) < 0:
+        raise ValueError(f"{name}: expected score distributions (non-negative, rows summing to 1), "
+                         "found a negative value")
+    sums = backend.sum(labels, axis=1)
+    low, high = backend.min_host(sums), backend.max_host(sums)
+    if max(abs(high - 1), abs(low - 1)) > _checks.DISTRIBUTION_TOLERANCE:
+        hint = (" They look like raw vote counts: normalise them with "
+                "elta_core.losses.distribution_from_counts.") if high > 1.5 else ""
+        raise ValueError(f"{name}: expected score distributions whose rows sum to 1, found row sums in "
+                         f"[{low:.4g}, {high:.4g}].{hint}")
+
+
+def _check_scale(backend, scores: Tensor, values: tuple[float, ...], name: str) -> None:
+    low, high = values[0], values[-1]
+    slack = SCALE_SLACK * (high - low)
+    found_low, found_high = backend.min_host(scores), backend.max_host(scores)
+    if found_low < low - slack or found_high > high + slack:
+        raise ValueError(
+            f"{name}: expected scores on the rating scale of bin_values ({low:g}..{high:g}), found "
+            f"{found_low:.4g}..{found_high:.4g}. Rescale the labels, or give bin_values (and score_scale, "
+            "label units per point of a 1..10 scale) that match them."
+        )
+
+
+def check_output(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: str, *,
+                 validate: bool = True) -> None:
+    """Check the model's output against the (TFA-extended) labels: one row per label, the
+    levels of a distribution output matching the labels' and ``bin_values``, and score
+    labels on the scale of the output's levels."""
+    backend = get_backend(predictions)
+    shape, label_shape = backend.shape(predictions), get_backend(labels).shape(labels)
+    if len(shape) == 0 or shape[0] != label_shape[0]:
+        raise ValueError(
+            f"model: the output has {shape[0] if shape else 0} rows for {label_shape[0]} labels; TFA's mixed rows "
+            "must reach the output (is the head after the layer where TFA mixes?)"
+        )
+    if kind == "score":
+        return
+    if kind == "probs" and validate and shape[0]:
+        sums = backend.sum(backend.compute_dtype_of(predictions), axis=1)
+        low, high = backend.min_host(sums), backend.max_host(sums)
+        if max(abs(high - 1), abs(low - 1)) > _checks.HALF_DISTRIBUTION_TOLERANCE:
+            raise ValueError(f"output: 'probs' expects softmax rows summing to 1, but the model's rows sum to "
+                             f"{low:.4g}..{high:.4g}; pass output='logits' for a head without a softmax")
+    check_levels(config, shape[-1], labels, validate=validate)
+
+
+def check_levels(config: ELTAConfig, levels: int, labels: Tensor, *, validate: bool = True) -> None:
+    """Check labels against a model with ``levels`` outputs per sample (a distribution
+    head): the levels of distribution labels and of ``bin_values`` must match, and score
+    labels must lie on the scale of the levels' values (``bin_values``, default 1..C)."""
+    if config.bin_values is not None and len(config.bin_values) != levels:
+        raise ValueError(f"bin_values: expected {levels} values, one per output level of the model, "
+                         f"got {len(config.bin_values)}")
+    label_backend = get_backend(labels)
+    label_shape = label_backend.shape(labels)
+    if len(label_shape) == 2 and label_shape[1] > 1:
+        if label_shape[1] != levels:
+            raise ValueError(f"y: expected distributions over the model's {levels} outputs, "
+                             f"got {label_shape[1]} levels")
+    elif validate and label_shape[0]:
+        _check_scale(label_backend, labels, _level_values(config, levels), "y")
+
+
+def make_config(config: ELTAConfig | None, options: dict[str, Any], owner: str) -> ELTAConfig:
+    """``config``, or an :class:`ELTAConfig` made from ``owner``'s keyword ``options``."""
+    if config is not None:
+        if options:
+            raise ValueError(f"config: give either config= or its fields as keywords, not both "
+                             f"(got {', '.join(sorted(options))})")
+        if not isinstance(config, ELTAConfig):
+            raise ValueError(f"config: expected an elta_core.step.ELTAConfig, got {type(config).__name__}")
+        return config
+    unknown = sorted(set(options) - set(ELTAConfig.__dataclass_fields__))
+    if unknown:
+        known = ", ".join(ELTAConfig.__dataclass_fields__)
+        raise ValueError(f"{', '.join(unknown)}: not an option of {owner} (its settings: {known})")
+    return ELTAConfig(**options)
+
+
+def mix(config: ELTAConfig, features: Tensor, labels: Tensor, seed: Any = None) -> tuple[Tensor, Tensor, Any]:
+    """TFA on one batch [Eqs. 1-4]: draw ``num_pairs`` pairs (clipped to the batch) and mix
+    them. Returns ``(features, labels, pairs)``; unchanged (``pairs`` None) when TFA is off."""
+    if not config.tfa:
+        return features, labels, None
+    size = get_backend(features).shape(features)[0]
+    count = config.num_pairs if isinstance(config.num_pairs, float) else min(int(config.num_pairs), size)
+    pairs = tfa_core.sample_pairs(labels, count, config.tau1, config.tau2, config.eps, seed,
+                                  bin_values=config.bin_values, score_scale=config.score_scale, validate=False)
+    features, labels = tfa_core.mix(features, labels, *pairs, mode=config.mix_mode, validate=False)
+    return features, labels, pairs
+
+
+class StepLosses(NamedTuple):
+    """``loss = task_loss + flsa_weight * flsa_loss``; ``flsa_loss`` is 0 when FLSA is off."""
+
+    loss: Tensor
+    task_loss: Tensor
+    flsa_loss: Tensor
+
+
+def task_loss(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: str,
+              user_loss: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """The task loss: the user's ``fn(predictions, labels)``, or EMD for distribution labels
+    and MSE on scores otherwise (:func:`elta_core.losses.task_loss`)."""
+    if user_loss is not None:
+        return user_loss(predictions, labels)
+    return losses.task_loss(predictions, labels, kind, config.bin_values, validate=False)
+
+
+def flsa_term(config: ELTAConfig, features: Tensor, labels: Tensor,
+              gather: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """The FLSA loss [Eqs. 5-6] on the features (flattened) and the labels' scores;
+    ``gather`` concatenates both across processes (DDP's global batch)."""
+    backend = get_backend(features)
+    flat = backend.reshape(features, (backend.shape(features)[0], -1))
+    scores = losses.label_scores(labels, config.bin_values, validate=False)
+    if gather is not None:
+        flat, scores = gather(flat), gather(scores)
+    return flsa.alignment_loss(flat, scores, validate=False)
+
+
+def losses_of(config: ELTAConfig, predictions: Tensor, labels: Tensor, features: Tensor | None = None,
+              feature_labels: Tensor | None = None, *, kind: str, user_loss: Callable | None = None,
+              gather: Callable[[Tensor], Tensor] | None = None, check_finite: bool | None = None) -> StepLosses:
+    """Task loss, FLSA term and their sum for one step. ``features`` are what FLSA aligns
+    (None: FLSA is skipped), with ``feature_labels`` (default ``labels``). With
+    ``check_finite`` (default the config's), a NaN/Inf term raises ``FloatingPointError``
+    naming it; pass False where values cannot be read (inside a traced graph)."""
+    task = task_loss(config, predictions, labels, kind, user_loss)
+    backend = get_backend(task)
+    if config.uses_flsa and features is not None:
+        alignment = flsa_term(config, features, labels if feature_labels is None else feature_labels, gather)
+        total = task + config.flsa_weight * backend.cast_like(alignment, task)
+    else:
+        alignment = backend.constant(0.0, task)
+        total = task
+    if config.check_finite if check_finite is None else check_finite:
+        raise_if_not_finite({"task loss": task, "FLSA loss": alignment})
+    return StepLosses(total, task, alignment)
+
+
+def raise_if_not_finite(terms: dict[str, Tensor]) -> None:
+    """``FloatingPointError`` naming the first term that is NaN or Inf."""
+    for name, value in terms.items():
+        backend = get_backend(value)
+        if not backend.all_finite_host(backend.stop_gradient(value)):
+            raise FloatingPointError(
+                f"the {name} is {float(backend.to_numpy(value).reshape(-1)[0])}: training diverged or got a "
+                "non-finite input (check the learning rate, the inputs, the labels and the model's output)"
+            )
