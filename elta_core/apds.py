@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Sequence
 
+import numpy as np
+
 from elta_core import _checks
 
 Tensor = Any
@@ -97,8 +99,9 @@ def _sharpened_logits(backend, prediction: _Prediction, beta: float) -> Tensor:
     # subtracted first, which the softmax ignores. Where the factor overflows, the max
     # entry would be 0 * inf = NaN: it stays 0, so the row becomes one-hot.
     shifted = prediction.logits - backend.max(prediction.logits, axis=1, keepdims=True)
-    factor = backend.reshape(backend.exp(beta * prediction.gap), (-1, 1))
-    return backend.where(shifted == 0, backend.constant(0.0, shifted), shifted * factor)
+    with np.errstate(over="ignore", invalid="ignore"):  # NumPy: the overflow to -inf is intended
+        factor = backend.reshape(backend.exp(beta * prediction.gap), (-1, 1))
+        return backend.where(shifted == 0, backend.constant(0.0, shifted), shifted * factor)
 
 
 def temperatures(

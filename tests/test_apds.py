@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -186,3 +188,62 @@ def test_keep_most_confident_equals_brute_force(framework):
     assert apds.keep_most_confident(logits, chosen, 1.1, len(chosen.indices)) is chosen
     with pytest.raises(ValueError, match="max_selected: expected an int >= 0"):
         apds.keep_most_confident(logits, chosen, 1.1, -1)
+
+
+# -- overflow: sharpening is finite for every finite input (a one-hot row at worst) -------
+
+def _implementations():
+    """(name, make logits, context) for each implementation of the APDS rows and grid."""
+    import contextlib
+
+    from elta_core.kernels import dispatch, native_available
+
+    implementations = [("numpy", np.asarray, contextlib.nullcontext)]
+    torch = pytest.importorskip("torch")
+    implementations.append(("torch", torch.as_tensor, contextlib.nullcontext))
+    if native_available():
+        @contextlib.contextmanager
+        def native_for_all_sizes():
+            previous, dispatch.NATIVE_GRID_MIN_ROWS = dispatch.NATIVE_GRID_MIN_ROWS, 1
+            try:
+                yield
+            finally:
+                dispatch.NATIVE_GRID_MIN_ROWS = previous
+        implementations.append(("native", np.asarray, native_for_all_sizes))
+    try:
+        import triton  # noqa: F401
+
+        from elta_core.kernels.triton_ops import cpu_tensors_under_interpreter
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            implementations.append(("triton", torch.as_tensor, cpu_tensors_under_interpreter))
+    except ImportError:
+        pass
+    return implementations
+
+
+@pytest.mark.parametrize("implementation", _implementations(), ids=lambda item: item[0])
+@given(seed=st.integers(0, 2**31 - 1), beta=st.sampled_from([1.0, 30.0, 88.0, 710.0, 1e3, 1e6]),
+       score_scale=st.sampled_from([1e-3, 1.0 / 9, 1.0, 40.0]), dtype=st.sampled_from(["float32", "float64"]))
+@settings(max_examples=12, deadline=None)
+def test_sharpen_is_finite_and_grid_agrees_with_select(implementation, seed, beta, score_scale, dtype):
+    name, make, context = implementation
+    generator = np.random.default_rng(seed)
+    logits = generator.normal(0, 3, size=(24, 10)).astype(dtype)
+    true = generator.uniform(1, 10, 24)
+    thresholds = (0.3, 0.6, 0.9, 1.0)
+    with context():
+        sharp = apds.sharpen(make(logits), beta, score_scale=score_scale)
+        grid = apds.grid_search(make(logits), make(true), [beta], thresholds, min_selected=1,
+                                score_scale=score_scale)
+        counts = [len(apds.select(make(logits), beta, t, score_scale=score_scale).indices) for t in thresholds]
+    sharp = np.asarray(sharp, dtype=np.float64)
+    assert np.isfinite(sharp).all(), f"{name}: NaN or Inf in the sharpened rows"
+    np.testing.assert_allclose(sharp.sum(axis=1), 1.0, rtol=1e-5)
+    assert [cell.num_selected for cell in grid.table] == counts, name
+
+
+def test_an_overflowing_temperature_gives_a_one_hot_row():
+    logits = np.array([[0.0, 5.0, 1.0], [2.0, 0.0, 0.0], [0.0, 1.0, 9.0]])
+    sharp = apds.sharpen(logits, 1e300)
+    np.testing.assert_array_equal(sharp[[0, 2]], [[0, 1, 0], [0, 0, 1]])
+    assert np.isfinite(sharp).all()

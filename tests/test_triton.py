@@ -13,7 +13,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from elta_core import apds, flsa, kernels  # noqa: E402
-from elta_core.kernels.triton_ops import cpu_tensors_under_interpreter, use_triton  # noqa: E402
+from elta_core.kernels import dispatch  # noqa: E402
+from elta_core.kernels.triton_ops import cpu_tensors_under_interpreter  # noqa: E402
+
+
+def use_triton(backend_name: str, tensor) -> bool:
+    rows = tensor.shape[0]
+    return dispatch.select_impl("flsa", backend_name, tensor, rows=rows, width=tensor.shape[-1]) == "triton"
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="runs the kernels on CPU under TRITON_INTERPRET=1")
@@ -301,6 +307,51 @@ def test_torch_compile_takes_the_reference():
         compiled = torch.compile(loss, backend="aot_eager", fullgraph=False)
         compiled(torch.randn(6, 4), torch.rand(6))
     assert calls and not any(calls)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("operation", ["flsa", "apds_rows", "apds_grid"])
+def test_a_failing_kernel_falls_back_to_the_reference_with_one_warning(monkeypatch, operation):
+    """A compile or launch failure on a real GPU must not stop training: forced here."""
+    from elta_core.kernels.triton_ops import apds as apds_kernels
+    from elta_core.kernels.triton_ops import flsa as flsa_kernels
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX JIT compilation failed (forced)")
+
+    target = {"flsa": (flsa_kernels, "flsa_loss"), "apds_rows": (apds_kernels, "sharpen_rows"),
+              "apds_grid": (apds_kernels, "grid_accumulate")}[operation]
+    monkeypatch.setattr(*target, broken)
+    dispatch.reset_broken_kernels()
+    z, scores, logits = torch.randn(8, 5, dtype=torch.float64), torch.rand(8, dtype=torch.float64) * 9 + 1, \
+        torch.randn(8, 10, dtype=torch.float64)
+    run = {"flsa": lambda: flsa.alignment_loss(z, scores), "apds_rows": lambda: apds.sharpen(logits, 1.0),
+           "apds_grid": lambda: apds.grid_search(logits, scores, thresholds=[0.2], min_selected=1).table}[operation]
+    with kernels_off():
+        expected = run()
+    try:
+        with cpu_tensors_under_interpreter():
+            with pytest.warns(RuntimeWarning, match=f"the triton kernel for {operation} failed.*PTX JIT"):
+                first = run()
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # one warning only: the kernel is not retried
+                second = run()
+        assert dispatch.broken_kernels() == {(operation, "triton"): "RuntimeError: PTX JIT compilation failed (forced)"}
+    finally:
+        dispatch.reset_broken_kernels()
+    for result in (first, second):
+        if operation == "apds_grid":
+            assert result == expected
+        else:
+            torch.testing.assert_close(result, expected)
+
+
+def test_triton_default_switch_makes_the_reference_the_default(monkeypatch):
+    cuda_like = type("FakeCuda", (), {"device": torch.device("cuda"), "shape": (8, 5)})()
+    monkeypatch.setattr(dispatch, "TRITON_BY_DEFAULT", False)
+    assert dispatch.select_impl("flsa", "torch", cuda_like, rows=8, width=5) == "reference"
 
 
 def test_interpreter_switch_needs_the_environment(monkeypatch):

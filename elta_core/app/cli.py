@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from elta_core.data.labels import FORMATS
+from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
+from elta_core.step import DEFAULT_NUM_PAIRS
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -99,10 +101,15 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _apds_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--betas", type=_floats, default=(1.0, 1.1, 1.2, 1.25), help="APDS betas, comma-separated")
-    parser.add_argument("--thresholds", type=_floats, default=(0.70, 0.75, 0.80, 0.85, 0.90),
+    from elta_core import apds
+
+    parser.add_argument("--betas", type=_floats, default=apds.DEFAULT_BETAS, help="APDS betas, comma-separated")
+    parser.add_argument("--thresholds", type=_floats, default=apds.DEFAULT_THRESHOLDS,
                         help="APDS thresholds in (0, 1], comma-separated")
     parser.add_argument("--min-selected", type=float, default=11, help="a count, or a fraction of the calibration set")
+    parser.add_argument("--pseudo-label", choices=("sharpened", "prediction"), default=apds.DEFAULT_PSEUDO_LABEL,
+                        help="train on the sharpened distribution (Eq. 10) or the unsharpened prediction "
+                             "(the authors' code)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="resnet18", help="a torchvision model name")
     train.add_argument("--weights", help="local state dict to start from (no downloads)")
     train.add_argument("--tfa", action="store_true", help="Tail Feature Augmentation")
-    train.add_argument("--num-pairs", type=float, default=0.25, help="TFA pairs: a count (>= 1) or a fraction of the batch")
+    train.add_argument("--num-pairs", type=float, default=DEFAULT_NUM_PAIRS,
+                       help="TFA pairs: a count (>= 1) or a fraction of the batch")
     train.add_argument("--flsa", type=float, default=0.0, metavar="WEIGHT", help="FLSA weight gamma (0: off)")
     train.add_argument("--apds", action="store_true", help="one APDS self-training round after training")
     train.add_argument("--unlabelled", help="for --apds: a folder of images or a label file (labels ignored)")
@@ -146,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the held-out evaluation split)")
     train.add_argument("--calibration-format", choices=FORMATS)
     train.add_argument("--round2-epochs", type=int, default=1)
+    train.add_argument("--round2", choices=ROUND2_MODES, default=DEFAULT_ROUND2,
+                       help="Eq. 10: concat (pseudo-labelled images join the training set, with TFA and FLSA) or "
+                            "separate (their task loss on separate batches)")
     _apds_options(train)
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--lr", type=float, default=1e-4)
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         args.min_selected = int(args.min_selected)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
         print(f"elta {args.command}: error: {error}", file=sys.stderr)
         return 2
 

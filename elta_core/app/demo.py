@@ -9,6 +9,7 @@ score histogram and predicted against true scores for the baseline and for ELTA.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +24,7 @@ from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
+from elta_core.io import atomic_write_json, atomic_write_text
 
 ROWS = ["baseline", "+TFA", "+FLSA", "+TFA+FLSA", "+TFA+FLSA+APDS"]
 METRICS = [("plcc", "P"), ("srcc", "S"), ("mae_low", "L"), ("mae_medium", "M"), ("mae_high", "H")]
@@ -42,7 +44,7 @@ class DemoConfig:
     lr: float = 2e-3
     num_pairs: float = 0.25
     flsa_weight: float = 1.0
-    betas: tuple[float, ...] = (1.0, 1.1, 1.2, 1.25)
+    betas: tuple[float, ...] = apds.DEFAULT_BETAS
     thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     data_seed: int = 2024
 
@@ -161,8 +163,6 @@ def _figure(path: Path, train_scores: np.ndarray, test_scores: np.ndarray, basel
 
 def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progress: bool = True) -> dict:
     """Run the demo; write ``table.md``, ``results.json`` and ``figure.png`` to ``out_dir``."""
-    from elta_core.adapters.torch.self_training import atomic_save
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -177,7 +177,10 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
 
     results: dict[str, list[dict]] = {row: [] for row in ROWS}
     grids, predictions = [], {}
-    workdir = out / "runs"
+    # Stages are resumable per configuration: another configuration (--quick against the
+    # full run, say) never reuses this one's models.
+    fingerprint = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    workdir = out / "runs" / fingerprint
     for seed in config.seeds:
         for row in ROWS:
             predicted, summary = _train_row(row, seed, parts, config, workdir, progress)
@@ -198,8 +201,8 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
         "apds": grids,
         "train_histogram": dict(zip(FIGURE1_BINS, figure1_counts(train_scores))),
     }
-    atomic_save(report, out / "results.json")
-    atomic_save(table + "\n", out / "table.md")
+    atomic_write_json(out / "results.json", report)
+    atomic_write_text(out / "table.md", table + "\n")
     _figure(out / "figure.png", train_scores, test_scores, predictions["baseline"], predictions["+TFA+FLSA+APDS"])
     report["paths"] = {name: str(out / name) for name in ("table.md", "results.json", "figure.png")}
     return report

@@ -2,7 +2,7 @@
 
 A torchvision backbone gets a C-level distribution head (C = the dataset's levels: 10,
 or 9 for PARA), is trained with TFA / FLSA switched on by flags, checkpointed every epoch
-(atomically; ``--resume`` continues), and evaluated with the metrics of SPEC section 3,
+(atomically; ``--resume`` continues), and evaluated with :mod:`elta_core.metrics`,
 written as JSON and CSV. ``--apds`` adds one self-training round.
 """
 
@@ -24,6 +24,8 @@ from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit, predict
 from elta_core.adapters.torch.data import ImageLabelDataset, image_files
 from elta_core.adapters.torch.self_training import atomic_save
 from elta_core.data.labels import LabelTable, load_labels
+from elta_core.io import atomic_write_json, atomic_write_text
+from elta_core.pseudo_labels import pseudo_label_round
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -97,12 +99,12 @@ def _device(name: str | None) -> torch.device:
 
 
 def _write_metrics(result: dict[str, float], out: Path, stem: str) -> None:
-    atomic_save(result, out / f"{stem}.json")
+    atomic_write_json(out / f"{stem}.json", result)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(result.keys())
     writer.writerow(f"{v:.6g}" if isinstance(v, float) else v for v in result.values())
-    atomic_save(buffer.getvalue(), out / f"{stem}.csv")
+    atomic_write_text(out / f"{stem}.csv", buffer.getvalue())
 
 
 def format_metrics(result: dict[str, float]) -> str:
@@ -128,26 +130,38 @@ def train(args: Any) -> dict[str, float]:
     torch.manual_seed(args.seed)
     table = load_labels(args.labels, args.format, image_root=args.images)
     train_table, eval_table = split_table(table, args.val_fraction, args.seed)
-    num_bins = len(table.bin_values)
-    model, head, skipped = build_model(args.backbone, num_bins, args.weights)
-    device = _device(args.device)
-    model.to(device)
+    model, head, skipped = build_model(args.backbone, len(table.bin_values), args.weights)
+    model.to(_device(args.device))
     wrapper = ELTAWrapper(
         model, head, tfa=args.tfa, num_pairs=args.num_pairs, flsa_weight=args.flsa,
         bin_values=table.bin_values.tolist(), score_scale=score_scale_of(table), seed=args.seed,
     )
     train_data = ImageLabelDataset(train_table, train=True, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
     eval_data = ImageLabelDataset(eval_table, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
-    skipped_images = len(train_data.skipped) + len(eval_data.skipped)
-    loader = DataLoader(train_data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        generator=torch.Generator().manual_seed(args.seed), drop_last=len(train_data) > args.batch_size)
     optimizer = torch.optim.AdamW(wrapper.parameters(), lr=args.lr)
-    config = RunConfig(args.backbone, num_bins, table.bin_values.tolist(), list(table.scale), args.image_size, head)
+    config = RunConfig(args.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
+                       args.image_size, head)
+    if not _train_epochs(args, wrapper, train_data, optimizer, config, out / CHECKPOINT):
+        return {}
+    if args.apds:
+        _self_training_round(args, wrapper, table, train_data, eval_data, optimizer, config, out)
+    result = evaluate_model(wrapper, eval_data, eval_table, args.batch_size, not args.quiet)
+    result["skipped_images"] = float(len(train_data.skipped) + len(eval_data.skipped))
+    _write_metrics(result, out, "metrics")
+    if skipped:
+        print(f"weights: {len(skipped)} tensors not loaded (new head or other shapes), e.g. {skipped[0]}")
+    return result
 
+
+def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, optimizer, config: RunConfig,
+                  checkpoint_path: Path) -> bool:
+    """Train (or resume) the epochs, checkpointing each; False when stopped early."""
+    model = wrapper.model
+    loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        generator=torch.Generator().manual_seed(args.seed), drop_last=len(data) > args.batch_size)
     first_epoch = 0
-    checkpoint_path = out / CHECKPOINT
     if args.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        state = torch.load(checkpoint_path, map_location=_device_of(model), weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         first_epoch = int(state["epoch"])
@@ -158,36 +172,38 @@ def train(args: Any) -> dict[str, float]:
                      "config": config.__dict__, "loss": losses[-1]}, checkpoint_path)
         if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
             print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
-            return {}
+            return False
+    return True
 
-    if args.apds:
-        if not args.unlabelled:
-            raise ValueError("unlabelled: --apds needs --unlabelled (a folder of images or a label file)")
-        pool = unlabelled_pool(args, table)
-        trainer = SelfTraining(
-            wrapper, out / "self_training", epochs=args.round2_epochs, betas=args.betas,
-            thresholds=args.thresholds, min_selected=args.min_selected,
-            optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=args.lr / 4),
-            batch_size=args.batch_size, progress=not args.quiet,
-        )
-        if not trainer.done("round1"):
-            atomic_save(model.state_dict(), trainer.path("round1"))
-        calibration = eval_data  # (beta, t) are then chosen on the evaluation images
-        if args.calibration:
-            calibration_table = load_labels(args.calibration, args.calibration_format or args.format, image_root=args.images)
-            calibration = ImageLabelDataset(calibration_table, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
-        summary = trainer.run(train_data, calibration, pool)
-        print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
-              f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": args.epochs,
-                     "config": config.__dict__, "round": 2}, checkpoint_path)
 
-    result = evaluate_model(wrapper, eval_data, eval_table, args.batch_size, not args.quiet)
-    result["skipped_images"] = float(skipped_images)
-    _write_metrics(result, out, "metrics")
-    if skipped:
-        print(f"weights: {len(skipped)} tensors not loaded (new head or other shapes), e.g. {skipped[0]}")
-    return result
+def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, train_data, eval_data, optimizer,
+                         config: RunConfig, out: Path) -> None:
+    """``--apds``: one self-training round from the trained weights (round 1)."""
+    if not args.unlabelled:
+        raise ValueError("unlabelled: --apds needs --unlabelled (a folder of images or a label file)")
+    pool = unlabelled_pool(args, table)
+    trainer = SelfTraining(
+        wrapper, out / "self_training", epochs=args.round2_epochs, round2=args.round2, betas=args.betas,
+        thresholds=args.thresholds, min_selected=args.min_selected, pseudo_label=args.pseudo_label,
+        optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=args.lr / 4),
+        batch_size=args.batch_size, progress=not args.quiet,
+    )
+    if not trainer.done("round1"):
+        atomic_save(wrapper.model.state_dict(), trainer.path("round1"))
+    calibration = eval_data  # (beta, t) are then chosen on the evaluation images
+    if args.calibration:
+        calibration_table = load_labels(args.calibration, args.calibration_format or args.format, image_root=args.images)
+        calibration = ImageLabelDataset(calibration_table, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
+    summary = trainer.run(train_data, calibration, pool)
+    print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
+          f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
+    atomic_save({"model": wrapper.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": args.epochs,
+                 "config": config.__dict__, "round": 2}, out / CHECKPOINT)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def unlabelled_pool(args: Any, table: LabelTable) -> ImageLabelDataset:
@@ -237,25 +253,23 @@ def pseudo_label(args: Any) -> dict[str, Any]:
     calibration = load_labels(args.calibration, args.format, image_root=args.images)
     calibration_data = ImageLabelDataset(calibration, image_size=config.image_size, skip_unreadable=args.skip_unreadable)
     logits, _ = predict(wrapper, DataLoader(calibration_data, batch_size=args.batch_size), progress=not args.quiet, desc="calibration")
-    scale = wrapper.score_scale
-    result = apds.grid_search(logits, torch.as_tensor(calibration.scores[list(calibration_data.rows)], dtype=torch.float32),
-                              args.betas, args.thresholds, config.bin_values, args.min_selected, score_scale=scale)
     args.unlabelled_format = args.unlabelled_format or args.format
     pool = unlabelled_pool(args, calibration)
     pool_logits, _ = predict(wrapper, DataLoader(pool, batch_size=args.batch_size), progress=not args.quiet, desc="unlabelled")
-    values = torch.as_tensor(config.bin_values)
-    pool_mean = float(apds.predicted_scores(pool_logits, config.bin_values).mean())
-    chosen = apds.select(pool_logits, result.beta, result.threshold, config.bin_values, pool_mean, score_scale=scale)
+    true = torch.as_tensor(calibration.scores[list(calibration_data.rows)], dtype=torch.float32)
+    chosen = pseudo_label_round(logits, true, pool_logits, betas=args.betas, thresholds=args.thresholds,
+                                bin_values=config.bin_values, min_selected=args.min_selected,
+                                pseudo_label=args.pseudo_label, score_scale=wrapper.score_scale)
+    result = chosen.grid
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(result.as_dict(), out / "grid.json")
-    atomic_save(result.to_markdown() + "\n", out / "grid.md")
+    atomic_write_json(out / "grid.json", result.as_dict())
+    atomic_write_text(out / "grid.md", result.to_markdown() + "\n")
+    values = torch.as_tensor(config.bin_values)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["image", "score"] + [f"p_{v:g}" for v in config.bin_values])
     for index, label in zip(chosen.indices.tolist(), chosen.labels):
         writer.writerow([pool.table.images[pool.rows[index]], f"{float(label @ values):.4f}"] + [f"{p:.6f}" for p in label.tolist()])
-    path = out / "pseudo_labels.csv"
-    atomic_save(buffer.getvalue(), path)
-    return {"grid": result, "num_selected": len(chosen.indices), "pool": len(pool), "path": str(path)}
+    path = atomic_write_text(out / "pseudo_labels.csv", buffer.getvalue())
+    return {"grid": result, "num_selected": chosen.num_kept, "pool": len(pool), "path": str(path)}
 
