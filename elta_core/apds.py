@@ -1,4 +1,4 @@
-"""APDS, Adaptive Probability Distribution Sharpening (paper 3.4, SPEC section 4).
+"""APDS, Adaptive Probability Distribution Sharpening (paper 3.4).
 
 Each predicted distribution is sharpened with its own temperature
 ``tau_i(beta) = exp(-beta |s_hat_i - s_bar|)`` [Eq. 8], so predictions far from the mean
@@ -89,7 +89,7 @@ def _impl(op: str, backend, logits: Tensor) -> str:
 
 
 def predicted_scores(logits: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
-    """Predicted scores ``s_hat_i = sum_c softmax(z_i)_c * bin_values[c]`` (SPEC 4.1), (N,)."""
+    """Predicted scores ``s_hat_i = sum_c softmax(z_i)_c * bin_values[c]`` (paper 3.4), (N,)."""
     backend, logits, values, _ = _validated_logits(logits, bin_values, 1.0, validate)
     return backend.matmul(backend.softmax(logits, axis=1), values)
 
@@ -128,10 +128,10 @@ def sharpen(
     score_scale: float = 1.0,
     validate: bool = True,
 ) -> Tensor:
-    """Sharpened distributions ``softmax_c(z_ic / tau_i(beta))`` [Eqs. 7, 8; SPEC 4.1-4.3].
+    """Sharpened distributions ``softmax_c(z_ic / tau_i(beta))`` [Eqs. 7, 8].
 
     The softmax runs over the C levels of one sample (the paper's Eq. 7 writes a sum over
-    the batch; SPEC 4.3 corrects that typo).
+    the batch, a typo; see docs/design.md).
 
     Args:
         logits: (N, C) logits of a distribution head.
@@ -201,7 +201,7 @@ def select(
     score_scale: float = 1.0,
     validate: bool = True,
 ) -> Selection:
-    """Keep the samples whose sharpened max probability reaches ``threshold`` (SPEC 4.4, 4.6).
+    """Keep the samples whose sharpened max probability reaches ``threshold`` (Eq. 10).
 
     Args:
         logits: (N, C) logits of the unlabelled pool.
@@ -397,6 +397,19 @@ def _best_cell(table: list[GridCell], floor: int, size: int, float64: bool) -> G
     return max(tied, key=lambda cell: cell.num_selected)  # max keeps the first of equals
 
 
+def _calibration_scores(backend, logits: Tensor, labels: Tensor, bin_values: Any, validate: bool) -> Tensor:
+    """The true scores (N,) of the calibration labels, on the logits' scale and device."""
+    label_backend, labels = _checks.tensor(labels, "labels")
+    size, levels = backend.shape(logits)
+    label_shape = label_backend.shape(labels)
+    if len(label_shape) == 2 and label_shape[1] > 1 and label_shape[1] != levels:
+        raise ValueError(f"labels: expected distributions over the logits' {levels} levels, got {label_shape[1]} "
+                         "levels (scores on two different scales cannot be compared)")
+    true_scores = _checks.scores(backend, labels, "labels", bin_values, validate)
+    _checks.same_length("logits", size, "labels", backend.shape(true_scores)[0])
+    return backend.cast_like(true_scores, logits)
+
+
 def grid_search(
     logits: Tensor,
     labels: Tensor,
@@ -411,7 +424,7 @@ def grid_search(
     score_scale: float = 1.0,
     validate: bool = True,
 ) -> GridSearchResult:
-    """Pick (beta, threshold) on a labelled calibration set [Eq. 9; SPEC 4.5].
+    """Pick (beta, threshold) on a labelled calibration set [Eq. 9, as a mean; docs/design.md].
 
     For each cell, the samples with sharpened max probability ``>= t`` are selected and
     the MEAN absolute error between their pseudo-label score and true score is taken
@@ -440,16 +453,9 @@ def grid_search(
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
     mean_score = _checked_mean_score(mean_score)
-    label_backend, labels = _checks.tensor(labels, "labels")
-    size, levels = backend.shape(logits)
-    label_shape = label_backend.shape(labels)
-    if len(label_shape) == 2 and label_shape[1] > 1 and label_shape[1] != levels:
-        raise ValueError(f"labels: expected distributions over the logits' {levels} levels, got {label_shape[1]} "
-                         "levels (scores on two different scales cannot be compared)")
-    true_scores = _checks.scores(backend, labels, "labels", bin_values, validate)
-    _checks.same_length("logits", size, "labels", backend.shape(true_scores)[0])
+    true_scores = _calibration_scores(backend, logits, labels, bin_values, validate)
+    size = backend.shape(logits)[0]
     floor = _min_selected_count(min_selected, size)
-    true_scores = backend.cast_like(true_scores, logits)
 
     stats = _accumulate(backend, logits, true_scores, values, beta_values, threshold_values, mean_score,
                         score_scale, pseudo_label, strict)

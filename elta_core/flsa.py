@@ -1,4 +1,4 @@
-"""FLSA, Feature-Label Similarity Alignment (paper 3.3, SPEC section 2).
+"""FLSA, Feature-Label Similarity Alignment (paper 3.3).
 
 The loss pulls the cosine-similarity matrix of the features (Eq. 5) towards the
 similarity matrix of the labels (Eq. 6):
@@ -7,7 +7,7 @@ similarity matrix of the labels (Eq. 6):
 Two exact forms, picked by shape (``method="auto"``):
 
 - ``"direct"`` forms the B x B matrices: O(B^2 D) time, O(B^2) memory. Cheaper for B <= D.
-- ``"gram"`` never forms a B x B matrix (SPEC 2.6): ``sum C^2`` is the squared Frobenius
+- ``"gram"`` never forms a B x B matrix (docs/design.md): ``sum C^2`` is the squared Frobenius
   norm of the D x D Gram matrix ``Zh^T Zh``, and ``sum C*M`` and ``sum M^2`` come from
   prefix sums in score order. O(B D^2 + B log B) time, O(B D + D^2) memory.
 
@@ -110,7 +110,7 @@ def _direct_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tup
 def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
     """``sum_ij (C_ij - M_ij)^2`` in O(B D^2 + B log B) with no B x B matrix, and (when
     asked) its gradient ``4 (Zh G - M Zh)`` w.r.t. ``Zh`` from the same prefix sums
-    (SPEC 2.6)."""
+    (docs/design.md)."""
     size = backend.shape(zh)[0]
     gram = backend.matmul(backend.transpose(zh), zh)
     sum_c2 = backend.sum(gram * gram)

@@ -1,4 +1,4 @@
-"""Task losses and label conversions (SPEC section 3.1-3.2).
+"""Task losses and label conversions (paper 3.1).
 
 All functions accept NumPy arrays or tensors of a loaded framework and return the
 same kind. Half-precision inputs are computed in float32.
@@ -70,7 +70,7 @@ def emd(
     reduction: Literal["mean", "sum", "none"] = "mean",
     validate: bool = True,
 ) -> Tensor:
-    """Earth mover's distance between score distributions (NIMA; SPEC 3.1).
+    """Earth mover's distance between score distributions (NIMA; paper 3.1).
 
     ``form="sample"`` (default): per sample ``(mean_k |CDF_y(k) - CDF_yhat(k)|^r)^(1/r)``,
     then reduced over the batch. ``form="batch"`` is the authors' code: one root of the
@@ -111,7 +111,7 @@ def emd(
 
 
 def mse(pred: Tensor, target: Tensor, *, validate: bool = True) -> Tensor:
-    """Mean squared error between predicted and true scores (SPEC 3.2)."""
+    """Mean squared error between predicted and true scores (paper 3.1, score datasets)."""
     backend, pred = _checks.tensor(pred, "pred")
     _, target = _checks.tensor(target, "target")
     pred = _checks.scalar_scores(backend, pred, "pred", validate)
@@ -129,7 +129,7 @@ def _check_output_kind(output: str) -> None:
 
 def output_scores(predictions: Tensor, output: OutputKind, bin_values: Any = None, *, validate: bool = True) -> Tensor:
     """Scores (N,) from a model's output of kind ``output``: a scalar ``"score"``, a
-    softmax ``"probs"`` (paper 3.1) or ``"logits"`` (SPEC 4.1)."""
+    softmax ``"probs"`` (paper 3.1) or ``"logits"`` (paper 3.4)."""
     _check_output_kind(output)
     backend, predictions = _checks.tensor(predictions, "predictions")
     if output == "score":
@@ -143,7 +143,7 @@ def output_scores(predictions: Tensor, output: OutputKind, bin_values: Any = Non
 
 def task_loss(predictions: Tensor, labels: Tensor, output: OutputKind, bin_values: Any = None, *,
               validate: bool = True) -> Tensor:
-    """The default task loss of the adapters (SPEC 3.1-3.2): EMD between distributions
+    """The default task loss of the adapters (paper 3.1): EMD between distributions
     when the labels are (N, C) distributions and the model outputs C levels, else the MSE
     between the predicted and the true scores. Computed in float32 at least. The labels
     are named ``y`` in errors, as in the adapters' ``fit``/``wrapper(x, y)``."""

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC 3.3, 3.4): PLCC, SRCC, binary accuracy and segment MAE.
+"""Evaluation metrics (paper 4.1): PLCC, SRCC, binary accuracy and segment MAE.
 
 Metrics are summaries, not losses: they take NumPy arrays or tensors of any framework
 (scores (N,) / (N, 1), or distributions (N, C) turned into scores with ``bin_values``),
@@ -101,7 +101,7 @@ def segment_sizes(size: int) -> tuple[int, int, int]:
 
 
 def segment_mae(pred: Tensor, true: Tensor, *, bin_values: Any = None) -> SegmentMAE:
-    """MAE on the low, medium and high segments of the true scores [paper 4.1; SPEC 3.4].
+    """MAE on the low, medium and high segments of the true scores [paper 4.1; boundaries in docs/design.md].
 
     Samples are sorted by true score (ties by predicted score, so the result does not
     depend on the order of the input); the bottom 20 % are "low", the top 20 % "high" and

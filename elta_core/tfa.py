@@ -1,4 +1,4 @@
-"""TFA, Tail Feature Augmentation (paper 3.2, SPEC section 1).
+"""TFA, Tail Feature Augmentation (paper 3.2).
 
 Label-guided mixup in feature space: the first sample of a pair is drawn with a
 probability that grows with its distance from the batch mean score (Eq. 2), its
@@ -211,7 +211,7 @@ def sample_pairs(
 
     Returns:
         ``Pairs(i, j, lam)``: int64 indices (K,), partners (K,), mixing factors (K,) from
-        Eq. 4. Empty when B < 2 (no mixing, SPEC 1.7).
+        Eq. 4. Empty when B < 2 (no mixing; docs/design.md).
     """
     tau1 = _checks.positive_number(tau1, "tau1")
     tau2 = _checks.positive_number(tau2, "tau2")
@@ -258,6 +258,27 @@ def mix(
     """
     if mode not in ("append", "replace"):
         raise ValueError(f"mode: expected 'append' or 'replace', got {mode!r}")
+    backend, features, labels, i, j, lam = _checked_mix_inputs(features, labels, i, j, lam, validate)
+    count = backend.shape(i)[0]
+    if count == 0:
+        return features, labels
+
+    def mixed(x: Tensor) -> Tensor:
+        weight = backend.reshape(backend.cast_like(lam, x), (count,) + (1,) * (len(backend.shape(x)) - 1))
+        return weight * backend.take(x, i) + (1 - weight) * backend.take(x, j)
+
+    if mode == "append":
+        return (
+            backend.concat([features, mixed(features)], axis=0),
+            backend.concat([labels, mixed(labels)], axis=0),
+        )
+    if len(set(backend.to_numpy(i).tolist())) != count:
+        raise ValueError("i: mode='replace' needs distinct first indices")
+    return backend.index_set(features, i, mixed(features)), backend.index_set(labels, i, mixed(labels))
+
+
+def _checked_mix_inputs(features: Tensor, labels: Tensor, i: Tensor, j: Tensor, lam: Tensor, validate: bool):
+    """The backend and the inputs of :func:`mix`, checked and converted."""
     backend, features = _checks.tensor(features, "features")
     _, labels = _checks.tensor(labels, "labels")
     feature_shape = _checks.rank(backend, features, "features", range(1, 9), "a batch (B, ...) of features")
@@ -281,21 +302,7 @@ def mix(
         _checks.finite(backend, lam, "lam")
         if backend.min_host(lam) < 0 or backend.max_host(lam) > 1:
             raise ValueError("lam: expected mixing factors in [0, 1]")
-    if count == 0:
-        return features, labels
-
-    def mixed(x: Tensor) -> Tensor:
-        weight = backend.reshape(backend.cast_like(lam, x), (count,) + (1,) * (len(backend.shape(x)) - 1))
-        return weight * backend.take(x, i) + (1 - weight) * backend.take(x, j)
-
-    if mode == "append":
-        return (
-            backend.concat([features, mixed(features)], axis=0),
-            backend.concat([labels, mixed(labels)], axis=0),
-        )
-    if len(set(backend.to_numpy(i).tolist())) != count:
-        raise ValueError("i: mode='replace' needs distinct first indices")
-    return backend.index_set(features, i, mixed(features)), backend.index_set(labels, i, mixed(labels))
+    return backend, features, labels, i, j, lam
 
 
 def augment(

@@ -120,16 +120,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="elta", description="ELTA long-tail enhancers for image aesthetics models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="baseline vs ELTA on the built-in synthetic dataset (CPU)")
     demo.add_argument("--quick", action="store_true", help="a smaller run (under 2 minutes)")
     demo.add_argument("--out", default="elta_demo", help="where table.md, results.json and figure.png go")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(run=_demo)
 
+
+def _add_stats(commands) -> None:
     stats = commands.add_parser("stats", help="long-tail summary of a label file")
     stats.add_argument("labels")
     stats.add_argument("--format", required=True, choices=FORMATS)
@@ -137,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--plot", metavar="FILE.png")
     stats.set_defaults(run=_stats)
 
+
+def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a torchvision backbone with TFA / FLSA / APDS")
     train.add_argument("--labels", required=True)
     train.add_argument("--format", required=True, choices=FORMATS)
@@ -169,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-after-epoch", type=int, default=0, help=argparse.SUPPRESS)
     train.set_defaults(run=_train)
 
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="P, S, accuracy, L, M, H of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--labels", required=True)
@@ -178,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
+
+def _add_pseudo(commands) -> None:
     pseudo = commands.add_parser("pseudo-label", help="APDS grid search and pseudo-labels for an unlabelled pool")
     pseudo.add_argument("--checkpoint", required=True)
     pseudo.add_argument("--calibration", required=True, help="labelled calibration file")
@@ -189,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     pseudo.add_argument("--out", default="elta_runs/pseudo_labels")
     _common(pseudo)
     pseudo.set_defaults(run=_pseudo_label)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elta", description="ELTA long-tail enhancers for image aesthetics models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_demo(commands)
+    _add_stats(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_pseudo(commands)
     return parser
 
 

@@ -4,6 +4,7 @@ Every equation in :mod:`elta_core` is written once against the small set of arra
 operations that a :class:`~elta_core.backends.base.Backend` offers. The backend is
 chosen from the type of the input, and a framework is only consulted if the user has
 already imported it: importing :mod:`elta_core` never imports torch, TensorFlow or JAX.
+The answer is cached per type, so a training step pays one dictionary lookup per call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from elta_core.backends.base import Backend
 from elta_core.backends.numpy_backend import NumpyBackend
 
-__all__ = ["Backend", "get_backend", "register_backend", "registered_backends"]
+__all__ = ["Backend", "get_backend"]
 
 # (framework module name, dotted path of the backend class). The class module is
 # imported only once the framework itself is in sys.modules.
@@ -24,20 +25,7 @@ _LAZY_BACKENDS: list[tuple[str, str]] = [
 ]
 _loaded: dict[str, Backend] = {}
 _numpy_backend = NumpyBackend()
-
-
-def register_backend(framework_module: str, backend_path: str) -> None:
-    """Register a backend class ``"package.module:Class"`` for tensors of ``framework_module``.
-
-    The newest registration wins, so a later adapter (Keras, say) can claim its tensors.
-    """
-    _LAZY_BACKENDS.insert(0, (framework_module, backend_path))
-    _loaded.pop(framework_module, None)
-
-
-def registered_backends() -> list[str]:
-    """Names of the frameworks that have a backend, NumPy included."""
-    return ["numpy"] + [name for name, _ in _LAZY_BACKENDS]
+_by_type: dict[type, Backend] = {}
 
 
 def _load(framework_module: str, backend_path: str) -> Backend:
@@ -55,6 +43,15 @@ def get_backend(x: Any) -> Backend:
     NumPy arrays, NumPy scalars, Python numbers and lists go to the NumPy backend.
     Raises ``TypeError`` for anything else that no loaded framework claims.
     """
+    cached = _by_type.get(type(x))
+    if cached is not None:
+        return cached
+    backend = _find_backend(x)
+    _by_type[type(x)] = backend
+    return backend
+
+
+def _find_backend(x: Any) -> Backend:
     if isinstance(x, _numpy_backend.tensor_types):
         return _numpy_backend
     for framework_module, backend_path in _LAZY_BACKENDS:
@@ -64,7 +61,8 @@ def get_backend(x: Any) -> Backend:
                 return backend
     if isinstance(x, (list, tuple, int, float)):
         return _numpy_backend
+    names = ["numpy"] + [name for name, _ in _LAZY_BACKENDS]
     raise TypeError(
         f"elta_core cannot handle inputs of type {type(x).__module__}.{type(x).__name__}; "
-        f"expected a NumPy array or a tensor of one of: {', '.join(registered_backends())}"
+        f"expected a NumPy array or a tensor of one of: {', '.join(names)}"
     )

@@ -80,9 +80,6 @@ class Backend:
     def exp(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def log(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
     def sqrt(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -112,10 +109,6 @@ class Backend:
         raise NotImplementedError
 
     def cumsum(self, x: Tensor, axis: int) -> Tensor:
-        raise NotImplementedError
-
-    def logsumexp(self, x: Tensor, axis: int, keepdims: bool = False) -> Tensor:
-        """Log-sum-exp that returns ``-inf`` (not NaN) for an all ``-inf`` slice."""
         raise NotImplementedError
 
     def softmax(self, x: Tensor, axis: int) -> Tensor:
@@ -148,10 +141,6 @@ class Backend:
 
     def arange(self, n: int, like: Tensor) -> Tensor:
         """Integer 0..n-1 on the device of ``like``."""
-        raise NotImplementedError
-
-    def eye(self, n: int, like: Tensor) -> Tensor:
-        """Boolean identity on the device of ``like``."""
         raise NotImplementedError
 
     def searchsorted(self, sorted_sequence: Tensor, values: Tensor, right: bool) -> Tensor:

@@ -110,9 +110,6 @@ class KerasBackend(Backend):
     def exp(self, x):
         return ops.exp(x)
 
-    def log(self, x):
-        return ops.log(x)
-
     def sqrt(self, x):
         return ops.sqrt(x)
 
@@ -142,12 +139,6 @@ class KerasBackend(Backend):
 
     def cumsum(self, x, axis):
         return ops.cumsum(x, axis=axis)
-
-    def logsumexp(self, x, axis, keepdims=False):
-        m = ops.max(x, axis=axis, keepdims=True)
-        m = ops.stop_gradient(ops.where(ops.isfinite(m), m, ops.zeros_like(m)))
-        out = ops.log(ops.sum(ops.exp(x - m), axis=axis, keepdims=True)) + m
-        return out if keepdims else ops.squeeze(out, axis=axis)
 
     def softmax(self, x, axis):
         return ops.softmax(x, axis=axis)
@@ -181,9 +172,6 @@ class KerasBackend(Backend):
 
     def arange(self, n, like):
         return ops.arange(n, dtype="int32")
-
-    def eye(self, n, like):
-        return ops.cast(ops.eye(n), "bool")
 
     def searchsorted(self, sorted_sequence, values, right):
         return ops.searchsorted(sorted_sequence, values, side="right" if right else "left")

@@ -112,13 +112,6 @@ class NumpyBackend(Backend):
     def cumsum(self, x, axis):
         return np.cumsum(x, axis=axis)
 
-    def logsumexp(self, x, axis, keepdims=False):
-        m = np.max(x, axis=axis, keepdims=True)
-        m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype, copy=False)
-        with np.errstate(divide="ignore"):
-            out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
-        return out if keepdims else np.squeeze(out, axis=axis)
-
     def softmax(self, x, axis):
         m = np.max(x, axis=axis, keepdims=True)
         e = np.exp(x - m)
@@ -151,9 +144,6 @@ class NumpyBackend(Backend):
 
     def arange(self, n, like):
         return np.arange(n, dtype=np.int64)
-
-    def eye(self, n, like):
-        return np.eye(n, dtype=bool)
 
     def searchsorted(self, sorted_sequence, values, right):
         return np.searchsorted(sorted_sequence, values, side="right" if right else "left")

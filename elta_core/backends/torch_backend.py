@@ -84,9 +84,6 @@ class TorchBackend(Backend):
     def exp(self, x):
         return torch.exp(x)
 
-    def log(self, x):
-        return torch.log(x)
-
     def sqrt(self, x):
         return torch.sqrt(x)
 
@@ -119,10 +116,6 @@ class TorchBackend(Backend):
     def cumsum(self, x, axis):
         return torch.cumsum(x, dim=axis)
 
-    def logsumexp(self, x, axis, keepdims=False):
-        # torch.logsumexp already returns -inf for an all -inf slice.
-        return torch.logsumexp(x, dim=axis, keepdim=keepdims)
-
     def softmax(self, x, axis):
         return torch.softmax(x, dim=axis)
 
@@ -149,9 +142,6 @@ class TorchBackend(Backend):
 
     def arange(self, n, like):
         return torch.arange(n, device=like.device)
-
-    def eye(self, n, like):
-        return torch.eye(n, dtype=torch.bool, device=like.device)
 
     def searchsorted(self, sorted_sequence, values, right):
         return torch.searchsorted(sorted_sequence, values.contiguous(), right=right)

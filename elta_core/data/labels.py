@@ -1,4 +1,4 @@
-"""Label files of the aesthetics datasets (SPEC section 6), read into one plain table.
+"""Label files of the aesthetics datasets (the official formats; docs/design.md lists them), read into one plain table.
 
 Every loader returns a :class:`LabelTable`: image paths, scores on the dataset's own
 scale, score distributions where the file has vote counts, and split and theme where

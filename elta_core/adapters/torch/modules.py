@@ -1,8 +1,10 @@
-"""Finding and replacing submodules by name, with helpful errors."""
+"""Finding and replacing submodules by name, with helpful errors; the model and seed an
+adapter is given."""
 
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,3 +81,39 @@ def as_float_labels(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         labels = torch.as_tensor(labels)
     dtype = torch.float64 if labels.dtype == torch.float64 else torch.float32
     return labels.to(device=like.device, dtype=dtype)
+
+
+class _BackboneHead(nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def model_and_head(model: nn.Module | None, head: str | nn.Module | None,
+                   backbone: nn.Module | None) -> tuple[nn.Module, str]:
+    """The model to hook and the name of its head, from a model with ``head`` or from
+    ``backbone=`` and ``head=`` modules."""
+    if model is None:
+        if backbone is None or not isinstance(head, nn.Module):
+            raise ValueError("model: expected a model with head=..., or backbone= and head= modules")
+        return _BackboneHead(backbone, head), "head"
+    if backbone is not None:
+        raise ValueError("backbone: pass either a model with head=..., or backbone= and head=, not both")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if head is None:
+        raise ValueError('head: expected the name of the head module (e.g. "fc") or the module itself')
+    return model, (name_of(model, head, "head") if isinstance(head, nn.Module) else head)
+
+
+def generator_of(seed: Any) -> torch.Generator | None:
+    """A ``torch.Generator`` for an int seed; a generator or None as given."""
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return torch.Generator().manual_seed(seed)
+    if seed is not None and not isinstance(seed, torch.Generator):
+        raise ValueError(f"seed: expected None, an int or a torch.Generator, got {type(seed).__name__}")
+    return seed

@@ -9,7 +9,6 @@ what the model returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
@@ -18,30 +17,8 @@ from torch import nn
 from elta_core import step as core_step
 from elta_core import tfa as tfa_core
 from elta_core.adapters.torch.distributed import gather_with_grad
-from elta_core.adapters.torch.modules import as_float_labels, ends_in_softmax, find_module, name_of
-
-
-@dataclass
-class ELTAOutput:
-    """What a training call ``wrapper(x, y)`` returns.
-
-    Attributes:
-        predictions: the model's output for the B + K rows (K mixed by TFA).
-        labels: the labels extended by TFA, (B + K,) scores or (B + K, C) distributions.
-        loss: ``task_loss + flsa_weight * flsa_loss``, what to backpropagate.
-        task_loss: EMD (distribution labels), MSE (scalar labels) or the user's loss.
-        flsa_loss: the FLSA term before its weight (0 when FLSA is off).
-        pairs: the TFA pairs drawn (``None`` when TFA is off).
-        features: the features FLSA aligned (``None`` when FLSA is off).
-    """
-
-    predictions: torch.Tensor
-    labels: torch.Tensor
-    loss: torch.Tensor
-    task_loss: torch.Tensor
-    flsa_loss: torch.Tensor
-    pairs: tfa_core.Pairs | None = None
-    features: torch.Tensor | None = None
+from elta_core.adapters.torch.output import ELTAOutput
+from elta_core.adapters.torch.modules import as_float_labels, ends_in_softmax, find_module, generator_of, model_and_head
 
 
 class _Batch:
@@ -53,39 +30,6 @@ class _Batch:
         self.pairs: tfa_core.Pairs | None = None
         self.features: torch.Tensor | None = None
         self.feature_labels: torch.Tensor | None = None
-
-
-class _BackboneHead(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
-def _model_and_head(model: nn.Module | None, head: str | nn.Module | None,
-                    backbone: nn.Module | None) -> tuple[nn.Module, str]:
-    if model is None:
-        if backbone is None or not isinstance(head, nn.Module):
-            raise ValueError("model: expected a model with head=..., or backbone= and head= modules")
-        return _BackboneHead(backbone, head), "head"
-    if backbone is not None:
-        raise ValueError("backbone: pass either a model with head=..., or backbone= and head=, not both")
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if head is None:
-        raise ValueError('head: expected the name of the head module (e.g. "fc") or the module itself')
-    return model, (name_of(model, head, "head") if isinstance(head, nn.Module) else head)
-
-
-def _generator(seed: Any) -> torch.Generator | None:
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        return torch.Generator().manual_seed(seed)
-    if seed is not None and not isinstance(seed, torch.Generator):
-        raise ValueError(f"seed: expected None, an int or a torch.Generator, got {type(seed).__name__}")
-    return seed
 
 
 class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
@@ -127,11 +71,11 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
     ):
         super().__init__()
         self.config = core_step.make_config(config, options, "ELTAWrapper")
-        self.model, self.head_name = _model_and_head(model, head, backbone)
+        self.model, self.head_name = model_and_head(model, head, backbone)
         if flsa_scope not in ("local", "global"):
             raise ValueError(f"flsa_scope: expected 'local' or 'global', got {flsa_scope!r}")
         self.flsa_scope, self.task_loss_fn, self.mix_at = flsa_scope, task_loss, mix_at
-        self.generator = _generator(seed)
+        self.generator = generator_of(seed)
         self._batch: _Batch | None = None
         head_module = find_module(self.model, self.head_name, "head")
         self._ends_in_softmax = ends_in_softmax(head_module)

@@ -1,6 +1,6 @@
-"""APDS as Triton kernels [Eqs. 7-9; SPEC 4.1-4.5].
+"""APDS as Triton kernels [Eqs. 7-9].
 
-- ``_scores_kernel``: predicted scores ``s_hat_i`` (SPEC 4.1), one program per row
+- ``_scores_kernel``: predicted scores ``s_hat_i`` (paper 3.4), one program per row
   block; the mean score ``s_bar`` is then a device-side reduction.
 - ``_sharpen_kernel``: per row block, the softmax, ``s_hat``, the temperature of Eq. 8,
   the sharpened softmax, its row maximum and the threshold mask, in one pass.

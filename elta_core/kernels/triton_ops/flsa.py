@@ -1,4 +1,4 @@
-"""FLSA loss and gradient [Eqs. 5, 6; SPEC 2.3-2.6] as Triton kernels, with a
+"""FLSA loss and gradient [Eqs. 5, 6] as Triton kernels, with a
 ``torch.autograd.Function`` on top (the Liger-Kernel layout).
 
 Pipeline (every step stays on the device, no host synchronisation):
@@ -12,7 +12,7 @@ Pipeline (every step stays on the device, no host synchronisation):
      cosine tile, the label tile from the scores, the squared error and ``gap @ Zh_j``
      in one pass over the column blocks; no B x B matrix is stored. Column splits give
      deterministic partial gradients that are summed afterwards (no atomics).
-   - B > D, the Gram form of SPEC 2.6: ``Zh^T Zh`` and ``Zh G`` are matmuls, and
+   - B > D, the Gram form (docs/design.md): ``Zh^T Zh`` and ``Zh G`` are matmuls, and
      ``_prefix_kernel`` walks the rows in score order once per feature block, keeping
      the prefix sums ``P0, P1`` in registers, to produce ``(M Zh)_k``, ``sum C*M`` and
      the gradient ``Zh G - M Zh`` in place.
