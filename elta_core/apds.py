@@ -30,6 +30,7 @@ __all__ = [
 
 DEFAULT_BETAS = (1.0, 1.1, 1.2, 1.25)
 DEFAULT_THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90)
+DEFAULT_MIN_SELECTED = 11  # "more than 10" selected samples, as in the authors' code
 PseudoLabel = Literal["prediction", "sharpened"]
 # Eq. 10 trains on the sharpened distribution it thresholds; the authors' code on the
 # unsharpened prediction ("prediction"). Why the default is "sharpened": docs/design.md.
@@ -416,7 +417,7 @@ def grid_search(
     betas: Sequence[float] = DEFAULT_BETAS,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     bin_values: Any = None,
-    min_selected: int | float = 11,
+    min_selected: int | float = DEFAULT_MIN_SELECTED,
     pseudo_label: PseudoLabel = DEFAULT_PSEUDO_LABEL,
     *,
     mean_score: float | None = None,

@@ -59,7 +59,7 @@ def pseudo_label_round(
     betas: Sequence[float] = apds.DEFAULT_BETAS,
     thresholds: Sequence[float] = apds.DEFAULT_THRESHOLDS,
     bin_values: Any = None,
-    min_selected: int | float = 11,
+    min_selected: int | float = apds.DEFAULT_MIN_SELECTED,
     pseudo_label: apds.PseudoLabel = apds.DEFAULT_PSEUDO_LABEL,
     score_scale: float = 1.0,
     max_selected: int | None = None,

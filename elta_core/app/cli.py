@@ -106,7 +106,7 @@ def _apds_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--betas", type=_floats, default=apds.DEFAULT_BETAS, help="APDS betas, comma-separated")
     parser.add_argument("--thresholds", type=_floats, default=apds.DEFAULT_THRESHOLDS,
                         help="APDS thresholds in (0, 1], comma-separated")
-    parser.add_argument("--min-selected", type=float, default=11, help="a count, or a fraction of the calibration set")
+    parser.add_argument("--min-selected", type=float, default=apds.DEFAULT_MIN_SELECTED, help="a count, or a fraction of the calibration set")
     parser.add_argument("--pseudo-label", choices=("sharpened", "prediction"), default=apds.DEFAULT_PSEUDO_LABEL,
                         help="train on the sharpened distribution (Eq. 10) or the unsharpened prediction "
                              "(the authors' code)")

@@ -186,15 +186,13 @@ def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, tra
         wrapper, out / "self_training", epochs=args.round2_epochs, round2=args.round2, betas=args.betas,
         thresholds=args.thresholds, min_selected=args.min_selected, pseudo_label=args.pseudo_label,
         optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=args.lr / 4),
-        batch_size=args.batch_size, progress=not args.quiet,
+        batch_size=args.batch_size, progress=not args.quiet, tag={"lr": args.lr},
     )
-    if not trainer.done("round1"):
-        atomic_save(wrapper.model.state_dict(), trainer.path("round1"))
     calibration = eval_data  # (beta, t) are then chosen on the evaluation images
     if args.calibration:
         calibration_table = load_labels(args.calibration, args.calibration_format or args.format, image_root=args.images)
         calibration = ImageLabelDataset(calibration_table, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
-    summary = trainer.run(train_data, calibration, pool)
+    summary = trainer.run(train_data, calibration, pool, round1="current")
     print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
           f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
     atomic_save({"model": wrapper.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": args.epochs,

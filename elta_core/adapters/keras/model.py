@@ -143,18 +143,18 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
     # core sees static shapes. Keras offers no public switch for this, so these two
     # (documented, public) factories are overridden on TensorFlow only.
     def make_train_function(self, force: bool = False):
-        if keras.backend.backend() != "tensorflow" or self.run_eagerly:
-            return super().make_train_function(force)
-        if self.train_function is None or force:
-            self.train_function = traced_per_shape(self, self.train_step)
-        return self.train_function
+        return self._step_function("train", force) or super().make_train_function(force)
 
     def make_test_function(self, force: bool = False):
+        return self._step_function("test", force) or super().make_test_function(force)
+
+    def _step_function(self, kind: str, force: bool):
         if keras.backend.backend() != "tensorflow" or self.run_eagerly:
-            return super().make_test_function(force)
-        if self.test_function is None or force:
-            self.test_function = traced_per_shape(self, self.test_step)
-        return self.test_function
+            return None
+        attribute = f"{kind}_function"
+        if getattr(self, attribute) is None or force:
+            setattr(self, attribute, traced_per_shape(self, getattr(self, f"{kind}_step")))
+        return getattr(self, attribute)
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -115,7 +115,7 @@ def pseudo_label(
     betas: Sequence[float] = apds.DEFAULT_BETAS,
     thresholds: Sequence[float] = apds.DEFAULT_THRESHOLDS,
     bin_values: Any = None,
-    min_selected: int | float = 11,
+    min_selected: int | float = apds.DEFAULT_MIN_SELECTED,
     pseudo_label: apds.PseudoLabel = apds.DEFAULT_PSEUDO_LABEL,
     score_scale: float | None = None,
     max_selected: int | None = None,

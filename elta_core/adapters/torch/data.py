@@ -90,6 +90,15 @@ class ImageLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def fingerprint(self) -> str:
+        """What the items depend on: the image paths and labels of the kept rows, and the
+        transform (its repr)."""
+        from elta_core.run_state import fingerprint
+
+        rows = list(self.rows)
+        return fingerprint([[self.table.images[k] for k in rows], self.labels[rows], repr(self.transform),
+                            self.with_labels])
+
     def __getitem__(self, index: int):
         row = self.rows[index]
         image = self.transform(open_image(self.table.images[row]))

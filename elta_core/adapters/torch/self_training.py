@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from elta_core import apds
+from elta_core.adapters.torch import rng
 from elta_core.adapters.torch.wrapper import ELTAWrapper
 from elta_core.io import atomic_write, atomic_write_json, atomic_write_text
 from elta_core.pseudo_labels import DEFAULT_ROUND2, Round2, check_round2, pseudo_label_round
+from elta_core.run_state import RunManifest, StaleStateError, fingerprint
 
 Stage = Literal["round1", "calibration", "unlabelled", "grid", "selection", "round2"]
 STAGES: tuple[Stage, ...] = ("round1", "calibration", "unlabelled", "grid", "selection", "round2")
@@ -29,7 +31,9 @@ STAGES: tuple[Stage, ...] = ("round1", "calibration", "unlabelled", "grid", "sel
 def _progress(iterable: Iterable, enabled: bool, **kwargs):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
+    # tqdm.std, not tqdm.auto: the asyncio variant calls iter() on the loader in its
+    # constructor, which draws from the loader's generator and changes the results.
+    from tqdm.std import tqdm
 
     return tqdm(iterable, **kwargs)
 
@@ -170,6 +174,13 @@ class SelfTraining:
         betas, thresholds, min_selected, pseudo_label: as in
             :func:`elta_core.apds.grid_search`.
         batch_size, loader_kwargs: for the DataLoaders built from the datasets.
+        tag: JSON-able settings of ``train``/``optimizer`` that the run directory cannot
+            see (e.g. ``{"lr": 1e-3}``): a trained stage is reused only under the same tag.
+
+    ``workdir`` holds ``manifest.json`` (:mod:`elta_core.run_state`): a stage is reused
+    only when its settings, its input data and the stages it was computed from are
+    unchanged, and its file is undamaged; each stage file carries the random number
+    generators' state, so a resumed run continues exactly as an uninterrupted one.
     """
 
     def __init__(
@@ -184,11 +195,12 @@ class SelfTraining:
         max_pseudo_labels: MaxPseudoLabels = "labelled",
         betas: Sequence[float] = apds.DEFAULT_BETAS,
         thresholds: Sequence[float] = apds.DEFAULT_THRESHOLDS,
-        min_selected: int | float = 11,
+        min_selected: int | float = apds.DEFAULT_MIN_SELECTED,
         pseudo_label: apds.PseudoLabel = apds.DEFAULT_PSEUDO_LABEL,
         batch_size: int = 32,
         loader_kwargs: dict[str, Any] | None = None,
         progress: bool = True,
+        tag: Any = None,
     ):
         self.wrapper = wrapper
         self.workdir = Path(workdir)
@@ -206,18 +218,35 @@ class SelfTraining:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         self.batch_size, self.loader_kwargs = batch_size, dict(loader_kwargs or {})
         self.progress = progress
+        self.tag = tag
+        self.manifest: RunManifest | None = None
 
     def path(self, stage: Stage) -> Path:
         names = {"grid": "grid.json"}
         return self.workdir / names.get(stage, f"{stage}.pt")
 
     def done(self, stage: Stage) -> bool:
-        return self.path(stage).exists()
+        """Whether ``stage``'s file is there, recorded in the manifest (it is reused only if
+        it also matches this run's settings and inputs)."""
+        return self.path(stage).exists() and stage in self._manifest().data["stages"]
+
+    def _manifest(self) -> RunManifest:
+        if self.manifest is None:
+            self.manifest = RunManifest(self.workdir)
+        return self.manifest
 
     def _load(self, stage: Stage) -> Any:
-        if stage == "grid":
-            return json.loads(self.path(stage).read_text())
-        return torch.load(self.path(stage), map_location="cpu", weights_only=True)
+        path = self.path(stage)
+        try:
+            if stage == "grid":
+                return json.loads(path.read_text(encoding="utf-8"))
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise StaleStateError(f"{path}: cannot be read ({type(error).__name__}: {str(error)[:200]}); delete it "
+                                  "to recompute this stage, or restore it") from None
+
+    def _generators(self) -> list[torch.Generator | None]:
+        return [self.wrapper.generator, self.loader_kwargs.get("generator")]
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **self.loader_kwargs)
@@ -230,31 +259,62 @@ class SelfTraining:
         fit(self.wrapper, labelled, optimizer, epochs=self.epochs, pseudo_loader=pseudo,
             progress=self.progress, desc=f"round {round_index}")
 
-    def _weights(self, stage: Stage, train: Callable[[], None]) -> None:
-        if self.done(stage):
-            self.wrapper.model.load_state_dict(self._load(stage))
-            return
-        train()
-        atomic_save(self.wrapper.model.state_dict(), self.path(stage))
+    def _cached(self, stage: Stage, key: str, compute: Callable[[], dict], restore: Callable[[dict], Any]) -> Any:
+        """The stage's record: loaded when the manifest says it is current (its RNG
+        snapshot restored, so that what follows draws the same numbers as an
+        uninterrupted run), else computed, saved with a snapshot and recorded."""
+        manifest, path = self._manifest(), self.path(stage)
+        if manifest.reusable(stage, path, key):
+            record = self._load(stage)
+            rng.restore(record["rng"], self._generators())
+            return restore(record)
+        manifest.forget(stage)
+        record = compute()
+        record["rng"] = rng.snapshot(self._generators())
+        atomic_save(record, path)
+        manifest.record(stage, path, key)
+        return restore(record)
+
+    def _weights(self, stage: Stage, key: str, train: Callable[[], None]) -> None:
+        def compute() -> dict:
+            train()
+            return {"model": self.wrapper.model.state_dict()}
+
+        self._cached(stage, key, compute, lambda record: self.wrapper.model.load_state_dict(record["model"]))
 
     def _predictions(self, stage: Stage, dataset: Dataset) -> dict[str, torch.Tensor]:
-        if self.done(stage):
-            return self._load(stage)
-        logits, labels = predict(self.wrapper, self._loader(dataset, False), progress=self.progress, desc=f"predict {stage}")
-        record = {"logits": logits} if labels is None else {"logits": logits, "labels": labels}
-        atomic_save(record, self.path(stage))
-        return record
+        def compute() -> dict:
+            logits, labels = predict(self.wrapper, self._loader(dataset, False), progress=self.progress,
+                                     desc=f"predict {stage}")
+            return {"logits": logits} if labels is None else {"logits": logits, "labels": labels}
+
+        key = self._manifest().stage_key(stage, {"data": dataset_fingerprint(dataset)}, ["round1"])
+        return self._cached(stage, key, compute, lambda record: record)
+
+    def _training_settings(self, labelled: Dataset) -> dict[str, Any]:
+        """What a trained stage depends on besides its upstream stages."""
+        train = self.train_fn or self.optimizer
+        return {"config": fingerprint(vars(self.wrapper.config)), "head": self.wrapper.head_name,
+                "architecture": fingerprint([(k, tuple(v.shape)) for k, v in self.wrapper.model.state_dict().items()]),
+                "labelled": dataset_fingerprint(labelled), "epochs": self.epochs, "batch_size": self.batch_size,
+                "train": getattr(train, "__qualname__", type(train).__name__), "tag": self.tag}
 
     def run(self, labelled: Dataset, calibration: Dataset, unlabelled: Dataset, *,
-            stop_after: Stage | None = None) -> dict[str, Any]:
+            stop_after: Stage | None = None, round1: Literal["train", "current"] = "train") -> dict[str, Any]:
         """Run (or resume) all stages; ``stop_after`` ends the run after that stage.
+        ``round1="current"`` takes the wrapper's current weights as round 1 (already
+        trained) instead of training them.
 
         Returns a summary: the grid search result, the number selected and kept, and the
         paths of the saved stages.
         """
         if stop_after is not None and stop_after not in STAGES:
             raise ValueError(f"stop_after: expected one of {', '.join(STAGES)}, got {stop_after!r}")
-        state: dict[str, Any] = {"labelled": labelled, "calibration": calibration, "unlabelled": unlabelled}
+        if round1 not in ("train", "current"):
+            raise ValueError(f"round1: expected 'train' or 'current', got {round1!r}")
+        weights = fingerprint(list(self.wrapper.model.state_dict().values()))
+        state: dict[str, Any] = {"labelled": labelled, "calibration": calibration, "unlabelled": unlabelled,
+                                 "round1": round1, "initial_weights": weights}
         summary: dict[str, Any] = {"workdir": str(self.workdir)}
         for stage in STAGES:
             getattr(self, f"_stage_{stage}")(state, summary)
@@ -264,7 +324,13 @@ class SelfTraining:
         return summary
 
     def _stage_round1(self, state: dict, summary: dict) -> None:
-        self._weights("round1", lambda: self._train(self._loader(state["labelled"], True), None, 1))
+        settings = {**self._training_settings(state["labelled"]), "weights": state["initial_weights"],
+                    "mode": state["round1"]}
+        key = self._manifest().stage_key("round1", settings)
+        if state["round1"] == "current":
+            self._weights("round1", key, lambda: None)
+        else:
+            self._weights("round1", key, lambda: self._train(self._loader(state["labelled"], True), None, 1))
 
     def _stage_calibration(self, state: dict, summary: dict) -> None:
         state["calibration_record"] = self._predictions("calibration", state["calibration"])
@@ -274,12 +340,21 @@ class SelfTraining:
     def _stage_unlabelled(self, state: dict, summary: dict) -> None:
         state["pool"] = self._predictions("unlabelled", state["unlabelled"])
 
+    def _round_settings(self, labelled: Dataset) -> dict[str, Any]:
+        return {"betas": self.betas, "thresholds": self.thresholds, "min_selected": self.min_selected,
+                "pseudo_label": self.pseudo_label, "cap": self.max_pseudo_labels, "labelled": len(labelled),
+                "bin_values": self.wrapper.bin_values, "score_scale": self.wrapper.score_scale}
+
     def _stage_grid(self, state: dict, summary: dict) -> None:
-        """The grid search and the selection come from one core round; the grid is saved
-        first so that a run stopped here can report it."""
-        if self.done("grid") and self.done("selection"):
+        """The grid search and the selection come from one core round; both are reused
+        only together."""
+        manifest, settings = self._manifest(), self._round_settings(state["labelled"])
+        grid_key = manifest.stage_key("grid", settings, ["calibration", "unlabelled"])
+        if manifest.reusable("grid", self.path("grid"), grid_key) and manifest.reusable(
+                "selection", self.path("selection"), manifest.stage_key("selection", settings, ["grid", "unlabelled"])):
             summary["grid"] = self._load("grid")
             return
+        manifest.forget("grid")
         record, pool = state["calibration_record"], state["pool"]
         cap = len(state["labelled"]) if self.max_pseudo_labels == "labelled" else self.max_pseudo_labels
         result = pseudo_label_round(
@@ -290,14 +365,18 @@ class SelfTraining:
         summary["grid"] = result.grid.as_dict()
         atomic_write_text(self.workdir / "grid.md", result.grid.to_markdown() + "\n")
         atomic_write_json(self.path("grid"), summary["grid"])
+        manifest.record("grid", self.path("grid"), grid_key)
         state["round"] = result
 
     def _stage_selection(self, state: dict, summary: dict) -> None:
+        manifest = self._manifest()
+        key = manifest.stage_key("selection", self._round_settings(state["labelled"]), ["grid", "unlabelled"])
         if "round" in state:
             result = state["round"]
             selection = {"indices": result.indices, "labels": result.labels,
                          "num_selected": torch.tensor(result.num_selected)}
             atomic_save(selection, self.path("selection"))
+            manifest.record("selection", self.path("selection"), key)
         else:
             selection = self._load("selection")
         state["selection"] = selection
@@ -316,7 +395,24 @@ class SelfTraining:
             loaders = (self._loader(ConcatDataset([labelled, pseudo]) if len(pseudo) else labelled, True), None)
         else:
             loaders = (self._loader(labelled, True), self._loader(pseudo, True) if len(pseudo) else None)
-        self._weights("round2", lambda: self._train(*loaders, 2))
+        settings = {**self._training_settings(labelled), "round2": self.round2}
+        key = self._manifest().stage_key("round2", settings, ["round1", "selection"])
+        self._weights("round2", key, lambda: self._train(*loaders, 2))
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A fingerprint of a data set, to tell whether a stage computed from it is current:
+    its own ``fingerprint()`` where it has one (the image datasets hash their label table),
+    the tensors of a ``TensorDataset``, and otherwise its length and up to 64 evenly spaced
+    items (a heuristic: give your dataset a ``fingerprint()`` method to be exact)."""
+    own = getattr(dataset, "fingerprint", None)
+    if callable(own):
+        return str(own())
+    if isinstance(dataset, TensorDataset):
+        return fingerprint(list(dataset.tensors))
+    size = len(dataset)
+    rows = sorted(set(int(k) for k in torch.linspace(0, max(size - 1, 0), min(size, 64)).round().tolist()))
+    return fingerprint([type(dataset).__qualname__, size] + [list(_split_batch(dataset[k])) for k in rows])
 
 
 def _is_score_label(item: Any) -> bool:
