@@ -115,3 +115,60 @@ def test_demo_quick_writes_table_and_picture(tmp_path, capsys):
     assert (tmp_path / "figure.png").stat().st_size > 10_000
     report = json.loads((tmp_path / "results.json").read_text())
     assert len(report["results"]["baseline"]) == 3 and report["seconds"] < 120
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resumed_train_is_bit_identical_to_the_uninterrupted_run(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    assert _train(labels, images, tmp_path / "straight", "--epochs", "3") == 0
+    assert _train(labels, images, tmp_path / "resumed", "--epochs", "3", "--stop-after-epoch", "1") == 0
+    assert _train(labels, images, tmp_path / "resumed", "--epochs", "3", "--resume") == 0
+    straight, resumed = _weights(tmp_path / "straight" / "checkpoint.pt"), _weights(tmp_path / "resumed" / "checkpoint.pt")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert manifest["config"]["lr"] == 1e-4 and "checkpoint" in manifest["stages"] and manifest["inputs"]["labels"]
+
+
+def test_run_directory_refuses_stale_state(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    assert _train(labels, images, out, "--epochs", "1") == 0
+    capsys.readouterr()
+    assert _train(labels, images, out, "--epochs", "1") == 2
+    assert "is not empty (an earlier run?); pass --resume" in capsys.readouterr().err
+    assert _train(labels, images, out, "--epochs", "1", "--resume", "--lr", "0.01") == 2
+    err = capsys.readouterr().err
+    assert "another configuration (lr: 0.0001 -> 0.01)" in err and "Traceback" not in err
+    assert _train(labels, images, out, "--epochs", "1", "--resume", "--seed", "5") == 2
+    assert "seed: 0 -> 5" in capsys.readouterr().err
+    assert _train(labels, images, out, "--epochs", "2", "--resume") == 0
+    assert "resume: epochs changed from 1 to 2" in capsys.readouterr().out
+    (out / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
+    assert _train(labels, images, out, "--epochs", "3", "--resume") == 2
+    assert "checkpoint.pt: does not match the checksum" in capsys.readouterr().err
+    file_out = tmp_path / "a_file"
+    file_out.write_text("x")
+    assert _train(labels, images, file_out) == 2
+    assert "is a file; give a directory" in capsys.readouterr().err
+
+
+def test_divergence_stops_with_a_named_error_and_keeps_the_last_good_checkpoint(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    assert _train(labels, images, out, "--epochs", "1") == 0
+    good = _weights(out / "checkpoint.pt")
+    capsys.readouterr()
+    assert _train(labels, images, out, "--epochs", "3", "--resume", "--lr", "1e30") == 2  # refused: lr changed
+    capsys.readouterr()
+    diverging = tmp_path / "diverging"
+    assert _train(labels, images, diverging, "--epochs", "2", "--lr", "1e30") == 2
+    err = capsys.readouterr().err
+    assert "epoch 1/2: diverged at step" in err or "the weights became NaN or Inf" in err, err
+    if (diverging / "checkpoint.pt").exists():
+        state = _weights(diverging / "checkpoint.pt")
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in good.values() if v.is_floating_point())

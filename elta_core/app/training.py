@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit, predict
 from elta_core.adapters.torch.data import ImageLabelDataset, image_files
 from elta_core.adapters.torch.self_training import atomic_save
 from elta_core.data.labels import LabelTable, load_labels
+from elta_core.adapters.torch import rng
 from elta_core.io import atomic_write_json, atomic_write_text
 from elta_core.pseudo_labels import pseudo_label_round
+from elta_core.run_state import RunManifest, fingerprint, sha256_of_file
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -123,10 +126,47 @@ def evaluate_model(wrapper: ELTAWrapper, dataset, table: LabelTable, batch_size:
     return result
 
 
+# Settings that do not change the result, and those a resumed run may change.
+_NOT_RESULTS = ("run", "command", "out", "resume", "quiet", "device", "workers", "stop_after_epoch")
+_MAY_CHANGE_ON_RESUME = ("epochs",)
+
+
+def open_run(args: Any) -> RunManifest:
+    """The run directory ``--out``: a new or empty one, or with ``--resume`` one whose
+    manifest matches this run's settings and inputs (``--epochs`` may change)."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} is a file; give a directory for the run")
+    if out.is_dir() and any(out.iterdir()) and not args.resume:
+        raise ValueError(f"out: {out} is not empty (an earlier run?); pass --resume to continue it, "
+                         "or give a new --out")
+    manifest = RunManifest(out)
+    config = json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RESULTS}))
+    before = dict(manifest.data.get("config") or {})
+    for name in manifest.check_config(config, may_change=_MAY_CHANGE_ON_RESUME):
+        print(f"resume: {name} changed from {before.get(name)!r} to {config.get(name)!r}")
+    inputs = {"labels": _path_fingerprint(args.labels)}
+    if args.weights:
+        inputs["weights"] = _path_fingerprint(args.weights)
+    manifest.check_inputs(inputs)
+    return manifest
+
+
+def _path_fingerprint(path: str) -> str:
+    path = Path(path)
+    if path.is_dir():
+        return fingerprint([[str(p.relative_to(path)), sha256_of_file(p)] for p in sorted(path.rglob("*")) if p.is_file()])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return sha256_of_file(path)
+
+
 def train(args: Any) -> dict[str, float]:
     """``elta train``: returns the evaluation metrics of the final model."""
+    if args.batch_size < 1:
+        raise ValueError(f"batch-size: expected an int >= 1, got {args.batch_size}")
+    manifest = open_run(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     table = load_labels(args.labels, args.format, image_root=args.images)
     train_table, eval_table = split_table(table, args.val_fraction, args.seed)
@@ -141,7 +181,7 @@ def train(args: Any) -> dict[str, float]:
     optimizer = torch.optim.AdamW(wrapper.parameters(), lr=args.lr)
     config = RunConfig(args.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
                        args.image_size, head)
-    if not _train_epochs(args, wrapper, train_data, optimizer, config, out / CHECKPOINT):
+    if not _train_epochs(args, wrapper, train_data, optimizer, config, manifest):
         return {}
     if args.apds:
         _self_training_round(args, wrapper, table, train_data, eval_data, optimizer, config, out)
@@ -154,26 +194,61 @@ def train(args: Any) -> dict[str, float]:
 
 
 def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, optimizer, config: RunConfig,
-                  checkpoint_path: Path) -> bool:
-    """Train (or resume) the epochs, checkpointing each; False when stopped early."""
-    model = wrapper.model
+                  manifest: RunManifest) -> bool:
+    """Train (or resume) the epochs, checkpointing each with the optimizer and every
+    random generator's state, so that a resumed run equals the uninterrupted one; False
+    when stopped early."""
+    model, path = wrapper.model, manifest.folder / CHECKPOINT
+    if len(data) < 2:
+        raise ValueError(f"labels: {len(data)} training image(s) after the split; at least 2 are needed to train")
+    order = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        generator=torch.Generator().manual_seed(args.seed), drop_last=len(data) > args.batch_size)
+                        generator=order, drop_last=len(data) > args.batch_size)
+    generators = [wrapper.generator, order]
+    key = manifest.stage_key("checkpoint", "epochs")
     first_epoch = 0
-    if args.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=_device_of(model), weights_only=True)
+    if args.resume and manifest.reusable("checkpoint", path, key):
+        state = load_checkpoint_file(path, _device_of(model))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        rng.restore(state["rng"], generators)
         first_epoch = int(state["epoch"])
-        print(f"resuming from {checkpoint_path} after epoch {first_epoch}")
+        print(f"resuming from {path} after epoch {first_epoch}")
     for epoch in range(first_epoch, args.epochs):
-        losses = fit(wrapper, loader, optimizer, epochs=1, progress=not args.quiet, desc=f"epoch {epoch + 1}/{args.epochs}")
+        try:
+            losses = fit(wrapper, loader, optimizer, epochs=1, progress=not args.quiet,
+                         desc=f"epoch {epoch + 1}/{args.epochs}")
+        except FloatingPointError as error:
+            kept = f"the last good checkpoint (epoch {epoch}) is kept at {path}" if epoch else "no checkpoint was written"
+            raise FloatingPointError(f"{error}; {kept}") from None
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise FloatingPointError(f"epoch {epoch + 1}/{args.epochs}: the weights became NaN or Inf in the last "
+                                     f"step; the last good checkpoint (epoch {epoch}) is kept at {path}")
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                     "config": config.__dict__, "loss": losses[-1]}, checkpoint_path)
+                     "config": config.__dict__, "loss": losses[-1], "rng": rng.snapshot(generators)}, path)
+        manifest.record("checkpoint", path, key)
         if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
             print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
             return False
     return True
+
+
+def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
+    """A checkpoint written by ``elta train``, or an error that names the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file: {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        reason = str(error).split("\n")[0][:160]
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            reason = "it holds objects other than tensors and numbers, which are not loaded for safety"
+        raise ValueError(f"checkpoint: {path} cannot be read ({type(error).__name__}: {reason}); it is damaged or "
+                         "not an elta checkpoint: restore it, or delete it and train again") from None
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise ValueError(f"checkpoint: {path} was not written by elta train")
+    return state
 
 
 def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, train_data, eval_data, optimizer,
@@ -214,12 +289,11 @@ def unlabelled_pool(args: Any, table: LabelTable) -> ImageLabelDataset:
 
 
 def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunConfig]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint: no such file: {path}")
-    state = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(state, dict) or "config" not in state:
-        raise ValueError(f"checkpoint: {path} was not written by elta train")
-    config = RunConfig(**state["config"])
+    state = load_checkpoint_file(path, device)
+    try:
+        config = RunConfig(**state["config"])
+    except TypeError:
+        raise ValueError(f"checkpoint: {path} has an unknown configuration (another elta version?)") from None
     model, head, _ = build_model(config.backbone, config.num_bins)
     model.load_state_dict(state["model"])
     model.to(device)

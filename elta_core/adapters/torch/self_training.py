@@ -131,18 +131,22 @@ def fit(
     for epoch in range(epochs):
         pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
         total, steps = 0.0, 0
-        for batch in _progress(loader, progress, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch"):
+        label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
+        for batch in _progress(loader, progress, desc=label, unit="batch"):
             x, y = _split_batch(batch)
             if y is None:
                 raise ValueError("loader: expected (x, y) batches with labels, got batches without labels")
-            loss = wrapper(x.to(device), y.to(device)).loss
-            if pseudo_batches is not None:
-                try:
-                    xu, yu = next(pseudo_batches)
-                except StopIteration:
-                    pseudo_batches = iter(pseudo_loader)
-                    xu, yu = next(pseudo_batches)
-                loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
+            try:
+                loss = wrapper(x.to(device), y.to(device)).loss
+                if pseudo_batches is not None:
+                    try:
+                        xu, yu = next(pseudo_batches)
+                    except StopIteration:
+                        pseudo_batches = iter(pseudo_loader)
+                        xu, yu = next(pseudo_batches)
+                    loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
+            except FloatingPointError as error:
+                raise FloatingPointError(f"{label}: diverged at step {steps + 1}: {error}") from None
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
