@@ -18,7 +18,9 @@ HALF_DISTRIBUTION_TOLERANCE = 2e-2
 
 
 def finite_number(value: Any, name: str, what: str = "a finite number") -> float:
-    """``value`` as a finite float."""
+    """``value`` as a finite float (a bool is refused: ``tau1=True`` is a mistake, not 1.0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple
 
+import numpy as np
+
 from elta_core import _checks, flsa, losses
 from elta_core import tfa as tfa_core
 from elta_core.backends import get_backend
@@ -112,7 +114,11 @@ for _name in ELTAConfig.__dataclass_fields__:
 
 def _bin_values_tuple(bin_values: Any) -> tuple[float, ...]:
     try:
-        values = tuple(float(v) for v in get_backend(bin_values).to_numpy(bin_values).reshape(-1))
+        try:
+            array = get_backend(bin_values).to_numpy(bin_values)
+        except TypeError:  # a range, a generator, ...
+            array = np.asarray(list(bin_values), dtype=float)
+        values = tuple(float(v) for v in np.asarray(array).reshape(-1))
     except (TypeError, ValueError):
         raise ValueError(f"bin_values: expected a sequence of numbers, got {bin_values!r}") from None
     if len(values) < 2 or not all(math.isfinite(v) for v in values):

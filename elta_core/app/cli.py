@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def _apds_options(parser: argparse.ArgumentParser) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="folder the label file's image names are relative to")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=_at_least(1), default=32)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--skip-unreadable", action="store_true", help="skip missing or corrupt images and report how many")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -154,16 +155,16 @@ def _add_train(commands) -> None:
     train.add_argument("--calibration", help="for --apds: a labelled file for the grid search "
                        "(default: the held-out evaluation split)")
     train.add_argument("--calibration-format", choices=FORMATS)
-    train.add_argument("--round2-epochs", type=int, default=1)
+    train.add_argument("--round2-epochs", type=_at_least(1), default=1)
     train.add_argument("--round2", choices=ROUND2_MODES, default=DEFAULT_ROUND2,
                        help="Eq. 10: concat (pseudo-labelled images join the training set, with TFA and FLSA) or "
                             "separate (their task loss on separate batches)")
     _apds_options(train)
-    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--epochs", type=_at_least(1), default=10)
     train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--image-size", type=_at_least(8), default=224)
     train.add_argument("--val-fraction", type=float, default=0.1, help="held out when the file has no split")
-    train.add_argument("--workers", type=int, default=0)
+    train.add_argument("--workers", type=_at_least(0), default=0)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", default="elta_runs/train")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -207,6 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line; a DataLoader worker's re-raised error keeps only
+    the original message, not the worker's traceback."""
+    message = str(error).strip()
+    if "Original Traceback" in message:
+        message = message.splitlines()[-1]
+    return " ".join(message.split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -216,9 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         args.min_selected = int(args.min_selected)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
-        print(f"elta {args.command}: error: {error}", file=sys.stderr)
+    except BrokenPipeError:  # e.g. `elta stats ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
+    except (ValueError, OSError, FloatingPointError, ImportError) as error:
+        print(f"elta {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - never a traceback for a user; ELTA_DEBUG=1 shows it
+        if os.environ.get("ELTA_DEBUG"):
+            raise
+        print(f"elta {args.command}: error: {type(error).__name__}: {_one_line(error)} "
+              "(set ELTA_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -66,8 +66,14 @@ def build_model(backbone: str, num_bins: int, weights: str | None = None) -> tup
     if weights:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights: no such file: {weights}")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001
+            raise ValueError(f"weights: {weights} cannot be read as a state dict ({type(error).__name__}); give a "
+                             ".pth file of tensors") from None
         state = state.get("model", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ValueError(f"weights: {weights} holds a {type(state).__name__}, expected a state dict")
         own = model.state_dict()
         usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         skipped = sorted(set(own) - set(usable))
@@ -96,9 +102,24 @@ def split_table(table: LabelTable, val_fraction: float, seed: int) -> tuple[Labe
 
 
 def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device: {name} is not available on this machine ({torch.cuda.device_count()} CUDA "
+                         "device(s)); use --device cpu")
+    return device
+
+
+def _output_folder(path: str) -> Path:
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out: {folder} is a file; give a directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _write_metrics(result: dict[str, float], out: Path, stem: str) -> None:
@@ -117,6 +138,8 @@ def format_metrics(result: dict[str, float]) -> str:
 
 
 def evaluate_model(wrapper: ELTAWrapper, dataset, table: LabelTable, batch_size: int, progress: bool) -> dict[str, float]:
+    if len(dataset) < 2:
+        raise ValueError(f"labels: {len(dataset)} image(s) to evaluate; PLCC and SRCC need at least 2")
     logits, _ = predict(wrapper, DataLoader(dataset, batch_size=batch_size), progress=progress, desc="evaluate")
     predicted = apds.predicted_scores(logits, table.bin_values).numpy()
     true = table.scores[list(dataset.rows)]
@@ -282,6 +305,8 @@ def _device_of(model: nn.Module) -> torch.device:
 def unlabelled_pool(args: Any, table: LabelTable) -> ImageLabelDataset:
     if Path(args.unlabelled).is_dir():
         files = image_files(args.unlabelled)
+        if not files:
+            raise ValueError(f"unlabelled: no images in {args.unlabelled} (looked for .jpg, .png, ... recursively)")
         pool_table = LabelTable(files, np.zeros(len(files)), None, table.bin_values, table.scale, source=args.unlabelled)
     else:
         pool_table = load_labels(args.unlabelled, args.unlabelled_format or args.format, image_root=args.images)
@@ -311,8 +336,7 @@ def evaluate(args: Any) -> dict[str, float]:
     result = evaluate_model(wrapper, data, table, args.batch_size, not args.quiet)
     result["skipped_images"] = float(len(data.skipped))
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        _write_metrics(result, Path(args.out), "evaluation")
+        _write_metrics(result, _output_folder(args.out), "evaluation")
     return result
 
 
@@ -333,7 +357,7 @@ def pseudo_label(args: Any) -> dict[str, Any]:
                                 bin_values=config.bin_values, min_selected=args.min_selected,
                                 pseudo_label=args.pseudo_label, score_scale=wrapper.score_scale)
     result = chosen.grid
-    out = Path(args.out)
+    out = _output_folder(args.out)
     atomic_write_json(out / "grid.json", result.as_dict())
     atomic_write_text(out / "grid.md", result.to_markdown() + "\n")
     values = torch.as_tensor(config.bin_values)

@@ -10,6 +10,7 @@ the file and the line.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,28 +100,46 @@ def _number(value: str, path: Path, line: int, column: str) -> float:
         raise LabelFileError(f"{path}: line {line}: column {column!r}: expected a finite number, got {value!r}") from None
 
 
-def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Header and (line number, row) pairs; a missing required column is an error."""
+def _existing_file(path: Path) -> Path:
+    if path.is_dir():
+        raise LabelFileError(f"{path}: is a directory; expected a label file")
     if not path.is_file():
         raise FileNotFoundError(f"labels: no such file: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise LabelFileError(f"{path}: line 1: missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
-        rows = []
-        for row in reader:
-            if None in row or any(value is None for value in row.values()):
-                raise LabelFileError(f"{path}: line {reader.line_num}: expected {len(header)} fields")
-            rows.append((reader.line_num, row))
+    return path
+
+
+def _text(path: Path) -> str:
+    """The file's text (UTF-8, a BOM allowed), or an error naming the line of a bad byte."""
+    data = _existing_file(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise LabelFileError(f"{path}: line {line}: not UTF-8 text (byte {data[error.start]:#04x} at offset "
+                             f"{error.start}); save the file as UTF-8") from None
+
+
+def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header and (line number, row) pairs; a missing required column is an error."""
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    header = reader.fieldnames or []
+    if not header:
+        raise LabelFileError(f"{path}: the file is empty; expected a header line and one row per image")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise LabelFileError(f"{path}: line 1: missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
+    rows = []
+    for row in reader:
+        if None in row or any(value is None for value in row.values()):
+            raise LabelFileError(f"{path}: line {reader.line_num}: expected {len(header)} fields")
+        rows.append((reader.line_num, row))
     return header, rows
 
 
 def _whitespace_rows(path: Path, width: int, expected: str):
     """(line number, fields) of a whitespace-separated file; blank lines are skipped and a
     row with another number of fields than ``width`` is rejected naming ``expected``."""
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_number, line in enumerate(_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -165,7 +184,8 @@ def read_ava_csv(path: str | os.PathLike, image_root: str | os.PathLike | None =
     dist = _counts_to_distribution(counts, path, lines)
     values = np.arange(1.0, 11.0)
     images = [_join(image_root, f"{row['image_id']}{image_suffix}") for _, row in rows]
-    return LabelTable(images, dist @ values, dist, values, (1.0, 10.0), source=str(path), extra={"counts": counts})
+    return LabelTable(images, dist @ values, dist, values, (1.0, 10.0), source=str(path),
+                      extra={"counts": counts, "where": [f"line {n}" for n in lines]})
 
 
 def _read_id_list(path: str | os.PathLike | None) -> set[str] | None:
@@ -182,9 +202,7 @@ def read_ava_txt(
 ) -> LabelTable:
     """Original ``AVA.txt`` (15 space-separated integers per line), with the official
     split lists (``generic_ls_train.jpgl`` / ``generic_test.jpgl``) when given."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"labels: no such file: {path}")
+    path = _existing_file(Path(path))
     ids, counts, lines = [], [], []
     for line_number, fields in _whitespace_rows(path, 15, "15 fields"):
         ids.append(fields[1])
@@ -199,7 +217,7 @@ def read_ava_txt(
     values = np.arange(1.0, 11.0)
     return LabelTable(
         [_join(image_root, f"{i}.jpg") for i in ids], dist @ values, dist, values, (1.0, 10.0),
-        split=split, source=str(path), extra={"counts": counts_array},
+        split=split, source=str(path), extra={"counts": counts_array, "where": [f"line {n}" for n in lines]},
     )
 
 
@@ -330,4 +348,20 @@ def load_labels(path: str | os.PathLike, format: str, image_root: str | os.PathL
     }
     if format not in readers:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
-    return readers[format](path, image_root=image_root, **options)
+    table = readers[format](path, image_root=image_root, **options)
+    if len(table) == 0:
+        raise LabelFileError(f"{path}: no images: the file has no data rows")
+    _check_unique_images(table)
+    return table
+
+
+def _check_unique_images(table: LabelTable) -> None:
+    """Refuse an image listed twice (it would be counted twice), naming it and both rows."""
+    first: dict[str, int] = {}
+    for row, image in enumerate(table.images):
+        if image in first:
+            where = table.extra.get("where")
+            a, b = (where[first[image]], where[row]) if where else (f"row {first[image] + 1}", f"row {row + 1}")
+            raise LabelFileError(f"{table.source}: image {image!r} is listed twice ({a} and {b}); "
+                                 "remove the duplicate")
+        first[image] = row

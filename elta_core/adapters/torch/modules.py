@@ -57,13 +57,17 @@ def to_distribution_head(model: nn.Module, head: str, num_bins: int = 10) -> nn.
     rating levels, which APDS needs. Use the matching ``bin_values`` (e.g. 1..10 for AVA,
     1.0, 1.5, ..., 5.0 for PARA) in ``ELTAWrapper``. Returns ``model``.
     """
-    if num_bins < 2:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
         raise ValueError(f"num_bins: expected at least 2 rating levels, got {num_bins}")
     head_module = find_module(model, head, "head")
     if isinstance(head_module, nn.Linear):
         inner_name, linear = "", head_module
     else:
         inner_name, linear = last_linear(head_module)
+    if linear.out_features != 1:
+        raise ValueError(f"head: the last nn.Linear of {head!r} has {linear.out_features} outputs; "
+                         "to_distribution_head widens a scalar (1-output) head. A head with C outputs is already "
+                         "a distribution head: use it as it is")
     widened = nn.Linear(linear.in_features, num_bins, bias=linear.bias is not None)
     widened.to(device=linear.weight.device, dtype=linear.weight.dtype)
     replace_module(model, f"{head}.{inner_name}" if inner_name else head, widened)
