@@ -155,8 +155,8 @@ def check_labels(config: ELTAConfig, labels: Tensor, batch_size: int | None = No
     if batch_size is not None and shape[0] != batch_size:
         raise ValueError(f"{name}: expected {batch_size} labels to match the batch of x, got {shape[0]}")
     labels = _checks.float_tensor(backend, labels, name, validate=False)
-    if validate and shape[0] and not backend.all_finite_host(labels):
-        raise ValueError(f"{name}: expected finite labels, found NaN or Inf")
+    if validate and shape[0]:
+        _require(backend, backend.all(backend.isfinite(labels)), f"{name}: expected finite labels, found NaN or Inf")
     if len(shape) == 2 and shape[1] > 1:
         if config.bin_values is not None and len(config.bin_values) != shape[1]:
             raise ValueError(f"{name}: expected distributions over the {len(config.bin_values)} levels of "
@@ -168,29 +168,37 @@ def check_labels(config: ELTAConfig, labels: Tensor, batch_size: int | None = No
     return labels
 
 
+def _require(backend, condition: Tensor, message: str, detail: Callable[[], str] | None = None) -> None:
+    """``ValueError`` unless ``condition`` (a boolean scalar tensor) holds. On an
+    accelerator the check is scheduled without a host synchronisation and fails at the
+    next one, with ``message``; on the host, ``detail()`` adds the values found."""
+    if backend.check_async(condition, message) or bool(backend.to_numpy(condition)):
+        return
+    raise ValueError(message + (detail() if detail is not None else ""))
+
+
 def _check_distribution(backend, labels: Tensor, name: str) -> None:
-    if backend.min_host(labels) < 0:
-        raise ValueError(f"{name}: expected score distributions (non-negative, rows summing to 1), "
-                         "found a negative value")
+    _require(backend, backend.all(labels >= 0),
+             f"{name}: expected score distributions (non-negative, rows summing to 1), found a negative value")
     sums = backend.sum(labels, axis=1)
-    low, high = backend.min_host(sums), backend.max_host(sums)
-    if max(abs(high - 1), abs(low - 1)) > _checks.DISTRIBUTION_TOLERANCE:
+
+    def found() -> str:
+        low, high = backend.min_host(sums), backend.max_host(sums)
         hint = (" They look like raw vote counts: normalise them with "
                 "elta_core.losses.distribution_from_counts.") if high > 1.5 else ""
-        raise ValueError(f"{name}: expected score distributions whose rows sum to 1, found row sums in "
-                         f"[{low:.4g}, {high:.4g}].{hint}")
+        return f", found row sums in [{low:.4g}, {high:.4g}].{hint}"
+
+    _require(backend, backend.all(backend.abs(sums - 1) <= _checks.DISTRIBUTION_TOLERANCE),
+             f"{name}: expected score distributions whose rows sum to 1 (not raw vote counts)", found)
 
 
 def _check_scale(backend, scores: Tensor, values: tuple[float, ...], name: str) -> None:
     low, high = values[0], values[-1]
     slack = SCALE_SLACK * (high - low)
-    found_low, found_high = backend.min_host(scores), backend.max_host(scores)
-    if found_low < low - slack or found_high > high + slack:
-        raise ValueError(
-            f"{name}: expected scores on the rating scale of bin_values ({low:g}..{high:g}), found "
-            f"{found_low:.4g}..{found_high:.4g}. Rescale the labels, or give bin_values (and score_scale, "
-            "label units per point of a 1..10 scale) that match them."
-        )
+    _require(backend, backend.all((scores >= low - slack) & (scores <= high + slack)),
+             f"{name}: expected scores on the rating scale of bin_values ({low:g}..{high:g}); rescale the labels, or "
+             "give bin_values (and score_scale, label units per point of a 1..10 scale) that match them",
+             lambda: f"; found {backend.min_host(scores):.4g}..{backend.max_host(scores):.4g}")
 
 
 def check_output(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: str, *,
@@ -209,10 +217,9 @@ def check_output(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: 
         return
     if kind == "probs" and validate and shape[0]:
         sums = backend.sum(backend.compute_dtype_of(predictions), axis=1)
-        low, high = backend.min_host(sums), backend.max_host(sums)
-        if max(abs(high - 1), abs(low - 1)) > _checks.HALF_DISTRIBUTION_TOLERANCE:
-            raise ValueError(f"output: 'probs' expects softmax rows summing to 1, but the model's rows sum to "
-                             f"{low:.4g}..{high:.4g}; pass output='logits' for a head without a softmax")
+        _require(backend, backend.all(backend.abs(sums - 1) <= _checks.HALF_DISTRIBUTION_TOLERANCE),
+                 "output: 'probs' expects softmax rows summing to 1, but the model's rows do not; "
+                 "pass output='logits' for a head without a softmax")
     check_levels(config, shape[-1], labels, validate=validate)
 
 
@@ -315,7 +322,10 @@ def raise_if_not_finite(terms: dict[str, Tensor]) -> None:
     """``FloatingPointError`` naming the first term that is NaN or Inf."""
     for name, value in terms.items():
         backend = get_backend(value)
-        if not backend.all_finite_host(backend.stop_gradient(value)):
+        value = backend.stop_gradient(value)
+        if backend.check_async(backend.all(backend.isfinite(value)), f"the {name} is NaN or Inf"):
+            continue
+        if not backend.all_finite_host(value):
             raise FloatingPointError(
                 f"the {name} is {float(backend.to_numpy(value).reshape(-1)[0])}: training diverged or got a "
                 "non-finite input (check the learning rate, the inputs, the labels and the model's output)"

@@ -1,6 +1,8 @@
-"""A small SelfTraining run for the fault-injection tests, in its own process.
+"""A small SelfTraining run (or ``elta train --apds``) for the fault-injection tests, in
+its own process.
 
-``python -m tests.fault_runner WORKDIR [FAULT]``. FAULT kills this process with SIGKILL:
+``python -m tests.fault_runner WORKDIR [FAULT]``, or
+``python -m tests.fault_runner --cli LABELS IMAGES OUT [FAULT]``. FAULT kills this process with SIGKILL:
 ``train:N`` at the N-th training step (round 1 or 2 alike), ``predict:N`` at the N-th
 predicted batch, ``write:NAME`` inside the atomic write of the stage file NAME (the
 temporary file written, not yet renamed). ``betas=...`` changes the grid.
@@ -85,5 +87,23 @@ def main(workdir: str, fault: str = "") -> None:
     trainer.run(TensorDataset(x[:40], y[:40]), TensorDataset(x[40:80], y[40:80]), TensorDataset(x[80:]))
 
 
+def main_cli(labels: str, images: str, out: str, fault: str = "") -> int:
+    """``elta train --apds`` (2 epochs, one round) on an exported synthetic dataset;
+    resumes with --resume when OUT already holds a run."""
+    from pathlib import Path
+
+    from elta_core.app.cli import main as elta
+
+    if fault:
+        _install(fault)
+    resume = ["--resume"] if Path(out).is_dir() and any(Path(out).iterdir()) else []
+    return elta(["train", "--labels", labels, "--format", "ava", "--images", images, "--backbone", "resnet18",
+                 "--image-size", "32", "--batch-size", "8", "--epochs", "2", "--tfa", "--flsa", "1.0",
+                 "--val-fraction", "0.25", "--apds", "--unlabelled", images, "--thresholds", "0.05,0.1",
+                 "--min-selected", "2", "--round2-epochs", "1", "--out", out, "--quiet", *resume])
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--cli":
+        sys.exit(main_cli(*sys.argv[2:]))
     main(*sys.argv[1:])

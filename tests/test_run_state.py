@@ -143,3 +143,42 @@ def test_stale_temporaries_are_removed_and_a_damaged_manifest_is_named(tmp_path)
     (tmp_path / "manifest.json").write_text("{ not json")
     with pytest.raises(StaleStateError, match="manifest.json: damaged"):
         _trainer(tmp_path, []).run(*_datasets())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    pytest.importorskip("torchvision")
+    from elta_core.data.synthetic import export, generate
+
+    folder = tmp_path_factory.mktemp("images")
+    return export(generate(40, 32, seed=5), folder), folder / "images"
+
+
+def _run_cli(exported, out: Path, fault: str = "") -> subprocess.CompletedProcess:
+    labels, images = exported
+    return subprocess.run([sys.executable, "-m", "tests.fault_runner", "--cli", str(labels), str(images), str(out), fault],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_cli(exported, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    completed = _run_cli(exported, out)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["train:3", "train:9", "write:checkpoint.pt", "predict:2", "write:round2.pt"])
+def test_killed_elta_train_apds_resumes_bit_identical(exported, uninterrupted_cli, tmp_path, fault):
+    out = tmp_path / "run"
+    killed = _run_cli(exported, out, fault)
+    assert killed.returncode == -9, f"the fault {fault} did not fire: {killed.stderr[-2000:]}"
+    resumed = _run_cli(exported, out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = torch.load(uninterrupted_cli / "checkpoint.pt", weights_only=True)["model"]
+    actual = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), f"{name} differs after a kill at {fault}"
+    for folder in (out, out / "self_training"):
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(TEMPORARY_SUFFIX)], "temporary files left"

@@ -64,6 +64,12 @@ class Backend:
     def shape(self, x: Tensor) -> tuple[int, ...]:
         return tuple(int(d) for d in x.shape)
 
+    def check_async(self, condition: Tensor, message: str) -> bool:
+        """Schedule a check of the boolean scalar ``condition`` on the device without waiting
+        for it (a failure surfaces at a later synchronisation, naming ``message``); True if
+        scheduled, False if the caller should check on the host. Only accelerators defer."""
+        return False
+
     def all_finite_host(self, x: Tensor) -> bool:
         raise NotImplementedError
 
@@ -74,6 +80,13 @@ class Backend:
         raise NotImplementedError
 
     # -- elementwise -------------------------------------------------------------
+    def isfinite(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def all(self, x: Tensor) -> Tensor:
+        """A boolean scalar tensor: every element true (no host read)."""
+        raise NotImplementedError
+
     def abs(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 

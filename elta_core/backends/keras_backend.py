@@ -104,6 +104,12 @@ class KerasBackend(Backend):
     def max_host(self, x):
         return float(ops.convert_to_numpy(ops.cast(ops.max(x), "float64" if _dtype(x) == "float64" else "float32")))
 
+    def isfinite(self, x):
+        return ops.isfinite(x)
+
+    def all(self, x):
+        return ops.all(x)
+
     def abs(self, x):
         return ops.abs(x)
 

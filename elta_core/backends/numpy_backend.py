@@ -84,10 +84,11 @@ class NumpyBackend(Backend):
 
     abs = staticmethod(np.abs)
     exp = staticmethod(np.exp)
-    log = staticmethod(np.log)
     sqrt = staticmethod(np.sqrt)
     maximum = staticmethod(np.maximum)
     where = staticmethod(np.where)
+    isfinite = staticmethod(np.isfinite)
+    all = staticmethod(np.all)
 
     def sigmoid(self, x):
         # exp(-|x|) never overflows; the two branches are the same function.

@@ -67,6 +67,12 @@ class TorchBackend(Backend):
             return value
         return _KnownGradient.apply(wrt, value.detach(), gradient.detach())
 
+    def check_async(self, condition, message):
+        if condition.device.type != "cuda":
+            return False
+        torch._assert_async(condition, message)  # no host synchronisation on CUDA
+        return True
+
     def all_finite_host(self, x):
         if not x.is_floating_point():
             return True
@@ -77,6 +83,12 @@ class TorchBackend(Backend):
 
     def max_host(self, x):
         return float(x.detach().max())
+
+    def isfinite(self, x):
+        return torch.isfinite(x)
+
+    def all(self, x):
+        return torch.all(x)
 
     def abs(self, x):
         return torch.abs(x)

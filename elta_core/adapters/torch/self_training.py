@@ -10,6 +10,7 @@ that finds a stage's file there loads it instead of recomputing it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, Union
@@ -147,10 +148,13 @@ def fit(
                     loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
             except FloatingPointError as error:
                 raise FloatingPointError(f"{label}: diverged at step {steps + 1}: {error}") from None
+            value = float(loss.detach())  # read every step anyway; on a GPU the wrapper's own check is deferred
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{label}: diverged at step {steps + 1}: the loss is {value}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, steps = total + float(loss.detach()), steps + 1
+            total, steps = total + value, steps + 1
         history.append(total / max(steps, 1))
     return history
 
