@@ -2,7 +2,7 @@
 
 - FLSA forward plus backward, B in {16, 48, 128, 512}, D in {256, 1024}: torch eager
   (elta_core's reference with autograd), NumPy (the loss and its closed-form gradient),
-  and the native kernel (called on NumPy arrays, and through the torch custom op).
+  and the native kernel (called on NumPy arrays, and through its torch autograd Function).
 - The APDS grid search for N in {20,000, 255,000} with a 20 x 50 grid: the reference on
   NumPy and on torch, and the native accumulation.
 """
@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from elta_core import apds, flsa, kernels  # noqa: E402
-from elta_core.kernels import native  # noqa: E402
+from elta_core.kernels import dispatch, native, torch_ops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not kernels.native_available(), reason=str(kernels.native_available().reason))
 
@@ -45,7 +45,7 @@ def _flsa_inputs(size, width, dtype=np.float32):
 
 
 @pytest.mark.parametrize("size,width", FLSA_SHAPES)
-@pytest.mark.parametrize("name", ["torch eager", "numpy", "native (numpy arrays)", "native (torch custom op)"])
+@pytest.mark.parametrize("name", ["torch eager", "numpy", "native (numpy arrays)", "native (torch autograd Function)"])
 def test_flsa_forward_backward(benchmark, name, size, width):
     z, s = _flsa_inputs(size, width)
     benchmark.group = f"native flsa fwd+bwd B={size} D={width} float32"
@@ -59,7 +59,7 @@ def test_flsa_forward_backward(benchmark, name, size, width):
     if name == "torch eager":
         fn = lambda: flsa.alignment_loss(features, scores, validate=False)  # noqa: E731
     else:
-        fn = lambda: native.torch_flsa_loss(features, scores)  # noqa: E731
+        fn = lambda: torch_ops.flsa_loss(features, scores)  # noqa: E731
 
     def step():
         features.grad = None
@@ -87,5 +87,5 @@ def test_grid_search(benchmark, name, size):
         logits, true = torch.from_numpy(logits), torch.from_numpy(true)
     if name == "native":
         kernels.set_native_enabled(True)
-        assert native.use_native_grid("numpy", logits, size)
+        assert dispatch.select_impl("apds_grid", "numpy", logits, rows=size) == "native"
     benchmark.pedantic(apds.grid_search, args=(logits, true), kwargs=GRID, rounds=3 if size > 100_000 else 5, warmup_rounds=1)

@@ -88,3 +88,39 @@ def test_wrapper_own_work_on_a_trivial_model(benchmark, name):
 
     benchmark.group = "wrapper's own work: linear head, B=48, D=512"
     benchmark.pedantic(wrapped if name.startswith("ELTA") else plain, rounds=200, warmup_rounds=10)
+
+
+def test_cost_of_the_checks_interleaved(benchmark, monkeypatch):
+    """The wrapper's per-step checks (labels: finite, PMFs, scale; output: levels; losses:
+    finite) against the same step with them switched off, alternating within each round.
+    torch.set_num_threads(1): on 2 shared cores the thread pool stalls tiny ops."""
+    import statistics
+    import time
+
+    import elta_core.step as step_module
+
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(512, 10))
+    x = torch.randn(BATCH, 512)
+    counts = torch.randint(1, 30, (BATCH, 10)).float()
+    y = counts / counts.sum(1, keepdim=True)
+    wrapper = ELTAWrapper(model, "1", num_pairs=4, seed=0)
+    checks = {"require": step_module._require, "finite": step_module.raise_if_not_finite}
+    times = {"checks on": [], "checks off": []}
+
+    def step(on: bool):
+        monkeypatch.setattr(step_module, "_require", checks["require"] if on else (lambda *a, **k: None))
+        monkeypatch.setattr(step_module, "raise_if_not_finite", checks["finite"] if on else (lambda terms: None))
+        start = time.perf_counter()
+        wrapper(x, y).loss.backward()
+        times["checks on" if on else "checks off"].append(time.perf_counter() - start)
+
+    def pair():
+        step(False)
+        step(True)
+
+    benchmark.group = "cost of the checks: linear head, B=48, D=512, 1 thread"
+    benchmark.pedantic(pair, rounds=400, warmup_rounds=20)
+    medians = {name: statistics.median(values[20:]) for name, values in times.items()}
+    benchmark.extra_info.update(median_on_ms=medians["checks on"] * 1e3, median_off_ms=medians["checks off"] * 1e3,
+                                overhead=medians["checks on"] / medians["checks off"] - 1)

@@ -155,50 +155,84 @@ def check_labels(config: ELTAConfig, labels: Tensor, batch_size: int | None = No
     if batch_size is not None and shape[0] != batch_size:
         raise ValueError(f"{name}: expected {batch_size} labels to match the batch of x, got {shape[0]}")
     labels = _checks.float_tensor(backend, labels, name, validate=False)
-    if validate and shape[0]:
-        _require(backend, backend.all(backend.isfinite(labels)), f"{name}: expected finite labels, found NaN or Inf")
-    if len(shape) == 2 and shape[1] > 1:
-        if config.bin_values is not None and len(config.bin_values) != shape[1]:
-            raise ValueError(f"{name}: expected distributions over the {len(config.bin_values)} levels of "
-                             f"bin_values, got {shape[1]} levels")
-        if validate and shape[0]:
-            _check_distribution(backend, labels, name)
-    elif validate and shape[0] and config.bin_values is not None:
+    distributions = len(shape) == 2 and shape[1] > 1
+    if distributions and config.bin_values is not None and len(config.bin_values) != shape[1]:
+        raise ValueError(f"{name}: expected distributions over the {len(config.bin_values)} levels of "
+                         f"bin_values, got {shape[1]} levels")
+    if not validate or not shape[0]:
+        return labels
+    if distributions:
+        _check_distribution(backend, labels, name)
+    elif config.bin_values is not None:
         _check_scale(backend, labels, config.bin_values, name)
+    else:
+        _check_finite(backend, labels, name)
     return labels
 
 
-def _require(backend, condition: Tensor, message: str, detail: Callable[[], str] | None = None) -> None:
-    """``ValueError`` unless ``condition`` (a boolean scalar tensor) holds. On an
-    accelerator the check is scheduled without a host synchronisation and fails at the
-    next one, with ``message``; on the host, ``detail()`` adds the values found."""
-    if backend.check_async(condition, message) or bool(backend.to_numpy(condition)):
+def _require(backend, x: Tensor, condition: Callable[[], Tensor], passes: Callable[[], bool], message: str,
+             explain: Callable[[], str | None]) -> None:
+    """``ValueError`` unless the labels or outputs ``x`` pass a check. On an accelerator
+    ``condition()`` (a boolean scalar tensor) is scheduled without a host synchronisation
+    and fails at the next one with ``message``. On the host ``passes()`` reads the fewest
+    values it can and, only if it fails, ``explain()`` finds the precise message (or
+    None: nothing is wrong)."""
+    if backend.defers(x):
+        backend.check_async(condition(), message)
         return
-    raise ValueError(message + (detail() if detail is not None else ""))
+    if passes():
+        return
+    reason = explain()
+    if reason is not None:
+        raise ValueError(reason)
+
+
+def _first(*checks: tuple[Callable[[], bool], Callable[[], str]]) -> str | None:
+    """The message of the first check that fails (each is ``(passes, message)``)."""
+    for passes, message in checks:
+        if not passes():
+            return message()
+    return None
+
+
+def _check_finite(backend, labels: Tensor, name: str) -> None:
+    message = f"{name}: expected finite labels, found NaN or Inf"
+    _require(backend, labels, lambda: backend.all(backend.isfinite(labels)), lambda: backend.all_finite_host(labels),
+             message, lambda: message)
 
 
 def _check_distribution(backend, labels: Tensor, name: str) -> None:
-    _require(backend, backend.all(labels >= 0),
-             f"{name}: expected score distributions (non-negative, rows summing to 1), found a negative value")
     sums = backend.sum(labels, axis=1)
+    tolerance = _checks.DISTRIBUTION_TOLERANCE
 
-    def found() -> str:
+    def sums_found() -> str:
         low, high = backend.min_host(sums), backend.max_host(sums)
         hint = (" They look like raw vote counts: normalise them with "
                 "elta_core.losses.distribution_from_counts.") if high > 1.5 else ""
-        return f", found row sums in [{low:.4g}, {high:.4g}].{hint}"
+        return f"{name}: expected score distributions whose rows sum to 1, found row sums in [{low:.4g}, {high:.4g}].{hint}"
 
-    _require(backend, backend.all(backend.abs(sums - 1) <= _checks.DISTRIBUTION_TOLERANCE),
-             f"{name}: expected score distributions whose rows sum to 1 (not raw vote counts)", found)
+    # NaN fails every comparison: two reductions cover finite, non-negative and summing to 1.
+    _require(backend, labels, lambda: (backend.min(labels) >= 0) & (backend.max(backend.abs(sums - 1)) <= tolerance),
+             lambda: (abs(backend.min_host(sums) - 1) <= tolerance and abs(backend.max_host(sums) - 1) <= tolerance
+                      and backend.min_host(labels) >= 0),
+             f"{name}: expected finite score distributions (non-negative, rows summing to 1)",
+             lambda: _first(
+                 (lambda: backend.all_finite_host(labels), lambda: f"{name}: expected finite labels, found NaN or Inf"),
+                 (lambda: backend.min_host(labels) >= 0, lambda: f"{name}: expected score distributions (non-negative, "
+                                                                 "rows summing to 1), found a negative value"),
+                 (lambda: False, sums_found)))
 
 
 def _check_scale(backend, scores: Tensor, values: tuple[float, ...], name: str) -> None:
     low, high = values[0], values[-1]
     slack = SCALE_SLACK * (high - low)
-    _require(backend, backend.all((scores >= low - slack) & (scores <= high + slack)),
-             f"{name}: expected scores on the rating scale of bin_values ({low:g}..{high:g}); rescale the labels, or "
-             "give bin_values (and score_scale, label units per point of a 1..10 scale) that match them",
-             lambda: f"; found {backend.min_host(scores):.4g}..{backend.max_host(scores):.4g}")
+    scale = (f"{name}: expected scores on the rating scale of bin_values ({low:g}..{high:g}); rescale the labels, or "
+             "give bin_values (and score_scale, label units per point of a 1..10 scale) that match them")
+    _require(backend, scores, lambda: (backend.min(scores) >= low - slack) & (backend.max(scores) <= high + slack),
+             lambda: backend.min_host(scores) >= low - slack and backend.max_host(scores) <= high + slack, scale,
+             lambda: _first(
+                 (lambda: backend.all_finite_host(scores), lambda: f"{name}: expected finite labels, found NaN or Inf"),
+                 (lambda: False, lambda: f"{scale}; found {backend.min_host(scores):.4g}..{backend.max_host(scores):.4g}")))
 
 
 def check_output(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: str, *,
@@ -217,9 +251,11 @@ def check_output(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: 
         return
     if kind == "probs" and validate and shape[0]:
         sums = backend.sum(backend.compute_dtype_of(predictions), axis=1)
-        _require(backend, backend.all(backend.abs(sums - 1) <= _checks.HALF_DISTRIBUTION_TOLERANCE),
-                 "output: 'probs' expects softmax rows summing to 1, but the model's rows do not; "
-                 "pass output='logits' for a head without a softmax")
+        off, tolerance = backend.abs(sums - 1), _checks.HALF_DISTRIBUTION_TOLERANCE
+        message = ("output: 'probs' expects softmax rows summing to 1, but the model's rows do not; "
+                   "pass output='logits' for a head without a softmax")
+        _require(backend, predictions, lambda: backend.max(off) <= tolerance,
+                 lambda: backend.max_host(off) <= tolerance, message, lambda: message)
     check_levels(config, shape[-1], labels, validate=validate)
 
 
@@ -319,13 +355,21 @@ def losses_of(config: ELTAConfig, predictions: Tensor, labels: Tensor, features:
 
 
 def raise_if_not_finite(terms: dict[str, Tensor]) -> None:
-    """``FloatingPointError`` naming the first term that is NaN or Inf."""
+    """``FloatingPointError`` naming the first term that is NaN or Inf: one host read of the
+    terms' sum (none on an accelerator, where each term's check is scheduled instead)."""
+    first = next(iter(terms.values()))
+    backend = get_backend(first)
+    if backend.defers(first):
+        for name, value in terms.items():
+            backend.check_async(backend.all(backend.isfinite(backend.stop_gradient(value))), f"the {name} is NaN or Inf")
+        return
+    total = backend.stop_gradient(first)
+    for value in list(terms.values())[1:]:
+        total = total + backend.cast_like(backend.stop_gradient(value), total)
+    if math.isfinite(backend.max_host(total)):
+        return
     for name, value in terms.items():
-        backend = get_backend(value)
-        value = backend.stop_gradient(value)
-        if backend.check_async(backend.all(backend.isfinite(value)), f"the {name} is NaN or Inf"):
-            continue
-        if not backend.all_finite_host(value):
+        if not backend.all_finite_host(backend.stop_gradient(value)):
             raise FloatingPointError(
                 f"the {name} is {float(backend.to_numpy(value).reshape(-1)[0])}: training diverged or got a "
                 "non-finite input (check the learning rate, the inputs, the labels and the model's output)"

@@ -64,6 +64,11 @@ class Backend:
     def shape(self, x: Tensor) -> tuple[int, ...]:
         return tuple(int(d) for d in x.shape)
 
+    def defers(self, x: Tensor) -> bool:
+        """Whether checks on ``x`` are scheduled on its device (see :meth:`check_async`)
+        rather than read on the host."""
+        return False
+
     def check_async(self, condition: Tensor, message: str) -> bool:
         """Schedule a check of the boolean scalar ``condition`` on the device without waiting
         for it (a failure surfaces at a later synchronisation, naming ``message``); True if

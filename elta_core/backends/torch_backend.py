@@ -67,6 +67,9 @@ class TorchBackend(Backend):
             return value
         return _KnownGradient.apply(wrt, value.detach(), gradient.detach())
 
+    def defers(self, x):
+        return x.device.type == "cuda"
+
     def check_async(self, condition, message):
         if condition.device.type != "cuda":
             return False
