@@ -30,6 +30,9 @@ __all__ = [
 
 DEFAULT_BETAS = (1.0, 1.1, 1.2, 1.25)
 DEFAULT_THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90)
+# exp(80) ~ 5.5e34 is finite in float32; past it a logit gap of 1e-30 already sends a
+# level's sharpened logit below -5e4, so capping changes nothing but 0 * inf = NaN.
+MAX_SHARPENING_EXPONENT = 80.0
 DEFAULT_MIN_SELECTED = 11  # "more than 10" selected samples, as in the authors' code
 PseudoLabel = Literal["prediction", "sharpened"]
 # Eq. 10 trains on the sharpened distribution it thresholds; the authors' code on the
@@ -97,12 +100,15 @@ def predicted_scores(logits: Tensor, bin_values: Any = None, *, validate: bool =
 
 def _sharpened_logits(backend, prediction: _Prediction, beta: float) -> Tensor:
     # z / tau_i = z * exp(beta |s_hat_i - s_bar|) (authors' code); the row max is
-    # subtracted first, which the softmax ignores. Where the factor overflows, the max
-    # entry would be 0 * inf = NaN: it stays 0, so the row becomes one-hot.
+    # subtracted first, which the softmax ignores. The exponent is capped at
+    # MAX_SHARPENING_EXPONENT so the factor stays finite: the max entry stays 0 (not
+    # 0 * inf = NaN) and every entry below it goes to -inf, a one-hot row.
     shifted = prediction.logits - backend.max(prediction.logits, axis=1, keepdims=True)
-    with np.errstate(over="ignore", invalid="ignore"):  # NumPy: the overflow to -inf is intended
-        factor = backend.reshape(backend.exp(beta * prediction.gap), (-1, 1))
-        return backend.where(shifted == 0, backend.constant(0.0, shifted), shifted * factor)
+    exponent = beta * prediction.gap
+    exponent = backend.where(exponent > MAX_SHARPENING_EXPONENT, backend.constant(MAX_SHARPENING_EXPONENT, exponent),
+                             exponent)
+    with np.errstate(over="ignore"):  # NumPy: a product past the float range is -inf, as intended
+        return shifted * backend.reshape(backend.exp(exponent), (-1, 1))
 
 
 def temperatures(

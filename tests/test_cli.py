@@ -172,3 +172,50 @@ def test_divergence_stops_with_a_named_error_and_keeps_the_last_good_checkpoint(
         state = _weights(diverging / "checkpoint.pt")
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert all(torch.isfinite(v).all() for v in good.values() if v.is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def finished_run(folder_dataset, tmp_path_factory):
+    labels, images = folder_dataset
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert _train(labels, images, out, "--epochs", "1") == 0
+    return out
+
+
+@pytest.mark.parametrize("flag,value,name", [
+    ("--num-pairs", "3", "num_pairs"), ("--flsa", "0.5", "flsa"), ("--image-size", "40", "image_size"),
+    ("--batch-size", "8", "batch_size"), ("--val-fraction", "0.5", "val_fraction"), ("--backbone", "resnet34", "backbone"),
+    ("--round2", "separate", "round2"), ("--betas", "2,3", "betas"), ("--pseudo-label", "prediction", "pseudo_label"),
+])
+def test_resume_refuses_each_changed_setting_by_name(folder_dataset, finished_run, tmp_path, capsys, flag, value, name):
+    import shutil
+
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    capsys.readouterr()
+    assert _train(labels, images, out, "--epochs", "1", "--resume", flag, value) == 2
+    err = capsys.readouterr().err
+    assert f"another configuration ({name}:" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_refuses_a_changed_label_file(folder_dataset, finished_run, tmp_path, capsys):
+    import shutil
+
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    changed = tmp_path / "labels.csv"
+    changed.write_text(labels.read_text().replace(",0,0,0\n", ",0,0,1\n", 1))
+    capsys.readouterr()
+    assert main(["train", "--labels", str(changed), "--format", "ava", "--images", str(images), "--backbone",
+                 "resnet18", "--image-size", "32", "--batch-size", "16", "--epochs", "1", "--tfa", "--flsa", "1.0",
+                 "--val-fraction", "0.25", "--out", str(out), "--quiet", "--resume"]) == 2
+    assert "labels" in capsys.readouterr().err
+
+
+def test_demo_runs_of_another_configuration_never_share_stages(tmp_path):
+    from elta_core.app.demo import FULL, QUICK, run_folder
+
+    assert run_folder(tmp_path, QUICK) != run_folder(tmp_path, FULL)
+    assert run_folder(tmp_path, QUICK) == run_folder(tmp_path, QUICK)

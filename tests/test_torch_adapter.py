@@ -8,6 +8,7 @@ from torch import nn  # noqa: E402
 
 from elta_core import apds, flsa, losses  # noqa: E402
 from elta_core.adapters.torch import ELTAWrapper, predict, to_distribution_head  # noqa: E402
+from tests import step_cases  # noqa: E402
 from tests.torch_models import NIMA, TwoLayer, distributions  # noqa: E402
 
 
@@ -216,15 +217,21 @@ def test_nan_input_is_a_named_error_not_a_finite_loss():
     assert torch.isnan(losses.emd(torch.full((4, 10), float("nan")), distributions(4), validate=False))
 
 
-@pytest.mark.parametrize("make_labels,message", [
-    (lambda: torch.rand(8) * 40 + 10, "y: expected scores on the rating scale"),
-    (lambda: distributions(8) * 50, "raw vote counts"),
-    (lambda: torch.full((8, 10), float("nan")), "y: expected finite labels"),
-    (lambda: distributions(8, num_bins=9), "y: expected distributions over the model's 10 outputs"),
-])
-def test_bad_labels_are_refused(make_labels, message):
+@pytest.mark.parametrize("case", step_cases.BAD_LABELS, ids=[c[0] for c in step_cases.BAD_LABELS])
+def test_shared_bad_labels_are_refused(case):
+    _, make_labels, message = case
+    labels = torch.as_tensor(make_labels(step_cases.distributions(8)))
     with pytest.raises(ValueError, match=message):
-        ELTAWrapper(TwoLayer(), "fc", seed=0)(torch.randn(8, 4), make_labels())
+        ELTAWrapper(TwoLayer(), "fc", seed=0)(torch.randn(8, 4), labels)
+
+
+@pytest.mark.parametrize("case", step_cases.GOOD_LABELS, ids=[c[0] for c in step_cases.GOOD_LABELS])
+def test_shared_good_labels_train(case):
+    _, make_labels = case
+    out = ELTAWrapper(TwoLayer(), "fc", num_pairs=2, seed=0)(torch.randn(8, 4),
+                                                             torch.as_tensor(make_labels(step_cases.distributions(8))))
+    assert torch.isfinite(out.loss) and out.predictions.shape[0] == 10
+    out.loss.backward()
 
 
 def test_probs_output_on_logits_and_an_unused_head_are_refused():

@@ -23,7 +23,7 @@ def _stats(args: argparse.Namespace) -> int:
     table = load_labels(args.labels, args.format)
     summary = long_tail_summary(table)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, allow_nan=False))
     else:
         low, high = table.scale
         print(f"{summary['source']}: {summary['total']} images")

@@ -161,6 +161,13 @@ def _figure(path: Path, train_scores: np.ndarray, test_scores: np.ndarray, basel
     save_png(fig, path)
 
 
+def run_folder(out: Path, config: DemoConfig) -> Path:
+    """Where the self-training stages of ``config`` live: one folder per configuration, so
+    that another configuration (``--quick`` against the full run, say) never reuses them."""
+    fingerprint = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(out) / "runs" / fingerprint
+
+
 def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progress: bool = True) -> dict:
     """Run the demo; write ``table.md``, ``results.json`` and ``figure.png`` to ``out_dir``."""
     out = Path(out_dir)
@@ -177,10 +184,7 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
 
     results: dict[str, list[dict]] = {row: [] for row in ROWS}
     grids, predictions = [], {}
-    # Stages are resumable per configuration: another configuration (--quick against the
-    # full run, say) never reuses this one's models.
-    fingerprint = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
-    workdir = out / "runs" / fingerprint
+    workdir = run_folder(out, config)
     for seed in config.seeds:
         for row in ROWS:
             predicted, summary = _train_row(row, seed, parts, config, workdir, progress)

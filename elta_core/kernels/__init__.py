@@ -1,15 +1,18 @@
 """Fused kernels for the hot paths. The reference functions in :mod:`elta_core` stay the
-definition; every kernel is tested against them and is used only where it wins.
+definition; every kernel is tested against them, and :mod:`elta_core.kernels.dispatch`
+alone decides which implementation runs (its docstring holds the policy table).
 
 - Native CPU kernels (C++17, nanobind, OpenMP), built by ``CMakeLists.txt`` at install
-  time: the FLSA loss and gradient for small batches, the APDS row operation, and the
-  grid-search accumulation. :func:`native_available` says whether they were built and,
-  if not, why. Set ``ELTA_NATIVE=0`` (or call :func:`set_native_enabled`) to force the
-  reference.
+  time: the FLSA loss and gradient for small batches and the grid-search accumulation,
+  used where ``benchmarks/README.md`` measured them faster. :func:`native_available`
+  says whether they were built and, if not, why. ``ELTA_NATIVE=0`` (or
+  :func:`set_native_enabled`) forces the reference.
 - Triton GPU kernels (:mod:`elta_core.kernels.triton_ops`): FLSA forward and backward,
-  the APDS row operation and the grid-search accumulation, used automatically for CUDA
-  tensors when Triton is importable. :func:`triton_available` says whether it is. Set
-  ``ELTA_TRITON=0`` (or call :func:`set_triton_enabled`) to force the reference.
+  the APDS row operation and the grid-search accumulation, for CUDA tensors when Triton
+  is importable. They have only run under the interpreter: no GPU measurement shows them
+  faster yet (``ELTA_TRITON_DEFAULT=0`` makes the reference the default).
+  :func:`triton_available` says whether Triton imports. ``ELTA_TRITON=0`` (or
+  :func:`set_triton_enabled`) forces the reference.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from keras import ops  # noqa: E402
 
 from elta_core import apds, flsa, losses, tfa  # noqa: E402
 from elta_core.adapters.keras import ELTAModel, pseudo_label, split_at  # noqa: E402
-from tests import reference  # noqa: E402
+from tests import reference, step_cases  # noqa: E402
 
 BACKEND = keras.backend.backend()
 assert BACKEND == os.environ.get("KERAS_BACKEND", BACKEND)
@@ -327,18 +327,24 @@ def test_training_call_returns_the_model_output_and_losses_are_metrics():
     assert history["flsa_loss"][0] > 0
 
 
-@pytest.mark.parametrize("make_labels,message", [
-    (lambda y: y * 50, "raw vote counts"),
-    (lambda y: np.where(np.arange(10) == 3, np.nan, y), "y: expected finite labels"),
-    (lambda y: (y @ np.arange(1, 11.0)) * 10, "y: expected scores on the rating scale"),
-    (lambda y: y[:, :9] / y[:, :9].sum(1, keepdims=True), "y: expected distributions over the model's 10 outputs"),
-])
-def test_bad_labels_are_refused_like_the_torch_adapter(make_labels, message):
+@pytest.mark.parametrize("case", step_cases.BAD_LABELS, ids=[c[0] for c in step_cases.BAD_LABELS])
+def test_shared_bad_labels_are_refused(case):
+    _, make_labels, message = case
     model = ELTAModel(nima_model(), "scores", seed=0)
     model.compile(optimizer="sgd")
-    x, y = data(16)
+    x, _ = data(16)
     with pytest.raises(ValueError, match=message):
-        model.fit(x, make_labels(y.astype(np.float64)), batch_size=8, epochs=1, verbose=0)
+        model.fit(x, make_labels(step_cases.distributions(16)), batch_size=8, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("case", step_cases.GOOD_LABELS, ids=[c[0] for c in step_cases.GOOD_LABELS])
+def test_shared_good_labels_train(case):
+    _, make_labels = case
+    model = ELTAModel(nima_model(), "scores", num_pairs=2, seed=0)
+    model.compile(optimizer="sgd")
+    x, _ = data(16)
+    history = model.fit(x, make_labels(step_cases.distributions(16)), batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
 
 
 def test_non_finite_loss_stops_fit_with_a_named_error():
