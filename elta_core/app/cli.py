@@ -123,7 +123,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="baseline vs ELTA on the built-in synthetic dataset (CPU)")
-    demo.add_argument("--quick", action="store_true", help="a smaller run (under 2 minutes)")
+    demo.add_argument("--quick", action="store_true", help="a smaller run (about 35 s on 2 idle cores)")
     demo.add_argument("--out", default="elta_demo", help="where table.md, results.json and figure.png go")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(run=_demo)

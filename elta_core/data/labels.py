@@ -226,7 +226,7 @@ def _read_score_csv(path: Path, image_root, scale, image_column="image", score_c
     lines = [line for line, _ in rows]
     scores = np.array([_number(row[score_column], path, line, score_column) for line, row in rows], dtype=float)
     _check_scores(scores, scale, path, lines)
-    return [_join(image_root, row[image_column]) for _, row in rows], scores
+    return [_join(image_root, row[image_column]) for _, row in rows], scores, lines
 
 
 def read_tad66k(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> LabelTable:
@@ -238,16 +238,19 @@ def read_tad66k(path: str | os.PathLike, image_root: str | os.PathLike | None = 
         files = sorted(folder.glob("*.csv"))
         if not files:
             raise FileNotFoundError(f"labels: no theme CSV files in {folder}")
-        images, scores, themes = [], [], []
+        images, scores, themes, where = [], [], [], []
         for file in files:
-            names, values = _read_score_csv(file, image_root, scale)
+            names, values, lines = _read_score_csv(file, image_root, scale)
             images += names
             scores.append(values)
             themes += [file.stem] * len(names)
+            where += [f"{file.name} line {n}" for n in lines]
         all_scores = np.concatenate(scores)
-        return LabelTable(images, all_scores, None, _grid(scale), scale, theme=themes, source=str(folder))
-    images, scores = _read_score_csv(path, image_root, scale)
-    return LabelTable(images, scores, None, _grid(scale), scale, source=str(path))
+        return LabelTable(images, all_scores, None, _grid(scale), scale, theme=themes, source=str(folder),
+                          extra={"where": where})
+    images, scores, lines = _read_score_csv(path, image_root, scale)
+    return LabelTable(images, scores, None, _grid(scale), scale, source=str(path),
+                      extra={"where": [f"line {n}" for n in lines]})
 
 
 def read_aadb(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> LabelTable:
@@ -257,7 +260,7 @@ def read_aadb(path: str | os.PathLike, image_root: str | os.PathLike | None = No
     files = sorted(path.glob("imgList*Regression_score.txt")) if path.is_dir() else [path]
     if not files or not files[0].is_file():
         raise FileNotFoundError(f"labels: no AADB score files at {path}")
-    images, scores, split, lines = [], [], [], []
+    images, scores, split, lines, where = [], [], [], [], []
     for file in files:
         name = file.name.replace("imgList", "").replace("Regression_score.txt", "").lower() or "all"
         for line_number, fields in _whitespace_rows(file, 2, "'<filename> <score>'"):
@@ -265,9 +268,11 @@ def read_aadb(path: str | os.PathLike, image_root: str | os.PathLike | None = No
             scores.append(_number(fields[1], file, line_number, "score"))
             split.append(name)
             lines.append(line_number)
+            where.append(f"{file.name} line {line_number}")
     score_array = np.array(scores)
     _check_scores(score_array, scale, files[0], lines)
-    return LabelTable(images, score_array, None, _grid(scale), scale, split=split, source=str(path))
+    return LabelTable(images, score_array, None, _grid(scale), scale, split=split, source=str(path),
+                      extra={"where": where})
 
 
 def read_para(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> LabelTable:
@@ -331,13 +336,15 @@ def read_csv(
     if score_column:
         scores = np.array([_number(row[score_column], path, line, score_column) for line, row in rows], dtype=float)
         _check_scores(scores, scale, path, lines)
-        return LabelTable(images, scores, None, _grid(scale), scale, split=split, source=str(path))
+        return LabelTable(images, scores, None, _grid(scale), scale, split=split, source=str(path),
+                          extra={"where": [f"line {n}" for n in lines]})
     counts = np.array([[_number(row[c], path, line, c) for c in count_columns] for line, row in rows]).reshape(-1, len(count_columns))
     dist = _counts_to_distribution(counts, path, lines)
     values = np.asarray(bin_values, dtype=float) if bin_values is not None else np.linspace(scale[0], scale[1], len(count_columns))
     if len(values) != len(count_columns):
         raise ValueError(f"bin_values: expected {len(count_columns)} values (one per count column), got {len(values)}")
-    return LabelTable(images, dist @ values, dist, values, scale, split=split, source=str(path))
+    return LabelTable(images, dist @ values, dist, values, scale, split=split, source=str(path),
+                      extra={"where": [f"line {n}" for n in lines]})
 
 
 def load_labels(path: str | os.PathLike, format: str, image_root: str | os.PathLike | None = None, **options) -> LabelTable:
