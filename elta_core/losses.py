@@ -17,6 +17,7 @@ __all__ = [
 ]
 
 OutputKind = Literal["logits", "probs", "score"]
+OUTPUT_KINDS: tuple[OutputKind, ...] = ("logits", "probs", "score")
 
 
 def scores_from_distribution(dist: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
@@ -123,7 +124,7 @@ def mse(pred: Tensor, target: Tensor, *, validate: bool = True) -> Tensor:
 
 
 def _check_output_kind(output: str) -> None:
-    if output not in ("logits", "probs", "score"):
+    if output not in OUTPUT_KINDS:
         raise ValueError(f"output: expected 'logits', 'probs' or 'score', got {output!r}")
 
 

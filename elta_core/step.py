@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Union
 
 import numpy as np
 
@@ -27,8 +27,8 @@ from elta_core import tfa as tfa_core
 from elta_core.backends import get_backend
 
 Tensor = Any
-OutputKind = Literal["auto", "logits", "probs", "score"]
-OUTPUT_KINDS = ("auto", "logits", "probs", "score")
+OutputKind = Union[Literal["auto"], losses.OutputKind]  # "auto": decided per batch by output_kind()
+OUTPUT_KINDS = ("auto", *losses.OUTPUT_KINDS)
 MixMode = Literal["append", "replace"]
 
 DEFAULT_NUM_PAIRS = 1  # the authors' code mixes one pair per batch
