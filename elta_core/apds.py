@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence, Union
 
 import numpy as np
 
@@ -29,7 +29,14 @@ __all__ = [
 ]
 
 DEFAULT_BETAS = (1.0, 1.1, 1.2, 1.25)
-DEFAULT_THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90)
+# The paper's grid (the authors' code), tuned for an ImageNet-pretrained Swin V2 on AVA. A
+# small or young model's predictions are wider: its confidences may all sit below 0.7.
+PAPER_THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90)
+# "auto": the paper's grid, or, when no cell of it selects min_selected samples,
+# thresholds at these quantiles of the calibration set's own sharpened confidence.
+DEFAULT_THRESHOLDS = "auto"
+CONFIDENCE_QUANTILES = (0.5, 0.6, 0.7, 0.8, 0.9)
+Thresholds = Union[Sequence[float], Literal["auto", "paper", "quantiles"]]
 # exp(80) ~ 5.5e34 is finite in float32; past it a logit gap of 1e-30 already sends a
 # level's sharpened logit below -5e4, so capping changes nothing but 0 * inf = NaN.
 MAX_SHARPENING_EXPONENT = 80.0
@@ -293,15 +300,29 @@ class GridSearchResult:
     num_selected: int
     min_selected: int
     table: list[GridCell] = field(repr=False)
+    thresholds_from: str = "given"
+
+    @property
+    def empty_cells(self) -> int:
+        """Cells that selected no sample at all."""
+        return sum(cell.num_selected == 0 for cell in self.table)
+
+    def describe(self) -> str:
+        """One line: which thresholds were searched, and how many cells were empty or
+        below ``min_selected``."""
+        short = sum(not cell.eligible for cell in self.table)
+        return (f"thresholds: {self.thresholds_from}; {len(self.table)} cells, {self.empty_cells} empty, "
+                f"{short} below min_selected = {self.min_selected}")
 
     def to_markdown(self) -> str:
-        """The table as Markdown; the chosen cell is marked with ``*``."""
+        """The table as Markdown; the chosen cell is marked with ``*``; the last line is
+        :meth:`describe`."""
         lines = ["| beta | threshold | MAE | selected |", "|---:|---:|---:|---:|"]
         for cell in self.table:
             mark = " *" if (cell.beta, cell.threshold) == (self.beta, self.threshold) else ""
             mae = "-" if cell.mae is None else f"{cell.mae:.4f}"
             lines.append(f"| {cell.beta:g} | {cell.threshold:g} | {mae} | {cell.num_selected}{mark} |")
-        return "\n".join(lines)
+        return "\n".join(lines + ["", self.describe()])
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -310,6 +331,8 @@ class GridSearchResult:
             "mae": self.mae,
             "num_selected": self.num_selected,
             "min_selected": self.min_selected,
+            "thresholds_from": self.thresholds_from,
+            "empty_cells": self.empty_cells,
             "table": [cell.__dict__.copy() for cell in self.table],
         }
 
@@ -386,15 +409,17 @@ def _accumulate(backend, logits: Tensor, true_scores: Tensor, values: Tensor, be
     return dispatch.run("apds_grid", impl, kernel, reference)
 
 
-def _best_cell(table: list[GridCell], floor: int, size: int, float64: bool) -> GridCell:
+def _best_cell(table: list[GridCell], floor: int, size: int, float64: bool, source: str = "given") -> GridCell:
     """The eligible cell with the lowest MAE; ties to more selected, then grid order."""
     eligible = [cell for cell in table if cell.eligible]
     if not eligible:
         best_coverage = max(cell.num_selected for cell in table)
+        hint = (" thresholds='auto' (the default) falls back to the calibration set's own confidence quantiles."
+                if source == "the paper's grid" else "")
         raise ValueError(
-            f"min_selected: no (beta, threshold) cell selects at least {floor} of {size} samples; "
-            f"the largest selection is {best_coverage}. Lower the thresholds, raise the betas "
-            "or lower min_selected."
+            f"min_selected: no (beta, threshold) cell selects at least {floor} of {size} samples (thresholds: "
+            f"{source}; {sum(c.num_selected == 0 for c in table)} of {len(table)} cells empty); the largest "
+            f"selection is {best_coverage}. Lower the thresholds, raise the betas or lower min_selected.{hint}"
         )
     # Sums over the same samples, grouped differently per beta, differ by rounding only:
     # MAEs within a relative 1e-9 of the lowest count as tied (1e-5 below float64).
@@ -421,7 +446,7 @@ def grid_search(
     logits: Tensor,
     labels: Tensor,
     betas: Sequence[float] = DEFAULT_BETAS,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
     bin_values: Any = None,
     min_selected: int | float = DEFAULT_MIN_SELECTED,
     pseudo_label: PseudoLabel = DEFAULT_PSEUDO_LABEL,
@@ -447,6 +472,11 @@ def grid_search(
     Args:
         logits: (N, C) calibration logits.
         labels: (N,) / (N, 1) true scores or (N, C) true distributions.
+        thresholds: numbers in (0, 1]; ``"paper"`` (0.70 to 0.90, the paper's grid, tuned
+            for a pretrained Swin V2 on AVA); ``"quantiles"`` (the 0.5 to 0.9 quantiles of
+            this calibration set's sharpened max probability, at the median beta); or
+            ``"auto"`` (default): the paper's grid, and the quantiles when no cell of it
+            selects ``min_selected`` samples. ``result.thresholds_from`` says which.
         min_selected: a count (default 11, "more than 10" in the authors' code) or a
             fraction of N in (0, 1).
         pseudo_label: which pseudo-label score is compared, see :func:`select`.
@@ -456,7 +486,7 @@ def grid_search(
         largest selection found.
     """
     beta_values = _checks.positive_numbers(betas, "betas")
-    threshold_values = _checks.probability_thresholds(thresholds, "thresholds")
+    mode = _threshold_mode(thresholds)
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
     mean_score = _checked_mean_score(mean_score)
@@ -464,12 +494,45 @@ def grid_search(
     size = backend.shape(logits)[0]
     floor = _min_selected_count(min_selected, size)
 
-    stats = _accumulate(backend, logits, true_scores, values, beta_values, threshold_values, mean_score,
-                        score_scale, pseudo_label, strict)
-    table = [
-        GridCell(beta, t, stats[(beta, t)][1] / stats[(beta, t)][0] if stats[(beta, t)][0] else None,
-                 stats[(beta, t)][0], stats[(beta, t)][0] >= floor)
-        for beta in beta_values for t in threshold_values
-    ]
-    best = _best_cell(table, floor, size, "float64" in str(getattr(logits, "dtype", "")))
-    return GridSearchResult(best.beta, best.threshold, best.mae, best.num_selected, floor, table)
+    def table_for(threshold_values: list[float]) -> list[GridCell]:
+        stats = _accumulate(backend, logits, true_scores, values, beta_values, threshold_values, mean_score,
+                            score_scale, pseudo_label, strict)
+        return [GridCell(beta, t, stats[(beta, t)][1] / stats[(beta, t)][0] if stats[(beta, t)][0] else None,
+                         stats[(beta, t)][0], stats[(beta, t)][0] >= floor)
+                for beta in beta_values for t in threshold_values]
+
+    if mode == "given":
+        table, source = table_for(_checks.probability_thresholds(thresholds, "thresholds")), "given"
+    else:
+        table, source = table_for(list(PAPER_THRESHOLDS)), "the paper's grid"
+        if mode == "quantiles" or (mode == "auto" and not any(cell.eligible for cell in table)):
+            prediction = _prediction(backend, logits, values, mean_score, score_scale)
+            quantiles = _confidence_quantiles(backend, prediction, beta_values, floor)
+            reason = "" if mode == "quantiles" else "the paper's grid selected fewer than min_selected; "
+            table = table_for(quantiles)
+            source = (f"{reason}quantiles {', '.join(f'{q:g}' for q in CONFIDENCE_QUANTILES)} of the calibration "
+                      "set's sharpened confidence")
+    best = _best_cell(table, floor, size, "float64" in str(getattr(logits, "dtype", "")), source)
+    return GridSearchResult(best.beta, best.threshold, best.mae, best.num_selected, floor, table, source)
+
+
+def _threshold_mode(thresholds: Thresholds) -> str:
+    if isinstance(thresholds, str):
+        if thresholds not in ("auto", "paper", "quantiles"):
+            raise ValueError(f"thresholds: expected 'auto', 'paper', 'quantiles' or numbers in (0, 1], "
+                             f"got {thresholds!r}")
+        return thresholds
+    return "given"
+
+
+def _confidence_quantiles(backend, prediction: _Prediction, betas: list[float], floor: int) -> list[float]:
+    """Thresholds at :data:`CONFIDENCE_QUANTILES` of the sharpened max probability at the
+    median beta, and at the quantile that lets ``floor`` samples through (so that a small
+    calibration set still has an eligible cell), rounded down to 4 decimals."""
+    beta = sorted(betas)[len(betas) // 2]
+    confidence = np.asarray(backend.to_numpy(_max_sharpened_prob(backend, prediction, beta)), dtype=np.float64)
+    levels = list(CONFIDENCE_QUANTILES)
+    if 0 < floor <= len(confidence):
+        levels.append(1.0 - floor / len(confidence))
+    values = np.quantile(confidence, levels, method="lower")
+    return sorted({min(1.0, max(1e-4, math.floor(float(v) * 1e4) / 1e4)) for v in values})

@@ -57,7 +57,7 @@ def pseudo_label_round(
     pool_logits: Tensor,
     *,
     betas: Sequence[float] = apds.DEFAULT_BETAS,
-    thresholds: Sequence[float] = apds.DEFAULT_THRESHOLDS,
+    thresholds: apds.Thresholds = apds.DEFAULT_THRESHOLDS,
     bin_values: Any = None,
     min_selected: int | float = apds.DEFAULT_MIN_SELECTED,
     pseudo_label: apds.PseudoLabel = apds.DEFAULT_PSEUDO_LABEL,

@@ -86,9 +86,9 @@ def test_grid_search_property_equals_brute_force(seed, min_selected):
         best, table = ref.grid_search_brute_force(logits, true, betas, thresholds, min_selected, "sharpened")
     except ValueError:  # no eligible cell
         with pytest.raises(ValueError, match="min_selected"):
-            apds.grid_search(logits, true, min_selected=min_selected)
+            apds.grid_search(logits, true, thresholds="paper", min_selected=min_selected)
         return
-    result = apds.grid_search(logits, true, min_selected=min_selected)
+    result = apds.grid_search(logits, true, thresholds="paper", min_selected=min_selected)
     assert (result.beta, result.threshold, result.num_selected) == (best[0], best[1], best[3])
 
 
@@ -115,7 +115,7 @@ def test_grid_search_strict_threshold_and_table_outputs(rng):
 def test_grid_search_reports_when_nothing_is_eligible(rng):
     logits = rng.normal(0, 0.01, size=(50, 10))  # nearly uniform: never confident
     with pytest.raises(ValueError, match=r"min_selected: .*at least 11 of 50.*largest selection is 0"):
-        apds.grid_search(logits, rng.uniform(1, 10, 50))
+        apds.grid_search(logits, rng.uniform(1, 10, 50), thresholds="paper")
 
 
 def test_min_selected_as_fraction(rng):
@@ -247,3 +247,25 @@ def test_an_overflowing_temperature_gives_a_one_hot_row():
     sharp = apds.sharpen(logits, 1e300)
     np.testing.assert_array_equal(sharp[[0, 2]], [[0, 1, 0], [0, 0, 1]])
     assert np.isfinite(sharp).all()
+
+
+
+def test_auto_thresholds_fall_back_to_the_calibration_quantiles_when_the_paper_grid_selects_nothing(rng):
+    wide = rng.normal(0, 0.3, size=(400, 10))  # a young model: every confidence far below 0.7
+    true = rng.uniform(1, 10, 400)
+    with pytest.raises(ValueError, match="no \\(beta, threshold\\) cell selects at least 11 of 400 samples "
+                                         "\\(thresholds: the paper's grid; 20 of 20 cells empty\\).*falls back"):
+        apds.grid_search(wide, true, thresholds="paper")
+    result = apds.grid_search(wide, true)
+    assert result.thresholds_from.startswith("the paper's grid selected fewer than min_selected; quantiles 0.5")
+    assert result.num_selected >= 11 and result.threshold < 0.7
+    assert "thresholds: the paper's grid selected fewer" in result.to_markdown()
+    assert result.as_dict()["empty_cells"] == result.empty_cells
+    quantiles = apds.grid_search(wide, true, thresholds="quantiles")
+    assert quantiles.table == result.table
+    small = apds.grid_search(wide[:16], true[:16])  # a small calibration set still gets an eligible cell
+    assert small.num_selected >= 11
+    confident = wide * 40  # a trained model: the paper's grid selects
+    assert apds.grid_search(confident, true).thresholds_from == "the paper's grid"
+    with pytest.raises(ValueError, match="thresholds: expected 'auto', 'paper', 'quantiles' or numbers"):
+        apds.grid_search(wide, true, thresholds="fixed")

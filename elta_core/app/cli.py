@@ -1,4 +1,4 @@
-"""The ``elta`` command: ``demo``, ``stats``, ``train``, ``evaluate``, ``pseudo-label``.
+"""The ``elta`` command: ``demo``, ``synth``, ``stats``, ``train``, ``evaluate``, ``pseudo-label``.
 
 Frameworks are imported by the subcommand that needs them, so ``elta stats`` runs with
 NumPy alone.
@@ -17,10 +17,27 @@ from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
 from elta_core.step import DEFAULT_NUM_PAIRS
 
 
+def csv_options(args: argparse.Namespace) -> dict:
+    """The --format csv options, for load_labels."""
+    if args.format != "csv":
+        return {}
+    if len(args.scale) != 2 or not args.scale[0] < args.scale[1]:
+        raise ValueError(f"scale: expected LOW,HIGH with LOW < HIGH, got {args.scale}")
+    return {"image_column": args.image_column, "score_column": args.score_column, "scale": tuple(args.scale)}
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from elta_core.data.synthetic import export, generate
+
+    path = export(generate(args.count, args.image_size, seed=args.seed), args.out)
+    print(f"{args.count} images in {Path(args.out) / 'images'}, labels in {path} (--format ava)")
+    return 0
+
+
 def _stats(args: argparse.Namespace) -> int:
     from elta_core.data import load_labels, long_tail_summary
 
-    table = load_labels(args.labels, args.format)
+    table = load_labels(args.labels, args.format, **csv_options(args))
     summary = long_tail_summary(table)
     if args.json:
         print(json.dumps(summary, indent=2, allow_nan=False))
@@ -39,20 +56,20 @@ def _stats(args: argparse.Namespace) -> int:
               f"{100 * middle['range_share']:.1f} % of the 1..10 range")
         print(f"mean {summary['mean']:.3f}, std {summary['std']:.3f}, share in [4,7): {100 * summary['share_4_to_7']:.1f} %")
     if args.plot:
-        _plot_histogram(summary, Path(args.plot))
+        _plot_histogram(summary, Path(args.plot), args.format)
         if not args.json:
             print(f"histogram saved to {args.plot}")
     return 0
 
 
-def _plot_histogram(summary: dict, path: Path) -> None:
-    from elta_core.app.plotting import pyplot, save_png
+def _plot_histogram(summary: dict, path: Path, format: str) -> None:
+    from elta_core.app.plotting import histogram, pyplot, save_png
 
-    fig, axis = pyplot().subplots(figsize=(7, 4))
-    axis.bar(summary["bins"], summary["counts"], color="#4c72b0")
-    axis.set_xlabel("mean score (1..10)")
-    axis.set_ylabel("images")
-    axis.set_title(f"{Path(summary['source']).name}: {summary['total']} images")
+    fig, axis = pyplot().subplots(figsize=(8, 4.5))
+    name = Path(summary["source"]).name or summary["source"]
+    rescaled = " (rescaled to 1..10)" if summary["rescaled"] else ""
+    histogram(axis, summary["bins"], summary["counts"],
+              f"{format.upper()} labels, {name}: {summary['total']:,} images{rescaled}")
     fig.tight_layout()
     save_png(fig, path)
 
@@ -101,13 +118,56 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _thresholds(text: str):
+    return text if text in ("auto", "paper", "quantiles") else _floats(text)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every option's help (where there is one); descriptions and examples kept
+    as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+FORMAT_HELP = ("label file format: ava (CSV with score2..score11 vote counts), ava-txt (AVA.txt), tad66k (image,score "
+               "CSV or a folder of per-theme CSVs), aadb (imgList*Regression_score.txt, 0..1), para (PARA GIAA CSVs, "
+               "1..5), csv (an image column and a score column or count columns; see --image-column)")
+
+
+def _subcommand(commands, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=summary, description=f"{description}\n\nexample:\n  {example}",
+                               formatter_class=_HelpFormatter)
+
+
+def _labels_options(parser: argparse.ArgumentParser, name: str = "--labels") -> None:
+    parser.add_argument(name, required=True, help="the label file (or folder, for tad66k, aadb and para)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help=FORMAT_HELP)
+    _csv_options(parser)
+
+
+def _csv_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-column", default="image", help="for --format csv: the column of image names")
+    parser.add_argument("--score-column", default=None,
+                        help="for --format csv: the score column (default: 'score' if present, else the other "
+                             "columns are read as vote counts)")
+    parser.add_argument("--scale", type=_floats, default=(1.0, 10.0), metavar="LOW,HIGH",
+                        help="for --format csv: the rating scale of the scores")
+
+
 def _apds_options(parser: argparse.ArgumentParser) -> None:
     from elta_core import apds
 
     parser.add_argument("--betas", type=_floats, default=apds.DEFAULT_BETAS, help="APDS betas, comma-separated")
-    parser.add_argument("--thresholds", type=_floats, default=apds.DEFAULT_THRESHOLDS,
-                        help="APDS thresholds in (0, 1], comma-separated")
-    parser.add_argument("--min-selected", type=float, default=apds.DEFAULT_MIN_SELECTED, help="a count, or a fraction of the calibration set")
+    parser.add_argument("--thresholds", type=_thresholds, default=apds.DEFAULT_THRESHOLDS,
+                        help="APDS thresholds: auto (the paper's 0.70..0.90, or when they select nothing the "
+                             "0.5..0.9 quantiles of the calibration set's confidence), paper, quantiles, or "
+                             "comma-separated numbers in (0, 1]")
+    parser.add_argument("--min-selected", type=float, default=apds.DEFAULT_MIN_SELECTED,
+                        help="the fewest pseudo-labels a grid cell must select: a count, or a fraction of the "
+                             "calibration set")
     parser.add_argument("--pseudo-label", choices=("sharpened", "prediction"), default=apds.DEFAULT_PSEUDO_LABEL,
                         help="train on the sharpened distribution (Eq. 10) or the unsharpened prediction "
                              "(the authors' code)")
@@ -115,33 +175,56 @@ def _apds_options(parser: argparse.ArgumentParser) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="folder the label file's image names are relative to")
-    parser.add_argument("--batch-size", type=_at_least(1), default=32)
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--skip-unreadable", action="store_true", help="skip missing or corrupt images and report how many")
+    parser.add_argument("--batch-size", type=_at_least(1), default=32, help="images per batch")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="skip missing or corrupt images and report how many")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_demo(commands) -> None:
-    demo = commands.add_parser("demo", help="baseline vs ELTA on the built-in synthetic dataset (CPU)")
-    demo.add_argument("--quick", action="store_true", help="a smaller run (about 35 s on 2 idle cores)")
+    demo = _subcommand(commands, "demo", "baseline vs ELTA on the built-in synthetic dataset (CPU)",
+                       "Trains a small CNN five ways (baseline, +TFA, +FLSA, +TFA+FLSA, +TFA+FLSA+APDS) over 3 seeds "
+                       "on a generated long-tailed dataset and prints P, S, L, M, H;\nwrites table.md, results.json "
+                       "and figure.png.", "elta demo --quick")
+    demo.add_argument("--quick", action="store_true",
+                      help="a smaller run (about 35 s on 2 idle cores; the full run about 3 minutes)")
     demo.add_argument("--out", default="elta_demo", help="where table.md, results.json and figure.png go")
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars (the results are the same)")
     demo.set_defaults(run=_demo)
 
 
+def _add_synth(commands) -> None:
+    synth = _subcommand(commands, "synth", "write the built-in synthetic dataset as images and an AVA-format CSV",
+                        "Generates long-tailed synthetic aesthetics images with vote counts, to try the other "
+                        "commands without a dataset of your own.", "elta synth --out data/ --count 200")
+    synth.add_argument("--out", required=True, help="folder for images/ and labels.csv")
+    synth.add_argument("--count", type=_at_least(2), default=200, help="how many images")
+    synth.add_argument("--image-size", type=_at_least(8), default=64, help="side of the square images, pixels")
+    synth.add_argument("--seed", type=int, default=0, help="the dataset's seed")
+    synth.set_defaults(run=_synth)
+
+
 def _add_stats(commands) -> None:
-    stats = commands.add_parser("stats", help="long-tail summary of a label file")
-    stats.add_argument("labels")
-    stats.add_argument("--format", required=True, choices=FORMATS)
-    stats.add_argument("--json", action="store_true")
-    stats.add_argument("--plot", metavar="FILE.png")
+    stats = _subcommand(commands, "stats", "long-tail summary of a label file",
+                        "Counts per score bin (the paper's Figure 1 bins), the middle-60 % interval and the share "
+                        "of images in [4, 7);\nscores on other scales are mapped to 1..10.",
+                        "elta stats AVA.csv --format ava --plot hist.png")
+    stats.add_argument("labels", help="the label file (or folder, for tad66k, aadb and para)")
+    stats.add_argument("--format", required=True, choices=FORMATS, help=FORMAT_HELP)
+    _csv_options(stats)
+    stats.add_argument("--json", action="store_true", help="print the summary as JSON")
+    stats.add_argument("--plot", metavar="FILE.png", help="save a histogram with the tails readable")
     stats.set_defaults(run=_stats)
 
 
 def _add_train(commands) -> None:
-    train = commands.add_parser("train", help="train a torchvision backbone with TFA / FLSA / APDS")
-    train.add_argument("--labels", required=True)
-    train.add_argument("--format", required=True, choices=FORMATS)
+    train = _subcommand(commands, "train", "train a torchvision backbone with TFA / FLSA / APDS",
+                        "Trains a torchvision model with a distribution head on a label file and its images,\n"
+                        "checkpointing every epoch into --out (resumable with --resume), then evaluates it.",
+                        "elta train --labels data/labels.csv --format ava --images data/images --tfa --flsa 1 "
+                        "--out runs/r18")
+    _labels_options(train)
     _common(train)
     train.add_argument("--backbone", default="resnet18", help="a torchvision model name")
     train.add_argument("--weights", help="local state dict to start from (no downloads)")
@@ -151,32 +234,35 @@ def _add_train(commands) -> None:
     train.add_argument("--flsa", type=float, default=0.0, metavar="WEIGHT", help="FLSA weight gamma (0: off)")
     train.add_argument("--apds", action="store_true", help="one APDS self-training round after training")
     train.add_argument("--unlabelled", help="for --apds: a folder of images or a label file (labels ignored)")
-    train.add_argument("--unlabelled-format", choices=FORMATS)
+    train.add_argument("--unlabelled-format", choices=FORMATS, help="format of --unlabelled (default: --format)")
     train.add_argument("--calibration", help="for --apds: a labelled file for the grid search "
                        "(default: the held-out evaluation split)")
-    train.add_argument("--calibration-format", choices=FORMATS)
-    train.add_argument("--round2-epochs", type=_at_least(1), default=1)
+    train.add_argument("--calibration-format", choices=FORMATS, help="format of --calibration (default: --format)")
+    train.add_argument("--round2-epochs", type=_at_least(1), default=1, help="epochs of the APDS round")
     train.add_argument("--round2", choices=ROUND2_MODES, default=DEFAULT_ROUND2,
                        help="Eq. 10: concat (pseudo-labelled images join the training set, with TFA and FLSA) or "
                             "separate (their task loss on separate batches)")
     _apds_options(train)
-    train.add_argument("--epochs", type=_at_least(1), default=10)
-    train.add_argument("--lr", type=float, default=1e-4)
-    train.add_argument("--image-size", type=_at_least(8), default=224)
+    train.add_argument("--epochs", type=_at_least(1), default=10, help="training epochs (may change on --resume)")
+    train.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    train.add_argument("--image-size", type=_at_least(8), default=224, help="input size in pixels")
     train.add_argument("--val-fraction", type=float, default=0.1, help="held out when the file has no split")
-    train.add_argument("--workers", type=_at_least(0), default=0)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default="elta_runs/train")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--workers", type=_at_least(0), default=0, help="DataLoader worker processes")
+    train.add_argument("--seed", type=int, default=0, help="seeds the split, the model, the data order and TFA")
+    train.add_argument("--out", default="elta_runs/train",
+                       help="the run directory (must be new or empty unless --resume)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out (its settings must match)")
     train.add_argument("--stop-after-epoch", type=int, default=0, help=argparse.SUPPRESS)
     train.set_defaults(run=_train)
 
 
 def _add_evaluate(commands) -> None:
-    evaluate = commands.add_parser("evaluate", help="P, S, accuracy, L, M, H of a checkpoint")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--labels", required=True)
-    evaluate.add_argument("--format", required=True, choices=FORMATS)
+    evaluate = _subcommand(commands, "evaluate", "P, S, accuracy, L, M, H of a checkpoint",
+                           "Evaluates a checkpoint written by elta train on a label file (or one split of it).",
+                           "elta evaluate --checkpoint runs/r18/checkpoint.pt --labels data/labels.csv --format ava "
+                           "--images data/images")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by elta train")
+    _labels_options(evaluate)
     evaluate.add_argument("--split", help="evaluate only this split of the file (e.g. test)")
     evaluate.add_argument("--out", help="write evaluation.json and evaluation.csv here")
     _common(evaluate)
@@ -184,27 +270,33 @@ def _add_evaluate(commands) -> None:
 
 
 def _add_pseudo(commands) -> None:
-    pseudo = commands.add_parser("pseudo-label", help="APDS grid search and pseudo-labels for an unlabelled pool")
-    pseudo.add_argument("--checkpoint", required=True)
-    pseudo.add_argument("--calibration", required=True, help="labelled calibration file")
-    pseudo.add_argument("--format", required=True, choices=FORMATS)
+    pseudo = _subcommand(commands, "pseudo-label", "APDS grid search and pseudo-labels for an unlabelled pool",
+                         "Picks (beta, t) on a labelled calibration file, then writes pseudo_labels.csv\n(image, "
+                         "score, p_1..p_C) for the confident images of an unlabelled pool.",
+                         "elta pseudo-label --checkpoint runs/r18/checkpoint.pt --calibration data/labels.csv "
+                         "--format ava --images data/images --unlabelled data/images")
+    pseudo.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by elta train")
+    _labels_options(pseudo, "--calibration")
     pseudo.add_argument("--unlabelled", required=True, help="a folder of images or a label file")
-    pseudo.add_argument("--unlabelled-format", choices=FORMATS)
+    pseudo.add_argument("--unlabelled-format", choices=FORMATS, help="format of --unlabelled (default: --format)")
     _apds_options(pseudo)
     pseudo.add_argument("--image-size", type=int, default=None, help=argparse.SUPPRESS)
-    pseudo.add_argument("--out", default="elta_runs/pseudo_labels")
+    pseudo.add_argument("--out", default="elta_runs/pseudo_labels", help="where pseudo_labels.csv and grid.md go")
     _common(pseudo)
     pseudo.set_defaults(run=_pseudo_label)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="elta", description="ELTA long-tail enhancers for image aesthetics models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_demo(commands)
-    _add_stats(commands)
-    _add_train(commands)
-    _add_evaluate(commands)
-    _add_pseudo(commands)
+    from elta_core import __version__
+
+    parser = argparse.ArgumentParser(prog="elta", formatter_class=_HelpFormatter,
+                                     description="ELTA long-tail enhancers for image aesthetics models.\n\n"
+                                                 "examples:\n  elta demo --quick\n  elta synth --out data/\n"
+                                                 "  elta stats data/labels.csv --format ava")
+    parser.add_argument("--version", action="version", version=f"elta {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_demo, _add_synth, _add_stats, _add_train, _add_evaluate, _add_pseudo):
+        add(commands)
     return parser
 
 

@@ -45,7 +45,7 @@ class DemoConfig:
     num_pairs: float = 0.25
     flsa_weight: float = 1.0
     betas: tuple[float, ...] = apds.DEFAULT_BETAS
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    thresholds: str | tuple[float, ...] = apds.DEFAULT_THRESHOLDS
     data_seed: int = 2024
 
 
@@ -138,25 +138,42 @@ def _format_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def _figure(path: Path, train_scores: np.ndarray, test_scores: np.ndarray, baseline: np.ndarray, elta: np.ndarray) -> None:
-    from elta_core.app.plotting import pyplot, save_png
+def _figure(path: Path, train_scores: np.ndarray, test_scores: np.ndarray, baseline: list[np.ndarray],
+            elta: list[np.ndarray], seeds: tuple[int, ...]) -> None:
+    """The training histogram, then predicted against true scores for the baseline and
+    for ELTA, every seed overlaid, the low and high 20 % segments shaded with their MAE."""
+    from elta_core.app.plotting import histogram, pyplot, save_png
 
-    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.6))
-    counts = figure1_counts(train_scores)
-    axes[0].bar(FIGURE1_BINS, counts, color="#8c8c8c")
-    axes[0].set_title("Training-set scores (paper Figure 1 bins)")
-    axes[0].set_xlabel("mean score")
-    axes[0].set_ylabel("images")
-    for axis, predicted, name, colour in ((axes[1], baseline, "baseline", "tab:blue"), (axes[2], elta, "ELTA (TFA+FLSA+APDS)", "tab:red")):
-        summary = metrics.evaluate(predicted, test_scores)
-        axis.scatter(test_scores, predicted, s=5, alpha=0.4, color=colour)
-        axis.plot([1, 10], [1, 10], color="black", linewidth=0.8)
-        axis.set_xlim(1, 10)
-        axis.set_ylim(1, 10)
+    fig, axes = pyplot().subplots(1, 3, figsize=(16, 5))
+    histogram(axes[0], FIGURE1_BINS, figure1_counts(train_scores),
+              f"Training set: {len(train_scores):,} images (paper Figure 1 bins)")
+    low_edge, high_edge = np.quantile(test_scores, [0.2, 0.8])
+    everything = np.concatenate([test_scores, *baseline, *elta])
+    span = (everything.min() - 0.2, everything.max() + 0.2)
+    markers = ["o", "s", "^", "D", "v"]
+    for axis, runs, name, colour in ((axes[1], baseline, "baseline", "tab:blue"),
+                                     (axes[2], elta, "ELTA (TFA+FLSA+APDS)", "tab:red")):
+        results = [metrics.evaluate(predicted, test_scores) for predicted in runs]
+        for k, predicted in enumerate(runs):
+            axis.scatter(test_scores, predicted, s=4, alpha=0.25, color=colour, marker=markers[k % len(markers)],
+                         label=f"seed {seeds[k]}")
+        axis.axvspan(span[0], low_edge, color="0.85", zorder=0)
+        axis.axvspan(high_edge, span[1], color="0.85", zorder=0)
+        for key, where, label in (("mae_low", (span[0] + low_edge) / 2, "low 20 %"),
+                                  ("mae_high", (high_edge + span[1]) / 2, "high 20 %")):
+            values = np.array([r[key] for r in results])
+            axis.text(where, span[1] - 0.15, f"{label}\n{'L' if key == 'mae_low' else 'H'} = {values.mean():.2f} "
+                      f"± {values.std():.2f}", ha="center", va="top", fontsize=9)
+        axis.plot(span, span, color="black", linewidth=0.8)
+        axis.set_xlim(*span)
+        axis.set_ylim(*span)
         axis.set_xlabel("true score")
         axis.set_ylabel("predicted score")
-        axis.set_title(f"{name}: L {summary['mae_low']:.2f}  M {summary['mae_medium']:.2f}  H {summary['mae_high']:.2f}")
-    fig.suptitle("elta demo, seed 0, test set")
+        middle = np.array([r["mae_medium"] for r in results])
+        axis.set_title(f"{name}: M = {middle.mean():.2f}, P = {np.mean([r['plcc'] for r in results]):.3f}")
+        axis.legend(loc="lower right", markerscale=3, fontsize=8)
+    fig.suptitle(f"elta demo: test set ({len(test_scores):,} images), seeds {', '.join(map(str, seeds))}; "
+                 "shaded: the low and high 20 % of true scores")
     fig.tight_layout()
     save_png(fig, path)
 
@@ -183,7 +200,7 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
     train_scores = dataset.scores[: bounds[1]]
 
     results: dict[str, list[dict]] = {row: [] for row in ROWS}
-    grids, predictions = [], {}
+    grids, predictions = [], {row: [] for row in ROWS}
     workdir = run_folder(out, config)
     for seed in config.seeds:
         for row in ROWS:
@@ -191,9 +208,9 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
             results[row].append(metrics.evaluate(predicted, test_scores))
             if "grid" in summary:
                 grids.append({"seed": seed, "beta": summary["grid"]["beta"], "threshold": summary["grid"]["threshold"],
+                              "thresholds_from": summary["grid"]["thresholds_from"],
                               "selected": summary["num_selected"], "kept": summary["num_kept"]})
-            if seed == config.seeds[0]:
-                predictions[row] = predicted
+            predictions[row].append(predicted)
 
     table = _format_table(results)
     elapsed = time.perf_counter() - start
@@ -207,15 +224,20 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
     }
     atomic_write_json(out / "results.json", report)
     atomic_write_text(out / "table.md", table + "\n")
-    _figure(out / "figure.png", train_scores, test_scores, predictions["baseline"], predictions["+TFA+FLSA+APDS"])
+    _figure(out / "figure.png", train_scores, test_scores, predictions["baseline"], predictions["+TFA+FLSA+APDS"],
+            config.seeds)
     report["paths"] = {name: str(out / name) for name in ("table.md", "results.json", "figure.png")}
     return report
 
 
+def _grid_name(thresholds_from: str) -> str:
+    return "paper grid" if thresholds_from == "the paper's grid" else "quantile grid"
+
+
 def describe(report: dict) -> str:
     config = report["config"]
-    apds = ", ".join(f"seed {g['seed']}: beta {g['beta']:g}, t {g['threshold']:g}, {g['kept']} kept of {g['selected']} selected"
-                     for g in report["apds"])
+    apds = ", ".join(f"seed {g['seed']}: beta {g['beta']:g}, t {g['threshold']:g} ({_grid_name(g['thresholds_from'])}), "
+                     f"{g['kept']} kept of {g['selected']} selected" for g in report["apds"])
     return "\n".join([
         f"Synthetic long-tailed aesthetics: {config['train']} labelled, {config['calibration']} calibration, "
         f"{config['unlabelled']} unlabelled and {config['test']} test images of {config['image_size']}x{config['image_size']}.",
@@ -226,5 +248,7 @@ def describe(report: dict) -> str:
         report["table"],
         "",
         f"APDS grid search: {apds}",
+        "APDS thresholds: 'auto': the paper's grid, or where it selects fewer than min_selected, quantiles of the "
+        "calibration set's sharpened confidence.",
         f"Took {report['seconds']:.0f} s. Table, results and picture: " + ", ".join(report["paths"].values()),
     ])

@@ -26,6 +26,7 @@ from elta_core.adapters.torch.data import ImageLabelDataset, image_files
 from elta_core.adapters.torch.self_training import atomic_save
 from elta_core.data.labels import LabelTable, load_labels
 from elta_core.adapters.torch import rng
+from elta_core.app.cli import csv_options
 from elta_core.io import atomic_write_json, atomic_write_text
 from elta_core.pseudo_labels import pseudo_label_round
 from elta_core.run_state import RunManifest, fingerprint, sha256_of_file
@@ -191,7 +192,7 @@ def train(args: Any) -> dict[str, float]:
     manifest = open_run(args)
     out = Path(args.out)
     torch.manual_seed(args.seed)
-    table = load_labels(args.labels, args.format, image_root=args.images)
+    table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
     train_table, eval_table = split_table(table, args.val_fraction, args.seed)
     model, head, skipped = build_model(args.backbone, len(table.bin_values), args.weights)
     model.to(_device(args.device))
@@ -329,7 +330,7 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunCo
 def evaluate(args: Any) -> dict[str, float]:
     """``elta evaluate``: metrics of a checkpoint on a label file (its test split if it has one)."""
     wrapper, config = load_checkpoint(args.checkpoint, _device(args.device))
-    table = load_labels(args.labels, args.format, image_root=args.images)
+    table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
     if args.split:
         table = table.where_split(args.split)
     data = ImageLabelDataset(table, image_size=config.image_size, skip_unreadable=args.skip_unreadable)
@@ -346,7 +347,7 @@ def pseudo_label(args: Any) -> dict[str, Any]:
     device = _device(args.device)
     wrapper, config = load_checkpoint(args.checkpoint, device)
     args.image_size = args.image_size or config.image_size
-    calibration = load_labels(args.calibration, args.format, image_root=args.images)
+    calibration = load_labels(args.calibration, args.format, image_root=args.images, **csv_options(args))
     calibration_data = ImageLabelDataset(calibration, image_size=config.image_size, skip_unreadable=args.skip_unreadable)
     logits, _ = predict(wrapper, DataLoader(calibration_data, batch_size=args.batch_size), progress=not args.quiet, desc="calibration")
     args.unlabelled_format = args.unlabelled_format or args.format

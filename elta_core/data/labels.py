@@ -355,11 +355,41 @@ def load_labels(path: str | os.PathLike, format: str, image_root: str | os.PathL
     }
     if format not in readers:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
-    table = readers[format](path, image_root=image_root, **options)
+    try:
+        table = readers[format](path, image_root=image_root, **options)
+    except LabelFileError as error:
+        suggestion = suggest_format(path)
+        if "missing column" in str(error) and suggestion not in (None, format):
+            raise LabelFileError(f"{error}. This header looks like --format {suggestion}") from None
+        raise
     if len(table) == 0:
         raise LabelFileError(f"{path}: no images: the file has no data rows")
     _check_unique_images(table)
     return table
+
+
+def suggest_format(path: str | os.PathLike) -> str | None:
+    """The format whose columns the first line of ``path`` has, if one does."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        first = _text(path).splitlines()[0] if path.stat().st_size else ""
+    except (LabelFileError, IndexError):
+        return None
+    columns = [c.strip() for c in first.split(",")]
+    if all(c in columns for c in ["image_id", *AVA_COUNT_COLUMNS]):
+        return "ava"
+    if all(c in columns for c in PARA_BINS):
+        return "para"
+    if "image" in columns and "score" in columns:
+        return "tad66k"
+    fields = first.split()
+    if len(fields) == 15 and all(f.isdigit() for f in fields):
+        return "ava-txt"
+    if len(fields) == 2 and "," not in first:
+        return "aadb"
+    return "csv" if len(columns) > 1 else None
 
 
 def _check_unique_images(table: LabelTable) -> None:

@@ -202,7 +202,7 @@ class SelfTraining:
         round2: Round2 = DEFAULT_ROUND2,
         max_pseudo_labels: MaxPseudoLabels = "labelled",
         betas: Sequence[float] = apds.DEFAULT_BETAS,
-        thresholds: Sequence[float] = apds.DEFAULT_THRESHOLDS,
+        thresholds: apds.Thresholds = apds.DEFAULT_THRESHOLDS,
         min_selected: int | float = apds.DEFAULT_MIN_SELECTED,
         pseudo_label: apds.PseudoLabel = apds.DEFAULT_PSEUDO_LABEL,
         batch_size: int = 32,
@@ -220,7 +220,8 @@ class SelfTraining:
                 isinstance(max_pseudo_labels, bool) or not isinstance(max_pseudo_labels, int) or max_pseudo_labels < 0):
             raise ValueError(f"max_pseudo_labels: expected 'labelled', an int >= 0 or None, got {max_pseudo_labels!r}")
         self.max_pseudo_labels = max_pseudo_labels
-        self.betas, self.thresholds = tuple(betas), tuple(thresholds)
+        self.betas = tuple(betas)
+        self.thresholds = thresholds if isinstance(thresholds, str) else tuple(thresholds)
         self.min_selected, self.pseudo_label = min_selected, pseudo_label
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
