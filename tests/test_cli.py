@@ -56,10 +56,16 @@ def test_train_resume_evaluate_and_pseudo_label(folder_dataset, tmp_path, capsys
     assert rows[0].startswith("image,score,p_1,p_2") and len(rows) > 1
     assert (out / "pseudo" / "grid.md").exists()
 
-    # An untrained model reaches no default threshold: a clear error, exit code 2.
+    # A barely trained model reaches none of the paper's thresholds: with --thresholds paper a clear
+    # error, exit code 2; the default ('auto') then searches the calibration set's own quantiles.
     assert main(["pseudo-label", "--checkpoint", str(out / "checkpoint.pt"), "--calibration", str(labels), "--format", "ava",
-                 "--images", str(images), "--unlabelled", str(images), "--out", str(out / "none"), "--quiet"]) == 2
-    assert "min_selected: no (beta, threshold) cell selects at least 11" in capsys.readouterr().err
+                 "--images", str(images), "--unlabelled", str(images), "--out", str(out / "none"), "--quiet",
+                 "--thresholds", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert "min_selected: no (beta, threshold) cell selects at least 11" in err and "the paper's grid" in err
+    assert main(["pseudo-label", "--checkpoint", str(out / "checkpoint.pt"), "--calibration", str(labels), "--format", "ava",
+                 "--images", str(images), "--unlabelled", str(images), "--out", str(out / "auto"), "--quiet"]) == 0
+    assert "thresholds: the paper's grid selected fewer than min_selected; quantiles" in capsys.readouterr().out
 
 
 def test_train_with_apds_round(folder_dataset, tmp_path, capsys):
@@ -219,3 +225,38 @@ def test_demo_runs_of_another_configuration_never_share_stages(tmp_path):
 
     assert run_folder(tmp_path, QUICK) != run_folder(tmp_path, FULL)
     assert run_folder(tmp_path, QUICK) == run_folder(tmp_path, QUICK)
+
+
+
+def test_help_shows_defaults_and_examples_and_version(capsys):
+    import subprocess
+    import sys
+
+    from elta_core import __version__
+
+    for command in ("demo", "synth", "stats", "train", "evaluate", "pseudo-label"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "example:" in text and f"elta {command}" in text, command
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 1e-05)" not in text and "AdamW learning rate (default: 0.0001)" in text
+    assert "--thresholds" in text and "(default: auto)" in text
+    version = subprocess.run([sys.executable, "-m", "elta_core", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.strip() == f"elta {__version__}"
+
+
+def test_synth_and_csv_columns(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "data"), "--count", "20", "--image-size", "16"]) == 0
+    assert len(list((tmp_path / "data" / "images").iterdir())) == 20
+    capsys.readouterr()
+    custom = tmp_path / "custom.csv"
+    custom.write_text("file,rating\na.jpg,0.2\nb.jpg,0.9\n")
+    assert main(["stats", str(custom), "--format", "csv", "--image-column", "file", "--score-column", "rating",
+                 "--scale", "0,1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["total"] == 2 and summary["rescaled"]
+    assert main(["stats", str(custom), "--format", "csv"]) == 2
+    assert "missing column(s) image" in capsys.readouterr().err

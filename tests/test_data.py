@@ -121,6 +121,7 @@ def test_elta_stats_on_real_files_prints_exact_counts(shared_data, name, fmt):
 
 
 def test_stats_plot_and_bad_format(tmp_path, shared_data):
+    pytest.importorskip("matplotlib")
     plot = tmp_path / "hist.png"
     completed = subprocess.run([sys.executable, "-m", "elta_core", "stats", str(shared_data / "ava" / "test.csv"),
                                 "--format", "ava", "--plot", str(plot)], capture_output=True, text=True)
@@ -144,3 +145,28 @@ def test_synthetic_is_deterministic_and_long_tailed():
     assert counts["[5,6)"] == max(counts.values())
     # The score follows the visible mechanisms.
     assert np.corrcoef(data.attributes.mean(1), data.scores)[0, 1] > 0.9
+
+
+def test_a_missing_optional_dependency_names_the_extra(monkeypatch):
+    import builtins
+
+    from elta_core.optional import MissingDependency, require
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.delitem(sys.modules, "matplotlib", raising=False)
+    with pytest.raises(MissingDependency, match='pip install "elta-core\\[plot\\]"'):
+        require("matplotlib", "plot")
+
+
+def test_a_header_of_another_format_is_named(tmp_path):
+    path = tmp_path / "scores.csv"
+    path.write_text("image,score\na.jpg,5.5\n")
+    with pytest.raises(ValueError, match="This header looks like --format tad66k"):
+        load_labels(path, "ava")

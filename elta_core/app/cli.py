@@ -75,6 +75,10 @@ def _plot_histogram(summary: dict, path: Path, format: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from elta_core.optional import require
+
+    for module, extra in (("torch", "torch"), ("tqdm", "torch"), ("matplotlib", "plot")):
+        require(module, extra)
     from elta_core.app.demo import FULL, QUICK, describe, run_demo
 
     config = QUICK if args.quick else FULL
@@ -83,7 +87,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs_vision() -> None:
+    from elta_core.optional import require
+
+    for module in ("torch", "torchvision", "PIL", "tqdm"):
+        require(module, "vision")
+
+
 def _train(args: argparse.Namespace) -> int:
+    _needs_vision()
     from elta_core.app.training import format_metrics, train
 
     result = train(args)
@@ -94,6 +106,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    _needs_vision()
     from elta_core.app.training import evaluate, format_metrics
 
     result = evaluate(args)
@@ -102,6 +115,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _pseudo_label(args: argparse.Namespace) -> int:
+    _needs_vision()
     from elta_core.app.training import pseudo_label
 
     result = pseudo_label(args)

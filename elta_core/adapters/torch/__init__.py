@@ -6,9 +6,13 @@
 >>> out.loss.backward()
 """
 
-from elta_core.adapters.torch.modules import to_distribution_head
-from elta_core.adapters.torch.self_training import PseudoLabelledDataset, SelfTraining, fit, predict
-from elta_core.adapters.torch.wrapper import ELTAOutput, ELTAWrapper
+from elta_core.optional import require
+
+require("torch", "torch")
+
+from elta_core.adapters.torch.modules import to_distribution_head  # noqa: E402
+from elta_core.adapters.torch.self_training import PseudoLabelledDataset, SelfTraining, fit, predict  # noqa: E402
+from elta_core.adapters.torch.wrapper import ELTAOutput, ELTAWrapper  # noqa: E402
 
 __all__ = [
     "ELTAOutput",
