@@ -202,7 +202,7 @@ def _add_demo(commands) -> None:
                        "on a generated long-tailed dataset and prints P, S, L, M, H;\nwrites table.md, results.json "
                        "and figure.png.", "elta demo --quick")
     demo.add_argument("--quick", action="store_true",
-                      help="a smaller run (about 35 s on 2 idle cores; the full run about 3 minutes)")
+                      help="a smaller run (about 35 s on 2 idle cores; the full run about 4 minutes)")
     demo.add_argument("--out", default="elta_demo", help="where table.md, results.json and figure.png go")
     demo.add_argument("--quiet", action="store_true", help="no progress bars (the results are the same)")
     demo.set_defaults(run=_demo)

@@ -5,9 +5,15 @@ APDS round (grid search, pseudo-labels, the round-2 data set).
 Importing it imports Keras (and registers ``ELTAModel`` for ``.keras`` files).
 """
 
-from elta_core.optional import require
+from elta_core.optional import MissingDependency
 
-require("keras", "keras")
+try:
+    import keras  # noqa: F401
+except ImportError as error:
+    raise MissingDependency(
+        f"keras could not be imported ({error}). Install it with a backend: pip install \"elta-core[keras-torch]\" "
+        "and set KERAS_BACKEND=torch, or [keras-jax] (KERAS_BACKEND=jax), or [keras-tensorflow]"
+    ) from None
 
 from elta_core.adapters.keras.layers import split_at  # noqa: E402
 from elta_core.adapters.keras.model import ELTAModel  # noqa: E402
