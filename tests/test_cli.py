@@ -191,6 +191,7 @@ def finished_run(folder_dataset, tmp_path_factory):
 @pytest.mark.parametrize("flag,value,name", [
     ("--num-pairs", "3", "num_pairs"), ("--flsa", "0.5", "flsa"), ("--image-size", "40", "image_size"),
     ("--batch-size", "8", "batch_size"), ("--val-fraction", "0.5", "val_fraction"), ("--backbone", "resnet34", "backbone"),
+    ("--no-tfa", None, "tfa"),
     ("--round2", "separate", "round2"), ("--betas", "2,3", "betas"), ("--pseudo-label", "prediction", "pseudo_label"),
 ])
 def test_resume_refuses_each_changed_setting_by_name(folder_dataset, finished_run, tmp_path, capsys, flag, value, name):
@@ -200,7 +201,7 @@ def test_resume_refuses_each_changed_setting_by_name(folder_dataset, finished_ru
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     capsys.readouterr()
-    assert _train(labels, images, out, "--epochs", "1", "--resume", flag, value) == 2
+    assert _train(labels, images, out, "--epochs", "1", "--resume", *([flag] if value is None else [flag, value])) == 2
     err = capsys.readouterr().err
     assert f"another configuration ({name}:" in err and len(err.strip().splitlines()) == 1, err
 
@@ -244,6 +245,8 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 1e-05)" not in text and "AdamW learning rate (default: 0.0001)" in text
     assert "--thresholds" in text and "(default: auto)" in text
+    assert "--tfa, --no-tfa Tail Feature Augmentation (--no-tfa: off) (default: True)" in text
+    assert "FLSA weight gamma (0: off) (default: 1.0)" in text
     version = subprocess.run([sys.executable, "-m", "elta_core", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.strip() == f"elta {__version__}"
 

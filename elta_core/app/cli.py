@@ -14,7 +14,7 @@ from pathlib import Path
 
 from elta_core.data.labels import FORMATS
 from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
-from elta_core.step import DEFAULT_NUM_PAIRS
+from elta_core.step import DEFAULT_FLSA_WEIGHT, DEFAULT_NUM_PAIRS
 
 
 def csv_options(args: argparse.Namespace) -> dict:
@@ -234,18 +234,20 @@ def _add_stats(commands) -> None:
 
 def _add_train(commands) -> None:
     train = _subcommand(commands, "train", "train a torchvision backbone with TFA / FLSA / APDS",
-                        "Trains a torchvision model with a distribution head on a label file and its images,\n"
-                        "checkpointing every epoch into --out (resumable with --resume), then evaluates it.",
-                        "elta train --labels data/labels.csv --format ava --images data/images --tfa --flsa 1 "
-                        "--out runs/r18")
+                        "Trains a torchvision model with a distribution head on a label file and its images, with\n"
+                        "TFA and FLSA on by default (--no-tfa --flsa 0 for the baseline), checkpointing every epoch\n"
+                        "into --out (resumable with --resume), then evaluates it.",
+                        "elta train --labels data/labels.csv --format ava --images data/images --out runs/r18")
     _labels_options(train)
     _common(train)
     train.add_argument("--backbone", default="resnet18", help="a torchvision model name")
     train.add_argument("--weights", help="local state dict to start from (no downloads)")
-    train.add_argument("--tfa", action="store_true", help="Tail Feature Augmentation")
+    train.add_argument("--tfa", action=argparse.BooleanOptionalAction, default=True,
+                       help="Tail Feature Augmentation (--no-tfa: off)")
     train.add_argument("--num-pairs", type=float, default=DEFAULT_NUM_PAIRS,
                        help="TFA pairs: a count (>= 1) or a fraction of the batch")
-    train.add_argument("--flsa", type=float, default=0.0, metavar="WEIGHT", help="FLSA weight gamma (0: off)")
+    train.add_argument("--flsa", type=float, default=DEFAULT_FLSA_WEIGHT, metavar="WEIGHT",
+                       help="FLSA weight gamma (0: off)")
     train.add_argument("--apds", action="store_true", help="one APDS self-training round after training")
     train.add_argument("--unlabelled", help="for --apds: a folder of images or a label file (labels ignored)")
     train.add_argument("--unlabelled-format", choices=FORMATS, help="format of --unlabelled (default: --format)")
