@@ -170,6 +170,26 @@ def check_labels(config: ELTAConfig, labels: Tensor, batch_size: int | None = No
     return labels
 
 
+def invalid_labels(config: ELTAConfig, labels: Tensor, levels: int | None = None) -> Tensor:
+    """1.0 if the batch's labels fail the checks of :func:`check_labels` (and, for score
+    labels against ``levels`` outputs, the scale of :func:`check_levels`), else 0.0: a
+    tensor computed without any host read, for steps that run traced (the Keras adapter
+    sums it as a metric and raises at the end of the batch)."""
+    backend, labels = _checks.tensor(labels, "y")
+    shape = backend.shape(labels)
+    if len(shape) == 2 and shape[1] > 1:
+        sums = backend.sum(labels, axis=1)
+        ok = (backend.min(labels) >= 0) & (backend.max(backend.abs(sums - 1)) <= _checks.DISTRIBUTION_TOLERANCE)
+    else:
+        values = config.bin_values or (None if levels in (None, 1) else _level_values(config, levels))
+        if values is None:
+            ok = backend.all(backend.isfinite(labels))
+        else:
+            slack = SCALE_SLACK * (values[-1] - values[0])
+            ok = (backend.min(labels) >= values[0] - slack) & (backend.max(labels) <= values[-1] + slack)
+    return 1 - backend.cast_like(ok, backend.sum(labels))
+
+
 def _require(backend, x: Tensor, condition: Callable[[], Tensor], passes: Callable[[], bool], message: str,
              explain: Callable[[], str | None]) -> None:
     """``ValueError`` unless the labels or outputs ``x`` pass a check. On an accelerator

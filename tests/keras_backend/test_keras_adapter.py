@@ -356,3 +356,31 @@ def test_non_finite_loss_stops_fit_with_a_named_error():
     x, y = data(16)
     with pytest.raises(FloatingPointError, match="loss is nan"):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+
+@pytest.mark.parametrize("case", step_cases.BAD_LABELS[:3], ids=[c[0] for c in step_cases.BAD_LABELS[:3]])
+def test_bad_labels_from_a_dataset_are_refused_in_the_traced_step(case):
+    """Labels that arrive through a PyDataset are not seen by fit's host check."""
+    _, make_labels, _ = case
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self, x, y):
+            super().__init__()
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return self.x[index * 8:(index + 1) * 8], self.y[index * 8:(index + 1) * 8]
+
+    model = ELTAModel(nima_model(), "scores", seed=0)
+    model.compile(optimizer="sgd")
+    x, _ = data(16)
+    with pytest.raises(ValueError, match="y: a batch of labels .* is not valid"):
+        model.fit(Batches(x, make_labels(step_cases.distributions(16))), epochs=1, verbose=0)
+    fresh = ELTAModel(nima_model(), "scores", seed=0)  # the invalid batch already updated the first one
+    fresh.compile(optimizer="sgd")
+    good = fresh.fit(Batches(x, step_cases.distributions(16)), epochs=1, verbose=0).history
+    assert good["invalid_label_batches"] == [0.0]

@@ -81,10 +81,15 @@ def traced_per_shape(model: keras.Model, step_function):
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
-    """Raise ``FloatingPointError`` naming the first non-finite loss in the batch logs (the
-    step itself runs traced, where values cannot be read)."""
+    """Raise ``ValueError`` when the traced step found invalid labels, and
+    ``FloatingPointError`` naming the first non-finite loss, from the batch logs (the step
+    itself runs traced, where values cannot be read)."""
 
     def on_train_batch_end(self, batch, logs=None):
+        if float((logs or {}).get("invalid_label_batches", 0.0)) > 0:
+            raise ValueError(f"y: a batch of labels up to batch {batch} is not valid: expected finite score "
+                             "distributions (non-negative, rows summing to 1; not raw vote counts) or scores on the "
+                             "model's rating scale. Check them with elta_core.step.check_labels(model.config, y)")
         for name in ("task_loss", "flsa_loss", "loss"):
             value = (logs or {}).get(name)
             if value is not None and not np.isfinite(float(value)):

@@ -52,6 +52,7 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.flsa_loss_tracker = keras.metrics.Mean(name="flsa_loss")
+        self.invalid_labels_tracker = keras.metrics.Sum(name="invalid_label_batches")
         self._features = None  # the backbone's output of the current training forward
 
     def call(self, inputs, training: bool = False):
@@ -94,6 +95,9 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
         return core_step.task_loss(self.config, predictions, labels, kind, self._task_loss(x, training))
 
     def _labelled_loss(self, x, y, predictions, features, training):
+        # Labels from a dataset pipeline are checked here, traced; StopOnNonFinite raises.
+        levels = predictions.shape[-1] if len(predictions.shape) == 2 else None
+        self.invalid_labels_tracker.update_state(core_step.invalid_labels(self.config, ops.cast(y, "float32"), levels))
         labels = core_step.check_labels(self.config, ops.cast(y, "float32"), predictions.shape[0], validate=False)
         kind = self.output_kind(predictions)
         core_step.check_output(self.config, predictions, labels, kind, validate=False)
