@@ -263,3 +263,13 @@ def test_synth_and_csv_columns(tmp_path, capsys):
     assert summary["total"] == 2 and summary["rescaled"]
     assert main(["stats", str(custom), "--format", "csv"]) == 2
     assert "missing column(s) image" in capsys.readouterr().err
+
+
+def test_the_old_module_paths_still_import_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    for name in ("cli", "training", "demo", "plotting"):
+        sys.modules.pop(f"elta_core.{name}", None)
+        with pytest.warns(DeprecationWarning, match=f"elta_core.{name} moved to elta_core.app.{name}"):
+            importlib.import_module(f"elta_core.{name}")

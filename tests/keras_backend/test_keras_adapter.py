@@ -384,3 +384,14 @@ def test_bad_labels_from_a_dataset_are_refused_in_the_traced_step(case):
     fresh.compile(optimizer="sgd")
     good = fresh.fit(Batches(x, step_cases.distributions(16)), epochs=1, verbose=0).history
     assert good["invalid_label_batches"] == [0.0]
+
+
+def test_renamed_attributes_still_work_with_a_deprecation_warning():
+    model = ELTAModel(nima_model(), "scores", tfa=False, output="probs")
+    with pytest.warns(DeprecationWarning, match="tfa_enabled is now"):
+        assert model.tfa_enabled is False
+    with pytest.warns(DeprecationWarning, match="output_type is now"):
+        assert model.output_type == "probs"
+    with pytest.warns(DeprecationWarning, match="wrapped is now"):
+        assert model.wrapped is model.model
+    assert model.tfa is False and model.num_pairs == 1 and model.flsa_weight == 1.0

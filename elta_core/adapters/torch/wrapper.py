@@ -81,6 +81,8 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         self._ends_in_softmax = ends_in_softmax(head_module)
         self._register_hooks(head_module, mix_at, align_at)
 
+    output = property(lambda self: self.config.output, doc="``config.output`` (read-only).")
+
     def _register_hooks(self, head_module: nn.Module, mix_at: str | None, align_at: str | None) -> None:
         if mix_at is None:
             head_module.register_forward_pre_hook(self._mix_head_input)
