@@ -8,7 +8,7 @@ compute in float64 on the host, and return Python floats.
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from elta_core import _checks
 
 Tensor = Any
 
-__all__ = ["SegmentMAE", "accuracy", "evaluate", "plcc", "segment_mae", "srcc"]
+__all__ = ["MetricAccumulator", "SegmentMAE", "accuracy", "evaluate", "plcc", "segment_mae", "srcc"]
 
 
 def _pair(pred: Tensor, true: Tensor, bin_values: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +100,16 @@ def segment_sizes(size: int) -> tuple[int, int, int]:
     return tail, size - 2 * tail, tail
 
 
+def _sorted_errors(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Signed errors sorted by true score (ties by predicted score: order-independent)."""
+    return (p - t)[np.lexsort((p, t))]
+
+
+def _by_segment(values: np.ndarray) -> tuple[float, float, float]:
+    low, medium, _ = segment_sizes(values.size)
+    return float(values[:low].mean()), float(values[low:low + medium].mean()), float(values[low + medium:].mean())
+
+
 def segment_mae(pred: Tensor, true: Tensor, *, bin_values: Any = None) -> SegmentMAE:
     """MAE on the low, medium and high segments of the true scores [paper 4.1; boundaries in docs/design.md].
 
@@ -110,27 +120,83 @@ def segment_mae(pred: Tensor, true: Tensor, *, bin_values: Any = None) -> Segmen
     """
     p, t = _pair(pred, true, bin_values)
     _need(3, p.size, "segment_mae")
-    order = np.lexsort((p, t))
-    errors = np.abs(p - t)[order]
-    low, medium, _ = segment_sizes(p.size)
-    return SegmentMAE(
-        float(errors[:low].mean()),
-        float(errors[low : low + medium].mean()),
-        float(errors[low + medium :].mean()),
-    )
+    return SegmentMAE(*_by_segment(np.abs(_sorted_errors(p, t))))
 
 
 def evaluate(pred: Tensor, true: Tensor, threshold: float = 5.0, *, bin_values: Any = None) -> dict[str, float]:
     """All metrics as a dict: ``plcc``, ``srcc``, ``accuracy``, ``mae``, ``mae_low``,
-    ``mae_medium``, ``mae_high`` (the paper's P, S, L, M, H and accuracy)."""
+    ``mae_medium``, ``mae_high`` (the paper's P, S, L, M, H and accuracy) and the squared
+    errors ``mse``, ``mse_low``, ``mse_medium``, ``mse_high`` (the authors' code reports MSE)."""
     p, t = _pair(pred, true, bin_values)
-    segments = segment_mae(p, t)
+    _need(3, p.size, "evaluate")
+    errors = _sorted_errors(p, t)
+    low, medium, high = _by_segment(np.abs(errors))
+    squared = _by_segment(errors * errors)
     return {
         "plcc": plcc(p, t),
         "srcc": srcc(p, t),
         "accuracy": accuracy(p, t, threshold),
-        "mae": float(np.mean(np.abs(p - t))),
-        "mae_low": segments.low,
-        "mae_medium": segments.medium,
-        "mae_high": segments.high,
+        "mae": float(np.mean(np.abs(errors))),
+        "mae_low": low,
+        "mae_medium": medium,
+        "mae_high": high,
+        "mse": float(np.mean(errors * errors)),
+        "mse_low": squared[0],
+        "mse_medium": squared[1],
+        "mse_high": squared[2],
     }
+
+
+class MetricAccumulator:
+    """The metrics of :func:`evaluate`, accumulated batch by batch: ``update`` per batch,
+    ``compute`` at the end equals :func:`evaluate` on every sample seen, whatever the
+    batching (the mean of per-batch PLCCs does not: on a score-sorted loader it can be far
+    off). SRCC and the segments rank the whole set, so the scores themselves are kept
+    (two float64 numbers a sample). Mergeable: ``merge`` adds another accumulator's
+    samples, and ``sync(gather)`` merges every process's (``gather`` returns the list of
+    all processes' ``state_dict()``, e.g. through ``torch.distributed.all_gather_object``,
+    which :func:`elta_core.adapters.torch.distributed.gather_objects` wraps)."""
+
+    def __init__(self, threshold: float = 5.0, *, bin_values: Any = None):
+        self.threshold = _checks.finite_number(threshold, "threshold")
+        self.bin_values = None if bin_values is None else [float(v) for v in np.asarray(bin_values).reshape(-1)]
+        self.reset()
+
+    def reset(self) -> None:
+        self._pred: list[np.ndarray] = []
+        self._true: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return int(sum(len(p) for p in self._pred))
+
+    def update(self, pred: Tensor, true: Tensor) -> None:
+        """Add a batch: predicted and true scores (N,) or distributions (N, C)."""
+        p, t = _pair(pred, true, self.bin_values)
+        self._pred.append(p)
+        self._true.append(t)
+
+    def compute(self) -> dict[str, float]:
+        if not len(self):
+            raise ValueError("pred: no samples were accumulated; call update() with batches first")
+        return evaluate(np.concatenate(self._pred), np.concatenate(self._true), self.threshold)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pred": np.concatenate(self._pred) if self._pred else np.zeros(0),
+                "true": np.concatenate(self._true) if self._true else np.zeros(0),
+                "threshold": self.threshold, "bin_values": self.bin_values}
+
+    def merge(self, other: "MetricAccumulator | dict[str, Any]") -> "MetricAccumulator":
+        state = other.state_dict() if isinstance(other, MetricAccumulator) else other
+        if state["threshold"] != self.threshold or state["bin_values"] != self.bin_values:
+            raise ValueError("other: expected an accumulator with the same threshold and bin_values")
+        if len(state["pred"]):
+            self._pred.append(np.asarray(state["pred"], dtype=np.float64))
+            self._true.append(np.asarray(state["true"], dtype=np.float64))
+        return self
+
+    def sync(self, gather: "Callable[[dict[str, Any]], list[dict[str, Any]]]") -> "MetricAccumulator":
+        """An accumulator holding every process's samples, in process order."""
+        merged = MetricAccumulator(self.threshold, bin_values=self.bin_values)
+        for state in gather(self.state_dict()):
+            merged.merge(state)
+        return merged

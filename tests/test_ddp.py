@@ -9,8 +9,9 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from elta_core import flsa, losses  # noqa: E402
+from elta_core import flsa, losses, metrics  # noqa: E402
 from elta_core.adapters.torch import ELTAWrapper  # noqa: E402
+from elta_core.adapters.torch.distributed import gather_objects  # noqa: E402
 from tests.torch_models import TwoLayer, distributions  # noqa: E402
 
 WORLD = 2
@@ -40,8 +41,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         rows = slice(start, start + PER_RANK[rank])
         out = wrapper(x[rows], y[rows])
         out.loss.backward()
+        accumulator = metrics.MetricAccumulator()
+        accumulator.update(model(x[rows]).detach().softmax(1), y[rows])
+        synced = accumulator.sync(gather_objects)
         torch.save(
-            {"flsa": out.flsa_loss.detach(), "grads": [p.grad for p in model.parameters()]},
+            {"flsa": out.flsa_loss.detach(), "grads": [p.grad for p in model.parameters()],
+             "synced_plcc": torch.tensor(synced.compute()["plcc"]), "synced_count": torch.tensor(len(synced))},
             f"{out_dir}/rank{rank}.pt",
         )
     finally:
@@ -60,8 +65,11 @@ def test_global_flsa_equals_single_process_on_the_whole_batch(tmp_path):
         losses.emd(torch.softmax(model(x[s]), 1), y[s]) for s in (slice(0, 6), slice(6, 10))
     ) / WORLD
     (task + expected_flsa).backward()
+    whole_set = metrics.evaluate(model(x).detach().softmax(1), y)["plcc"]
     for rank in range(WORLD):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert int(result["synced_count"]) == sum(PER_RANK), "the metric holds every rank's samples"
+        assert float(result["synced_plcc"]) == pytest.approx(whole_set, rel=1e-5)  # float32 forwards
         torch.testing.assert_close(result["flsa"], expected_flsa.detach())
         for got, parameter in zip(result["grads"], model.parameters()):
             torch.testing.assert_close(got, parameter.grad, rtol=1e-5, atol=1e-6)

@@ -100,3 +100,42 @@ def test_metrics_accept_distributions(rng):
     pred, true = rng.dirichlet(np.ones(10), 30), rng.dirichlet(np.ones(10), 30)
     values = np.arange(1, 11)
     assert metrics.plcc(pred, true) == pytest.approx(metrics.plcc(pred @ values, true @ values))
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(5, 120), st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_accumulated_metrics_equal_the_whole_set_for_any_batching(seed, size, score_sorted):
+    rng = np.random.default_rng(seed)
+    true = np.round(rng.uniform(1, 10, size), 1)
+    pred = true + rng.normal(0, 1, size)
+    order = np.argsort(true, kind="stable") if score_sorted else rng.permutation(size)
+    cuts = np.sort(rng.choice(np.arange(1, size), size=min(size - 1, rng.integers(0, 6)), replace=False))
+    accumulator = metrics.MetricAccumulator()
+    for rows in np.split(order, cuts):
+        if rows.size:
+            accumulator.update(pred[rows], true[rows])
+    expected = metrics.evaluate(pred, true)
+    for key, value in accumulator.compute().items():
+        assert value == pytest.approx(expected[key], rel=1e-12, abs=1e-12), key
+
+
+def test_accumulators_merge_sync_and_refuse_mismatches():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(1, 10, 60)
+    pred = true + rng.normal(0, 1, 60)
+    ranks = [metrics.MetricAccumulator() for _ in range(3)]
+    for k, rows in enumerate(np.array_split(np.arange(60), 3)):
+        ranks[k].update(pred[rows], true[rows])
+    synced = ranks[1].sync(lambda state: [r.state_dict() for r in ranks])
+    assert len(synced) == 60 and synced.compute() == pytest.approx(metrics.evaluate(pred, true))
+    merged = metrics.MetricAccumulator().merge(ranks[0]).merge(ranks[1].state_dict()).merge(ranks[2])
+    assert merged.compute() == pytest.approx(metrics.evaluate(pred, true))
+    with pytest.raises(ValueError, match="other: expected an accumulator with the same threshold"):
+        metrics.MetricAccumulator(threshold=6.0).merge(ranks[0])
+    with pytest.raises(ValueError, match="pred: no samples were accumulated"):
+        metrics.MetricAccumulator().compute()
+    result = metrics.evaluate(pred, true)
+    errors = (pred - true) ** 2
+    assert result["mse"] == pytest.approx(errors.mean())
+    order = np.lexsort((pred, true))
+    assert result["mse_low"] == pytest.approx(errors[order][:12].mean())

@@ -254,3 +254,15 @@ def test_softmax_head_is_detected_as_probs():
     wrapper = ELTAWrapper(NIMA(), "head")
     assert wrapper.output_kind(torch.softmax(torch.randn(2, 10), 1)) == "probs"
     assert ELTAWrapper(TwoLayer(), "fc").output_kind(torch.randn(2, 10)) == "logits"
+
+
+def test_output_reads_like_a_hugging_face_model_output_and_labels_keyword():
+    wrapper = ELTAWrapper(TwoLayer(), "fc", num_pairs=2, seed=0)
+    x, y = torch.randn(8, 4), distributions(8)
+    out = wrapper(x, labels=y)
+    assert out[0] is out.loss is out["loss"] and out["logits"] is out.predictions
+    assert out.keys()[0] == "loss" and len(out.to_tuple()) == 5
+    with pytest.raises(KeyError):
+        out["nope"]
+    with pytest.raises(ValueError, match="labels: give the labels once"):
+        wrapper(x, y, labels=y)

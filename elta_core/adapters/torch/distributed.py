@@ -31,3 +31,13 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         tensor = torch.cat([tensor, padding])
     pieces = all_gather(tensor)
     return torch.cat([piece[:count] for piece, count in zip(pieces, counts)])
+
+
+def gather_objects(value):
+    """Every process's ``value`` (picklable), in rank order; ``[value]`` without DDP. For
+    :meth:`elta_core.metrics.MetricAccumulator.sync`."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -30,3 +30,19 @@ class ELTAOutput:
     flsa_loss: torch.Tensor
     pairs: tfa_core.Pairs | None = None
     features: torch.Tensor | None = None
+
+    # Hugging Face's Trainer reads outputs as a mapping or a tuple whose first item is the loss.
+    def to_tuple(self) -> tuple:
+        """``(loss, predictions, labels, task_loss, flsa_loss)``: the loss first, as Hugging
+        Face's ``ModelOutput`` puts it."""
+        return (self.loss, self.predictions, self.labels, self.task_loss, self.flsa_loss)
+
+    def keys(self) -> list[str]:
+        return ["loss", "predictions", "labels", "task_loss", "flsa_loss"]
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys() + ["pairs", "features", "logits"]:
+                raise KeyError(key)
+            return self.predictions if key == "logits" else getattr(self, key)
+        return self.to_tuple()[key]

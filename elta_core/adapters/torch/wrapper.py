@@ -127,9 +127,14 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         self._capture(output)
 
     # -- forward -----------------------------------------------------------------
-    def forward(self, x: Any, y: torch.Tensor | None = None) -> Any:
-        """``wrapper(x)``: the model's output, untouched. ``wrapper(x, y)`` in train mode:
-        an :class:`ELTAOutput` with the loss to backpropagate."""
+    def forward(self, x: Any, y: torch.Tensor | None = None, *, labels: torch.Tensor | None = None) -> Any:
+        """``wrapper(x)``: the model's output, untouched. ``wrapper(x, y)`` (or ``labels=y``,
+        as Hugging Face's Trainer passes them) in train mode: an :class:`ELTAOutput` with
+        the loss to backpropagate."""
+        if labels is not None:
+            if y is not None:
+                raise ValueError("labels: give the labels once, as y or as labels=")
+            y = labels
         if y is None or not self.training:
             return self.model(x)
         batch = _Batch(self._labels(x, y))
