@@ -19,8 +19,6 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
     rows = torch.tensor([tensor.shape[0]], device=tensor.device)
     all_rows = [torch.zeros_like(rows) for _ in range(dist.get_world_size())]
     dist.all_gather(all_rows, rows)
@@ -29,8 +27,27 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.shape[0] < widest:
         padding = tensor.new_zeros((widest - tensor.shape[0],) + tuple(tensor.shape[1:]))
         tensor = torch.cat([tensor, padding])
-    pieces = all_gather(tensor)
-    return torch.cat([piece[:count] for piece, count in zip(pieces, counts)])
+    gathered = _GatherRows.apply(tensor)
+    return torch.cat([piece[:count] for piece, count in zip(gathered.split(widest), counts)])
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' equally sized tensors, concatenated in rank order; the backward sums
+    every rank's gradient of the result and returns this rank's rows. Public collectives
+    only (``torch.distributed.nn.functional.all_gather`` is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, tensor.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
+        return torch.cat(pieces)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
 def gather_objects(value):
