@@ -121,7 +121,44 @@ def test_torchvision_models(name, head, size):
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None, num_classes=10)
     batch = 2 if name == "maxvit_t" else 4
-    _all_three_modules(model, head, torch.randn(batch, 3, size, size), distributions(batch))
+    assert ELTAWrapper(model, "auto").head_name == head
+    _all_three_modules(model, "auto", torch.randn(batch, 3, size, size), distributions(batch))
+
+
+@pytest.mark.parametrize("name,head,size", [
+    ("resnet18", "fc", 64), ("convnext_atto", "head.fc", 64), ("vit_tiny_patch16_224", "head", 224),
+    ("swinv2_tiny_window8_256", "head.fc", 256),
+])
+def test_timm_models_find_their_head(name, head, size):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    assert ELTAWrapper(model, "auto").head_name == head
+    _all_three_modules(model, "auto", torch.randn(2, 3, size, size), distributions(2))
+
+
+def test_hugging_face_image_model_finds_its_classifier():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=64, num_labels=10)
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(config)
+    assert ELTAWrapper(model, "auto").head_name == "classifier"
+    _all_three_modules(model, "auto", torch.randn(4, 3, 32, 32), distributions(4))
+
+
+def test_auto_head_names_the_candidates_when_it_cannot_tell():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 8)
+            self.top = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.top(self.body(x))
+
+    with pytest.raises(ValueError, match="head: cannot tell the head of Odd .* pass head= one of: body, top"):
+        ELTAWrapper(Odd(), "auto")
 
 
 def test_nima_style_model():

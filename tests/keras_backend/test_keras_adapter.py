@@ -395,3 +395,11 @@ def test_renamed_attributes_still_work_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="wrapped is now"):
         assert model.wrapped is model.model
     assert model.tfa is False and model.num_pairs == 1 and model.flsa_weight == 1.0
+
+
+
+def test_auto_head_is_the_last_layer_with_weights():
+    assert ELTAModel(nima_model(), "auto").head_name == "scores"
+    base = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=10,
+                                               include_preprocessing=False)
+    assert ELTAModel(base, "auto").head_name == "logits"

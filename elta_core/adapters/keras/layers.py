@@ -17,6 +17,17 @@ def _nearest_layer_error(model: keras.Model, name: str, argument: str) -> ValueE
     return ValueError(f"{argument}: {type(model).__name__} {model.name!r} has no layer {name!r} ({hint})")
 
 
+def resolve_head(model: keras.Model, head: str) -> str:
+    """``head``, or for ``"auto"`` the last layer that has weights (the output layer of a
+    NIMA-style model, MobileNetV3's ``logits``)."""
+    if head != "auto":
+        return head
+    weighted = [layer.name for layer in getattr(model, "layers", []) if layer.weights]
+    if not weighted:
+        raise ValueError(f"head: cannot tell the head of {model.name!r} (no layer with weights); pass head=")
+    return weighted[-1]
+
+
 def split_at(model: keras.Model, head: str) -> tuple[keras.Model, keras.Model]:
     """(backbone, head) of a Sequential or functional ``model``, the head starting at the
     layer named ``head``; both share the model's layers and weights."""

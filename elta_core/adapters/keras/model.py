@@ -17,7 +17,8 @@ import numpy as np
 from keras import ops
 
 from elta_core import step as core_step
-from elta_core.adapters.keras.layers import DeprecatedNames, StopOnNonFinite, ends_in_softmax, split_at, traced_per_shape
+from elta_core.adapters.keras.layers import (DeprecatedNames, StopOnNonFinite, ends_in_softmax, resolve_head, split_at,
+                                            traced_per_shape)
 
 
 @keras.saving.register_keras_serializable(package="elta_core")
@@ -27,8 +28,8 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
     Args:
         model: a Sequential or functional model, split at the layer named ``head``. For
             a subclassed model pass ``backbone=`` and ``head_model=`` instead.
-        head: name of the first layer of the head; TFA mixes (and FLSA aligns) the
-            features that enter it.
+        head: name of the first layer of the head, or ``"auto"`` (the last layer with
+            weights); TFA mixes (and FLSA aligns) the features that enter it.
         seed: an int for a ``keras.random.SeedGenerator``: the same seed draws the same
             pairs in every run on a backend.
         config: an :class:`elta_core.step.ELTAConfig`, or its fields as keywords (``tfa``,
@@ -44,6 +45,8 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
         keras_options = {k: options.pop(k) for k in ("name", "trainable", "dtype") if k in options}
         super().__init__(**keras_options)
         self.config = core_step.make_config(config, options, "ELTAModel")
+        if model is not None and head is not None:
+            head = resolve_head(model, head) if isinstance(model, keras.Model) else head
         self.model, self.head_name = model, head
         self.backbone, self.head = _backbone_and_head(model, head, backbone, head_model)
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):

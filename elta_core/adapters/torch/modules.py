@@ -97,6 +97,38 @@ class _BackboneHead(nn.Module):
         return self.head(self.backbone(x))
 
 
+HEAD_NAMES = ("fc", "classifier", "heads", "head")  # torchvision, Hugging Face, timm
+
+
+def _holds_linear(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) for m in module.modules())
+
+
+def auto_head(model: nn.Module) -> str:
+    """The name of the model's head: timm's own (``pretrained_cfg["classifier"]`` or
+    ``get_classifier()``), else the first of ``fc``, ``classifier``, ``heads``, ``head``
+    (torchvision, Hugging Face image models) that holds an ``nn.Linear``. A ``ValueError``
+    lists the candidates when none fits."""
+    modules = dict(model.named_modules())
+    config = getattr(model, "pretrained_cfg", None)
+    name = config.get("classifier") if isinstance(config, dict) else None
+    if isinstance(name, str) and name in modules and _holds_linear(modules[name]):
+        return name
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        classifier = get_classifier()
+        if isinstance(classifier, nn.Module) and _holds_linear(classifier):
+            found = [n for n, m in model.named_modules() if m is classifier and n]
+            if found:
+                return found[0]
+    for candidate in HEAD_NAMES:
+        if candidate in dict(model.named_children()) and _holds_linear(modules[candidate]):
+            return candidate
+    candidates = [n for n, child in model.named_children() if _holds_linear(child)]
+    raise ValueError(f"head: cannot tell the head of {type(model).__name__} (no {', '.join(HEAD_NAMES)} with an "
+                     f"nn.Linear, no timm classifier); pass head= one of: {', '.join(candidates) or 'none found'}")
+
+
 def model_and_head(model: nn.Module | None, head: str | nn.Module | None,
                    backbone: nn.Module | None) -> tuple[nn.Module, str]:
     """The model to hook and the name of its head, from a model with ``head`` or from
@@ -110,7 +142,9 @@ def model_and_head(model: nn.Module | None, head: str | nn.Module | None,
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if head is None:
-        raise ValueError('head: expected the name of the head module (e.g. "fc") or the module itself')
+        raise ValueError('head: expected the name of the head module (e.g. "fc"), "auto" or the module itself')
+    if head == "auto":
+        return model, auto_head(model)
     return model, (name_of(model, head, "head") if isinstance(head, nn.Module) else head)
 
 

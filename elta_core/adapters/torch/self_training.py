@@ -71,6 +71,7 @@ def predict(
         for batch in _progress(loader, progress, desc=desc, unit="batch"):
             x, y = _split_batch(batch)
             out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
+            out = getattr(out, "logits", out)  # a Hugging Face model's output
             kind = wrapper.output_kind(out)
             if kind == "score":
                 raise ValueError(

@@ -9,6 +9,7 @@ what the model returns.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Literal
 
 import torch
@@ -38,7 +39,8 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
     Args:
         model: the model, unchanged. Or pass ``backbone=`` and ``head=`` modules instead.
         head: where the head starts: a submodule name (``"fc"``, ``"classifier"``,
-            ``"head"``) or the module itself.
+            ``"head"``), the module itself, or ``"auto"`` (timm's classifier, else ``fc``,
+            ``classifier``, ``heads``, ``head``; the choice is in ``head_name`` and logged).
         mix_at: where TFA mixes: ``None`` for the features that enter the head, a layer
             name to mix that layer's output, or ``"input"`` for pixel mixup (Table 5).
         align_at: the features FLSA aligns: ``None`` for the TFA layer (the head's input
@@ -72,6 +74,9 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         super().__init__()
         self.config = core_step.make_config(config, options, "ELTAWrapper")
         self.model, self.head_name = model_and_head(model, head, backbone)
+        if head == "auto":
+            logging.getLogger("elta_core").info("ELTAWrapper: head=%r chosen for %s", self.head_name,
+                                                type(self.model).__name__)
         if flsa_scope not in ("local", "global"):
             raise ValueError(f"flsa_scope: expected 'local' or 'global', got {flsa_scope!r}")
         self.flsa_scope, self.task_loss_fn, self.mix_at = flsa_scope, task_loss, mix_at
@@ -159,6 +164,7 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
                              "has no features; give the head or layer that the forward really runs")
 
     def _output(self, predictions: Any, batch: _Batch) -> ELTAOutput:
+        predictions = getattr(predictions, "logits", predictions)  # a Hugging Face model's output
         if not isinstance(predictions, torch.Tensor):
             raise ValueError(f"model: expected the model to return a tensor, got {type(predictions).__name__}")
         kind = self.output_kind(predictions)
