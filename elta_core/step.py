@@ -97,14 +97,16 @@ class ELTAConfig:
 
 
 def _config_field(name: str) -> property:
-    return property(lambda self: getattr(self.config, name), doc=f"``config.{name}`` (read-only).")
+    return property(lambda self: getattr(self.elta_config, name), doc=f"``elta_config.{name}`` (read-only).")
 
 
 class ConfigAttributes:
-    """Read-only attributes for the settings in ``self.config``, under the same names in
-    every adapter (``output`` is ``config.output``: Keras models own that name)."""
+    """Read-only attributes for the settings in ``self.elta_config``, under the same names in
+    every adapter (``output`` is ``elta_config.output``: Keras models own that name). The
+    settings are not called ``config``: Hugging Face's Trainer expects ``model.config`` to be
+    a transformers configuration."""
 
-    config: ELTAConfig
+    elta_config: ELTAConfig
 
 
 for _name in ELTAConfig.__dataclass_fields__:

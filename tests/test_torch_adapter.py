@@ -303,3 +303,49 @@ def test_output_reads_like_a_hugging_face_model_output_and_labels_keyword():
         out["nope"]
     with pytest.raises(ValueError, match="labels: give the labels once"):
         wrapper(x, y, labels=y)
+
+
+def test_torchmetrics_metric_equals_the_whole_set_on_score_sorted_batches():
+    pytest.importorskip("torchmetrics")
+    from elta_core import metrics
+    from elta_core.adapters.torch.metrics import AestheticsMetrics
+
+    generator = torch.Generator().manual_seed(0)
+    true = torch.rand(90, generator=generator, dtype=torch.float64) * 9 + 1
+    pred = true + torch.randn(90, generator=generator, dtype=torch.float64)
+    order = torch.argsort(true)
+    metric, plcc = AestheticsMetrics(), AestheticsMetrics(key="plcc")
+    for rows in order.split(16):  # score-sorted batches: the mean of per-batch PLCCs is far off
+        metric.update(pred[rows], true[rows])
+        plcc.update(pred[rows], true[rows])
+    expected = metrics.evaluate(pred.numpy(), true.numpy())
+    for key, value in metric.compute().items():
+        assert float(value) == pytest.approx(expected[key], rel=1e-12), key
+    assert float(plcc.compute()) == pytest.approx(expected["plcc"], rel=1e-12)
+
+
+def test_a_plain_transformers_trainer_trains_a_wrapped_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+
+    class Items(torch.utils.data.Dataset):
+        def __init__(self):
+            generator = torch.Generator().manual_seed(0)
+            self.x, self.y = torch.randn(32, 4, generator=generator), distributions(32)
+
+        def __len__(self):
+            return 32
+
+        def __getitem__(self, k):
+            return {"x": self.x[k], "labels": self.y[k]}
+
+    torch.manual_seed(0)
+    model = TwoLayer()
+    before = [p.detach().clone() for p in model.parameters()]
+    wrapper = ELTAWrapper(model, "fc", num_pairs=2, seed=0)
+    arguments = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=3,
+                                               use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+                                               learning_rate=1e-2)
+    result = transformers.Trainer(model=wrapper, args=arguments, train_dataset=Items()).train()
+    assert result.global_step == 3 and np.isfinite(result.training_loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -101,7 +101,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
         if float((logs or {}).get("invalid_label_batches", 0.0)) > 0:
             raise ValueError(f"y: a batch of labels up to batch {batch} is not valid: expected finite score "
                              "distributions (non-negative, rows summing to 1; not raw vote counts) or scores on the "
-                             "model's rating scale. Check them with elta_core.step.check_labels(model.config, y)")
+                             "model's rating scale. Check them with elta_core.step.check_labels(model.elta_config, y)")
         for name in ("task_loss", "flsa_loss", "loss"):
             value = (logs or {}).get(name)
             if value is not None and not np.isfinite(float(value)):
@@ -121,9 +121,9 @@ class DeprecatedNames:
     @property
     def tfa_enabled(self) -> bool:
         warnings.warn("ELTAModel.tfa_enabled is now ELTAModel.tfa (or config.tfa)", DeprecationWarning, stacklevel=2)
-        return self.config.tfa
+        return self.elta_config.tfa
 
     @property
     def output_type(self) -> str:
-        warnings.warn("ELTAModel.output_type is now ELTAModel.config.output", DeprecationWarning, stacklevel=2)
-        return self.config.output
+        warnings.warn("ELTAModel.output_type is now ELTAModel.elta_config.output", DeprecationWarning, stacklevel=2)
+        return self.elta_config.output

@@ -44,7 +44,7 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
                  seed: int | None = None, config: core_step.ELTAConfig | None = None, **options: Any):
         keras_options = {k: options.pop(k) for k in ("name", "trainable", "dtype") if k in options}
         super().__init__(**keras_options)
-        self.config = core_step.make_config(config, options, "ELTAModel")
+        self.elta_config = core_step.make_config(config, options, "ELTAModel")
         if model is not None and head is not None:
             head = resolve_head(model, head) if isinstance(model, keras.Model) else head
         self.model, self.head_name = model, head
@@ -75,7 +75,7 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
 
     def output_kind(self, predictions) -> str:
         """``"logits"``, ``"probs"`` or ``"score"``: see :func:`elta_core.step.output_kind`."""
-        return core_step.output_kind(self.config, predictions, ends_in_softmax(self.model or self.head))
+        return core_step.output_kind(self.elta_config, predictions, ends_in_softmax(self.model or self.head))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if sample_weight is not None:
@@ -92,25 +92,25 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
         return self._labelled_loss(x, y, y_pred, features, training)
 
     def _pseudo_loss(self, x, y, predictions, training):
-        labels = core_step.check_labels(self.config, ops.cast(y, "float32"), predictions.shape[0], validate=False)
+        labels = core_step.check_labels(self.elta_config, ops.cast(y, "float32"), predictions.shape[0], validate=False)
         kind = self.output_kind(predictions)
-        core_step.check_output(self.config, predictions, labels, kind, validate=False)
-        return core_step.task_loss(self.config, predictions, labels, kind, self._task_loss(x, training))
+        core_step.check_output(self.elta_config, predictions, labels, kind, validate=False)
+        return core_step.task_loss(self.elta_config, predictions, labels, kind, self._task_loss(x, training))
 
     def _labelled_loss(self, x, y, predictions, features, training):
         # Labels from a dataset pipeline are checked here, traced; StopOnNonFinite raises.
         levels = predictions.shape[-1] if len(predictions.shape) == 2 else None
-        self.invalid_labels_tracker.update_state(core_step.invalid_labels(self.config, ops.cast(y, "float32"), levels))
-        labels = core_step.check_labels(self.config, ops.cast(y, "float32"), predictions.shape[0], validate=False)
+        self.invalid_labels_tracker.update_state(core_step.invalid_labels(self.elta_config, ops.cast(y, "float32"), levels))
+        labels = core_step.check_labels(self.elta_config, ops.cast(y, "float32"), predictions.shape[0], validate=False)
         kind = self.output_kind(predictions)
-        core_step.check_output(self.config, predictions, labels, kind, validate=False)
+        core_step.check_output(self.elta_config, predictions, labels, kind, validate=False)
         if features is not None:
             size = predictions.shape[0]
-            features, labels, pairs = core_step.mix(self.config, features, labels, self.seed_generator)
+            features, labels, pairs = core_step.mix(self.elta_config, features, labels, self.seed_generator)
             if pairs is not None and features.shape[0] > size:
                 mixed = self.head(features[size:], training=training)
                 predictions = ops.concatenate([predictions, ops.cast(mixed, predictions.dtype)], axis=0)
-        result = core_step.losses_of(self.config, predictions, labels, features, kind=kind,
+        result = core_step.losses_of(self.elta_config, predictions, labels, features, kind=kind,
                                      user_loss=self._task_loss(x, training), check_finite=False)
         self.task_loss_tracker.update_state(result.task_loss)
         self.flsa_loss_tracker.update_state(result.flsa_loss)
@@ -121,7 +121,7 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
         user's compiled loss, or the core's default."""
         if self.loss is not None:
             return lambda predictions, labels: super(ELTAModel, self).compute_loss(x, labels, predictions, None, training)
-        config = self.config
+        config = self.elta_config
 
         def default(predictions, labels):
             kind = self.output_kind(predictions)
@@ -139,10 +139,10 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name}: not supported by ELTAModel (TFA appends mixed samples); drop it from fit")
         if isinstance(y, np.ndarray):
-            labels = core_step.check_labels(self.config, np.asarray(y, dtype=np.float64))
+            labels = core_step.check_labels(self.elta_config, np.asarray(y, dtype=np.float64))
             levels = getattr(getattr(self.head, "output", None), "shape", (None,))[-1]
-            if levels not in (None, 1) and self.config.output != "score":
-                core_step.check_levels(self.config, int(levels), labels)
+            if levels not in (None, 1) and self.elta_config.output != "score":
+                core_step.check_levels(self.elta_config, int(levels), labels)
         callbacks = list(callbacks or []) + [StopOnNonFinite()]
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
@@ -170,7 +170,7 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
         config.update(model=serialize(self.model) if own else None, head=self.head_name,
                       backbone=None if own else serialize(self.backbone),
                       head_model=None if own else serialize(self.head), seed=self.seed)
-        fields = {name: getattr(self.config, name) for name in core_step.ELTAConfig.__dataclass_fields__}
+        fields = {name: getattr(self.elta_config, name) for name in core_step.ELTAConfig.__dataclass_fields__}
         fields["bin_values"] = None if fields["bin_values"] is None else list(fields["bin_values"])
         config.update(fields)
         return config

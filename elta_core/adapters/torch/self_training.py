@@ -304,7 +304,7 @@ class SelfTraining:
     def _training_settings(self, labelled: Dataset) -> dict[str, Any]:
         """What a trained stage depends on besides its upstream stages."""
         train = self.train_fn or self.optimizer
-        return {"config": fingerprint(vars(self.wrapper.config)), "head": self.wrapper.head_name,
+        return {"config": fingerprint(vars(self.wrapper.elta_config)), "head": self.wrapper.head_name,
                 "architecture": fingerprint([(k, tuple(v.shape)) for k, v in self.wrapper.model.state_dict().items()]),
                 "labelled": dataset_fingerprint(labelled), "epochs": self.epochs, "batch_size": self.batch_size,
                 "train": getattr(train, "__qualname__", type(train).__name__), "tag": self.tag}

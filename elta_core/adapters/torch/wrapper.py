@@ -72,7 +72,7 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         **options: Any,
     ):
         super().__init__()
-        self.config = core_step.make_config(config, options, "ELTAWrapper")
+        self.elta_config = core_step.make_config(config, options, "ELTAWrapper")
         self.model, self.head_name = model_and_head(model, head, backbone)
         if head == "auto":
             logging.getLogger("elta_core").info("ELTAWrapper: head=%r chosen for %s", self.head_name,
@@ -86,7 +86,7 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         self._ends_in_softmax = ends_in_softmax(head_module)
         self._register_hooks(head_module, mix_at, align_at)
 
-    output = property(lambda self: self.config.output, doc="``config.output`` (read-only).")
+    output = property(lambda self: self.elta_config.output, doc="``elta_config.output`` (read-only).")
 
     def _register_hooks(self, head_module: nn.Module, mix_at: str | None, align_at: str | None) -> None:
         if mix_at is None:
@@ -107,7 +107,7 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         if batch.mixed or not isinstance(features, torch.Tensor):
             return features
         batch.mixed = True
-        features, batch.labels, batch.pairs = core_step.mix(self.config, features, batch.labels, self.generator)
+        features, batch.labels, batch.pairs = core_step.mix(self.elta_config, features, batch.labels, self.generator)
         return features
 
     def _mix_head_input(self, module, args):
@@ -154,11 +154,11 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         return self._output(predictions, batch)
 
     def _check_hooks_ran(self, batch: _Batch) -> None:
-        if self.config.tfa and not batch.mixed:
+        if self.elta_config.tfa and not batch.mixed:
             where = self.mix_at or self.head_name
             raise ValueError(f"mix_at: the layer {where!r} was not called in the model's forward, so TFA could "
                              "not mix; give the head or layer that the forward really runs")
-        if self.config.uses_flsa and batch.features is None:
+        if self.elta_config.uses_flsa and batch.features is None:
             where = self.align_at or self.head_name
             raise ValueError(f"align_at: the layer {where!r} was not called in the model's forward, so FLSA "
                              "has no features; give the head or layer that the forward really runs")
@@ -168,9 +168,9 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         if not isinstance(predictions, torch.Tensor):
             raise ValueError(f"model: expected the model to return a tensor, got {type(predictions).__name__}")
         kind = self.output_kind(predictions)
-        core_step.check_output(self.config, predictions.detach(), batch.labels, kind)
+        core_step.check_output(self.elta_config, predictions.detach(), batch.labels, kind)
         gather = gather_with_grad if self.flsa_scope == "global" else None
-        result = core_step.losses_of(self.config, predictions, batch.labels, batch.features, batch.feature_labels,
+        result = core_step.losses_of(self.elta_config, predictions, batch.labels, batch.features, batch.feature_labels,
                                      kind=kind, user_loss=self.task_loss_fn, gather=gather)
         return ELTAOutput(predictions, batch.labels, *result, batch.pairs, batch.features)
 
@@ -180,17 +180,17 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         labels = self._labels(x, y)
         predictions = self.model(x)
         kind = self.output_kind(predictions)
-        core_step.check_output(self.config, predictions.detach(), labels, kind)
-        loss = core_step.task_loss(self.config, predictions, labels, kind, self.task_loss_fn)
-        if self.config.check_finite:
+        core_step.check_output(self.elta_config, predictions.detach(), labels, kind)
+        loss = core_step.task_loss(self.elta_config, predictions, labels, kind, self.task_loss_fn)
+        if self.elta_config.check_finite:
             core_step.raise_if_not_finite({"pseudo-label task loss": loss})
         return loss
 
     def _labels(self, x: Any, y: Any) -> torch.Tensor:
         like = x if isinstance(x, torch.Tensor) else next(self.model.parameters())
         batch = x.shape[0] if isinstance(x, torch.Tensor) else None
-        return core_step.check_labels(self.config, as_float_labels(y, like), batch)
+        return core_step.check_labels(self.elta_config, as_float_labels(y, like), batch)
 
     def output_kind(self, predictions: torch.Tensor) -> str:
         """``"logits"``, ``"probs"`` or ``"score"``: see :func:`elta_core.step.output_kind`."""
-        return core_step.output_kind(self.config, predictions, self._ends_in_softmax)
+        return core_step.output_kind(self.elta_config, predictions, self._ends_in_softmax)

@@ -1,0 +1,49 @@
+"""The metrics of :func:`elta_core.metrics.evaluate` as a torchmetrics ``Metric``, for
+Lightning and other torchmetrics users: ``update`` per batch, ``compute`` at the end
+(synchronised across DDP ranks by torchmetrics), equal to the whole-set functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from elta_core import metrics
+from elta_core.optional import require
+
+torchmetrics = require("torchmetrics", "lightning")
+
+
+class AestheticsMetrics(torchmetrics.Metric):
+    """P, S, accuracy, MAE/MSE overall and per segment (L, M, H) of predicted scores.
+
+    Args:
+        threshold: the accuracy's class boundary (5 on AVA's 1..10).
+        bin_values: rating values of the levels, for (N, C) distribution inputs.
+        key: which of :func:`elta_core.metrics.evaluate`'s results ``compute`` returns;
+            None returns them all as a dict of tensors.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, threshold: float = 5.0, *, bin_values: Any = None, key: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold, self.bin_values, self.key = threshold, bin_values, key
+        self.add_state("pred", default=[], dist_reduce_fx="cat")
+        self.add_state("true", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: torch.Tensor, true: torch.Tensor) -> None:
+        accumulator = metrics.MetricAccumulator(self.threshold, bin_values=self.bin_values)
+        accumulator.update(pred.detach(), true.detach())  # the core's checks and score conversion
+        state = accumulator.state_dict()
+        self.pred.append(torch.from_numpy(state["pred"]).to(self.device))
+        self.true.append(torch.from_numpy(state["true"]).to(self.device))
+
+    def compute(self):
+        pred = torchmetrics.utilities.dim_zero_cat(self.pred)
+        true = torchmetrics.utilities.dim_zero_cat(self.true)
+        result = metrics.evaluate(pred.cpu().numpy(), true.cpu().numpy(), self.threshold)
+        if self.key is not None:
+            return torch.tensor(result[self.key], dtype=torch.float64)
+        return {name: torch.tensor(value, dtype=torch.float64) for name, value in result.items()}
