@@ -80,6 +80,12 @@ def ends_in_softmax(module: nn.Module) -> bool:
     return bool(leaves) and isinstance(leaves[-1], nn.Softmax)
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def as_float_labels(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels)

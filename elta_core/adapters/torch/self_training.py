@@ -20,6 +20,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from elta_core import apds
 from elta_core.adapters.torch import rng
+from elta_core.adapters.torch.modules import device_of
 from elta_core.adapters.torch.wrapper import ELTAWrapper
 from elta_core.io import atomic_write, atomic_write_json, atomic_write_text
 from elta_core.pseudo_labels import DEFAULT_ROUND2, Round2, check_round2, pseudo_label_round
@@ -45,11 +46,6 @@ def _split_batch(batch: Any) -> tuple[Any, Any]:
     return batch, None
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def predict(
     wrapper: ELTAWrapper,
@@ -63,7 +59,7 @@ def predict(
     APDS needs logits over the rating levels: a ``"probs"`` model gives ``log(probs)``
     (the same softmax); a scalar ``"score"`` model raises ``ValueError``.
     """
-    model, device = wrapper.model, _device_of(wrapper.model)
+    model, device = wrapper.model, device_of(wrapper.model)
     was_training = model.training
     model.eval()
     outputs, labels = [], []
@@ -125,7 +121,7 @@ def fit(
     """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
     a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
     of each epoch."""
-    device = _device_of(wrapper.model)
+    device = device_of(wrapper.model)
     wrapper.train()
     history = []
     if pseudo_loader is not None and len(pseudo_loader) == 0:
