@@ -273,3 +273,19 @@ def test_the_old_module_paths_still_import_with_a_deprecation_warning():
         sys.modules.pop(f"elta_core.{name}", None)
         with pytest.warns(DeprecationWarning, match=f"elta_core.{name} moved to elta_core.app.{name}"):
             importlib.import_module(f"elta_core.{name}")
+
+
+def test_a_finished_apds_run_resumes_with_more_epochs_like_the_longer_run(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2"]
+    assert _train(labels, images, tmp_path / "long", "--epochs", "2", *apds) == 0
+    assert _train(labels, images, tmp_path / "grown", "--epochs", "1", *apds) == 0
+    assert _train(labels, images, tmp_path / "grown", "--epochs", "2", "--resume", *apds) == 0, capsys.readouterr().err
+    long, grown = _weights(tmp_path / "long" / "checkpoint.pt"), _weights(tmp_path / "grown" / "checkpoint.pt")
+    for name in long:
+        assert torch.equal(long[name], grown[name]), name
+    assert _train(labels, images, tmp_path / "grown", "--epochs", "2", "--resume", *apds) == 0
+    again = _weights(tmp_path / "grown" / "checkpoint.pt")
+    for name in long:
+        assert torch.equal(long[name], again[name]), f"{name}: a finished run resumed as it is changes nothing"
+    assert torch.load(tmp_path / "grown" / "checkpoint.pt", weights_only=True)["round"] == 2

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit, predict
 from elta_core.adapters.torch.data import ImageLabelDataset, image_files
+from elta_core.adapters.torch.modules import device_of
 from elta_core.adapters.torch.self_training import atomic_save
 from elta_core.data.labels import LabelTable, load_labels
 from elta_core.adapters.torch import rng
@@ -205,10 +206,11 @@ def train(args: Any) -> dict[str, float]:
     optimizer = torch.optim.AdamW(wrapper.parameters(), lr=args.lr)
     config = RunConfig(args.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
                        args.image_size, head)
-    if not _train_epochs(args, wrapper, train_data, optimizer, config, manifest):
+    round1 = _train_epochs(args, wrapper, train_data, optimizer, config, manifest)
+    if round1 is None:
         return {}
     if args.apds:
-        _self_training_round(args, wrapper, table, train_data, eval_data, optimizer, config, out)
+        _self_training_round(args, wrapper, table, train_data, eval_data, round1, manifest)
     result = evaluate_model(wrapper, eval_data, eval_table, args.batch_size, not args.quiet)
     result["skipped_images"] = float(len(train_data.skipped) + len(eval_data.skipped))
     _write_metrics(result, out, "metrics")
@@ -217,11 +219,15 @@ def train(args: Any) -> dict[str, float]:
     return result
 
 
+CHECKPOINT_KEY = "epochs"  # the manifest key of checkpoint.pt: what it holds is resumable training
+
+
 def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, optimizer, config: RunConfig,
-                  manifest: RunManifest) -> bool:
+                  manifest: RunManifest) -> dict | None:
     """Train (or resume) the epochs, checkpointing each with the optimizer and every
-    random generator's state, so that a resumed run equals the uninterrupted one; False
-    when stopped early."""
+    random generator's state, so that a resumed run equals the uninterrupted one. Returns
+    the last epoch's checkpoint (the state to resume from), None when stopped early. After
+    an APDS round the checkpoint holds the round-2 model and, under ``"resume"``, this state."""
     model, path = wrapper.model, manifest.folder / CHECKPOINT
     if len(data) < 2:
         raise ValueError(f"labels: {len(data)} training image(s) after the split; at least 2 are needed to train")
@@ -229,10 +235,11 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, opti
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         generator=order, drop_last=len(data) > args.batch_size)
     generators = [wrapper.generator, order]
-    key = manifest.stage_key("checkpoint", "epochs")
-    first_epoch = 0
+    key = manifest.stage_key("checkpoint", CHECKPOINT_KEY)
+    first_epoch, state = 0, None
     if args.resume and manifest.reusable("checkpoint", path, key):
-        state = load_checkpoint_file(path, _device_of(model))
+        state = load_checkpoint_file(path, device_of(model))
+        state = state.get("resume", state)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.restore(state["rng"], generators)
@@ -248,13 +255,14 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, opti
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise FloatingPointError(f"epoch {epoch + 1}/{args.epochs}: the weights became NaN or Inf in the last "
                                      f"step; the last good checkpoint (epoch {epoch}) is kept at {path}")
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                     "config": config.__dict__, "loss": losses[-1], "rng": rng.snapshot(generators)}, path)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                 "config": config.__dict__, "loss": losses[-1], "rng": rng.snapshot(generators)}
+        atomic_save(state, path)
         manifest.record("checkpoint", path, key)
         if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
             print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
-            return False
-    return True
+            return None
+    return state
 
 
 def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
@@ -275,9 +283,13 @@ def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
     return state
 
 
-def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, train_data, eval_data, optimizer,
-                         config: RunConfig, out: Path) -> None:
-    """``--apds``: one self-training round from the trained weights (round 1)."""
+def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, train_data, eval_data, round1: dict,
+                         manifest: RunManifest) -> None:
+    """``--apds``: one self-training round from the trained weights (round 1). The final
+    checkpoint holds the round-2 model, and the round-1 training state to resume from."""
+    out = manifest.folder
+    # Round 2 trains the same parameters in place: keep round 1's weights for the resume state.
+    round1 = {**round1, "model": {name: value.clone() for name, value in round1["model"].items()}}
     if not args.unlabelled:
         raise ValueError("unlabelled: --apds needs --unlabelled (a folder of images or a label file)")
     pool = unlabelled_pool(args, table)
@@ -294,13 +306,9 @@ def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, tra
     summary = trainer.run(train_data, calibration, pool, round1="current")
     print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
           f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
-    atomic_save({"model": wrapper.model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": args.epochs,
-                 "config": config.__dict__, "round": 2}, out / CHECKPOINT)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+    atomic_save({"model": wrapper.model.state_dict(), "epoch": round1["epoch"], "config": round1["config"],
+                 "round": 2, "resume": round1}, out / CHECKPOINT)
+    manifest.record("checkpoint", out / CHECKPOINT, manifest.stage_key("checkpoint", CHECKPOINT_KEY))
 
 
 def unlabelled_pool(args: Any, table: LabelTable) -> ImageLabelDataset:
