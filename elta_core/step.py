@@ -6,7 +6,7 @@ finds the layer where the features enter the head and calls, in order:
 
 1. :func:`check_labels` on the batch's labels (before the forward);
 2. :func:`mix` on the features entering the head (TFA, Eqs. 1-4), inside the forward;
-3. :func:`losses` on the predictions of the extended batch (task loss, FLSA, the total),
+3. :func:`losses_of` on the predictions of the extended batch (task loss, FLSA, the total),
    which also checks the predictions against the labels and raises on a non-finite loss.
 
 The configuration, its defaults and its validation live in :class:`ELTAConfig`; the
@@ -180,16 +180,27 @@ def invalid_labels(config: ELTAConfig, labels: Tensor, levels: int | None = None
     backend, labels = _checks.tensor(labels, "y")
     shape = backend.shape(labels)
     if len(shape) == 2 and shape[1] > 1:
-        sums = backend.sum(labels, axis=1)
-        ok = (backend.min(labels) >= 0) & (backend.max(backend.abs(sums - 1)) <= _checks.DISTRIBUTION_TOLERANCE)
+        ok = _distribution_ok(backend, labels, backend.sum(labels, axis=1))
     else:
         values = config.bin_values or (None if levels in (None, 1) else _level_values(config, levels))
-        if values is None:
-            ok = backend.all(backend.isfinite(labels))
-        else:
-            slack = SCALE_SLACK * (values[-1] - values[0])
-            ok = (backend.min(labels) >= values[0] - slack) & (backend.max(labels) <= values[-1] + slack)
+        ok = backend.all(backend.isfinite(labels)) if values is None else _scale_ok(backend, labels, values)
     return 1 - backend.cast_like(ok, backend.sum(labels))
+
+
+def _distribution_ok(backend, labels: Tensor, sums: Tensor) -> Tensor:
+    """Finite, non-negative rows summing to 1, as one boolean tensor: NaN fails every
+    comparison, so two reductions cover all three."""
+    return (backend.min(labels) >= 0) & (backend.max(backend.abs(sums - 1)) <= _checks.DISTRIBUTION_TOLERANCE)
+
+
+def _scale_slack(values: tuple[float, ...]) -> float:
+    return SCALE_SLACK * (values[-1] - values[0])
+
+
+def _scale_ok(backend, scores: Tensor, values: tuple[float, ...]) -> Tensor:
+    """Scores within the rating values' range (plus the slack), as one boolean tensor."""
+    slack = _scale_slack(values)
+    return (backend.min(scores) >= values[0] - slack) & (backend.max(scores) <= values[-1] + slack)
 
 
 def _require(backend, x: Tensor, condition: Callable[[], Tensor], passes: Callable[[], bool], message: str,
@@ -233,8 +244,7 @@ def _check_distribution(backend, labels: Tensor, name: str) -> None:
                 "elta_core.losses.distribution_from_counts.") if high > 1.5 else ""
         return f"{name}: expected score distributions whose rows sum to 1, found row sums in [{low:.4g}, {high:.4g}].{hint}"
 
-    # NaN fails every comparison: two reductions cover finite, non-negative and summing to 1.
-    _require(backend, labels, lambda: (backend.min(labels) >= 0) & (backend.max(backend.abs(sums - 1)) <= tolerance),
+    _require(backend, labels, lambda: _distribution_ok(backend, labels, sums),
              lambda: (abs(backend.min_host(sums) - 1) <= tolerance and abs(backend.max_host(sums) - 1) <= tolerance
                       and backend.min_host(labels) >= 0),
              f"{name}: expected finite score distributions (non-negative, rows summing to 1)",
@@ -247,10 +257,10 @@ def _check_distribution(backend, labels: Tensor, name: str) -> None:
 
 def _check_scale(backend, scores: Tensor, values: tuple[float, ...], name: str) -> None:
     low, high = values[0], values[-1]
-    slack = SCALE_SLACK * (high - low)
+    slack = _scale_slack(values)
     scale = (f"{name}: expected scores on the rating scale of bin_values ({low:g}..{high:g}); rescale the labels, or "
              "give bin_values (and score_scale, label units per point of a 1..10 scale) that match them")
-    _require(backend, scores, lambda: (backend.min(scores) >= low - slack) & (backend.max(scores) <= high + slack),
+    _require(backend, scores, lambda: _scale_ok(backend, scores, values),
              lambda: backend.min_host(scores) >= low - slack and backend.max_host(scores) <= high + slack, scale,
              lambda: _first(
                  (lambda: backend.all_finite_host(scores), lambda: f"{name}: expected finite labels, found NaN or Inf"),
