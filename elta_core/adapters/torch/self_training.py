@@ -320,7 +320,8 @@ class SelfTraining:
             raise ValueError(f"round1: expected 'train' or 'current', got {round1!r}")
         weights = fingerprint(list(self.wrapper.model.state_dict().values()))
         state: dict[str, Any] = {"labelled": labelled, "calibration": calibration, "unlabelled": unlabelled,
-                                 "round1": round1, "initial_weights": weights}
+                                 "round1": round1, "initial_weights": weights,
+                                 "training": self._training_settings(labelled)}  # hashed once, for both rounds
         summary: dict[str, Any] = {"workdir": str(self.workdir)}
         for stage in STAGES:
             getattr(self, f"_stage_{stage}")(state, summary)
@@ -330,8 +331,7 @@ class SelfTraining:
         return summary
 
     def _stage_round1(self, state: dict, summary: dict) -> None:
-        settings = {**self._training_settings(state["labelled"]), "weights": state["initial_weights"],
-                    "mode": state["round1"]}
+        settings = {**state["training"], "weights": state["initial_weights"], "mode": state["round1"]}
         key = self._manifest().stage_key("round1", settings)
         if state["round1"] == "current":
             self._weights("round1", key, lambda: None)
@@ -401,7 +401,7 @@ class SelfTraining:
             loaders = (self._loader(ConcatDataset([labelled, pseudo]) if len(pseudo) else labelled, True), None)
         else:
             loaders = (self._loader(labelled, True), self._loader(pseudo, True) if len(pseudo) else None)
-        settings = {**self._training_settings(labelled), "round2": self.round2}
+        settings = {**state["training"], "round2": self.round2}
         key = self._manifest().stage_key("round2", settings, ["round1", "selection"])
         self._weights("round2", key, lambda: self._train(*loaders, 2))
 
