@@ -39,7 +39,9 @@ def test_train_resume_evaluate_and_pseudo_label(folder_dataset, tmp_path, capsys
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     result = json.loads((out / "metrics.json").read_text())
     assert {"plcc", "srcc", "accuracy", "mae_low", "mae_medium", "mae_high"} <= set(result)
-    assert (out / "metrics.csv").read_text().startswith("plcc,srcc,accuracy")
+    epochs = (out / "metrics.csv").read_text().splitlines()
+    assert epochs[0].startswith("epoch,loss") and [row.split(",")[0] for row in epochs[1:]] == ["1", "2"]
+    assert (out / "predictions.csv").read_text().startswith("image,true_score,predicted_score,p_1,")
 
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--labels", str(labels), "--format", "ava",
                  "--images", str(images), "--out", str(out / "eval"), "--quiet"]) == 0
@@ -243,7 +245,9 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 1e-05)" not in text and "AdamW learning rate (default: 0.0001)" in text
+    assert "learning rate (constant) (default: 0.0001; --recipe paper: 1e-05)" in text
+    assert "the optimizer (default: adamw; --recipe paper: adam)" in text
+    assert "(default: 8/7 of --image-size; --recipe paper: 300 (x 300))" in text
     assert "--thresholds" in text and "(default: auto)" in text
     assert "--tfa, --no-tfa Tail Feature Augmentation (--no-tfa: off) (default: True)" in text
     assert "FLSA weight gamma (0: off) (default: 1.0)" in text

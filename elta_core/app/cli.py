@@ -16,6 +16,9 @@ from elta_core.data.labels import FORMATS
 from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
 from elta_core.step import DEFAULT_FLSA_WEIGHT, DEFAULT_NUM_PAIRS
 
+OPTIMIZERS = ("adamw", "adam")
+SELECT_BEST = ("none", "srcc", "plcc")
+
 
 def csv_options(args: argparse.Namespace) -> dict:
     """The --format csv options, for load_labels."""
@@ -23,14 +26,17 @@ def csv_options(args: argparse.Namespace) -> dict:
         return {}
     if len(args.scale) != 2 or not args.scale[0] < args.scale[1]:
         raise ValueError(f"scale: expected LOW,HIGH with LOW < HIGH, got {args.scale}")
-    return {"image_column": args.image_column, "score_column": args.score_column, "scale": tuple(args.scale)}
+    return {"image_column": args.image_column, "score_column": args.score_column, "scale": tuple(args.scale),
+            "split_column": args.split_column}
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from elta_core.data.synthetic import export, generate
+    from elta_core.data.synthetic import SPLIT_FILES, export, generate
 
-    path = export(generate(args.count, args.image_size, seed=args.seed), args.out)
+    path = export(generate(args.count, args.image_size, seed=args.seed), args.out, splits=args.split, seed=args.seed)
     print(f"{args.count} images in {Path(args.out) / 'images'}, labels in {path} (--format ava)")
+    if args.split:
+        print(f"splits in {', '.join(str(Path(args.out) / name) for name in SPLIT_FILES)}")
     return 0
 
 
@@ -101,7 +107,10 @@ def _train(args: argparse.Namespace) -> int:
     result = train(args)
     if result:
         print(format_metrics(result))
-        print(f"metrics written to {Path(args.out) / 'metrics.json'} and metrics.csv")
+        out = Path(args.out)
+        best = f", best epoch {result['best_epoch']}" if "best_epoch" in result else ""
+        print(f"test metrics of {out / result['checkpoint']}{best} in {out / 'metrics.json'}; per-image predictions "
+              f"in predictions.csv; per-epoch metrics in metrics.csv")
     return 0
 
 
@@ -169,6 +178,8 @@ def _csv_options(parser: argparse.ArgumentParser) -> None:
                              "columns are read as vote counts)")
     parser.add_argument("--scale", type=_floats, default=(1.0, 10.0), metavar="LOW,HIGH",
                         help="for --format csv: the rating scale of the scores")
+    parser.add_argument("--split-column", default=None,
+                        help="for --format csv: a column naming each image's split (train, validation, test)")
 
 
 def _apds_options(parser: argparse.ArgumentParser) -> None:
@@ -187,9 +198,10 @@ def _apds_options(parser: argparse.ArgumentParser) -> None:
                              "(the authors' code)")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
     parser.add_argument("--images", help="folder the label file's image names are relative to")
-    parser.add_argument("--batch-size", type=_at_least(1), default=32, help="images per batch")
+    if batch_size:
+        parser.add_argument("--batch-size", type=_at_least(1), default=32, help="images per batch")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="skip missing or corrupt images and report how many")
@@ -216,6 +228,8 @@ def _add_synth(commands) -> None:
     synth.add_argument("--count", type=_at_least(2), default=200, help="how many images")
     synth.add_argument("--image-size", type=_at_least(8), default=64, help="side of the square images, pixels")
     synth.add_argument("--seed", type=int, default=0, help="the dataset's seed")
+    synth.add_argument("--split", type=_floats, metavar="TRAIN,VAL,TEST",
+                       help="also write train.csv, val.csv and test.csv with these fractions of the images")
     synth.set_defaults(run=_synth)
 
 
@@ -233,36 +247,71 @@ def _add_stats(commands) -> None:
 
 
 def _add_train(commands) -> None:
-    train = _subcommand(commands, "train", "train a torchvision backbone with TFA / FLSA / APDS",
-                        "Trains a torchvision model with a distribution head on a label file and its images, with\n"
-                        "TFA and FLSA on by default (--no-tfa --flsa 0 for the baseline), checkpointing every epoch\n"
-                        "into --out (resumable with --resume), then evaluates it.",
+    from elta_core.app.models import HEADS
+    from elta_core.app.recipe import RECIPES, recipe_help
+
+    train = _subcommand(commands, "train", "train a torchvision or timm backbone with TFA / FLSA / APDS",
+                        "Trains a torchvision or timm model with a distribution (or score) head on a label file and\n"
+                        "its images, with TFA and FLSA on by default (--no-tfa --flsa 0 for the baseline),\n"
+                        "checkpointing every epoch into --out (resumable with --resume), validating every epoch when\n"
+                        "there is a validation set, then evaluating on the test set (metrics.json, metrics.csv,\n"
+                        "predictions.csv). --recipe paper sets the authors' training recipe; any flag overrides it.",
                         "elta train --labels data/labels.csv --format ava --images data/images --out runs/r18")
     _labels_options(train)
-    _common(train)
-    train.add_argument("--backbone", default="resnet18", help="a torchvision model name")
-    train.add_argument("--weights", help="local state dict to start from (no downloads)")
+    _common(train, batch_size=False)
+    train.add_argument("--recipe", choices=RECIPES, default="default",
+                       help="default: this library's settings; paper: Adam, lr 1e-5, batch 48, 20 epochs, resize 300 "
+                            "+ random crop 256 + flip, test resize 256, the authors' heads, best validation SRCC")
+    train.add_argument("--backbone", default="resnet18", help="a torchvision model name, or timm/<name> for any timm "
+                       "model (e.g. timm/swinv2_base_window8_256; needs elta-core[timm])")
+    train.add_argument("--weights", help="local weights to start from: a .pth/.pt state dict or a .safetensors file "
+                       "(no downloads; the head may differ)")
+    train.add_argument("--head", choices=HEADS, help=recipe_help(
+        "head", "linear: Linear(F, C); emd-mlp: Linear(F, 64), ReLU, Linear(64, C); sigmoid: Dropout(0.75), "
+        "Linear(F, 1), sigmoid scaled to the rating scale (a score, MSE loss; no APDS)"))
     train.add_argument("--tfa", action=argparse.BooleanOptionalAction, default=True,
                        help="Tail Feature Augmentation (--no-tfa: off)")
     train.add_argument("--num-pairs", type=float, default=DEFAULT_NUM_PAIRS,
                        help="TFA pairs: a count (>= 1) or a fraction of the batch")
     train.add_argument("--flsa", type=float, default=DEFAULT_FLSA_WEIGHT, metavar="WEIGHT",
                        help="FLSA weight gamma (0: off)")
+    train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), help=recipe_help("optimizer", "the optimizer"))
+    train.add_argument("--lr", type=float, help=recipe_help("lr", "learning rate (constant)"))
+    train.add_argument("--batch-size", type=_at_least(1), help=recipe_help("batch_size", "images per batch"))
+    train.add_argument("--epochs", type=_at_least(1), help=recipe_help("epochs", "training epochs (may change on "
+                                                                               "--resume)"))
+    train.add_argument("--image-size", type=_at_least(8), help=recipe_help("image_size", "input size in pixels (the "
+                                                                                       "training crop)"))
+    train.add_argument("--resize", type=_at_least(8), help=recipe_help("resize", "images are resized to this square "
+                                                                              "before the random crop"))
+    train.add_argument("--eval-transform", choices=("crop", "resize"), help=recipe_help(
+        "eval_transform", "evaluation images: crop (resize as in training, centre crop) or resize (straight to "
+        "--image-size)"))
+    train.add_argument("--val-labels", help="a labelled validation file (same --format), evaluated every epoch "
+                       "(default: the file's own validation split, if any)")
+    train.add_argument("--test-labels", help="a labelled test file (same --format) for the final evaluation "
+                       "(default: the file's test split, else a random --val-fraction hold-out)")
+    train.add_argument("--select-best", choices=SELECT_BEST, help=recipe_help(
+        "select_best", "keep the epoch with the best validation SRCC or PLCC (best.pt) and test that one; without a "
+        "validation set --val-fraction of the training images is held out for it"))
+    train.add_argument("--val-fraction", type=float, default=0.1,
+                       help="held out (seeded) for testing when the file has no split, and for validation when "
+                            "--select-best needs a validation set and there is none")
     train.add_argument("--apds", action="store_true", help="one APDS self-training round after training")
     train.add_argument("--unlabelled", help="for --apds: a folder of images or a label file (labels ignored)")
     train.add_argument("--unlabelled-format", choices=FORMATS, help="format of --unlabelled (default: --format)")
     train.add_argument("--calibration", help="for --apds: a labelled file for the grid search "
-                       "(default: the held-out evaluation split)")
+                       "(default: the validation set, else the test split)")
     train.add_argument("--calibration-format", choices=FORMATS, help="format of --calibration (default: --format)")
-    train.add_argument("--round2-epochs", type=_at_least(1), default=1, help="epochs of the APDS round")
     train.add_argument("--round2", choices=ROUND2_MODES, default=DEFAULT_ROUND2,
                        help="Eq. 10: concat (pseudo-labelled images join the training set, with TFA and FLSA) or "
                             "separate (their task loss on separate batches)")
+    train.add_argument("--round2-epochs", type=_at_least(1), help=recipe_help("round2_epochs", "epochs of the APDS "
+                                                                                              "round"))
+    train.add_argument("--round2-resume-optimizer", action=argparse.BooleanOptionalAction, help=recipe_help(
+        "round2_resume_optimizer", "round 2 continues round 1's optimizer and its state at --lr (off: a fresh "
+        "optimizer at --lr / 4)"))
     _apds_options(train)
-    train.add_argument("--epochs", type=_at_least(1), default=10, help="training epochs (may change on --resume)")
-    train.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
-    train.add_argument("--image-size", type=_at_least(8), default=224, help="input size in pixels")
-    train.add_argument("--val-fraction", type=float, default=0.1, help="held out when the file has no split")
     train.add_argument("--workers", type=_at_least(0), default=0, help="DataLoader worker processes")
     train.add_argument("--seed", type=int, default=0, help="seeds the split, the model, the data order and TFA")
     train.add_argument("--out", default="elta_runs/train",
@@ -296,7 +345,6 @@ def _add_pseudo(commands) -> None:
     pseudo.add_argument("--unlabelled", required=True, help="a folder of images or a label file")
     pseudo.add_argument("--unlabelled-format", choices=FORMATS, help="format of --unlabelled (default: --format)")
     _apds_options(pseudo)
-    pseudo.add_argument("--image-size", type=int, default=None, help=argparse.SUPPRESS)
     pseudo.add_argument("--out", default="elta_runs/pseudo_labels", help="where pseudo_labels.csv and grid.md go")
     _common(pseudo)
     pseudo.set_defaults(run=_pseudo_label)

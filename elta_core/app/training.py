@@ -1,86 +1,81 @@
 """What ``elta train``, ``elta evaluate`` and ``elta pseudo-label`` do, on real datasets.
 
-A torchvision backbone gets a C-level distribution head (C = the dataset's levels: 10,
-or 9 for PARA), is trained with TFA / FLSA switched on by flags, checkpointed every epoch
-(atomically; ``--resume`` continues), and evaluated with :mod:`elta_core.metrics`,
-written as JSON and CSV. ``--apds`` adds one self-training round.
+A torchvision or timm backbone gets a head over the dataset's C rating levels (10, or 9
+for PARA; :mod:`elta_core.app.models`), is trained with TFA / FLSA switched on by flags
+under a recipe (:mod:`elta_core.app.recipe`), checkpointed every epoch (atomically;
+``--resume`` continues), validated every epoch when there is a validation set (the best
+epoch kept as ``best.pt``), and tested with :mod:`elta_core.metrics`. ``--apds`` adds one
+self-training round.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from elta_core import apds, metrics
+from elta_core import losses as core_losses
+from elta_core import metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit, predict
-from elta_core.adapters.torch.data import ImageLabelDataset, image_files
+from elta_core.adapters.torch import rng
+from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms, image_files
 from elta_core.adapters.torch.modules import device_of
 from elta_core.adapters.torch.self_training import atomic_save
-from elta_core.data.labels import LabelTable, load_labels
-from elta_core.adapters.torch import rng
+from elta_core.app import recipe
 from elta_core.app.cli import csv_options
+from elta_core.app.models import build_model
+from elta_core.data.labels import LabelTable, load_labels
 from elta_core.io import atomic_write_json, atomic_write_text
 from elta_core.pseudo_labels import pseudo_label_round
 from elta_core.run_state import RunManifest, fingerprint, sha256_of_file
+from elta_core.step import output_kind
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 @dataclass
 class RunConfig:
+    """What a checkpoint needs to rebuild its model and its evaluation transform."""
+
     backbone: str
     num_bins: int
     bin_values: list[float]
     scale: list[float]
     image_size: int
-    head: str
+    head: str  # the head module's name (where TFA mixes)
+    head_type: str = "linear"
+    resize: int | None = None
+    eval_crop: bool = True
+
+    def transform(self, train: bool):
+        return iaa_transforms(train, self.image_size, self.resize, self.eval_crop)
+
+    def build(self, weights: str | None = None):
+        return build_model(self.backbone, self.num_bins, self.head_type, weights, top=self.scale[1])
 
 
-def default_head(model: nn.Module) -> str:
-    """Name of the last top-level module that holds an ``nn.Linear`` (fc, classifier, head)."""
-    for name, child in reversed(list(model.named_children())):
-        if isinstance(child, nn.Linear) or any(isinstance(m, nn.Linear) for m in child.modules()):
-            return name
-    raise ValueError(f"backbone: cannot find a linear head in {type(model).__name__}")
+class ScaledScoreMSE:
+    """The sigmoid head's loss: MSE between scores divided by the scale's top, as the
+    authors train on labels divided by 10; keeps the task loss and FLSA's weight in the
+    paper's proportion."""
 
+    def __init__(self, top: float, bin_values: list[float]):
+        self.top, self.bin_values = float(top), bin_values
 
-def build_model(backbone: str, num_bins: int, weights: str | None = None) -> tuple[nn.Module, str, list[str]]:
-    """A torchvision model with a ``num_bins`` head; ``weights`` is a local state dict whose
-    tensors of matching shape are loaded (an ImageNet head is skipped). Returns the model,
-    its head name and the keys that were not loaded."""
-    import torchvision
-
-    try:
-        model = torchvision.models.get_model(backbone, weights=None, num_classes=num_bins)
-    except ValueError:
-        names = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models))[:12])
-        raise ValueError(f"backbone: unknown torchvision model {backbone!r} (e.g. {names}, ...)") from None
-    skipped: list[str] = []
-    if weights:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"weights: no such file: {weights}")
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001
-            raise ValueError(f"weights: {weights} cannot be read as a state dict ({type(error).__name__}); give a "
-                             ".pth file of tensors") from None
-        state = state.get("model", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise ValueError(f"weights: {weights} holds a {type(state).__name__}, expected a state dict")
-        own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = sorted(set(own) - set(usable))
-        model.load_state_dict(usable, strict=False)
-    return model, default_head(model), skipped
+    def __call__(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return core_losses.task_loss(predictions, labels, "score", self.bin_values, validate=False) / self.top ** 2
 
 
 def score_scale_of(table: LabelTable) -> float:
@@ -88,19 +83,57 @@ def score_scale_of(table: LabelTable) -> float:
     return (high - low) / 9.0
 
 
-def split_table(table: LabelTable, val_fraction: float, seed: int) -> tuple[LabelTable, LabelTable]:
-    """The file's own train / test split where it has one, else a seeded random split."""
-    if table.split is not None and "train" in table.split:
-        held_out = [s for s in ("test", "validation", "testnew") if s in table.split]
-        if held_out:
-            rows = np.array([s == "train" for s in table.split])
-            evaluation = np.array([s == held_out[0] for s in table.split])
-            return table.subset(rows), table.subset(evaluation)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {val_fraction}")
+class DataSplits(NamedTuple):
+    train: LabelTable
+    validation: LabelTable | None
+    test: LabelTable
+
+
+def _rows(table: LabelTable, names: tuple[str, ...]) -> np.ndarray:
+    return np.array([s in names for s in table.split])
+
+
+def _hold_out(table: LabelTable, fraction: float, seed: int) -> tuple[LabelTable, LabelTable]:
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {fraction}")
     order = np.random.default_rng(seed).permutation(len(table))
-    cut = max(1, int(round(len(table) * val_fraction)))
+    cut = max(1, int(round(len(table) * fraction)))
     return table.subset(np.sort(order[cut:])), table.subset(np.sort(order[:cut]))
+
+
+def split_table(table: LabelTable, val_fraction: float, seed: int) -> tuple[LabelTable, LabelTable]:
+    """Training and test rows: the file's own split where it has one, else a seeded random
+    ``val_fraction`` hold-out."""
+    if table.split is not None and "train" in table.split:
+        held_out = [s for s in ("test", "testnew", "validation", "val") if s in table.split]
+        if held_out:
+            return table.subset(_rows(table, ("train",))), table.subset(_rows(table, (held_out[0],)))
+    return _hold_out(table, val_fraction, seed)
+
+
+def data_splits(args: Any, table: LabelTable) -> DataSplits:
+    """Training, validation and test rows. Test: ``--test-labels``, else the file's test
+    split, else a random hold-out. Validation: ``--val-labels``, else the file's validation
+    split (when it also has a test split), else, when ``--select-best`` needs one, a random
+    ``--val-fraction`` of the training rows."""
+    load = lambda path: load_labels(path, args.format, image_root=args.images, **csv_options(args))  # noqa: E731
+    if args.test_labels:
+        train_rows, test = table, load(args.test_labels)
+        if table.split is not None and "train" in table.split:
+            train_rows = table.subset(_rows(table, ("train",)))
+    else:
+        train_rows, test = split_table(table, args.val_fraction, args.seed)
+    validation = None
+    if args.val_labels:
+        validation = load(args.val_labels)
+    elif table.split is not None and any(s in ("test", "testnew") for s in table.split) \
+            and any(s in ("validation", "val") for s in table.split):
+        validation = table.subset(_rows(table, ("validation", "val")))
+    elif args.select_best != "none":
+        train_rows, validation = _hold_out(train_rows, args.val_fraction, args.seed + 1)
+        print(f"select-best: no validation set given; holding out {len(validation)} training images for it "
+              "(--val-fraction)")
+    return DataSplits(train_rows, validation, test)
 
 
 def _device(name: str | None) -> torch.device:
@@ -124,36 +157,61 @@ def _output_folder(path: str) -> Path:
     return folder
 
 
-def _write_metrics(result: dict[str, float], out: Path, stem: str) -> None:
-    atomic_write_json(out / f"{stem}.json", result)
+def _csv_text(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(result.keys())
-    writer.writerow(f"{v:.6g}" if isinstance(v, float) else v for v in result.values())
-    atomic_write_text(out / f"{stem}.csv", buffer.getvalue())
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _write_metrics(result: dict[str, Any], out: Path, stem: str) -> None:
+    atomic_write_json(out / f"{stem}.json", result)
+    atomic_write_text(out / f"{stem}.csv", _csv_text([result]))
 
 
 def format_metrics(result: dict[str, float]) -> str:
-    names = [("plcc", "P (PLCC)"), ("srcc", "S (SRCC)"), ("accuracy", "accuracy"), ("mae_low", "L (low MAE)"),
-             ("mae_medium", "M (medium MAE)"), ("mae_high", "H (high MAE)")]
+    names = [("plcc", "P (PLCC)"), ("srcc", "S (SRCC)"), ("accuracy", "accuracy"), ("mse", "MSE"),
+             ("mae_low", "L (low MAE)"), ("mae_medium", "M (medium MAE)"), ("mae_high", "H (high MAE)")]
     return "\n".join(f"{label:>15}: {result[key]:.4f}" for key, label in names)
 
 
-def evaluate_model(wrapper: ELTAWrapper, dataset, table: LabelTable, batch_size: int, progress: bool) -> dict[str, float]:
+class Evaluation(NamedTuple):
+    metrics: dict[str, float]
+    predictions: str  # predictions.csv: image, true score, predicted score, predicted distribution
+
+
+def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: LabelTable, batch_size: int,
+                   progress: bool, desc: str = "evaluate") -> Evaluation:
+    """Metrics of the model on ``dataset`` (rows of ``table``), and its per-image predictions."""
     if len(dataset) < 2:
         raise ValueError(f"labels: {len(dataset)} image(s) to evaluate; PLCC and SRCC need at least 2")
-    logits, _ = predict(wrapper, DataLoader(dataset, batch_size=batch_size), progress=progress, desc="evaluate")
-    predicted = apds.predicted_scores(logits, table.bin_values).numpy()
-    true = table.scores[list(dataset.rows)]
+    outputs, _ = predict(wrapper, DataLoader(dataset, batch_size=batch_size), progress=progress, desc=desc)
+    kind = output_kind(wrapper.elta_config, outputs, wrapper._ends_in_softmax)
+    predicted = core_losses.output_scores(outputs, kind, table.bin_values).double().numpy()
+    rows = list(dataset.rows)
+    true = table.scores[rows]
     low, high = table.scale
     result = metrics.evaluate(predicted, true, threshold=low + (high - low) * 4 / 9)
     result["num_images"] = float(len(true))
-    return result
+    header = ["image", "true_score", "predicted_score"]
+    distributions = None
+    if kind != "score":
+        distributions = (outputs if kind == "probs" else torch.softmax(outputs.double(), dim=1)).numpy()
+        header += [f"p_{v:g}" for v in table.bin_values]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for k, row in enumerate(rows):
+        extra = [f"{p:.6f}" for p in distributions[k]] if distributions is not None else []
+        writer.writerow([table.images[row], f"{true[k]:.6g}", f"{predicted[k]:.6g}", *extra])
+    return Evaluation(result, buffer.getvalue())
 
 
 # Settings that do not change the result, and those a resumed run may change.
 _NOT_RESULTS = ("run", "command", "out", "resume", "quiet", "device", "workers", "stop_after_epoch")
-_MAY_CHANGE_ON_RESUME = ("epochs",)
+_MAY_CHANGE_ON_RESUME = ("epochs", "round2_epochs")
 
 
 def open_run(args: Any) -> RunManifest:
@@ -171,8 +229,9 @@ def open_run(args: Any) -> RunManifest:
     for name in manifest.check_config(config, may_change=_MAY_CHANGE_ON_RESUME):
         print(f"resume: {name} changed from {before.get(name)!r} to {config.get(name)!r}")
     inputs = {"labels": _path_fingerprint(args.labels)}
-    if args.weights:
-        inputs["weights"] = _path_fingerprint(args.weights)
+    for name in ("weights", "val_labels", "test_labels"):
+        if getattr(args, name, None):
+            inputs[name] = _path_fingerprint(getattr(args, name))
     manifest.check_inputs(inputs)
     return manifest
 
@@ -186,48 +245,80 @@ def _path_fingerprint(path: str) -> str:
     return sha256_of_file(path)
 
 
-def train(args: Any) -> dict[str, float]:
-    """``elta train``: returns the evaluation metrics of the final model."""
-    if args.batch_size < 1:
-        raise ValueError(f"batch-size: expected an int >= 1, got {args.batch_size}")
+def _check_train_args(args: Any) -> None:
+    if args.lr is None or not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"lr: expected a finite learning rate > 0, got {args.lr}")
+    if args.head == "sigmoid" and args.apds:
+        raise ValueError("apds: needs a distribution head (--head linear or emd-mlp); --head sigmoid predicts one "
+                         "score per image, which APDS cannot sharpen")
+    if args.resize is not None and args.resize < args.image_size:
+        raise ValueError(f"resize: expected a side >= --image-size ({args.image_size}), got {args.resize}")
+
+
+def _datasets(args: Any, splits: DataSplits, config: RunConfig) -> tuple[ImageLabelDataset, ...]:
+    make = lambda table, train: None if table is None else ImageLabelDataset(  # noqa: E731
+        table, config.transform(train), skip_unreadable=args.skip_unreadable)
+    return make(splits.train, True), make(splits.validation, False), make(splits.test, False)
+
+
+def train(args: Any) -> dict[str, Any]:
+    """``elta train``: returns the test metrics of the final model (the best epoch's with
+    ``--select-best``, the round-2 model with ``--apds``)."""
+    table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
+    recipe.resolve(args, table.distributions is not None)
+    _check_train_args(args)
     manifest = open_run(args)
     out = Path(args.out)
     torch.manual_seed(args.seed)
-    table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
-    train_table, eval_table = split_table(table, args.val_fraction, args.seed)
-    model, head, skipped = build_model(args.backbone, len(table.bin_values), args.weights)
+    splits = data_splits(args, table)
+    config = RunConfig(args.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
+                       args.image_size, "", args.head, args.resize, args.eval_transform == "crop")
+    model, config.head, skipped = config.build(args.weights)
     model.to(_device(args.device))
     wrapper = ELTAWrapper(
-        model, head, tfa=args.tfa, num_pairs=args.num_pairs, flsa_weight=args.flsa,
-        bin_values=table.bin_values.tolist(), score_scale=score_scale_of(table), seed=args.seed,
+        model, config.head, tfa=args.tfa, num_pairs=args.num_pairs, flsa_weight=args.flsa,
+        bin_values=config.bin_values, score_scale=score_scale_of(table), seed=args.seed,
+        task_loss=ScaledScoreMSE(table.scale[1], config.bin_values) if args.head == "sigmoid" else None,
     )
-    train_data = ImageLabelDataset(train_table, train=True, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
-    eval_data = ImageLabelDataset(eval_table, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
-    optimizer = torch.optim.AdamW(wrapper.parameters(), lr=args.lr)
-    config = RunConfig(args.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
-                       args.image_size, head)
-    round1 = _train_epochs(args, wrapper, train_data, optimizer, config, manifest)
+    train_data, val_data, test_data = _datasets(args, splits, config)
+    optimizer = OPTIMIZERS[args.optimizer](wrapper.parameters(), lr=args.lr)
+    round1 = _train_epochs(args, wrapper, train_data, val_data, optimizer, config, manifest)
     if round1 is None:
         return {}
+    evaluated, best = CHECKPOINT, round1.get("best")
+    if args.select_best != "none":
+        best_state = _load_best(manifest, best, device_of(model))
+        model.load_state_dict(best_state["model"])
+        evaluated = BEST
+        if args.round2_resume_optimizer:
+            round1 = {**round1, "round2_optimizer": best_state.get("optimizer")}
     if args.apds:
-        _self_training_round(args, wrapper, table, train_data, eval_data, round1, manifest)
-    result = evaluate_model(wrapper, eval_data, eval_table, args.batch_size, not args.quiet)
-    result["skipped_images"] = float(len(train_data.skipped) + len(eval_data.skipped))
-    _write_metrics(result, out, "metrics")
+        _self_training_round(args, wrapper, table, train_data, val_data or test_data, round1, config, manifest)
+        evaluated = CHECKPOINT
+    evaluation = evaluate_model(wrapper, test_data, splits.test, args.batch_size, not args.quiet, desc="test")
+    result: dict[str, Any] = dict(evaluation.metrics)
+    result["skipped_images"] = float(sum(len(d.skipped) for d in (train_data, val_data, test_data) if d is not None))
+    result["checkpoint"] = evaluated
+    if best:
+        result.update(best_epoch=best["epoch"], **{f"best_val_{args.select_best}": best["value"]})
+    atomic_write_text(out / "predictions.csv", evaluation.predictions)
+    atomic_write_json(out / "metrics.json", result)
     if skipped:
-        print(f"weights: {len(skipped)} tensors not loaded (new head or other shapes), e.g. {skipped[0]}")
+        print(f"weights: {len(skipped)} head tensors not loaded (a new head), e.g. {skipped[0]}")
     return result
 
 
 CHECKPOINT_KEY = "epochs"  # the manifest key of checkpoint.pt: what it holds is resumable training
 
 
-def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, optimizer, config: RunConfig,
-                  manifest: RunManifest) -> dict | None:
-    """Train (or resume) the epochs, checkpointing each with the optimizer and every
-    random generator's state, so that a resumed run equals the uninterrupted one. Returns
-    the last epoch's checkpoint (the state to resume from), None when stopped early. After
-    an APDS round the checkpoint holds the round-2 model and, under ``"resume"``, this state."""
+def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, validation: ImageLabelDataset | None,
+                  optimizer, config: RunConfig, manifest: RunManifest) -> dict | None:
+    """Train (or resume) the epochs, validating each when there is a validation set and
+    checkpointing each with the optimizer and every random generator's state, so that a
+    resumed run equals the uninterrupted one. The best epoch (``--select-best``) is saved
+    to ``best.pt`` before ``checkpoint.pt`` names it. Returns the last epoch's state (a
+    copy: the state to resume from), None when stopped early. After an APDS round the
+    checkpoint holds the round-2 model and, under ``"resume"``, this state."""
     model, path = wrapper.model, manifest.folder / CHECKPOINT
     if len(data) < 2:
         raise ValueError(f"labels: {len(data)} training image(s) after the split; at least 2 are needed to train")
@@ -236,16 +327,17 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, opti
                         generator=order, drop_last=len(data) > args.batch_size)
     generators = [wrapper.generator, order]
     key = manifest.stage_key("checkpoint", CHECKPOINT_KEY)
-    first_epoch, state = 0, None
+    first_epoch, state, history, best = 0, None, [], None
     if args.resume and manifest.reusable("checkpoint", path, key):
         state = load_checkpoint_file(path, device_of(model))
         state = state.get("resume", state)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.restore(state["rng"], generators)
-        first_epoch = int(state["epoch"])
+        first_epoch, history, best = int(state["epoch"]), list(state.get("history", [])), state.get("best")
         print(f"resuming from {path} after epoch {first_epoch}")
     for epoch in range(first_epoch, args.epochs):
+        started = time.perf_counter()
         try:
             losses = fit(wrapper, loader, optimizer, epochs=1, progress=not args.quiet,
                          desc=f"epoch {epoch + 1}/{args.epochs}")
@@ -255,13 +347,57 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, opti
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise FloatingPointError(f"epoch {epoch + 1}/{args.epochs}: the weights became NaN or Inf in the last "
                                      f"step; the last good checkpoint (epoch {epoch}) is kept at {path}")
+        row: dict[str, Any] = {"epoch": epoch + 1, "loss": losses[-1]}
+        if validation is not None:
+            scores = evaluate_model(wrapper, validation, validation.table, args.batch_size, not args.quiet,
+                                    desc="validate").metrics
+            row.update({f"val_{name}": value for name, value in scores.items() if name != "num_images"})
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        history.append(row)
+        best = _keep_best(args, row, best, model, optimizer, config, manifest)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                 "config": config.__dict__, "loss": losses[-1], "rng": rng.snapshot(generators)}
+                 "config": config.__dict__, "loss": losses[-1], "rng": rng.snapshot(generators),
+                 "history": history, "best": best}
         atomic_save(state, path)
         manifest.record("checkpoint", path, key)
+        atomic_write_text(manifest.folder / "metrics.csv", _csv_text(history))
         if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
             print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
             return None
+    return copy.deepcopy(state)
+
+
+def _keep_best(args: Any, row: dict[str, Any], best: dict | None, model, optimizer, config: RunConfig,
+               manifest: RunManifest) -> dict | None:
+    """With ``--select-best``: save this epoch to ``best.pt`` when its validation metric is
+    the best so far (a NaN metric, e.g. from constant predictions, never is)."""
+    if args.select_best == "none":
+        return best
+    value = row[f"val_{args.select_best}"]
+    if not math.isfinite(value) or (best is not None and value <= best["value"]):
+        return best
+    best = {"epoch": row["epoch"], "value": value, "metric": args.select_best}
+    state = {"model": model.state_dict(), "epoch": row["epoch"], "config": config.__dict__, "validation": row}
+    if args.apds and args.round2_resume_optimizer:
+        state["optimizer"] = optimizer.state_dict()
+    atomic_save(state, manifest.folder / BEST)
+    manifest.record("best", manifest.folder / BEST, manifest.stage_key("best", CHECKPOINT_KEY))
+    return best
+
+
+def _load_best(manifest: RunManifest, best: dict | None, device: torch.device) -> dict:
+    """``best.pt``, checked against the epoch the last checkpoint names as the best."""
+    path = manifest.folder / BEST
+    if best is None:
+        raise ValueError("select-best: no epoch had a finite validation score (constant predictions?); pass "
+                         "--select-best none to keep the last epoch")
+    if not manifest.reusable("best", path, manifest.stage_key("best", CHECKPOINT_KEY)):
+        raise ValueError(f"select-best: {path} is missing or does not match the run; delete {manifest.folder} "
+                         "and train again")
+    state = load_checkpoint_file(path, device)
+    if state.get("epoch") != best["epoch"]:
+        raise ValueError(f"select-best: {path} holds epoch {state.get('epoch')}, but the run's best epoch is "
+                         f"{best['epoch']}; delete {manifest.folder} and train again")
     return state
 
 
@@ -283,35 +419,51 @@ def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
     return state
 
 
-def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, train_data, eval_data, round1: dict,
-                         manifest: RunManifest) -> None:
-    """``--apds``: one self-training round from the trained weights (round 1). The final
-    checkpoint holds the round-2 model, and the round-1 training state to resume from."""
+def _round2_optimizer(args: Any, round1: dict):
+    """Round 2's optimizer: round 1's, state included (``--round2-resume-optimizer``, as
+    the authors resume), else a fresh one at a quarter of the learning rate."""
+    optimizer_class = OPTIMIZERS[args.optimizer]
+    if not args.round2_resume_optimizer:
+        return lambda parameters: optimizer_class(parameters, lr=args.lr / 4)
+    saved = round1.get("round2_optimizer") or round1["optimizer"]
+
+    def resumed(parameters):
+        optimizer = optimizer_class(parameters, lr=args.lr)
+        optimizer.load_state_dict(copy.deepcopy(saved))
+        return optimizer
+
+    return resumed
+
+
+def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, train_data, calibration, round1: dict,
+                         config: RunConfig, manifest: RunManifest) -> None:
+    """``--apds``: one self-training round from the current weights (round 1: the last or
+    the best epoch). The final checkpoint holds the round-2 model, and the round-1
+    training state to resume from."""
     out = manifest.folder
-    # Round 2 trains the same parameters in place: keep round 1's weights for the resume state.
-    round1 = {**round1, "model": {name: value.clone() for name, value in round1["model"].items()}}
     if not args.unlabelled:
         raise ValueError("unlabelled: --apds needs --unlabelled (a folder of images or a label file)")
-    pool = unlabelled_pool(args, table)
+    pool = unlabelled_pool(args, table, config)
     trainer = SelfTraining(
         wrapper, out / "self_training", epochs=args.round2_epochs, round2=args.round2, betas=args.betas,
         thresholds=args.thresholds, min_selected=args.min_selected, pseudo_label=args.pseudo_label,
-        optimizer=lambda parameters: torch.optim.AdamW(parameters, lr=args.lr / 4),
-        batch_size=args.batch_size, progress=not args.quiet, tag={"lr": args.lr},
+        optimizer=_round2_optimizer(args, round1), batch_size=args.batch_size, progress=not args.quiet,
+        tag={"lr": args.lr, "optimizer": args.optimizer, "resume_optimizer": args.round2_resume_optimizer,
+             "select_best": args.select_best},
     )
-    calibration = eval_data  # (beta, t) are then chosen on the evaluation images
     if args.calibration:
         calibration_table = load_labels(args.calibration, args.calibration_format or args.format, image_root=args.images)
-        calibration = ImageLabelDataset(calibration_table, image_size=args.image_size, skip_unreadable=args.skip_unreadable)
+        calibration = ImageLabelDataset(calibration_table, config.transform(False), skip_unreadable=args.skip_unreadable)
     summary = trainer.run(train_data, calibration, pool, round1="current")
     print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
           f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
+    resume = {k: v for k, v in round1.items() if k != "round2_optimizer"}
     atomic_save({"model": wrapper.model.state_dict(), "epoch": round1["epoch"], "config": round1["config"],
-                 "round": 2, "resume": round1}, out / CHECKPOINT)
+                 "round": 2, "resume": resume}, out / CHECKPOINT)
     manifest.record("checkpoint", out / CHECKPOINT, manifest.stage_key("checkpoint", CHECKPOINT_KEY))
 
 
-def unlabelled_pool(args: Any, table: LabelTable) -> ImageLabelDataset:
+def unlabelled_pool(args: Any, table: LabelTable, config: RunConfig) -> ImageLabelDataset:
     if Path(args.unlabelled).is_dir():
         files = image_files(args.unlabelled)
         if not files:
@@ -319,7 +471,7 @@ def unlabelled_pool(args: Any, table: LabelTable) -> ImageLabelDataset:
         pool_table = LabelTable(files, np.zeros(len(files)), None, table.bin_values, table.scale, source=args.unlabelled)
     else:
         pool_table = load_labels(args.unlabelled, args.unlabelled_format or args.format, image_root=args.images)
-    return ImageLabelDataset(pool_table, image_size=args.image_size, labels=False, skip_unreadable=args.skip_unreadable)
+    return ImageLabelDataset(pool_table, config.transform(False), labels=False, skip_unreadable=args.skip_unreadable)
 
 
 def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunConfig]:
@@ -328,7 +480,7 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunCo
         config = RunConfig(**state["config"])
     except TypeError:
         raise ValueError(f"checkpoint: {path} has an unknown configuration (another elta version?)") from None
-    model, head, _ = build_model(config.backbone, config.num_bins)
+    model, _, _ = config.build()
     model.load_state_dict(state["model"])
     model.to(device)
     scale = (config.scale[1] - config.scale[0]) / 9.0
@@ -336,16 +488,19 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunCo
 
 
 def evaluate(args: Any) -> dict[str, float]:
-    """``elta evaluate``: metrics of a checkpoint on a label file (its test split if it has one)."""
+    """``elta evaluate``: metrics of a checkpoint on a label file (or one split of it), with
+    the checkpoint's own evaluation transform; ``--out`` also gets ``predictions.csv``."""
     wrapper, config = load_checkpoint(args.checkpoint, _device(args.device))
     table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
     if args.split:
         table = table.where_split(args.split)
-    data = ImageLabelDataset(table, image_size=config.image_size, skip_unreadable=args.skip_unreadable)
-    result = evaluate_model(wrapper, data, table, args.batch_size, not args.quiet)
-    result["skipped_images"] = float(len(data.skipped))
+    data = ImageLabelDataset(table, config.transform(False), skip_unreadable=args.skip_unreadable)
+    evaluation = evaluate_model(wrapper, data, table, args.batch_size, not args.quiet)
+    result = dict(evaluation.metrics, skipped_images=float(len(data.skipped)))
     if args.out:
-        _write_metrics(result, _output_folder(args.out), "evaluation")
+        out = _output_folder(args.out)
+        _write_metrics(result, out, "evaluation")
+        atomic_write_text(out / "predictions.csv", evaluation.predictions)
     return result
 
 
@@ -354,12 +509,13 @@ def pseudo_label(args: Any) -> dict[str, Any]:
     for an unlabelled pool, written as ``pseudo_labels.csv`` (image, score, p_1..p_C)."""
     device = _device(args.device)
     wrapper, config = load_checkpoint(args.checkpoint, device)
-    args.image_size = args.image_size or config.image_size
+    if config.head_type == "sigmoid":
+        raise ValueError(f"checkpoint: {args.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
     calibration = load_labels(args.calibration, args.format, image_root=args.images, **csv_options(args))
-    calibration_data = ImageLabelDataset(calibration, image_size=config.image_size, skip_unreadable=args.skip_unreadable)
+    calibration_data = ImageLabelDataset(calibration, config.transform(False), skip_unreadable=args.skip_unreadable)
     logits, _ = predict(wrapper, DataLoader(calibration_data, batch_size=args.batch_size), progress=not args.quiet, desc="calibration")
     args.unlabelled_format = args.unlabelled_format or args.format
-    pool = unlabelled_pool(args, calibration)
+    pool = unlabelled_pool(args, calibration, config)
     pool_logits, _ = predict(wrapper, DataLoader(pool, batch_size=args.batch_size), progress=not args.quiet, desc="unlabelled")
     true = torch.as_tensor(calibration.scores[list(calibration_data.rows)], dtype=torch.float32)
     chosen = pseudo_label_round(logits, true, pool_logits, betas=args.betas, thresholds=args.thresholds,

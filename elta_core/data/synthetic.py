@@ -163,14 +163,32 @@ def generate(count: int, size: int = 64, seed: int = 0, *, raters: int = 80, chu
     return SyntheticAesthetics(images, counts, scores, quality, attributes)
 
 
-def export(data: SyntheticAesthetics, folder: str | Path, suffix: str = ".jpg") -> Path:
+SPLIT_FILES = ("train.csv", "val.csv", "test.csv")
+
+
+def export(data: SyntheticAesthetics, folder: str | Path, suffix: str = ".jpg",
+           splits: tuple[float, float, float] | None = None, seed: int = 0) -> Path:
     """Write the images to ``folder/images/<id><suffix>`` and the votes to
-    ``folder/labels.csv`` in the AVA CSV format; returns the CSV's path (needs Pillow)."""
+    ``folder/labels.csv`` in the AVA CSV format; returns the CSV's path (needs Pillow).
+    ``splits`` (train, validation, test fractions) also writes ``train.csv``, ``val.csv``
+    and ``test.csv``, a seeded random partition of the rows, as the authors' data is laid out."""
     Image = require("PIL.Image", "vision")
+    if splits is not None:
+        fractions = np.asarray(splits, dtype=float)
+        if fractions.shape != (3,) or (fractions <= 0).any() or abs(fractions.sum() - 1) > 1e-6:
+            raise ValueError(f"splits: expected three positive fractions TRAIN,VAL,TEST summing to 1, got {splits}")
+        if min(fractions) * len(data.counts) < 2:
+            raise ValueError(f"splits: {splits} of {len(data.counts)} images leaves a split with fewer than 2 images")
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    lines = ["image_id," + ",".join(f"score{k}" for k in range(2, 12)) + ",tag1,tag2,tag3"]
+    header = "image_id," + ",".join(f"score{k}" for k in range(2, 12)) + ",tag1,tag2,tag3"
+    rows = []
     for index, (image, counts) in enumerate(zip(data.images, data.counts)):
         Image.fromarray(image).save(folder / "images" / f"{index}{suffix}", quality=95)
-        lines.append(f"{index}," + ",".join(str(int(c)) for c in counts) + ",0,0,0")
-    return atomic_write_text(folder / "labels.csv", "\n".join(lines) + "\n")
+        rows.append(f"{index}," + ",".join(str(int(c)) for c in counts) + ",0,0,0")
+    if splits is not None:
+        order = np.random.default_rng(seed).permutation(len(rows))
+        ends = np.rint(np.cumsum(fractions)[:2] * len(rows)).astype(int)
+        for name, part in zip(SPLIT_FILES, np.split(order, ends)):
+            atomic_write_text(folder / name, "\n".join([header, *(rows[k] for k in sorted(part))]) + "\n")
+    return atomic_write_text(folder / "labels.csv", "\n".join([header, *rows]) + "\n")

@@ -20,14 +20,23 @@ class UnreadableImageError(OSError):
     """An image file that is missing or cannot be decoded; the message names the file."""
 
 
-def iaa_transforms(train: bool, image_size: int = 224) -> Callable:
-    """Resize to 8/7 of ``image_size``, then a random crop and flip (train) or a centre crop,
-    then ImageNet normalisation."""
+def iaa_transforms(train: bool, image_size: int = 224, resize: int | None = None, eval_crop: bool = True) -> Callable:
+    """Resize to ``resize`` x ``resize`` (default 8/7 of ``image_size``), then a random crop of
+    ``image_size`` and a horizontal flip (train) or a centre crop (evaluation); with
+    ``eval_crop=False`` evaluation resizes straight to ``image_size`` (the authors' test
+    transform). Then ImageNet normalisation."""
     from torchvision import transforms
 
-    resize = transforms.Resize((image_size * 8 // 7, image_size * 8 // 7))
-    crop = [transforms.RandomCrop(image_size), transforms.RandomHorizontalFlip()] if train else [transforms.CenterCrop(image_size)]
-    return transforms.Compose([resize, *crop, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    side = resize or image_size * 8 // 7
+    if side < image_size:
+        raise ValueError(f"resize: expected a side >= image_size ({image_size}), got {side}")
+    if train:
+        steps = [transforms.Resize((side, side)), transforms.RandomCrop(image_size), transforms.RandomHorizontalFlip()]
+    elif eval_crop:
+        steps = [transforms.Resize((side, side)), transforms.CenterCrop(image_size)]
+    else:
+        steps = [transforms.Resize((image_size, image_size))]
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def open_image(path: str):

@@ -1,0 +1,131 @@
+"""The models ``elta train`` builds: a torchvision or timm backbone with one of three heads,
+and weights from a local file only (``.pth`` / ``.pt`` or ``.safetensors``; nothing is
+downloaded)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from elta_core.adapters.torch.modules import auto_head, find_module, last_linear, replace_module
+from elta_core.optional import require
+
+HEADS = ("linear", "emd-mlp", "sigmoid")
+EMD_MLP_HIDDEN = 64  # the authors' EMD head: Linear(F, 64), ReLU, Linear(64, C)
+SIGMOID_DROPOUT = 0.75  # the authors' score head: Dropout(0.75), Linear(F, 1), Sigmoid
+TIMM_PREFIX = "timm/"
+
+
+class ScaledSigmoid(nn.Module):
+    """``top * sigmoid(x)``: a score in (0, top). With ``top`` the rating scale's upper end
+    this is the authors' sigmoid head trained on labels divided by 10 (on a 1..10 scale),
+    with predictions and metrics kept on the labels' own scale."""
+
+    def __init__(self, top: float):
+        super().__init__()
+        self.top = float(top)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top * torch.sigmoid(x)
+
+    def extra_repr(self) -> str:
+        return f"top={self.top:g}"
+
+
+def make_head(kind: str, in_features: int, num_bins: int, top: float) -> nn.Module:
+    """``linear``: Linear(F, C) logits over the C rating levels; ``emd-mlp``: the authors' EMD
+    head, Linear(F, 64), ReLU, Linear(64, C); ``sigmoid``: the authors' head for score
+    datasets, Dropout(0.75), Linear(F, 1), then ``top * sigmoid`` (one score per image)."""
+    if kind == "linear":
+        return nn.Linear(in_features, num_bins)
+    if kind == "emd-mlp":
+        return nn.Sequential(nn.Linear(in_features, EMD_MLP_HIDDEN), nn.ReLU(), nn.Linear(EMD_MLP_HIDDEN, num_bins))
+    if kind == "sigmoid":
+        return nn.Sequential(nn.Dropout(SIGMOID_DROPOUT), nn.Linear(in_features, 1), ScaledSigmoid(top))
+    raise ValueError(f"head: expected one of {', '.join(HEADS)}, got {kind!r}")
+
+
+def create_backbone(backbone: str, num_bins: int) -> nn.Module:
+    """``timm/<name>`` (any timm model) or a torchvision model name, randomly initialised,
+    with a ``num_bins``-way classifier."""
+    if backbone.startswith(TIMM_PREFIX):
+        timm = require("timm", "timm")
+        name = backbone[len(TIMM_PREFIX):]
+        if name not in timm.list_models():
+            nearest = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+            hint = f"; nearest: {', '.join(nearest)}" if nearest else ""
+            raise ValueError(f"backbone: timm has no model {name!r}{hint}")
+        return timm.create_model(name, pretrained=False, num_classes=num_bins)
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(backbone, weights=None, num_classes=num_bins)
+    except ValueError:
+        names = sorted(torchvision.models.list_models(module=torchvision.models))
+        nearest = difflib.get_close_matches(backbone, names, n=5, cutoff=0.5) or names[:8]
+        raise ValueError(f"backbone: unknown torchvision model {backbone!r} (e.g. {', '.join(nearest)}; "
+                         "timm models as timm/<name>)") from None
+
+
+def build_model(backbone: str, num_bins: int, head: str = "linear", weights: str | None = None,
+                top: float = 10.0) -> tuple[nn.Module, str, list[str]]:
+    """The backbone with a ``head`` (see :func:`make_head`) in place of its classifier's last
+    ``nn.Linear``, and ``weights`` loaded from a local file. Returns the model, the name of
+    its head module (where TFA mixes) and the head tensors left at their initial values."""
+    model = create_backbone(backbone, num_bins)
+    head_name = auto_head(model)
+    head_module = find_module(model, head_name, "head")
+    inner, linear = ("", head_module) if isinstance(head_module, nn.Linear) else last_linear(head_module)
+    replace_module(model, f"{head_name}.{inner}" if inner else head_name, make_head(head, linear.in_features, num_bins, top))
+    skipped = load_weights(model, weights, head_name) if weights else []
+    return model, head_name, skipped
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file or of a ``.pth``/``.pt`` state dict (also inside
+    ``{"model": ...}`` or ``{"state_dict": ...}``; a DDP ``module.`` prefix is dropped)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"weights: no such file: {path}")
+    if file.suffix == ".safetensors":
+        safetensors_torch = require("safetensors.torch", "timm")
+        try:
+            return safetensors_torch.load_file(str(file), device="cpu")
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"weights: {path} cannot be read as safetensors ({type(error).__name__}); "
+                             "is it damaged?") from None
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"weights: {path} cannot be read as a state dict ({type(error).__name__}); give a "
+                         ".pth file of tensors or a .safetensors file") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights: {path} holds a {type(state).__name__} that is not a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, path: str, head_name: str) -> list[str]:
+    """Load every backbone tensor from ``path`` (the head may differ: an ImageNet head is
+    skipped). A backbone tensor that is missing or of another shape is an error naming
+    it: such a file belongs to another architecture. Returns the head tensors not loaded."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    in_head = lambda key: key == head_name or key.startswith(head_name + ".")  # noqa: E731
+    wrong = sorted(k for k in own if k not in usable and not in_head(k))
+    if wrong:
+        example = wrong[0]
+        found = f"shape {tuple(state[example].shape)} in the file, {tuple(own[example].shape)} in the model" \
+            if example in state else "missing from the file"
+        raise ValueError(f"weights: {path} does not fit this backbone: {len(wrong)} of its {len(own)} tensors do not "
+                         f"match, e.g. {example} ({found}); are they the weights of another model?")
+    model.load_state_dict(usable, strict=False)
+    return sorted(k for k in own if k not in usable)

@@ -1,0 +1,50 @@
+"""Training recipes for ``elta train``: this library's defaults, and ``--recipe paper``, the
+authors' setting. Every item is also a flag of its own; a flag given on the command line
+wins over the recipe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# name: (this library's default, the paper's setting)
+RECIPE_ITEMS: dict[str, tuple[Any, Any]] = {
+    "optimizer": ("adamw", "adam"),
+    "lr": (1e-4, 1e-5),
+    "batch_size": (32, 48),
+    "epochs": (10, 20),
+    "image_size": (224, 256),
+    "resize": (None, 300),
+    "eval_transform": ("crop", "resize"),
+    "select_best": ("none", "srcc"),
+    "head": ("linear", None),  # the paper's: emd-mlp for vote counts, sigmoid for scores
+    "round2_epochs": (1, None),  # the paper's: --epochs again
+    "round2_resume_optimizer": (False, True),
+}
+RECIPES = ("default", "paper")
+PAPER_DESCRIPTION = {
+    "resize": "300 (x 300)",
+    "head": "emd-mlp for vote counts, sigmoid for scores",
+    "round2_epochs": "= --epochs",
+    "eval_transform": "resize (to --image-size, no crop)",
+}
+
+
+def recipe_help(name: str, text: str) -> str:
+    """``text`` with both defaults, for ``--help``."""
+    default, paper = RECIPE_ITEMS[name]
+    shown = {None: "8/7 of --image-size"}.get(default, default) if name == "resize" else default
+    return f"{text} (default: {shown}; --recipe paper: {PAPER_DESCRIPTION.get(name, paper)})"
+
+
+def resolve(args: Any, has_distributions: bool) -> None:
+    """Fill every recipe item the command line left unset (None) from ``args.recipe``."""
+    paper = args.recipe == "paper"
+    for name, (default, paper_value) in RECIPE_ITEMS.items():
+        if getattr(args, name, None) is not None:
+            continue
+        value = paper_value if paper else default
+        if paper and name == "head":
+            value = "emd-mlp" if has_distributions else "sigmoid"
+        if paper and name == "round2_epochs":
+            value = args.epochs
+        setattr(args, name, value)
