@@ -38,7 +38,6 @@ from elta_core.data.labels import LabelTable, load_labels
 from elta_core.io import atomic_write_json, atomic_write_text
 from elta_core.pseudo_labels import pseudo_label_round
 from elta_core.run_state import RunManifest, fingerprint, sha256_of_file
-from elta_core.step import output_kind
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -187,8 +186,8 @@ def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: Labe
     """Metrics of the model on ``dataset`` (rows of ``table``), and its per-image predictions."""
     if len(dataset) < 2:
         raise ValueError(f"labels: {len(dataset)} image(s) to evaluate; PLCC and SRCC need at least 2")
-    outputs, _ = predict(wrapper, DataLoader(dataset, batch_size=batch_size), progress=progress, desc=desc)
-    kind = output_kind(wrapper.elta_config, outputs, wrapper._ends_in_softmax)
+    outputs, _ = predict(wrapper, DataLoader(dataset, batch_size=batch_size), progress=progress, desc=desc, raw=True)
+    kind = wrapper.output_kind(outputs)
     predicted = core_losses.output_scores(outputs, kind, table.bin_values).double().numpy()
     rows = list(dataset.rows)
     true = table.scores[rows]

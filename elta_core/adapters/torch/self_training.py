@@ -53,11 +53,13 @@ def predict(
     *,
     progress: bool = True,
     desc: str = "predict",
+    raw: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stream ``loader`` through the model in eval mode; return (logits (N, C), labels or None).
 
     APDS needs logits over the rating levels: a ``"probs"`` model gives ``log(probs)``
-    (the same softmax); a scalar ``"score"`` model raises ``ValueError``.
+    (the same softmax); a scalar ``"score"`` model raises ``ValueError``. With ``raw``
+    the model's outputs are returned as they are, of any kind (for evaluation).
     """
     model, device = wrapper.model, device_of(wrapper.model)
     was_training = model.training
@@ -68,7 +70,7 @@ def predict(
             x, y = _split_batch(batch)
             out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
             out = getattr(out, "logits", out)  # a Hugging Face model's output
-            kind = wrapper.output_kind(out)
+            kind = "raw" if raw else wrapper.output_kind(out)
             if kind == "score":
                 raise ValueError(
                     "model: APDS needs a distribution head (logits over C rating levels) but the model "
