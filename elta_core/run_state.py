@@ -74,14 +74,18 @@ def _version() -> str:
 
 
 class RunManifest:
-    """The manifest of one run directory (created on first use)."""
+    """The manifest of one run directory (created on first use). With ``writer=False`` (the
+    other ranks of a DDP run, which share rank 0's directory) it is kept up to date in
+    memory and read, never written."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, writer: bool = True):
         self.folder = Path(folder)
+        self.writer = writer
         if self.folder.exists() and not self.folder.is_dir():
             raise NotADirectoryError(f"{self.folder}: exists and is not a directory; give a folder for the run")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.folder)
+        if writer:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.folder)
         self.path = self.folder / MANIFEST
         self.data = self._read()
 
@@ -99,7 +103,8 @@ class RunManifest:
 
     def save(self) -> None:
         self.data["library_version"] = _version()
-        atomic_write_json(self.path, self.data)
+        if self.writer:
+            atomic_write_json(self.path, self.data)
 
     @property
     def is_new(self) -> bool:

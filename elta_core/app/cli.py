@@ -93,6 +93,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_main() -> bool:
+    from elta_core.adapters.torch.distributed import is_main
+
+    return is_main()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: leave the process group the command joined (if it did)."""
+    if "torch.distributed" in sys.modules:
+        from elta_core.adapters.torch.distributed import shutdown
+
+        shutdown()
+
+
 def _needs_vision() -> None:
     from elta_core.optional import require
 
@@ -105,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
     from elta_core.app.training import format_metrics, train
 
     result = train(args)
-    if result:
+    if result and _is_main():
         print(format_metrics(result))
         out = Path(args.out)
         best = f", best epoch {result['best_epoch']}" if "best_epoch" in result else ""
@@ -119,7 +133,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from elta_core.app.training import evaluate, format_metrics
 
     result = evaluate(args)
-    print(format_metrics(result))
+    if _is_main():
+        print(format_metrics(result))
     return 0
 
 
@@ -128,6 +143,8 @@ def _pseudo_label(args: argparse.Namespace) -> int:
     from elta_core.app.training import pseudo_label
 
     result = pseudo_label(args)
+    if not _is_main():
+        return 0
     print(result["grid"].to_markdown())
     print(f"beta* {result['grid'].beta:g}, t* {result['grid'].threshold:g}: "
           f"{result['num_selected']} of {result['pool']} pool images pseudo-labelled -> {result['path']}")
@@ -275,9 +292,12 @@ def _add_train(commands) -> None:
                        help="TFA pairs: a count (>= 1) or a fraction of the batch")
     train.add_argument("--flsa", type=float, default=DEFAULT_FLSA_WEIGHT, metavar="WEIGHT",
                        help="FLSA weight gamma (0: off)")
+    train.add_argument("--flsa-scope", choices=("global", "local"), default="global",
+                       help="under torchrun: FLSA on the global batch (gathered from every process, the same loss "
+                            "as one process on that batch) or on each process's own batch")
     train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), help=recipe_help("optimizer", "the optimizer"))
     train.add_argument("--lr", type=float, help=recipe_help("lr", "learning rate (constant)"))
-    train.add_argument("--batch-size", type=_at_least(1), help=recipe_help("batch_size", "images per batch"))
+    train.add_argument("--batch-size", type=_at_least(1), help=recipe_help("batch_size", "images per batch (per process under torchrun)"))
     train.add_argument("--epochs", type=_at_least(1), help=recipe_help("epochs", "training epochs (may change on "
                                                                                "--resume)"))
     train.add_argument("--image-size", type=_at_least(8), help=recipe_help("image_size", "input size in pixels (the "
@@ -407,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"elta {args.command}: error: {type(error).__name__}: {_one_line(error)} "
               "(set ELTA_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        _leave_process_group()
 
 
 if __name__ == "__main__":

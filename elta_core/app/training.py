@@ -22,15 +22,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
 
 from elta_core import losses as core_losses
 from elta_core import metrics
-from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit, predict
+from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
+from elta_core.adapters.torch import distributed as ddp
 from elta_core.adapters.torch import rng
 from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms, image_files
 from elta_core.adapters.torch.modules import device_of
-from elta_core.adapters.torch.self_training import atomic_save
+from elta_core.adapters.torch.self_training import atomic_save, predict_dataset, training_loader
 from elta_core.app import recipe
 from elta_core.app.cli import csv_options
 from elta_core.app.models import build_model
@@ -186,7 +187,7 @@ def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: Labe
     """Metrics of the model on ``dataset`` (rows of ``table``), and its per-image predictions."""
     if len(dataset) < 2:
         raise ValueError(f"labels: {len(dataset)} image(s) to evaluate; PLCC and SRCC need at least 2")
-    outputs, _ = predict(wrapper, DataLoader(dataset, batch_size=batch_size), progress=progress, desc=desc, raw=True)
+    outputs, _ = predict_dataset(wrapper, dataset, batch_size=batch_size, progress=progress, desc=desc, raw=True)
     kind = wrapper.output_kind(outputs)
     predicted = core_losses.output_scores(outputs, kind, table.bin_values).double().numpy()
     rows = list(dataset.rows)
@@ -260,70 +261,106 @@ def _datasets(args: Any, splits: DataSplits, config: RunConfig) -> tuple[ImageLa
     return make(splits.train, True), make(splits.validation, False), make(splits.test, False)
 
 
+def _open_run_everywhere(args: Any) -> RunManifest:
+    """Rank 0 checks and records the run directory (an error stops every rank); the other
+    ranks of a DDP run read the same directory, which must be shared, and never write."""
+    opened: dict[str, RunManifest] = {}
+    ddp.on_main(lambda: opened.setdefault("manifest", open_run(args)) and None)
+    return opened.get("manifest") or RunManifest(args.out, writer=False)
+
+
+def _saved(state: dict, path: Path, manifest: RunManifest, stage: str, key: str) -> None:
+    """Rank 0 writes ``state`` atomically; every rank records it once it is there."""
+    if ddp.is_main():
+        atomic_save(state, path)
+    ddp.barrier()
+    manifest.record(stage, path, key)
+
+
+def _write_on_main(write, *args) -> None:
+    if ddp.is_main():
+        write(*args)
+
+
 def train(args: Any) -> dict[str, Any]:
     """``elta train``: returns the test metrics of the final model (the best epoch's with
-    ``--select-best``, the round-2 model with ``--apds``)."""
+    ``--select-best``, the round-2 model with ``--apds``). Under ``torchrun`` every process
+    runs this: the model is wrapped in DistributedDataParallel, FLSA sees the global batch
+    (``--flsa-scope global``), and rank 0 writes every file."""
     table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
     recipe.resolve(args, table.distributions is not None)
     _check_train_args(args)
-    manifest = open_run(args)
+    device = ddp.init_from_environment(_device(args.device))
+    args.world_size = ddp.world_size()
+    manifest = _open_run_everywhere(args)
     out = Path(args.out)
     torch.manual_seed(args.seed)
     splits = data_splits(args, table)
     config = RunConfig(args.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
                        args.image_size, "", args.head, args.resize, args.eval_transform == "crop")
     model, config.head, skipped = config.build(args.weights)
-    model.to(_device(args.device))
+    model.to(device)
+    trained, head = model, config.head
+    if ddp.is_distributed():
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        head = f"module.{head}"
     wrapper = ELTAWrapper(
-        model, config.head, tfa=args.tfa, num_pairs=args.num_pairs, flsa_weight=args.flsa,
-        bin_values=config.bin_values, score_scale=score_scale_of(table), seed=args.seed,
+        trained, head, tfa=args.tfa, num_pairs=args.num_pairs, flsa_weight=args.flsa,
+        bin_values=config.bin_values, score_scale=score_scale_of(table), seed=args.seed + ddp.rank(),
+        flsa_scope=args.flsa_scope if ddp.is_distributed() else "local",
         task_loss=ScaledScoreMSE(table.scale[1], config.bin_values) if args.head == "sigmoid" else None,
     )
     train_data, val_data, test_data = _datasets(args, splits, config)
     optimizer = OPTIMIZERS[args.optimizer](wrapper.parameters(), lr=args.lr)
-    round1 = _train_epochs(args, wrapper, train_data, val_data, optimizer, config, manifest)
+    round1 = _train_epochs(args, wrapper, model, train_data, val_data, optimizer, config, manifest)
     if round1 is None:
         return {}
     evaluated, best = CHECKPOINT, round1.get("best")
     if args.select_best != "none":
-        best_state = _load_best(manifest, best, device_of(model))
+        best_state = _load_best(manifest, best, device)
         model.load_state_dict(best_state["model"])
         evaluated = BEST
         if args.round2_resume_optimizer:
             round1 = {**round1, "round2_optimizer": best_state.get("optimizer")}
     if args.apds:
-        _self_training_round(args, wrapper, table, train_data, val_data or test_data, round1, config, manifest)
+        _self_training_round(args, wrapper, model, table, train_data, val_data or test_data, round1, config, manifest)
         evaluated = CHECKPOINT
-    evaluation = evaluate_model(wrapper, test_data, splits.test, args.batch_size, not args.quiet, desc="test")
+    evaluation = evaluate_model(wrapper, test_data, splits.test, args.batch_size, _progress(args), desc="test")
     result: dict[str, Any] = dict(evaluation.metrics)
     result["skipped_images"] = float(sum(len(d.skipped) for d in (train_data, val_data, test_data) if d is not None))
     result["checkpoint"] = evaluated
+    result["world_size"] = ddp.world_size()
     if best:
         result.update(best_epoch=best["epoch"], **{f"best_val_{args.select_best}": best["value"]})
-    atomic_write_text(out / "predictions.csv", evaluation.predictions)
-    atomic_write_json(out / "metrics.json", result)
-    if skipped:
+    _write_on_main(atomic_write_text, out / "predictions.csv", evaluation.predictions)
+    _write_on_main(atomic_write_json, out / "metrics.json", result)
+    if skipped and ddp.is_main():
         print(f"weights: {len(skipped)} head tensors not loaded (a new head), e.g. {skipped[0]}")
     return result
+
+
+def _progress(args: Any) -> bool:
+    return not args.quiet and ddp.is_main()
 
 
 CHECKPOINT_KEY = "epochs"  # the manifest key of checkpoint.pt: what it holds is resumable training
 
 
-def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, validation: ImageLabelDataset | None,
-                  optimizer, config: RunConfig, manifest: RunManifest) -> dict | None:
-    """Train (or resume) the epochs, validating each when there is a validation set and
-    checkpointing each with the optimizer and every random generator's state, so that a
+def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data: ImageLabelDataset,
+                  validation: ImageLabelDataset | None, optimizer, config: RunConfig,
+                  manifest: RunManifest) -> dict | None:
+    """Train (or resume) the epochs of ``model`` (``wrapper.model`` is it, or its DDP
+    wrapper), validating each when there is a validation set and checkpointing each with
+    the optimizer and every random generator's state (each rank's, under DDP), so that a
     resumed run equals the uninterrupted one. The best epoch (``--select-best``) is saved
     to ``best.pt`` before ``checkpoint.pt`` names it. Returns the last epoch's state (a
     copy: the state to resume from), None when stopped early. After an APDS round the
     checkpoint holds the round-2 model and, under ``"resume"``, this state."""
-    model, path = wrapper.model, manifest.folder / CHECKPOINT
-    if len(data) < 2:
-        raise ValueError(f"labels: {len(data)} training image(s) after the split; at least 2 are needed to train")
+    path = manifest.folder / CHECKPOINT
+    if len(data) < 2 * ddp.world_size():
+        raise ValueError(f"labels: {len(data)} training image(s) after the split; at least 2 per process are needed")
     order = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        generator=order, drop_last=len(data) > args.batch_size)
+    loader = training_loader(data, args.batch_size, seed=args.seed, num_workers=args.workers, generator=order)
     generators = [wrapper.generator, order]
     key = manifest.stage_key("checkpoint", CHECKPOINT_KEY)
     first_epoch, state, history, best = 0, None, [], None
@@ -332,14 +369,16 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, vali
         state = state.get("resume", state)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        rng.restore(state["rng"], generators)
+        per_rank = state.get("rng_ranks") or [state["rng"]]
+        rng.restore(per_rank[ddp.rank()] if len(per_rank) == ddp.world_size() else state["rng"], generators)
         first_epoch, history, best = int(state["epoch"]), list(state.get("history", [])), state.get("best")
-        print(f"resuming from {path} after epoch {first_epoch}")
+        if ddp.is_main():
+            print(f"resuming from {path} after epoch {first_epoch}")
     for epoch in range(first_epoch, args.epochs):
         started = time.perf_counter()
         try:
-            losses = fit(wrapper, loader, optimizer, epochs=1, progress=not args.quiet,
-                         desc=f"epoch {epoch + 1}/{args.epochs}")
+            losses = fit(wrapper, loader, optimizer, epochs=1, progress=_progress(args),
+                         desc=f"epoch {epoch + 1}/{args.epochs}", first_epoch=epoch)
         except FloatingPointError as error:
             kept = f"the last good checkpoint (epoch {epoch}) is kept at {path}" if epoch else "no checkpoint was written"
             raise FloatingPointError(f"{error}; {kept}") from None
@@ -348,20 +387,21 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, data: ImageLabelDataset, vali
                                      f"step; the last good checkpoint (epoch {epoch}) is kept at {path}")
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": losses[-1]}
         if validation is not None:
-            scores = evaluate_model(wrapper, validation, validation.table, args.batch_size, not args.quiet,
+            scores = evaluate_model(wrapper, validation, validation.table, args.batch_size, _progress(args),
                                     desc="validate").metrics
             row.update({f"val_{name}": value for name, value in scores.items() if name != "num_images"})
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
         best = _keep_best(args, row, best, model, optimizer, config, manifest)
+        snapshots = ddp.gather_objects(rng.snapshot(generators))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                 "config": config.__dict__, "loss": losses[-1], "rng": rng.snapshot(generators),
+                 "config": config.__dict__, "loss": losses[-1], "rng": snapshots[0], "rng_ranks": snapshots,
                  "history": history, "best": best}
-        atomic_save(state, path)
-        manifest.record("checkpoint", path, key)
-        atomic_write_text(manifest.folder / "metrics.csv", _csv_text(history))
+        _saved(state, path, manifest, "checkpoint", key)
+        _write_on_main(atomic_write_text, manifest.folder / "metrics.csv", _csv_text(history))
         if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
-            print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
+            if ddp.is_main():
+                print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
             return None
     return copy.deepcopy(state)
 
@@ -379,8 +419,7 @@ def _keep_best(args: Any, row: dict[str, Any], best: dict | None, model, optimiz
     state = {"model": model.state_dict(), "epoch": row["epoch"], "config": config.__dict__, "validation": row}
     if args.apds and args.round2_resume_optimizer:
         state["optimizer"] = optimizer.state_dict()
-    atomic_save(state, manifest.folder / BEST)
-    manifest.record("best", manifest.folder / BEST, manifest.stage_key("best", CHECKPOINT_KEY))
+    _saved(state, manifest.folder / BEST, manifest, "best", manifest.stage_key("best", CHECKPOINT_KEY))
     return best
 
 
@@ -434,8 +473,8 @@ def _round2_optimizer(args: Any, round1: dict):
     return resumed
 
 
-def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, train_data, calibration, round1: dict,
-                         config: RunConfig, manifest: RunManifest) -> None:
+def _self_training_round(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, table: LabelTable, train_data,
+                         calibration, round1: dict, config: RunConfig, manifest: RunManifest) -> None:
     """``--apds``: one self-training round from the current weights (round 1: the last or
     the best epoch). The final checkpoint holds the round-2 model, and the round-1
     training state to resume from."""
@@ -446,7 +485,7 @@ def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, tra
     trainer = SelfTraining(
         wrapper, out / "self_training", epochs=args.round2_epochs, round2=args.round2, betas=args.betas,
         thresholds=args.thresholds, min_selected=args.min_selected, pseudo_label=args.pseudo_label,
-        optimizer=_round2_optimizer(args, round1), batch_size=args.batch_size, progress=not args.quiet,
+        optimizer=_round2_optimizer(args, round1), batch_size=args.batch_size, progress=_progress(args),
         tag={"lr": args.lr, "optimizer": args.optimizer, "resume_optimizer": args.round2_resume_optimizer,
              "select_best": args.select_best},
     )
@@ -454,12 +493,12 @@ def _self_training_round(args: Any, wrapper: ELTAWrapper, table: LabelTable, tra
         calibration_table = load_labels(args.calibration, args.calibration_format or args.format, image_root=args.images)
         calibration = ImageLabelDataset(calibration_table, config.transform(False), skip_unreadable=args.skip_unreadable)
     summary = trainer.run(train_data, calibration, pool, round1="current")
-    print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
-          f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
+    if ddp.is_main():
+        print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
+              f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
     resume = {k: v for k, v in round1.items() if k != "round2_optimizer"}
-    atomic_save({"model": wrapper.model.state_dict(), "epoch": round1["epoch"], "config": round1["config"],
-                 "round": 2, "resume": resume}, out / CHECKPOINT)
-    manifest.record("checkpoint", out / CHECKPOINT, manifest.stage_key("checkpoint", CHECKPOINT_KEY))
+    _saved({"model": model.state_dict(), "epoch": round1["epoch"], "config": round1["config"], "round": 2,
+            "resume": resume}, out / CHECKPOINT, manifest, "checkpoint", manifest.stage_key("checkpoint", CHECKPOINT_KEY))
 
 
 def unlabelled_pool(args: Any, table: LabelTable, config: RunConfig) -> ImageLabelDataset:
@@ -489,14 +528,14 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunCo
 def evaluate(args: Any) -> dict[str, float]:
     """``elta evaluate``: metrics of a checkpoint on a label file (or one split of it), with
     the checkpoint's own evaluation transform; ``--out`` also gets ``predictions.csv``."""
-    wrapper, config = load_checkpoint(args.checkpoint, _device(args.device))
+    wrapper, config = load_checkpoint(args.checkpoint, ddp.init_from_environment(_device(args.device)))
     table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
     if args.split:
         table = table.where_split(args.split)
     data = ImageLabelDataset(table, config.transform(False), skip_unreadable=args.skip_unreadable)
-    evaluation = evaluate_model(wrapper, data, table, args.batch_size, not args.quiet)
+    evaluation = evaluate_model(wrapper, data, table, args.batch_size, _progress(args))
     result = dict(evaluation.metrics, skipped_images=float(len(data.skipped)))
-    if args.out:
+    if args.out and ddp.is_main():
         out = _output_folder(args.out)
         _write_metrics(result, out, "evaluation")
         atomic_write_text(out / "predictions.csv", evaluation.predictions)
@@ -506,30 +545,36 @@ def evaluate(args: Any) -> dict[str, float]:
 def pseudo_label(args: Any) -> dict[str, Any]:
     """``elta pseudo-label``: grid search on a labelled calibration file, then pseudo-labels
     for an unlabelled pool, written as ``pseudo_labels.csv`` (image, score, p_1..p_C)."""
-    device = _device(args.device)
+    device = ddp.init_from_environment(_device(args.device))
     wrapper, config = load_checkpoint(args.checkpoint, device)
     if config.head_type == "sigmoid":
         raise ValueError(f"checkpoint: {args.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
     calibration = load_labels(args.calibration, args.format, image_root=args.images, **csv_options(args))
     calibration_data = ImageLabelDataset(calibration, config.transform(False), skip_unreadable=args.skip_unreadable)
-    logits, _ = predict(wrapper, DataLoader(calibration_data, batch_size=args.batch_size), progress=not args.quiet, desc="calibration")
+    logits, _ = predict_dataset(wrapper, calibration_data, batch_size=args.batch_size, progress=_progress(args),
+                                desc="calibration")
     args.unlabelled_format = args.unlabelled_format or args.format
     pool = unlabelled_pool(args, calibration, config)
-    pool_logits, _ = predict(wrapper, DataLoader(pool, batch_size=args.batch_size), progress=not args.quiet, desc="unlabelled")
+    pool_logits, _ = predict_dataset(wrapper, pool, batch_size=args.batch_size, progress=_progress(args),
+                                     desc="unlabelled")
     true = torch.as_tensor(calibration.scores[list(calibration_data.rows)], dtype=torch.float32)
-    chosen = pseudo_label_round(logits, true, pool_logits, betas=args.betas, thresholds=args.thresholds,
-                                bin_values=config.bin_values, min_selected=args.min_selected,
-                                pseudo_label=args.pseudo_label, score_scale=wrapper.score_scale)
-    result = chosen.grid
-    out = _output_folder(args.out)
-    atomic_write_json(out / "grid.json", result.as_dict())
-    atomic_write_text(out / "grid.md", result.to_markdown() + "\n")
-    values = torch.as_tensor(config.bin_values)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["image", "score"] + [f"p_{v:g}" for v in config.bin_values])
-    for index, label in zip(chosen.indices.tolist(), chosen.labels):
-        writer.writerow([pool.table.images[pool.rows[index]], f"{float(label @ values):.4f}"] + [f"{p:.6f}" for p in label.tolist()])
-    path = atomic_write_text(out / "pseudo_labels.csv", buffer.getvalue())
-    return {"grid": result, "num_selected": chosen.num_kept, "pool": len(pool), "path": str(path)}
 
+    def choose_and_write() -> dict[str, Any]:  # once, on rank 0 under torchrun
+        chosen = pseudo_label_round(logits, true, pool_logits, betas=args.betas, thresholds=args.thresholds,
+                                    bin_values=config.bin_values, min_selected=args.min_selected,
+                                    pseudo_label=args.pseudo_label, score_scale=wrapper.score_scale)
+        out = _output_folder(args.out)
+        atomic_write_json(out / "grid.json", chosen.grid.as_dict())
+        atomic_write_text(out / "grid.md", chosen.grid.to_markdown() + "\n")
+        values = torch.as_tensor(config.bin_values)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["image", "score"] + [f"p_{v:g}" for v in config.bin_values])
+        for index, label in zip(chosen.indices.tolist(), chosen.labels):
+            writer.writerow([pool.table.images[pool.rows[index]], f"{float(label @ values):.4f}"]
+                            + [f"{p:.6f}" for p in label.tolist()])
+        path = atomic_write_text(out / "pseudo_labels.csv", buffer.getvalue())
+        return {"grid": chosen.grid, "num_selected": chosen.num_kept, "pool": len(pool), "path": str(path),
+                "indices": chosen.indices}
+
+    return ddp.on_main(choose_and_write)

@@ -1,13 +1,88 @@
-"""Gathering a batch across DDP ranks with gradients, for ``flsa_scope="global"``."""
+"""Collectives for DDP runs: a batch gathered with gradients (``flsa_scope="global"``),
+rows gathered in order (sharded prediction), decisions taken on rank 0 and shared. Each
+is the identity in a single process."""
 
 from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Rank 0, the process that writes files and shows progress (True without DDP)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def on_main(compute: Callable[[], T]) -> T:
+    """``compute()`` on rank 0 only; every rank returns its result, or raises its error
+    (so that a refused input stops every rank instead of leaving them waiting)."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = compute()
+        except Exception as caught:  # noqa: BLE001 - re-raised on every rank below
+            error = caught
+    if is_distributed():
+        box = [(result, error)]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def shard(length: int) -> range:
+    """This rank's contiguous block of ``range(length)``: blocks in rank order cover it
+    exactly once (no padding duplicates; a block may be empty)."""
+    r, w = rank(), world_size()
+    return range(length * r // w, length * (r + 1) // w)
+
+
+def _communication_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``tensor`` (counts and even trailing shapes of empty blocks may
+    differ), concatenated in rank order, on the CPU; no gradient."""
+    if not is_distributed():
+        return tensor
+    shapes = gather_objects(tuple(tensor.shape))
+    counts = [shape[0] if shape else 0 for shape in shapes]
+    trailing = next((tuple(shape[1:]) for shape, count in zip(shapes, counts) if count), tuple(tensor.shape[1:]))
+    widest = max(counts)
+    if widest == 0:
+        return tensor.new_zeros((0, *trailing)).cpu()
+    padded = tensor.new_zeros((widest, *trailing))
+    if counts[rank()]:
+        padded[: counts[rank()]] = tensor
+    padded = padded.to(_communication_device())
+    pieces = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(pieces, padded.contiguous())
+    return torch.cat([piece[:count].cpu() for piece, count in zip(pieces, counts)])
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -50,7 +125,7 @@ class _GatherRows(torch.autograd.Function):
         return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
-def gather_objects(value):
+def gather_objects(value: Any) -> list[Any]:
     """Every process's ``value`` (picklable), in rank order; ``[value]`` without DDP. For
     :meth:`elta_core.metrics.MetricAccumulator.sync`."""
     if not is_distributed():
@@ -58,3 +133,34 @@ def gather_objects(value):
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun`` (its environment)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_environment(device: torch.device) -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment (``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``, ...): NCCL on CUDA, each process on the GPU of its
+    ``LOCAL_RANK``; gloo on the CPU. Returns this process's device. Without torchrun (or
+    when the group exists already) nothing changes."""
+    import os
+
+    if not launched_by_torchrun() or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group joined by :func:`init_from_environment`."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from elta_core import apds
 from elta_core.adapters.torch import rng
+from elta_core.adapters.torch.distributed import barrier, gather_rows, is_distributed, is_main, on_main, shard
 from elta_core.adapters.torch.modules import device_of
 from elta_core.adapters.torch.wrapper import ELTAWrapper
 from elta_core.io import atomic_write, atomic_write_json, atomic_write_text
@@ -59,9 +62,12 @@ def predict(
 
     APDS needs logits over the rating levels: a ``"probs"`` model gives ``log(probs)``
     (the same softmax); a scalar ``"score"`` model raises ``ValueError``. With ``raw``
-    the model's outputs are returned as they are, of any kind (for evaluation).
+    the model's outputs are returned as they are, of any kind (for evaluation). A
+    DistributedDataParallel model predicts through its module: inference needs no
+    gradient synchronisation, and ranks may predict different numbers of batches.
     """
-    model, device = wrapper.model, device_of(wrapper.model)
+    model = wrapper.model.module if isinstance(wrapper.model, DistributedDataParallel) else wrapper.model
+    device = device_of(model)
     was_training = model.training
     model.eval()
     outputs, labels = [], []
@@ -86,6 +92,46 @@ def predict(
         model.train(was_training)
     logits = torch.cat(outputs) if outputs else torch.zeros(0, 0)
     return logits, (torch.cat(labels) if labels else None)
+
+
+def predict_dataset(
+    wrapper: ELTAWrapper,
+    dataset: Dataset,
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "predict",
+    raw: bool = False,
+    loader_kwargs: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`predict` over a whole dataset, in its order. Under DDP each rank predicts a
+    contiguous block and every rank gets all rows, gathered in order without the
+    duplicates a ``DistributedSampler`` pads with; equal to one process's result."""
+    options = {k: v for k, v in (loader_kwargs or {}).items() if k not in ("shuffle", "sampler", "generator")}
+    if not is_distributed():
+        return predict(wrapper, DataLoader(dataset, batch_size=batch_size, **options), progress=progress, desc=desc,
+                       raw=raw)
+    part = Subset(dataset, shard(len(dataset)))
+    outputs, labels = predict(wrapper, DataLoader(part, batch_size=batch_size, **options),
+                              progress=progress and is_main(), desc=desc, raw=raw)
+    outputs = gather_rows(outputs)
+    labels = gather_rows(labels if labels is not None else torch.zeros(0))
+    return outputs, (labels if len(labels) else None)
+
+
+def training_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, drop_last: bool | None = None,
+                    **loader_kwargs: Any) -> DataLoader:
+    """A shuffling DataLoader; under DDP a ``DistributedSampler`` (seeded, the epoch set by
+    :func:`fit`) gives each rank ``batch_size`` samples per step, so one step sees a global
+    batch of ``batch_size * world_size``, the same samples as one process's batch of that
+    size. The last incomplete batch is dropped when there is more than one batch."""
+    if not is_distributed():
+        drop = len(dataset) > batch_size if drop_last is None else drop_last
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop, **loader_kwargs)
+    loader_kwargs.pop("generator", None)
+    sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True)
+    drop = sampler.num_samples > batch_size if drop_last is None else drop_last
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop, **loader_kwargs)
 
 
 class PseudoLabelledDataset(Dataset):
@@ -119,20 +165,26 @@ def fit(
     pseudo_loader: Iterable | None = None,
     progress: bool = True,
     desc: str = "train",
+    first_epoch: int = 0,
 ) -> list[float]:
     """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
     a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
-    of each epoch."""
+    of each epoch. A loader whose sampler has ``set_epoch`` (a ``DistributedSampler``)
+    gets epoch ``first_epoch + k``, so each epoch is shuffled anew."""
     device = device_of(wrapper.model)
     wrapper.train()
     history = []
     if pseudo_loader is not None and len(pseudo_loader) == 0:
         raise ValueError("pseudo_loader: expected pseudo-labelled batches, got an empty loader")
     for epoch in range(epochs):
+        for each in (loader, pseudo_loader):
+            set_epoch = getattr(getattr(each, "sampler", None), "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(first_epoch + epoch)
         pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
         total, steps = 0.0, 0
         label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
-        for batch in _progress(loader, progress, desc=label, unit="batch"):
+        for batch in _progress(loader, progress and is_main(), desc=label, unit="batch"):
             x, y = _split_batch(batch)
             if y is None:
                 raise ValueError("loader: expected (x, y) batches with labels, got batches without labels")
@@ -240,8 +292,18 @@ class SelfTraining:
 
     def _manifest(self) -> RunManifest:
         if self.manifest is None:
-            self.manifest = RunManifest(self.workdir)
+            self.manifest = RunManifest(self.workdir, writer=is_main())
         return self.manifest
+
+    def _save(self, stage: Stage, record: Any, key: str) -> None:
+        """Rank 0 writes the stage's file; every rank records it once it is there."""
+        if is_main():
+            if stage == "grid":
+                atomic_write_json(self.path(stage), record)
+            else:
+                atomic_save(record, self.path(stage))
+        barrier()
+        self._manifest().record(stage, self.path(stage), key)
 
     def _load(self, stage: Stage) -> Any:
         path = self.path(stage)
@@ -256,8 +318,8 @@ class SelfTraining:
     def _generators(self) -> list[torch.Generator | None]:
         return [self.wrapper.generator, self.loader_kwargs.get("generator")]
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **self.loader_kwargs)
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        return training_loader(dataset, self.batch_size, drop_last=False, **self.loader_kwargs)
 
     def _train(self, labelled: DataLoader, pseudo: DataLoader | None, round_index: int) -> None:
         if self.train_fn is not None:
@@ -279,8 +341,7 @@ class SelfTraining:
         manifest.forget(stage)
         record = compute()
         record["rng"] = rng.snapshot(self._generators())
-        atomic_save(record, path)
-        manifest.record(stage, path, key)
+        self._save(stage, record, key)
         return restore(record)
 
     def _weights(self, stage: Stage, key: str, train: Callable[[], None]) -> None:
@@ -292,8 +353,8 @@ class SelfTraining:
 
     def _predictions(self, stage: Stage, dataset: Dataset) -> dict[str, torch.Tensor]:
         def compute() -> dict:
-            logits, labels = predict(self.wrapper, self._loader(dataset, False), progress=self.progress,
-                                     desc=f"predict {stage}")
+            logits, labels = predict_dataset(self.wrapper, dataset, batch_size=self.batch_size, progress=self.progress,
+                                             desc=f"predict {stage}", loader_kwargs=self.loader_kwargs)
             return {"logits": logits} if labels is None else {"logits": logits, "labels": labels}
 
         key = self._manifest().stage_key(stage, {"data": dataset_fingerprint(dataset)}, ["round1"])
@@ -338,7 +399,7 @@ class SelfTraining:
         if state["round1"] == "current":
             self._weights("round1", key, lambda: None)
         else:
-            self._weights("round1", key, lambda: self._train(self._loader(state["labelled"], True), None, 1))
+            self._weights("round1", key, lambda: self._train(self._loader(state["labelled"]), None, 1))
 
     def _stage_calibration(self, state: dict, summary: dict) -> None:
         state["calibration_record"] = self._predictions("calibration", state["calibration"])
@@ -365,15 +426,15 @@ class SelfTraining:
         manifest.forget("grid")
         record, pool = state["calibration_record"], state["pool"]
         cap = len(state["labelled"]) if self.max_pseudo_labels == "labelled" else self.max_pseudo_labels
-        result = pseudo_label_round(
+        result = on_main(lambda: pseudo_label_round(  # once, on rank 0; every rank gets the same selection
             record["logits"], record["labels"], pool["logits"], betas=self.betas, thresholds=self.thresholds,
             bin_values=self.wrapper.bin_values, min_selected=self.min_selected, pseudo_label=self.pseudo_label,
             score_scale=self.wrapper.score_scale, max_selected=cap,
-        )
+        ))
         summary["grid"] = result.grid.as_dict()
-        atomic_write_text(self.workdir / "grid.md", result.grid.to_markdown() + "\n")
-        atomic_write_json(self.path("grid"), summary["grid"])
-        manifest.record("grid", self.path("grid"), grid_key)
+        if is_main():
+            atomic_write_text(self.workdir / "grid.md", result.grid.to_markdown() + "\n")
+        self._save("grid", summary["grid"], grid_key)
         state["round"] = result
 
     def _stage_selection(self, state: dict, summary: dict) -> None:
@@ -383,8 +444,7 @@ class SelfTraining:
             result = state["round"]
             selection = {"indices": result.indices, "labels": result.labels,
                          "num_selected": torch.tensor(result.num_selected)}
-            atomic_save(selection, self.path("selection"))
-            manifest.record("selection", self.path("selection"), key)
+            self._save("selection", selection, key)
         else:
             selection = self._load("selection")
         state["selection"] = selection
@@ -400,9 +460,9 @@ class SelfTraining:
             labels = labels @ values  # join a score-labelled set with the pseudo-labels' scores
         pseudo = PseudoLabelledDataset(state["unlabelled"], selection["indices"], labels)
         if self.round2 == "concat":
-            loaders = (self._loader(ConcatDataset([labelled, pseudo]) if len(pseudo) else labelled, True), None)
+            loaders = (self._loader(ConcatDataset([labelled, pseudo]) if len(pseudo) else labelled), None)
         else:
-            loaders = (self._loader(labelled, True), self._loader(pseudo, True) if len(pseudo) else None)
+            loaders = (self._loader(labelled), self._loader(pseudo) if len(pseudo) else None)
         settings = {**state["training"], "round2": self.round2}
         key = self._manifest().stage_key("round2", settings, ["round1", "selection"])
         self._weights("round2", key, lambda: self._train(*loaders, 2))
