@@ -257,7 +257,7 @@ def _check_train_args(args: Any) -> None:
 
 def _datasets(args: Any, splits: DataSplits, config: RunConfig) -> tuple[ImageLabelDataset, ...]:
     make = lambda table, train: None if table is None else ImageLabelDataset(  # noqa: E731
-        table, config.transform(train), skip_unreadable=args.skip_unreadable)
+        table, config.transform(train), skip_unreadable=args.skip_unreadable, seed=args.seed if train else None)
     return make(splits.train, True), make(splits.validation, False), make(splits.test, False)
 
 

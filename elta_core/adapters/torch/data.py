@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -70,6 +71,10 @@ class ImageLabelDataset(Dataset):
         skip_unreadable: check every image first and drop the missing or corrupt ones
             (their paths are in ``skipped``); otherwise such an image raises
             :class:`UnreadableImageError` naming the file when it is loaded.
+        seed: seeds the random transform of each image from ``(seed, epoch, image)``
+            (``set_epoch`` sets the epoch; :func:`~elta_core.adapters.torch.fit` does), so
+            an image's crop and flip do not depend on the number of processes or workers,
+            nor on where a run was resumed. None: torch's global generator.
     """
 
     def __init__(
@@ -81,8 +86,10 @@ class ImageLabelDataset(Dataset):
         image_size: int = 224,
         labels: bool = True,
         skip_unreadable: bool = False,
+        seed: int | None = None,
     ):
         self.table = table
+        self.seed, self.epoch = seed, 0
         self.transform = transform or iaa_transforms(train, image_size)
         self.with_labels = labels
         self.rows: Sequence[int] = range(len(table))
@@ -108,9 +115,18 @@ class ImageLabelDataset(Dataset):
         return fingerprint([[self.table.images[k] for k in rows], self.labels[rows], repr(self.transform),
                             self.with_labels])
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
     def __getitem__(self, index: int):
         row = self.rows[index]
-        image = self.transform(open_image(self.table.images[row]))
+        image = open_image(self.table.images[row])
+        if self.seed is None:
+            image = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(1)[0]))
+                image = self.transform(image)
         return (image, self.labels[row]) if self.with_labels else image
 
 

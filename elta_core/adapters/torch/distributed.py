@@ -59,7 +59,8 @@ def shard(length: int) -> range:
     return range(length * r // w, length * (r + 1) // w)
 
 
-def _communication_device() -> torch.device:
+def communication_device() -> torch.device:
+    """Where collectives' tensors live: this process's GPU under NCCL, else the CPU."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -79,7 +80,7 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     padded = tensor.new_zeros((widest, *trailing))
     if counts[rank()]:
         padded[: counts[rank()]] = tensor
-    padded = padded.to(_communication_device())
+    padded = padded.to(communication_device())
     pieces = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(pieces, padded.contiguous())
     return torch.cat([piece[:count].cpu() for piece, count in zip(pieces, counts)])

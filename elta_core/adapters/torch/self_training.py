@@ -22,7 +22,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from elta_core import apds
 from elta_core.adapters.torch import rng
-from elta_core.adapters.torch.distributed import barrier, gather_rows, is_distributed, is_main, on_main, shard
+from elta_core.adapters.torch.distributed import (barrier, communication_device, gather_rows, is_distributed,
+                                                  is_main, on_main, rank, shard, world_size)
 from elta_core.adapters.torch.modules import device_of
 from elta_core.adapters.torch.wrapper import ELTAWrapper
 from elta_core.io import atomic_write, atomic_write_json, atomic_write_text
@@ -119,17 +120,22 @@ def predict_dataset(
     return outputs, (labels if len(labels) else None)
 
 
-def training_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, drop_last: bool | None = None,
+def training_loader(dataset: Dataset, batch_size: int, *, seed: int | None = None, drop_last: bool | None = None,
                     **loader_kwargs: Any) -> DataLoader:
-    """A shuffling DataLoader; under DDP a ``DistributedSampler`` (seeded, the epoch set by
-    :func:`fit`) gives each rank ``batch_size`` samples per step, so one step sees a global
-    batch of ``batch_size * world_size``, the same samples as one process's batch of that
-    size. The last incomplete batch is dropped when there is more than one batch."""
-    if not is_distributed():
+    """A shuffling DataLoader. With a ``seed`` (and always under DDP) the order comes from a
+    ``DistributedSampler``: a permutation seeded by ``seed + epoch`` (:func:`fit` sets the
+    epoch), of which each of the W ranks takes every W-th sample. One step then sees a
+    global batch of ``batch_size * W`` samples, the same samples as one process's batch of
+    that size with the same seed, so a run's result does not depend on how its global
+    batch is split. Without a seed in one process: ``shuffle=True`` (a ``generator`` in
+    ``loader_kwargs`` sets the order). The last incomplete batch is dropped when there is
+    more than one batch, unless ``drop_last`` says otherwise."""
+    if seed is None and not is_distributed():
         drop = len(dataset) > batch_size if drop_last is None else drop_last
         return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop, **loader_kwargs)
     loader_kwargs.pop("generator", None)
-    sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True)
+    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed or 0,
+                                 drop_last=True)
     drop = sampler.num_samples > batch_size if drop_last is None else drop_last
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop, **loader_kwargs)
 
@@ -169,8 +175,9 @@ def fit(
 ) -> list[float]:
     """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
     a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
-    of each epoch. A loader whose sampler has ``set_epoch`` (a ``DistributedSampler``)
-    gets epoch ``first_epoch + k``, so each epoch is shuffled anew."""
+    of each epoch (over every rank's steps under DDP). A loader whose sampler or dataset has ``set_epoch`` (a
+    ``DistributedSampler``, an ``ImageLabelDataset`` with a seed) gets epoch
+    ``first_epoch + k``, so each epoch is shuffled and augmented anew."""
     device = device_of(wrapper.model)
     wrapper.train()
     history = []
@@ -178,9 +185,10 @@ def fit(
         raise ValueError("pseudo_loader: expected pseudo-labelled batches, got an empty loader")
     for epoch in range(epochs):
         for each in (loader, pseudo_loader):
-            set_epoch = getattr(getattr(each, "sampler", None), "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(first_epoch + epoch)
+            for part in (getattr(each, "sampler", None), getattr(each, "dataset", None)):
+                set_epoch = getattr(part, "set_epoch", None)
+                if callable(set_epoch):
+                    set_epoch(first_epoch + epoch)
         pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
         total, steps = 0.0, 0
         label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
@@ -206,6 +214,10 @@ def fit(
             loss.backward()
             optimizer.step()
             total, steps = total + value, steps + 1
+        if is_distributed():  # the epoch's mean loss over every rank's steps
+            sums = torch.tensor([total, float(steps)], dtype=torch.float64, device=communication_device())
+            torch.distributed.all_reduce(sums)
+            total, steps = float(sums[0]), int(sums[1])
         history.append(total / max(steps, 1))
     return history
 
