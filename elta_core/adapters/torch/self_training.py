@@ -185,10 +185,8 @@ def fit(
         raise ValueError("pseudo_loader: expected pseudo-labelled batches, got an empty loader")
     for epoch in range(epochs):
         for each in (loader, pseudo_loader):
-            for part in (getattr(each, "sampler", None), getattr(each, "dataset", None)):
-                set_epoch = getattr(part, "set_epoch", None)
-                if callable(set_epoch):
-                    set_epoch(first_epoch + epoch)
+            _set_epoch(getattr(each, "sampler", None), first_epoch + epoch)
+            _set_epoch(getattr(each, "dataset", None), first_epoch + epoch)
         pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
         total, steps = 0.0, 0
         label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
@@ -220,6 +218,17 @@ def fit(
             total, steps = float(sums[0]), int(sums[1])
         history.append(total / max(steps, 1))
     return history
+
+
+def _set_epoch(part: Any, epoch: int) -> None:
+    """``set_epoch`` on a sampler or dataset, and on the datasets inside a ``ConcatDataset``
+    or ``Subset`` (whose epoch would otherwise stay where an earlier run left it)."""
+    set_epoch = getattr(part, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
+    for inner in getattr(part, "datasets", None) or [getattr(part, "dataset", None)]:
+        if isinstance(inner, Dataset):
+            _set_epoch(inner, epoch)
 
 
 TrainFn = Callable[[ELTAWrapper, DataLoader, "DataLoader | None", int], Any]
