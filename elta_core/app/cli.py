@@ -1,4 +1,4 @@
-"""The ``elta`` command: ``demo``, ``synth``, ``stats``, ``train``, ``evaluate``, ``pseudo-label``.
+"""The ``elta`` command: ``demo``, ``synth``, ``stats``, ``prepare``, ``train``, ``evaluate``, ``pseudo-label``.
 
 Frameworks are imported by the subcommand that needs them, so ``elta stats`` runs with
 NumPy alone.
@@ -138,6 +138,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    _needs_vision()
+    from elta_core.app.prepare import prepare
+    from elta_core.data import load_labels
+
+    table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
+    result = prepare(table, args.images, args.out, args.size, quality=args.quality, workers=_workers(args.workers),
+                     progress=not args.quiet)
+    print(f"{result['written']} images resized to {args.size} x {args.size} ({result['already_there']} already "
+          f"there) in {result['folder']}: train with --images {result['folder']}")
+    if result["unreadable"]:
+        print(f"{len(result['unreadable'])} unreadable image(s) not prepared, e.g. {result['unreadable'][0]}")
+    return 0
+
+
+def _workers(workers: int | None) -> int:
+    from elta_core.app.training import loader_options
+
+    return loader_options(workers, _cpu())["num_workers"]
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
 def _pseudo_label(args: argparse.Namespace) -> int:
     _needs_vision()
     from elta_core.app.training import pseudo_label
@@ -220,6 +247,9 @@ def _common(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
     if batch_size:
         parser.add_argument("--batch-size", type=_at_least(1), default=32, help="images per batch")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    parser.add_argument("--workers", type=_at_least(0), default=None,
+                        help="DataLoader worker processes per process (default: this machine's cores, divided among "
+                             "the processes torchrun starts on it; 0: load in the main process)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="skip missing or corrupt images and report how many")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -332,7 +362,12 @@ def _add_train(commands) -> None:
         "round2_resume_optimizer", "round 2 continues round 1's optimizer and its state at --lr (off: a fresh "
         "optimizer at --lr / 4)"))
     _apds_options(train)
-    train.add_argument("--workers", type=_at_least(0), default=0, help="DataLoader worker processes")
+    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="training forward under autocast (fp16 with a gradient scaler); evaluation stays fp32")
+    train.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convolutions "
+                       "on recent GPUs)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model (the fused FLSA kernels then "
+                       "give way to the reference)")
     train.add_argument("--seed", type=int, default=0, help="seeds the split, the model, the data order and TFA")
     train.add_argument("--out", default="elta_runs/train",
                        help="the run directory (must be new or empty unless --resume)")
@@ -370,6 +405,23 @@ def _add_pseudo(commands) -> None:
     pseudo.set_defaults(run=_pseudo_label)
 
 
+def _add_prepare(commands) -> None:
+    prepare = _subcommand(commands, "prepare", "resize a label file's images once, for faster training",
+                          "Writes every image of the label file resized to --size x --size (the first step of the\n"
+                          "training transform; the authors resize to 300 x 300) under OUT/images with the same\n"
+                          "names; train on them with --images OUT/images. Resumable; JPEG re-encoded at --quality.",
+                          "elta prepare --labels AVA.csv --format ava --images AVA/images --size 300 --out AVA300")
+    _labels_options(prepare)
+    prepare.add_argument("--images", help="folder the label file's image names are relative to")
+    prepare.add_argument("--size", type=_at_least(8), default=300, help="side of the square images, pixels")
+    prepare.add_argument("--quality", type=_at_least(1), default=95, help="JPEG quality of the written images")
+    prepare.add_argument("--out", required=True, help="the folder for images/ (and its manifest.json)")
+    prepare.add_argument("--workers", type=_at_least(0), default=None,
+                         help="worker processes (default: this machine's cores)")
+    prepare.add_argument("--quiet", action="store_true", help="no progress bar")
+    prepare.set_defaults(run=_prepare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from elta_core import __version__
 
@@ -379,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "  elta stats data/labels.csv --format ava")
     parser.add_argument("--version", action="version", version=f"elta {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_synth, _add_stats, _add_train, _add_evaluate, _add_pseudo):
+    for add in (_add_demo, _add_synth, _add_stats, _add_prepare, _add_train, _add_evaluate, _add_pseudo):
         add(commands)
     return parser
 

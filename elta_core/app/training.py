@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,11 +184,12 @@ class Evaluation(NamedTuple):
 
 
 def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: LabelTable, batch_size: int,
-                   progress: bool, desc: str = "evaluate") -> Evaluation:
+                   progress: bool, desc: str = "evaluate", loader_kwargs: dict | None = None) -> Evaluation:
     """Metrics of the model on ``dataset`` (rows of ``table``), and its per-image predictions."""
     if len(dataset) < 2:
         raise ValueError(f"labels: {len(dataset)} image(s) to evaluate; PLCC and SRCC need at least 2")
-    outputs, _ = predict_dataset(wrapper, dataset, batch_size=batch_size, progress=progress, desc=desc, raw=True)
+    outputs, _ = predict_dataset(wrapper, dataset, batch_size=batch_size, progress=progress, desc=desc, raw=True,
+                                 loader_kwargs=loader_kwargs)
     kind = wrapper.output_kind(outputs)
     predicted = core_losses.output_scores(outputs, kind, table.bin_values).double().numpy()
     rows = list(dataset.rows)
@@ -210,7 +212,8 @@ def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: Labe
 
 
 # Settings that do not change the result, and those a resumed run may change.
-_NOT_RESULTS = ("run", "command", "out", "resume", "quiet", "device", "workers", "stop_after_epoch")
+_NOT_RESULTS = ("run", "command", "out", "resume", "quiet", "device", "workers", "stop_after_epoch", "channels_last",
+                "compile")
 _MAY_CHANGE_ON_RESUME = ("epochs", "round2_epochs")
 
 
@@ -299,11 +302,13 @@ def train(args: Any) -> dict[str, Any]:
     config = RunConfig(args.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
                        args.image_size, "", args.head, args.resize, args.eval_transform == "crop")
     model, config.head, skipped = config.build(args.weights)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
     trained, head = model, config.head
     if ddp.is_distributed():
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         head = f"module.{head}"
+    if args.compile:
+        trained, head = torch.compile(trained), f"_orig_mod.{head}"
     wrapper = ELTAWrapper(
         trained, head, tfa=args.tfa, num_pairs=args.num_pairs, flsa_weight=args.flsa,
         bin_values=config.bin_values, score_scale=score_scale_of(table), seed=args.seed + ddp.rank(),
@@ -325,7 +330,8 @@ def train(args: Any) -> dict[str, Any]:
     if args.apds:
         _self_training_round(args, wrapper, model, table, train_data, val_data or test_data, round1, config, manifest)
         evaluated = CHECKPOINT
-    evaluation = evaluate_model(wrapper, test_data, splits.test, args.batch_size, _progress(args), desc="test")
+    evaluation = evaluate_model(wrapper, test_data, splits.test, args.batch_size, _progress(args), desc="test",
+                                loader_kwargs=loader_options(args.workers, device))
     result: dict[str, Any] = dict(evaluation.metrics)
     result["skipped_images"] = float(sum(len(d.skipped) for d in (train_data, val_data, test_data) if d is not None))
     result["checkpoint"] = evaluated
@@ -337,6 +343,20 @@ def train(args: Any) -> dict[str, Any]:
     if skipped and ddp.is_main():
         print(f"weights: {len(skipped)} head tensors not loaded (a new head), e.g. {skipped[0]}")
     return result
+
+
+def loader_options(workers: int | None, device: torch.device) -> dict[str, Any]:
+    """DataLoader options for training: ``workers`` processes (None: this machine's cores,
+    shared among the processes torchrun starts on it), pinned memory for a GPU, two
+    batches prefetched per worker. Workers are not persistent: each epoch's workers get the
+    dataset with the epoch set, which seeds the augmentation."""
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers:
+        options["prefetch_factor"] = 2
+    return options
 
 
 def _progress(args: Any) -> bool:
@@ -360,7 +380,8 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
     if len(data) < 2 * ddp.world_size():
         raise ValueError(f"labels: {len(data)} training image(s) after the split; at least 2 per process are needed")
     order = torch.Generator().manual_seed(args.seed)
-    loader = training_loader(data, args.batch_size, seed=args.seed, num_workers=args.workers, generator=order)
+    loader = training_loader(data, args.batch_size, seed=args.seed, generator=order,
+                             **loader_options(args.workers, device_of(model)))
     generators = [wrapper.generator, order]
     key = manifest.stage_key("checkpoint", CHECKPOINT_KEY)
     first_epoch, state, history, best = 0, None, [], None
@@ -378,7 +399,7 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
         started = time.perf_counter()
         try:
             losses = fit(wrapper, loader, optimizer, epochs=1, progress=_progress(args),
-                         desc=f"epoch {epoch + 1}/{args.epochs}", first_epoch=epoch)
+                         desc=f"epoch {epoch + 1}/{args.epochs}", first_epoch=epoch, precision=args.precision)
         except FloatingPointError as error:
             kept = f"the last good checkpoint (epoch {epoch}) is kept at {path}" if epoch else "no checkpoint was written"
             raise FloatingPointError(f"{error}; {kept}") from None
@@ -388,7 +409,7 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": losses[-1]}
         if validation is not None:
             scores = evaluate_model(wrapper, validation, validation.table, args.batch_size, _progress(args),
-                                    desc="validate").metrics
+                                    desc="validate", loader_kwargs=loader_options(args.workers, device_of(model))).metrics
             row.update({f"val_{name}": value for name, value in scores.items() if name != "num_images"})
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
@@ -486,6 +507,7 @@ def _self_training_round(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module
         wrapper, out / "self_training", epochs=args.round2_epochs, round2=args.round2, betas=args.betas,
         thresholds=args.thresholds, min_selected=args.min_selected, pseudo_label=args.pseudo_label,
         optimizer=_round2_optimizer(args, round1), batch_size=args.batch_size, progress=_progress(args),
+        precision=args.precision, loader_kwargs=loader_options(args.workers, device_of(model)),
         tag={"lr": args.lr, "optimizer": args.optimizer, "resume_optimizer": args.round2_resume_optimizer,
              "select_best": args.select_best},
     )
@@ -533,7 +555,8 @@ def evaluate(args: Any) -> dict[str, float]:
     if args.split:
         table = table.where_split(args.split)
     data = ImageLabelDataset(table, config.transform(False), skip_unreadable=args.skip_unreadable)
-    evaluation = evaluate_model(wrapper, data, table, args.batch_size, _progress(args))
+    evaluation = evaluate_model(wrapper, data, table, args.batch_size, _progress(args),
+                                loader_kwargs=loader_options(args.workers, device_of(wrapper.model)))
     result = dict(evaluation.metrics, skipped_images=float(len(data.skipped)))
     if args.out and ddp.is_main():
         out = _output_folder(args.out)
@@ -551,12 +574,13 @@ def pseudo_label(args: Any) -> dict[str, Any]:
         raise ValueError(f"checkpoint: {args.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
     calibration = load_labels(args.calibration, args.format, image_root=args.images, **csv_options(args))
     calibration_data = ImageLabelDataset(calibration, config.transform(False), skip_unreadable=args.skip_unreadable)
+    options = loader_options(args.workers, device)
     logits, _ = predict_dataset(wrapper, calibration_data, batch_size=args.batch_size, progress=_progress(args),
-                                desc="calibration")
+                                desc="calibration", loader_kwargs=options)
     args.unlabelled_format = args.unlabelled_format or args.format
     pool = unlabelled_pool(args, calibration, config)
     pool_logits, _ = predict_dataset(wrapper, pool, batch_size=args.batch_size, progress=_progress(args),
-                                     desc="unlabelled")
+                                     desc="unlabelled", loader_kwargs=options)
     true = torch.as_tensor(calibration.scores[list(calibration_data.rows)], dtype=torch.float32)
 
     def choose_and_write() -> dict[str, Any]:  # once, on rank 0 under torchrun

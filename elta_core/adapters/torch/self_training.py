@@ -172,13 +172,20 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     first_epoch: int = 0,
+    precision: Precision = "fp32",
 ) -> list[float]:
     """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
     a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
     of each epoch (over every rank's steps under DDP). A loader whose sampler or dataset has ``set_epoch`` (a
     ``DistributedSampler``, an ``ImageLabelDataset`` with a seed) gets epoch
-    ``first_epoch + k``, so each epoch is shuffled and augmented anew."""
+    ``first_epoch + k``, so each epoch is shuffled and augmented anew. ``precision``
+    ``"bf16"`` or ``"fp16"`` runs the forward under autocast (fp16 with a gradient scaler);
+    the losses are computed in float32 either way."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = device_of(wrapper.model)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     wrapper.train()
     history = []
     if pseudo_loader is not None and len(pseudo_loader) == 0:
@@ -195,22 +202,24 @@ def fit(
             if y is None:
                 raise ValueError("loader: expected (x, y) batches with labels, got batches without labels")
             try:
-                loss = wrapper(x.to(device), y.to(device)).loss
-                if pseudo_batches is not None:
-                    try:
-                        xu, yu = next(pseudo_batches)
-                    except StopIteration:
-                        pseudo_batches = iter(pseudo_loader)
-                        xu, yu = next(pseudo_batches)
-                    loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = wrapper(x.to(device, non_blocking=True), y.to(device, non_blocking=True)).loss
+                    if pseudo_batches is not None:
+                        try:
+                            xu, yu = next(pseudo_batches)
+                        except StopIteration:
+                            pseudo_batches = iter(pseudo_loader)
+                            xu, yu = next(pseudo_batches)
+                        loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
             except FloatingPointError as error:
                 raise FloatingPointError(f"{label}: diverged at step {steps + 1}: {error}") from None
             value = float(loss.detach())  # read every step anyway; on a GPU the wrapper's own check is deferred
             if not math.isfinite(value):
                 raise FloatingPointError(f"{label}: diverged at step {steps + 1}: the loss is {value}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total, steps = total + value, steps + 1
         if is_distributed():  # the epoch's mean loss over every rank's steps
             sums = torch.tensor([total, float(steps)], dtype=torch.float64, device=communication_device())
@@ -231,6 +240,8 @@ def _set_epoch(part: Any, epoch: int) -> None:
             _set_epoch(inner, epoch)
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 TrainFn = Callable[[ELTAWrapper, DataLoader, "DataLoader | None", int], Any]
 MaxPseudoLabels = Union[int, Literal["labelled"], None]
 
@@ -256,6 +267,7 @@ class SelfTraining:
         batch_size, loader_kwargs: for the DataLoaders built from the datasets.
         tag: JSON-able settings of ``train``/``optimizer`` that the run directory cannot
             see (e.g. ``{"lr": 1e-3}``): a trained stage is reused only under the same tag.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the default ``train`` (:func:`fit`).
 
     ``workdir`` holds ``manifest.json`` (:mod:`elta_core.run_state`): a stage is reused
     only when its settings, its input data and the stages it was computed from are
@@ -281,8 +293,10 @@ class SelfTraining:
         loader_kwargs: dict[str, Any] | None = None,
         progress: bool = True,
         tag: Any = None,
+        precision: Precision = "fp32",
     ):
         self.wrapper = wrapper
+        self.precision = precision
         self.workdir = Path(workdir)
         self.train_fn = train
         self.epochs = epochs
@@ -348,7 +362,7 @@ class SelfTraining:
             return
         optimizer = self.optimizer(self.wrapper.parameters())
         fit(self.wrapper, labelled, optimizer, epochs=self.epochs, pseudo_loader=pseudo,
-            progress=self.progress, desc=f"round {round_index}")
+            progress=self.progress, desc=f"round {round_index}", precision=self.precision)
 
     def _cached(self, stage: Stage, key: str, compute: Callable[[], dict], restore: Callable[[dict], Any]) -> Any:
         """The stage's record: loaded when the manifest says it is current (its RNG
@@ -387,7 +401,8 @@ class SelfTraining:
         return {"config": fingerprint(vars(self.wrapper.elta_config)), "head": self.wrapper.head_name,
                 "architecture": fingerprint([(k, tuple(v.shape)) for k, v in self.wrapper.model.state_dict().items()]),
                 "labelled": dataset_fingerprint(labelled), "epochs": self.epochs, "batch_size": self.batch_size,
-                "train": getattr(train, "__qualname__", type(train).__name__), "tag": self.tag}
+                "train": getattr(train, "__qualname__", type(train).__name__), "tag": self.tag,
+                "precision": self.precision}
 
     def run(self, labelled: Dataset, calibration: Dataset, unlabelled: Dataset, *,
             stop_after: Stage | None = None, round1: Literal["train", "current"] = "train") -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""The training data path: ``elta prepare`` (resumable, same pixels), seeded augmentation
+(the result does not depend on the number of workers), ``--precision``,
+``--channels-last`` and ``--compile``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms  # noqa: E402
+from elta_core.app import cli, prepare as prepare_module  # noqa: E402
+from elta_core.data import load_labels  # noqa: E402
+from elta_core.data.synthetic import export, generate  # noqa: E402
+from elta_core.io import TEMPORARY_SUFFIX  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def png_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("png")
+    data = generate(40, 48, seed=2)
+    export(data, folder, suffix=".png")  # lossless: prepared pixels compare exactly
+    rows = ["image,score"] + [f"{k}.png,{score:.4f}" for k, score in enumerate(data.scores)]
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+LABELS = ["--format", "csv"]
+
+
+def _table(folder, images=None):
+    return load_labels(folder / "labels.csv", "csv", image_root=images or folder / "images")
+
+
+def test_prepare_resumes_after_a_crash_and_refuses_another_size(png_data, tmp_path, monkeypatch):
+    out = tmp_path / "prepared"
+    table = _table(png_data)
+    real_write, calls = prepare_module.atomic_write, {"n": 0}
+
+    def crashing(path, write):
+        calls["n"] += 1
+        if calls["n"] == 15:  # a crash inside the 15th write leaves its temporary file behind
+            (path.parent / f".{path.name}.x{TEMPORARY_SUFFIX}").write_bytes(b"half")
+            raise KeyboardInterrupt
+        return real_write(path, write)
+
+    monkeypatch.setattr(prepare_module, "atomic_write", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_module.prepare(table, str(png_data / "images"), out, 40, progress=False)
+    monkeypatch.setattr(prepare_module, "atomic_write", real_write)
+    result = prepare_module.prepare(table, str(png_data / "images"), out, 40, progress=False)
+    assert result["already_there"] == 14 and result["written"] == 26 and not result["unreadable"]
+    assert not list((out / "images").glob(f"*{TEMPORARY_SUFFIX}"))
+    with pytest.raises(ValueError, match=r"size: 40 -> 32"):
+        prepare_module.prepare(table, str(png_data / "images"), out, 32, progress=False)
+
+
+def test_prepared_images_give_the_training_transform_the_same_pixels(png_data, tmp_path):
+    assert cli.main(["prepare", "--labels", str(png_data / "labels.csv"), *LABELS, "--images",
+                     str(png_data / "images"), "--size", "40", "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    transform = iaa_transforms(True, 32, resize=40)
+    original = ImageLabelDataset(_table(png_data), transform, seed=5)
+    prepared = ImageLabelDataset(_table(png_data, tmp_path / "p" / "images"), transform, seed=5)
+    for dataset in (original, prepared):
+        dataset.set_epoch(3)
+    for k in (0, 7, 39):
+        assert torch.equal(original[k][0], prepared[k][0])
+
+
+def _train(folder, out, *extra):
+    return cli.main(["train", "--labels", str(folder / "labels.csv"), *LABELS, "--images",
+                     str(folder / "images"), "--backbone", "resnet18", "--image-size", "32", "--batch-size", "8",
+                     "--epochs", "2", "--quiet", "--out", str(out), *extra])
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_the_number_of_workers_does_not_change_the_result(png_data, tmp_path):
+    assert _train(png_data, tmp_path / "w0", "--workers", "0") == 0
+    assert _train(png_data, tmp_path / "w2", "--workers", "2") == 0
+    a, b = _weights(tmp_path / "w0" / "checkpoint.pt"), _weights(tmp_path / "w2" / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_channels_last_and_fp16_train(png_data, tmp_path):
+    assert _train(png_data, tmp_path / "bf16", "--precision", "bf16", "--channels-last") == 0
+    config = json.loads((tmp_path / "bf16" / "manifest.json").read_text())["config"]
+    assert config["precision"] == "bf16" and "channels_last" not in config  # layout does not change a result
+    assert _train(png_data, tmp_path / "fp16", "--precision", "fp16", "--epochs", "1") == 0
+    for run in ("bf16", "fp16"):
+        weights = _weights(tmp_path / run / "checkpoint.pt")
+        assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())  # autocast, not a cast
+        assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_compile_finds_the_head_through_the_compiled_module(png_data, tmp_path, monkeypatch):
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="eager"))  # no C++ build in CI
+    assert _train(png_data, tmp_path / "compiled", "--compile", "--epochs", "1") == 0
+    assert json.loads((tmp_path / "compiled" / "metrics.json").read_text())["num_images"] == 4
