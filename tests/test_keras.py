@@ -22,6 +22,8 @@ def test_keras_adapter_on_backend(backend):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
     env = dict(os.environ, KERAS_BACKEND=backend, ELTA_KERAS_SUBPROCESS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    if backend == "jax":  # two host devices, for keras.distribution.DataParallel
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/keras_backend"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,

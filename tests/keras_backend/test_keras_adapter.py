@@ -403,3 +403,40 @@ def test_auto_head_is_the_last_layer_with_weights():
     base = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=10,
                                                include_preprocessing=False)
     assert ELTAModel(base, "auto").head_name == "logits"
+
+
+def _trained_weights(x, y):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(8, activation="relu", name="fc")(inputs)
+    model = ELTAModel(keras.Model(inputs, keras.layers.Dense(10, name="scores")(hidden)), head="scores",
+                      num_pairs=4, flsa_weight=1.0, seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    return [np.asarray(ops.convert_to_numpy(w)) for w in model.weights]
+
+
+def test_data_parallel_on_jax_equals_one_device_and_is_refused_elsewhere(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 16)).astype("float32"), rng.dirichlet(np.ones(10), 64).astype("float32")
+    if BACKEND != "jax":
+        monkeypatch.setattr(keras.distribution, "distribution", lambda: object())
+        with pytest.raises(ValueError, match=f"DataParallel on the JAX backend only; this process runs '{BACKEND}'"):
+            _trained_weights(x, y)
+        return
+    import jax
+
+    assert len(jax.devices()) == 2, "tests/test_keras.py starts the JAX process with 2 host devices"
+    one_device = _trained_weights(x, y)
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    try:
+        two_devices = _trained_weights(x, y)  # TFA and FLSA see the global batch of 16, split over 2 devices
+        mesh = keras.distribution.DeviceMesh((2,), ["batch"], jax.devices())
+        layout = keras.distribution.LayoutMap(mesh)
+        keras.distribution.set_distribution(keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch"))
+        with pytest.raises(ValueError, match="supports DataParallel, not ModelParallel"):
+            _trained_weights(x, y)
+    finally:
+        keras.distribution.set_distribution(None)
+    for a, b in zip(one_device, two_devices):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -65,6 +65,22 @@ def ends_in_softmax(model: keras.Model) -> bool:
     return getattr(activation, "__name__", "") == "softmax" or isinstance(layer, keras.layers.Softmax)
 
 
+def check_distribution() -> None:
+    """Multi-device training: ``keras.distribution.DataParallel`` on the JAX backend, where
+    the traced step sees the global batch (TFA and FLSA then equal one device's, tested).
+    Anything else is refused here rather than trained some other way."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return
+    if keras.backend.backend() != "jax":
+        raise ValueError(f"keras.distribution: ELTAModel trains on several devices with DataParallel on the JAX "
+                         f"backend only; this process runs {keras.backend.backend()!r} with "
+                         f"{type(distribution).__name__} set (unset it, or use KERAS_BACKEND=jax)")
+    if not isinstance(distribution, keras.distribution.DataParallel):
+        raise ValueError(f"keras.distribution: ELTAModel supports DataParallel, not {type(distribution).__name__} "
+                         "(model parallelism is untested with TFA and FLSA)")
+
+
 def traced_per_shape(model: keras.Model, step_function):
     """On TensorFlow, ``step_function`` traced once per batch shape (as JAX does), so that
     the core sees static shapes; Keras's own function relaxes the batch size to None."""
@@ -72,7 +88,7 @@ def traced_per_shape(model: keras.Model, step_function):
 
     if model.distribute_strategy.num_replicas_in_sync > 1:
         raise ValueError("ELTAModel on TensorFlow runs on one device; tf.distribute strategies with several "
-                         "replicas are not supported (use the JAX or torch backend, or one device)")
+                         "replicas are not supported (use keras.distribution.DataParallel on the JAX backend, or one device)")
     if model.steps_per_execution != 1:
         raise ValueError(f"steps_per_execution: ELTAModel on TensorFlow runs one step per call, "
                          f"got {model.steps_per_execution}")

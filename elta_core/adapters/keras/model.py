@@ -18,7 +18,7 @@ from keras import ops
 
 from elta_core import step as core_step
 from elta_core.adapters.keras.layers import (DeprecatedNames, StopOnNonFinite, ends_in_softmax, resolve_head, split_at,
-                                            traced_per_shape)
+                                            check_distribution, traced_per_shape)
 
 
 @keras.saving.register_keras_serializable(package="elta_core")
@@ -135,6 +135,7 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
         """``keras.Model.fit``; labels given as arrays are checked first (the shared checks
         of :func:`elta_core.step.check_labels`), so a bad call fails before training."""
+        check_distribution()
         for name in ("sample_weight", "class_weight"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name}: not supported by ELTAModel (TFA appends mixed samples); drop it from fit")
