@@ -169,3 +169,38 @@ def test_progress_bars_do_not_change_the_result():
         results.append([p.detach().clone() for p in wrapper.parameters()])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_a_pool_killed_mid_prediction_resumes_at_its_chunk(tmp_path, monkeypatch):
+    from elta_core.adapters.torch import self_training as module
+
+    straight = _self_training(tmp_path / "straight", [])
+    straight.prediction_chunk = 25
+    expected = straight.run(*_datasets())
+
+    real, predicted = module.predict_dataset, []
+
+    def crash_in_third_pool_chunk(wrapper, dataset, **kwargs):
+        if kwargs["desc"].startswith("predict unlabelled"):
+            predicted.append(dataset.indices.start)
+            if len(predicted) == 3:
+                raise KeyboardInterrupt  # a kill while predicting rows 50..74 of the pool
+        return real(wrapper, dataset, **kwargs)
+
+    monkeypatch.setattr(module, "predict_dataset", crash_in_third_pool_chunk)
+    trainer = _self_training(tmp_path / "resumed", [])
+    trainer.prediction_chunk = 25
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(*_datasets())
+    assert sorted(p.name for p in (tmp_path / "resumed" / "chunks").iterdir()) == ["unlabelled.00000.pt", "unlabelled.00001.pt"]
+
+    predicted.clear()
+    resumed = _self_training(tmp_path / "resumed", [])
+    resumed.prediction_chunk = 25
+    result = resumed.run(*_datasets())
+    assert predicted == [50, 75], "the two saved chunks were not predicted again"
+    assert result["grid"] == expected["grid"]
+    a = torch.load(tmp_path / "straight" / "unlabelled.pt", weights_only=True)["logits"]
+    b = torch.load(tmp_path / "resumed" / "unlabelled.pt", weights_only=True)["logits"]
+    assert torch.equal(a, b) and len(a) == 100
+    assert not list((tmp_path / "resumed" / "chunks").iterdir()), "chunks give way to the stage's file"

@@ -32,6 +32,8 @@ from elta_core.run_state import RunManifest, StaleStateError, fingerprint
 
 Stage = Literal["round1", "calibration", "unlabelled", "grid", "selection", "round2"]
 STAGES: tuple[Stage, ...] = ("round1", "calibration", "unlabelled", "grid", "selection", "round2")
+CHUNKS = "chunks"  # the folder of the predictions saved chunk by chunk
+DEFAULT_PREDICTION_CHUNK = 50_000
 
 
 def _progress(iterable: Iterable, enabled: bool, **kwargs):
@@ -268,6 +270,9 @@ class SelfTraining:
         tag: JSON-able settings of ``train``/``optimizer`` that the run directory cannot
             see (e.g. ``{"lr": 1e-3}``): a trained stage is reused only under the same tag.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the default ``train`` (:func:`fit`).
+        prediction_chunk: the calibration set and the pool are predicted this many images
+            at a time, each chunk saved as done (in ``workdir/chunks``): a run killed in a
+            large pool resumes at its chunk. Images are streamed, never all in memory.
 
     ``workdir`` holds ``manifest.json`` (:mod:`elta_core.run_state`): a stage is reused
     only when its settings, its input data and the stages it was computed from are
@@ -294,7 +299,11 @@ class SelfTraining:
         progress: bool = True,
         tag: Any = None,
         precision: Precision = "fp32",
+        prediction_chunk: int = DEFAULT_PREDICTION_CHUNK,
     ):
+        if isinstance(prediction_chunk, bool) or not isinstance(prediction_chunk, int) or prediction_chunk < 1:
+            raise ValueError(f"prediction_chunk: expected an int >= 1, got {prediction_chunk!r}")
+        self.prediction_chunk = prediction_chunk
         self.wrapper = wrapper
         self.precision = precision
         self.workdir = Path(workdir)
@@ -330,20 +339,23 @@ class SelfTraining:
             self.manifest = RunManifest(self.workdir, writer=is_main())
         return self.manifest
 
-    def _save(self, stage: Stage, record: Any, key: str) -> None:
+    def _save(self, stage: str, record: Any, key: str, path: Path | None = None) -> None:
         """Rank 0 writes the stage's file; every rank records it once it is there."""
+        path = path or self.path(stage)
         if is_main():
-            if stage == "grid":
-                atomic_write_json(self.path(stage), record)
+            if path.suffix == ".json":
+                atomic_write_json(path, record)
             else:
-                atomic_save(record, self.path(stage))
+                atomic_save(record, path)
         barrier()
-        self._manifest().record(stage, self.path(stage), key)
+        self._manifest().record(stage, path, key)
 
     def _load(self, stage: Stage) -> Any:
-        path = self.path(stage)
+        return self._load_file(self.path(stage))
+
+    def _load_file(self, path: Path) -> Any:
         try:
-            if stage == "grid":
+            if path.suffix == ".json":
                 return json.loads(path.read_text(encoding="utf-8"))
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
@@ -387,13 +399,38 @@ class SelfTraining:
         self._cached(stage, key, compute, lambda record: self.wrapper.model.load_state_dict(record["model"]))
 
     def _predictions(self, stage: Stage, dataset: Dataset) -> dict[str, torch.Tensor]:
-        def compute() -> dict:
-            logits, labels = predict_dataset(self.wrapper, dataset, batch_size=self.batch_size, progress=self.progress,
-                                             desc=f"predict {stage}", loader_kwargs=self.loader_kwargs)
-            return {"logits": logits} if labels is None else {"logits": logits, "labels": labels}
+        """The model's logits (and labels) on ``dataset``, predicted ``prediction_chunk``
+        images at a time; each chunk is saved as it is done, so a run killed in a long pool
+        resumes at the chunk it was in. The chunks give way to the stage's file."""
+        manifest = self._manifest()
+        key = manifest.stage_key(stage, {"data": dataset_fingerprint(dataset)}, ["round1"])
+        starts = range(0, len(dataset), self.prediction_chunk)
+        names = [f"{stage}.{k:05d}" for k in range(len(starts))]
 
-        key = self._manifest().stage_key(stage, {"data": dataset_fingerprint(dataset)}, ["round1"])
-        return self._cached(stage, key, compute, lambda record: record)
+        def chunk(name: str, start: int) -> dict:
+            rows = range(start, min(start + self.prediction_chunk, len(dataset)))
+            path, chunk_key = self.workdir / CHUNKS / f"{name}.pt", fingerprint({"stage": key, "rows": [rows.start, rows.stop]})
+            if manifest.reusable(name, path, chunk_key):
+                return self._load_file(path)
+            logits, labels = predict_dataset(self.wrapper, Subset(dataset, rows), batch_size=self.batch_size,
+                                             progress=self.progress, desc=f"predict {stage} {name[-5:]}",
+                                             loader_kwargs=self.loader_kwargs)
+            record = {"logits": logits} if labels is None else {"logits": logits, "labels": labels}
+            self._save(name, record, chunk_key, path)
+            return record
+
+        def compute() -> dict:
+            records = [chunk(name, start) for name, start in zip(names, starts)]
+            if not records:
+                return {"logits": torch.zeros(0, 0)}
+            return {field: torch.cat([r[field] for r in records]) for field in records[0]}
+
+        record = self._cached(stage, key, compute, lambda record: record)
+        for name in names:  # the stage's file holds them all now
+            if is_main():
+                (self.workdir / CHUNKS / f"{name}.pt").unlink(missing_ok=True)
+            manifest.forget(name)
+        return record
 
     def _training_settings(self, labelled: Dataset) -> dict[str, Any]:
         """What a trained stage depends on besides its upstream stages."""
