@@ -378,7 +378,9 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
     checkpoint holds the round-2 model and, under ``"resume"``, this state."""
     path = manifest.folder / CHECKPOINT
     if len(data) < 2 * ddp.world_size():
-        raise ValueError(f"labels: {len(data)} training image(s) after the split; at least 2 per process are needed")
+        per_process = f" (2 per process, {ddp.world_size()} processes)" if ddp.is_distributed() else ""
+        raise ValueError(f"labels: {len(data)} training image(s) after the split; at least {2 * ddp.world_size()} are "
+                         f"needed to train{per_process}")
     order = torch.Generator().manual_seed(args.seed)
     loader = training_loader(data, args.batch_size, seed=args.seed, generator=order,
                              **loader_options(args.workers, device_of(model)))
