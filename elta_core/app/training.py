@@ -132,8 +132,9 @@ def data_splits(args: Any, table: LabelTable) -> DataSplits:
         validation = table.subset(_rows(table, ("validation", "val")))
     elif args.select_best != "none":
         train_rows, validation = _hold_out(train_rows, args.val_fraction, args.seed + 1)
-        print(f"select-best: no validation set given; holding out {len(validation)} training images for it "
-              "(--val-fraction)")
+        if ddp.is_main():
+            print(f"select-best: no validation set given; holding out {len(validation)} training images for it "
+                  "(--val-fraction)")
     return DataSplits(train_rows, validation, test)
 
 
