@@ -237,3 +237,15 @@ def test_select_best_resumed_equals_uninterrupted_and_a_damaged_best_is_refused(
     capsys.readouterr()
     assert cli.main([*common, "--out", str(tmp_path / "resumed"), "--resume"]) == 2
     assert "best.pt" in capsys.readouterr().err
+
+
+def test_undefined_metrics_are_null_in_json_and_named_never_nan(tmp_path):
+    from elta_core.app.training import _write_metrics, format_metrics
+
+    result = {"plcc": float("nan"), "srcc": float("nan"), "accuracy": 0.5, "mse": 8.5, "mae_low": 3.5,
+              "mae_medium": 1.5, "mae_high": 4.5}
+    _write_metrics(result, tmp_path, "evaluation")  # before: 'refusing to write NaN' after a whole run
+    written = json.loads((tmp_path / "evaluation.json").read_text())
+    assert written["plcc"] is None and written["undefined_metrics"] == ["plcc", "srcc"] and written["mse"] == 8.5
+    assert (tmp_path / "evaluation.csv").read_text().splitlines()[1].startswith("undefined,undefined,0.5")
+    assert "P (PLCC): undefined (constant predictions?)" in format_metrics(result)

@@ -159,24 +159,39 @@ def _output_folder(path: str) -> Path:
     return folder
 
 
+UNDEFINED = "undefined"  # a metric that is not a number (PLCC/SRCC of constant predictions), never NaN
+
+
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        writer.writerow({k: (f"{v:.6g}" if math.isfinite(v) else UNDEFINED) if isinstance(v, float) else v
+                         for k, v in row.items()})
     return buffer.getvalue()
 
 
+def json_ready(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with every non-finite number as null, and their names under
+    ``"undefined_metrics"`` (JSON has no NaN, and a NaN is never reported as a number)."""
+    undefined = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
+    ready = {k: (None if k in undefined else v) for k, v in result.items()}
+    if undefined:
+        ready["undefined_metrics"] = undefined
+    return ready
+
+
 def _write_metrics(result: dict[str, Any], out: Path, stem: str) -> None:
-    atomic_write_json(out / f"{stem}.json", result)
+    atomic_write_json(out / f"{stem}.json", json_ready(result))
     atomic_write_text(out / f"{stem}.csv", _csv_text([result]))
 
 
 def format_metrics(result: dict[str, float]) -> str:
     names = [("plcc", "P (PLCC)"), ("srcc", "S (SRCC)"), ("accuracy", "accuracy"), ("mse", "MSE"),
              ("mae_low", "L (low MAE)"), ("mae_medium", "M (medium MAE)"), ("mae_high", "H (high MAE)")]
-    return "\n".join(f"{label:>15}: {result[key]:.4f}" for key, label in names)
+    shown = lambda v: f"{v:.4f}" if math.isfinite(v) else f"{UNDEFINED} (constant predictions?)"  # noqa: E731
+    return "\n".join(f"{label:>15}: {shown(result[key])}" for key, label in names)
 
 
 class Evaluation(NamedTuple):
@@ -340,7 +355,7 @@ def train(args: Any) -> dict[str, Any]:
     if best:
         result.update(best_epoch=best["epoch"], **{f"best_val_{args.select_best}": best["value"]})
     _write_on_main(atomic_write_text, out / "predictions.csv", evaluation.predictions)
-    _write_on_main(atomic_write_json, out / "metrics.json", result)
+    _write_on_main(atomic_write_json, out / "metrics.json", json_ready(result))
     if skipped and ddp.is_main():
         print(f"weights: {len(skipped)} head tensors not loaded (a new head), e.g. {skipped[0]}")
     return result
