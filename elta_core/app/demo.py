@@ -2,9 +2,13 @@
 
 A small CNN is trained five ways (the rows of the paper's Table 4): baseline, +TFA,
 +FLSA, +TFA+FLSA and +TFA+FLSA+APDS (one self-training round from the +TFA+FLSA model,
-through :class:`~elta_core.adapters.torch.SelfTraining`), each over several seeds. The
-table gives P, S, L, M, H as mean +- std; a picture like the paper's Figure 1 shows the
-score histogram and predicted against true scores for the baseline and for ELTA.
+through :class:`~elta_core.adapters.torch.SelfTraining`), each over several seeds, plus
+the control every self-training claim needs: the same round 2 (same epochs, same
+learning rate) on the labelled set alone, without pseudo-labels. The tables give P, S,
+L, M, H as mean +- std, and each row's paired difference to the baseline with its 95 %
+Student-t interval over the seeds (:mod:`elta_core.comparison`); a picture like the
+paper's Figure 1 shows the score histogram and predicted against true scores for the
+baseline and for ELTA.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from elta_core import apds, metrics
+from elta_core.comparison import PairedDifference, paired_difference
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
 from elta_core.io import atomic_write_json, atomic_write_text
 
-ROWS = ["baseline", "+TFA", "+FLSA", "+TFA+FLSA", "+TFA+FLSA+APDS"]
+CONTROL = "+TFA+FLSA+round 2, no pseudo-labels"
+ROWS = ["baseline", "+TFA", "+FLSA", "+TFA+FLSA", "+TFA+FLSA+APDS", CONTROL]
 METRICS = [("plcc", "P"), ("srcc", "S"), ("mae_low", "L"), ("mae_medium", "M"), ("mae_high", "H")]
 
 
@@ -111,15 +117,20 @@ def _train_row(row: str, seed: int, data: dict, config: DemoConfig, workdir: Pat
             progress=progress, desc=f"{row} seed {seed} round {round_index}")
 
     labelled = _Flipped(*data["train"])
-    if row in ("+TFA+FLSA", "+TFA+FLSA+APDS"):
+    if row in ("+TFA+FLSA", "+TFA+FLSA+APDS", CONTROL):
         trainer = SelfTraining(
             wrapper, workdir / f"seed{seed}", train=train, betas=config.betas, thresholds=config.thresholds,
             batch_size=config.batch_size, loader_kwargs={"generator": generator}, progress=progress,
         )
         summary = trainer.run(
             labelled, TensorDataset(*data["calibration"]), TensorDataset(data["unlabelled"][0]),
-            stop_after="round1" if row == "+TFA+FLSA" else None,
+            stop_after=None if row == "+TFA+FLSA+APDS" else "round1",
         )
+        if row == CONTROL:  # APDS's round 2, epochs and learning rate included, without the pseudo-labels
+            loader = torch.utils.data.DataLoader(labelled, batch_size=config.batch_size, shuffle=True,
+                                                 generator=generator)
+            train(wrapper, loader, None, 2)
+            summary = {}
     else:
         loader = torch.utils.data.DataLoader(labelled, batch_size=config.batch_size, shuffle=True, generator=generator)
         train(wrapper, loader, None, 1)
@@ -135,6 +146,24 @@ def _format_table(results: dict[str, list[dict]]) -> str:
             values = np.array([r[key] for r in results[row]])
             cells.append(f"{values.mean():.3f} ± {values.std():.3f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def differences(results: dict[str, list[dict]], baseline: str = "baseline") -> dict[str, dict[str, PairedDifference]]:
+    """Each row's paired difference to ``baseline`` (paired by seed), per metric."""
+    reference = results[baseline]
+    return {row: {key: paired_difference([r[key] for r in results[row]], [r[key] for r in reference])
+                  for key, _ in METRICS} for row in ROWS if row != baseline}
+
+
+DIFFERENCES_NOTE = ("Paired by seed: mean difference to the baseline [95 % Student-t interval over the seeds]; "
+                    "* where the interval excludes 0. L, M, H are errors: negative is better.")
+
+
+def _format_differences(results: dict[str, list[dict]]) -> str:
+    lines = ["| model - baseline | ΔP | ΔS | ΔL | ΔM | ΔH |", "|---|---:|---:|---:|---:|---:|"]
+    for row, by_metric in differences(results).items():
+        lines.append(f"| {row} | " + " | ".join(by_metric[key].describe() for key, _ in METRICS) + " |")
     return "\n".join(lines)
 
 
@@ -213,17 +242,21 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
             predictions[row].append(predicted)
 
     table = _format_table(results)
+    table_of_differences = _format_differences(results)
     elapsed = time.perf_counter() - start
     report = {
         "config": asdict(config),
         "seconds": elapsed,
         "table": table,
+        "differences_table": table_of_differences,
+        "differences": {row: {key: asdict(d) for key, d in by_metric.items()}
+                        for row, by_metric in differences(results).items()},
         "results": results,
         "apds": grids,
         "train_histogram": dict(zip(FIGURE1_BINS, figure1_counts(train_scores))),
     }
     atomic_write_json(out / "results.json", report)
-    atomic_write_text(out / "table.md", table + "\n")
+    atomic_write_text(out / "table.md", table + "\n\n" + table_of_differences + "\n\n" + DIFFERENCES_NOTE + "\n")
     _figure(out / "figure.png", train_scores, test_scores, predictions["baseline"], predictions["+TFA+FLSA+APDS"],
             config.seeds)
     report["paths"] = {name: str(out / name) for name in ("table.md", "results.json", "figure.png")}
@@ -246,6 +279,9 @@ def describe(report: dict) -> str:
         "P = PLCC, S = SRCC, L/M/H = MAE on the low 20 % / middle 60 % / high 20 % of true scores.",
         "",
         report["table"],
+        "",
+        report["differences_table"],
+        DIFFERENCES_NOTE,
         "",
         f"APDS grid search: {apds}",
         "APDS thresholds: 'auto': the paper's grid, or where it selects fewer than min_selected, quantiles of the "
