@@ -242,7 +242,7 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
 
     from elta_core import __version__
 
-    for command in ("demo", "synth", "stats", "prepare", "train", "evaluate", "pseudo-label"):
+    for command in ("demo", "synth", "stats", "prepare", "train", "evaluate", "pseudo-label", "compare"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""The ``elta`` command: ``demo``, ``synth``, ``stats``, ``prepare``, ``train``, ``evaluate``, ``pseudo-label``.
+"""The ``elta`` command: ``demo``, ``synth``, ``stats``, ``prepare``, ``train``, ``evaluate``, ``pseudo-label``,
+``compare``.
 
 Frameworks are imported by the subcommand that needs them, so ``elta stats`` runs with
 NumPy alone.
@@ -135,6 +136,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args)
     if _is_main():
         print(format_metrics(result))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    _needs_vision()
+    from elta_core.app.compare import compare, parse_methods
+
+    train_arguments = [a for a in args.train_arguments if a != "--"]
+    if not train_arguments:  # the built-in dataset, written once under --out
+        from elta_core.data.synthetic import export, generate
+
+        count, size, epochs = (160, 32, 2) if args.quick else (600, 32, 4)
+        data = Path(args.out) / "data"
+        if not (data / "labels.csv").exists():
+            export(generate(count, size, seed=2024), data)
+        train_arguments = ["--labels", str(data / "labels.csv"), "--format", "ava", "--images", str(data / "images"),
+                           "--backbone", "resnet18", "--image-size", str(size), "--epochs", str(epochs),
+                           "--batch-size", "32", "--val-fraction", "0.25"]
+    seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 3)))
+    report = compare(train_arguments, parse_methods(args.methods), seeds, args.out, progress=not args.quiet)
+    print(report["markdown"])
+    print("written: " + ", ".join(report["paths"].values()))
     return 0
 
 
@@ -406,6 +429,28 @@ def _add_pseudo(commands) -> None:
     pseudo.set_defaults(run=_pseudo_label)
 
 
+def _add_compare(commands) -> None:
+    from elta_core.app.compare import DEFAULT_METHODS, METHODS
+
+    compare = _subcommand(commands, "compare", "the same model trained with each method and seed, compared honestly",
+                          "Runs elta train once per method and seed (same data, splits and seeds; each run resumable\n"
+                          "in OUT/runs/METHOD/seedN), then writes compare.md, compare.json and compare.png: P, S,\n"
+                          "accuracy, MSE, L, M, H as mean +- std, and each method's paired difference to the first\n"
+                          "method with its 95 % Student-t interval. The elta train arguments follow `--`; without\n"
+                          "them, the built-in synthetic dataset is used. Methods: " + ", ".join(METHODS) + ".",
+                          "elta compare --methods baseline,elta --seeds 5 --out cmp -- --labels data/labels.csv "
+                          "--format ava --images data/images --epochs 10")
+    compare.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated; the first is the "
+                         "reference of the differences")
+    compare.add_argument("--seeds", type=_at_least(2), default=None, help="seeds 0..N-1 (default 3; --quick 2)")
+    compare.add_argument("--out", default="elta_compare", help="where runs/, compare.md, .json and .png go")
+    compare.add_argument("--quick", action="store_true", help="on the built-in dataset: 160 images, 2 epochs, 2 seeds")
+    compare.add_argument("--quiet", action="store_true", help="no progress (the results are the same)")
+    compare.add_argument("train_arguments", nargs=argparse.REMAINDER,
+                         help="-- then the elta train arguments shared by every run (data, backbone, recipe, ...)")
+    compare.set_defaults(run=_compare)
+
+
 def _add_prepare(commands) -> None:
     prepare = _subcommand(commands, "prepare", "resize a label file's images once, for faster training",
                           "Writes every image of the label file resized to --size x --size (the first step of the\n"
@@ -432,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "  elta stats data/labels.csv --format ava")
     parser.add_argument("--version", action="version", version=f"elta {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_synth, _add_stats, _add_prepare, _add_train, _add_evaluate, _add_pseudo):
+    for add in (_add_demo, _add_synth, _add_stats, _add_prepare, _add_train, _add_evaluate, _add_pseudo,
+                _add_compare):
         add(commands)
     return parser
 

@@ -1,0 +1,153 @@
+"""``elta compare``: the same model trained with each method on the same data, splits and
+seeds, through ``elta train``; P, S, accuracy, MSE and L/M/H as mean +- std, and each
+method's paired difference to the baseline with its 95 % Student-t interval
+(:mod:`elta_core.comparison`).
+
+Every (method, seed) is an ``elta train`` run directory of its own under ``OUT/runs``,
+started or continued with ``--resume``: a killed comparison resumes run by run, and a
+run whose settings changed is refused by name, never reused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from elta_core.comparison import paired_difference
+from elta_core.io import atomic_write_json, atomic_write_text
+
+# A method is the flags it adds to the shared `elta train` arguments.
+METHODS: dict[str, list[str]] = {
+    "baseline": ["--no-tfa", "--flsa", "0"],
+    "tfa": ["--tfa", "--flsa", "0"],
+    "flsa": ["--no-tfa", "--flsa", "1"],
+    "elta": ["--tfa", "--flsa", "1"],
+    "elta+apds": ["--tfa", "--flsa", "1", "--apds"],
+}
+DEFAULT_METHODS = ("baseline", "tfa", "flsa", "elta")
+REPORTED = [("plcc", "P", "↑"), ("srcc", "S", "↑"), ("accuracy", "acc", "↑"), ("mse", "MSE", "↓"),
+            ("mae_low", "L", "↓"), ("mae_medium", "M", "↓"), ("mae_high", "H", "↓")]
+OWN_FLAGS = ("--seed", "--out", "--resume", "--tfa", "--no-tfa", "--flsa", "--apds")
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods: expected a comma-separated list of {', '.join(METHODS)}, got {text!r}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods: {text!r} names a method twice")
+    return methods
+
+
+def _check_train_arguments(train_arguments: Sequence[str]) -> None:
+    given = [flag for flag in OWN_FLAGS if any(a == flag or a.startswith(flag + "=") for a in train_arguments)]
+    if given:
+        raise ValueError(f"train arguments: {', '.join(given)} are set by elta compare per method and seed; "
+                         "leave them out")
+
+
+def compare(train_arguments: Sequence[str], methods: Sequence[str], seeds: Sequence[int], out: str | Path,
+            progress: bool = True) -> dict[str, Any]:
+    """Train every method with every seed (``elta train`` with ``train_arguments``), then
+    write ``compare.md``, ``compare.json`` and ``compare.png`` to ``out``. The first method
+    is the reference of the paired differences (``baseline`` when it is there)."""
+    from elta_core.app.cli import main as elta
+
+    methods = list(methods)
+    _check_train_arguments(train_arguments)
+    if len(seeds) < 2:
+        raise ValueError(f"seeds: a paired interval needs at least 2 seeds, got {len(seeds)}")
+    out = Path(out)
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    runs = [(m, s) for s in seeds for m in methods]
+    for k, (method, seed) in enumerate(runs, start=1):
+        folder = out / "runs" / method / f"seed{seed}"
+        if progress:
+            print(f"compare: run {k}/{len(runs)}: {method}, seed {seed} -> {folder}", flush=True)
+        code = elta(["train", *train_arguments, *METHODS[method], "--seed", str(seed), "--out", str(folder),
+                     "--resume", *([] if progress else ["--quiet"])])
+        if code != 0:
+            raise ValueError(f"compare: elta train failed for {method}, seed {seed} (exit code {code}, its error "
+                             f"above); its run directory is {folder}")
+        results[method].append(json.loads((folder / "metrics.json").read_text()))
+    report = summarise(results, methods[0])
+    report.update(methods=methods, seeds=list(seeds), train_arguments=list(train_arguments))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "compare.json", {k: v for k, v in report.items() if k != "results"}
+                      | {"results": {m: [_finite(r) for r in runs] for m, runs in results.items()}})
+    atomic_write_text(out / "compare.md", report["markdown"] + "\n")
+    _figure(out / "compare.png", results, methods)
+    report["paths"] = {name: str(out / name) for name in ("compare.md", "compare.json", "compare.png")}
+    return report
+
+
+def _finite(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in run.items()}
+
+
+def _value(run: dict[str, Any], key: str) -> float:
+    value = run.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def summarise(results: dict[str, list[dict[str, Any]]], reference: str) -> dict[str, Any]:
+    """Mean +- std per method and metric, and each method's paired difference to
+    ``reference`` (runs paired by seed, in order)."""
+    table = ["| method | " + " | ".join(f"{short} {arrow}" for _, short, arrow in REPORTED) + " |",
+             "|---|" + "---:|" * len(REPORTED)]
+    means: dict[str, dict[str, float]] = {}
+    for method, runs in results.items():
+        cells, means[method] = [], {}
+        for key, _, _ in REPORTED:
+            values = np.array([_value(r, key) for r in runs])
+            means[method][key] = float(values.mean()) if np.isfinite(values).all() else None
+            cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if np.isfinite(values).all() else "undefined")
+        table.append(f"| {method} | " + " | ".join(cells) + " |")
+    differences: dict[str, dict[str, Any]] = {}
+    lines = [f"| method - {reference} | " + " | ".join(f"Δ{short}" for _, short, _ in REPORTED) + " |",
+             "|---|" + "---:|" * len(REPORTED)]
+    for method, runs in results.items():
+        if method == reference:
+            continue
+        cells, differences[method] = [], {}
+        for key, _, _ in REPORTED:
+            mine, theirs = [_value(r, key) for r in runs], [_value(r, key) for r in results[reference]]
+            if not (np.isfinite(mine).all() and np.isfinite(theirs).all()):
+                cells.append("undefined")
+                differences[method][key] = None
+                continue
+            difference = paired_difference(mine, theirs)
+            differences[method][key] = asdict(difference) | {"excludes_zero": difference.excludes_zero}
+            cells.append(difference.describe())
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    seeds = len(results[reference])
+    note = (f"Paired by seed (the same split and initialisation for every method): mean difference to {reference} "
+            f"[95 % Student-t interval, {seeds - 1} degrees of freedom]; * where it excludes 0. MSE, L, M, H are "
+            "errors: negative is better.")
+    markdown = "\n".join(table) + "\n\n" + "\n".join(lines) + "\n\n" + note
+    return {"means": means, "differences": differences, "markdown": markdown, "reference": reference,
+            "results": results}
+
+
+def _figure(path: Path, results: dict[str, list[dict[str, Any]]], methods: list[str]) -> None:
+    """One panel per metric: every seed's result as a point per method, the reference
+    method's mean as a dashed line."""
+    from elta_core.app.plotting import pyplot, save_png
+
+    fig, axes = pyplot().subplots(1, len(REPORTED), figsize=(3.0 * len(REPORTED), 3.6))
+    for axis, (key, short, arrow) in zip(axes, REPORTED):
+        for x, method in enumerate(methods):
+            values = [_value(r, key) for r in results[method]]
+            axis.scatter(np.full(len(values), x) + np.linspace(-0.12, 0.12, len(values)), values, s=18)
+        reference = np.nanmean([_value(r, key) for r in results[methods[0]]])
+        axis.axhline(reference, color="black", linestyle="--", linewidth=0.8)
+        axis.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
+        axis.set_title(f"{short} {arrow}")
+    fig.suptitle(f"elta compare: every seed a point; dashed: {methods[0]}'s mean")
+    fig.tight_layout()
+    save_png(fig, path)

@@ -1,0 +1,61 @@
+"""``elta compare``: every (method, seed) an elta train run, paired differences with
+intervals, resumable run by run, a changed setting refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torchvision")
+
+from elta_core.app.cli import main  # noqa: E402
+from elta_core.data.synthetic import export, generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def train_arguments(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare_data")
+    export(generate(64, 24, seed=4), folder)
+    return ["--labels", str(folder / "labels.csv"), "--format", "ava", "--images", str(folder / "images"),
+            "--backbone", "resnet18", "--image-size", "24", "--epochs", "1", "--batch-size", "16",
+            "--val-fraction", "0.25", "--workers", "0"]
+
+
+def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_arguments, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    command = ["compare", "--methods", "baseline,elta", "--seeds", "2", "--out", str(out), "--quiet", "--",
+               *train_arguments]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "| method - baseline | ΔP |" in printed and "1 degrees of freedom" in printed
+    report = json.loads((out / "compare.json").read_text())
+    assert report["methods"] == ["baseline", "elta"] and report["seeds"] == [0, 1]
+    difference = report["differences"]["elta"]["plcc"]
+    assert difference["n"] == 2 and difference["low"] <= difference["mean"] <= difference["high"]
+    assert (out / "compare.png").stat().st_size > 5_000 and (out / "compare.md").read_text().startswith("| method |")
+    for method, flags in (("baseline", (False, 0.0)), ("elta", (True, 1.0))):
+        config = json.loads((out / "runs" / method / "seed1" / "manifest.json").read_text())["config"]
+        assert (config["tfa"], config["flsa"], config["seed"]) == (*flags, 1)
+
+    # again: every run is found finished (its checkpoint is not rewritten) and the report is the same
+    checkpoint = out / "runs" / "elta" / "seed0" / "checkpoint.pt"
+    before = checkpoint.stat().st_mtime_ns
+    assert main(command) == 0
+    assert checkpoint.stat().st_mtime_ns == before
+    assert json.loads((out / "compare.json").read_text())["means"] == report["means"]
+
+    # another setting for the same runs is refused by name, not reused
+    capsys.readouterr()
+    assert main([*command, "--lr", "0.01"]) == 2
+    assert "lr: 0.0001 -> 0.01" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--methods", "baseline,lds"], "methods: expected a comma-separated list of baseline"),
+    (["--methods", "elta,elta"], "names a method twice"),
+    (["--", "--labels", "x.csv", "--format", "ava", "--seed", "3"], "--seed are set by elta compare"),
+])
+def test_bad_compare_arguments_are_named(tmp_path, capsys, argv, message):
+    assert main(["compare", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
