@@ -59,3 +59,21 @@ def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_argum
 def test_bad_compare_arguments_are_named(tmp_path, capsys, argv, message):
     assert main(["compare", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_apds_ablations_and_the_control_run_through_elta_train(train_arguments, tmp_path, capsys):
+    images = train_arguments[train_arguments.index("--images") + 1]
+    out = tmp_path / "ablations"
+    assert main(["compare", "--methods", "elta+round2-control,elta+apds,elta+apds-prediction", "--seeds", "2",
+                 "--out", str(out), "--quiet", "--", *train_arguments, "--unlabelled", images,
+                 "--min-selected", "1"]) == 0
+    assert "| method - elta+round2-control |" in capsys.readouterr().out  # APDS measured against its control
+    import torch
+
+    control = torch.load(out / "runs" / "elta+round2-control" / "seed0" / "self_training" / "selection.pt",
+                         weights_only=True)
+    assert len(control["indices"]) == 0 and int(control["num_selected"]) > 0  # selected, none kept: round 2 alone
+    apds_run = torch.load(out / "runs" / "elta+apds" / "seed0" / "self_training" / "selection.pt", weights_only=True)
+    assert len(apds_run["indices"]) > 0
+    config = json.loads((out / "runs" / "elta+apds-prediction" / "seed1" / "manifest.json").read_text())["config"]
+    assert config["pseudo_label"] == "prediction" and config["max_pseudo_labels"] == "labelled"

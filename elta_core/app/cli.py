@@ -208,6 +208,18 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _max_pseudo_labels(text: str):
+    if text in ("labelled", "none"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected labelled, none or an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected labelled, none or an int >= 0, got {value}")
+    return value
+
+
 def _thresholds(text: str):
     return text if text in ("auto", "paper", "quantiles") else _floats(text)
 
@@ -382,6 +394,10 @@ def _add_train(commands) -> None:
                             "separate (their task loss on separate batches)")
     train.add_argument("--round2-epochs", type=_at_least(1), help=recipe_help("round2_epochs", "epochs of the APDS "
                                                                                               "round"))
+    train.add_argument("--max-pseudo-labels", type=_max_pseudo_labels, default="labelled",
+                       help="for --apds: keep at most this many pseudo-labels, most confident first: labelled (as "
+                            "many as labelled images), none (no cap) or a count; 0 is the control run: round 2 "
+                            "without pseudo-labels")
     train.add_argument("--round2-resume-optimizer", action=argparse.BooleanOptionalAction, help=recipe_help(
         "round2_resume_optimizer", "round 2 continues round 1's optimizer and its state at --lr (off: a fresh "
         "optimizer at --lr / 4)"))

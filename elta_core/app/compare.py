@@ -27,11 +27,17 @@ METHODS: dict[str, list[str]] = {
     "flsa": ["--no-tfa", "--flsa", "1"],
     "elta": ["--tfa", "--flsa", "1"],
     "elta+apds": ["--tfa", "--flsa", "1", "--apds"],
+    # APDS ablations: the authors' unsharpened pseudo-labels; every pool image, no selection
+    # and no cap; and the control: the same round 2 with no pseudo-label kept.
+    "elta+apds-prediction": ["--tfa", "--flsa", "1", "--apds", "--pseudo-label", "prediction"],
+    "elta+apds-whole-pool": ["--tfa", "--flsa", "1", "--apds", "--thresholds", "1e-9", "--max-pseudo-labels", "none"],
+    "elta+round2-control": ["--tfa", "--flsa", "1", "--apds", "--max-pseudo-labels", "0"],
 }
 DEFAULT_METHODS = ("baseline", "tfa", "flsa", "elta")
 REPORTED = [("plcc", "P", "↑"), ("srcc", "S", "↑"), ("accuracy", "acc", "↑"), ("mse", "MSE", "↓"),
             ("mae_low", "L", "↓"), ("mae_medium", "M", "↓"), ("mae_high", "H", "↓")]
-OWN_FLAGS = ("--seed", "--out", "--resume", "--tfa", "--no-tfa", "--flsa", "--apds")
+OWN_FLAGS = ("--seed", "--out", "--resume", "--tfa", "--no-tfa", "--flsa", "--apds", "--pseudo-label", "--thresholds",
+             "--max-pseudo-labels")
 
 
 def parse_methods(text: str) -> list[str]:

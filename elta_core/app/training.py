@@ -524,6 +524,7 @@ def _self_training_round(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module
     trainer = SelfTraining(
         wrapper, out / "self_training", epochs=args.round2_epochs, round2=args.round2, betas=args.betas,
         thresholds=args.thresholds, min_selected=args.min_selected, pseudo_label=args.pseudo_label,
+        max_pseudo_labels=None if args.max_pseudo_labels == "none" else args.max_pseudo_labels,
         optimizer=_round2_optimizer(args, round1), batch_size=args.batch_size, progress=_progress(args),
         precision=args.precision, loader_kwargs=loader_options(args.workers, device_of(model)),
         tag={"lr": args.lr, "optimizer": args.optimizer, "resume_optimizer": args.round2_resume_optimizer,
