@@ -103,3 +103,16 @@ def test_compile_finds_the_head_through_the_compiled_module(png_data, tmp_path, 
     monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="eager"))  # no C++ build in CI
     assert _train(png_data, tmp_path / "compiled", "--compile", "--epochs", "1") == 0
     assert json.loads((tmp_path / "compiled" / "metrics.json").read_text())["num_images"] == 4
+
+
+def test_the_prepare_progress_bar_iterates_the_loader_once(png_data, tmp_path, monkeypatch):
+    iterations = []
+
+    class CountingLoader(prepare_module.DataLoader):
+        def __iter__(self):
+            iterations.append(1)  # tqdm.auto's asyncio variant started a second, wasted pass of the workers
+            return super().__iter__()
+
+    monkeypatch.setattr(prepare_module, "DataLoader", CountingLoader)
+    result = prepare_module.prepare(_table(png_data), str(png_data / "images"), tmp_path / "p", 40, progress=True)
+    assert iterations == [1] and result["written"] == 40

@@ -18,6 +18,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from elta_core.adapters.torch.data import UnreadableImageError, open_image
+from elta_core.adapters.torch.self_training import progress_bar
 from elta_core.data.labels import LabelTable
 from elta_core.io import atomic_write, remove_stale_temporaries
 from elta_core.run_state import RunManifest
@@ -86,12 +87,7 @@ def prepare(table: LabelTable, images_root: str | None, out: str | Path, size: i
     done_before = sum(t.exists() for t in targets)
     loader = DataLoader(_Resizer(list(table.images), targets, size, quality), batch_size=None, num_workers=workers)
     failures = []
-    iterator = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(loader, total=len(targets), desc="prepare", unit="image")
-    for error in iterator:
+    for error in progress_bar(loader, progress, total=len(targets), desc="prepare", unit="image"):
         if error:
             failures.append(error)
     if failures and len(failures) == len(targets):

@@ -36,7 +36,8 @@ CHUNKS = "chunks"  # the folder of the predictions saved chunk by chunk
 DEFAULT_PREDICTION_CHUNK = 50_000
 
 
-def _progress(iterable: Iterable, enabled: bool, **kwargs):
+def progress_bar(iterable: Iterable, enabled: bool, **kwargs):
+    """``iterable`` under a tqdm bar when ``enabled``; the bar never iterates it itself."""
     if not enabled:
         return iterable
     # tqdm.std, not tqdm.auto: the asyncio variant calls iter() on the loader in its
@@ -75,7 +76,7 @@ def predict(
     model.eval()
     outputs, labels = [], []
     try:
-        for batch in _progress(loader, progress, desc=desc, unit="batch"):
+        for batch in progress_bar(loader, progress, desc=desc, unit="batch"):
             x, y = _split_batch(batch)
             out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
             out = getattr(out, "logits", out)  # a Hugging Face model's output
@@ -199,7 +200,7 @@ def fit(
         pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
         total, steps = 0.0, 0
         label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
-        for batch in _progress(loader, progress and is_main(), desc=label, unit="batch"):
+        for batch in progress_bar(loader, progress and is_main(), desc=label, unit="batch"):
             x, y = _split_batch(batch)
             if y is None:
                 raise ValueError("loader: expected (x, y) batches with labels, got batches without labels")
