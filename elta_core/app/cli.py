@@ -164,28 +164,18 @@ def _compare(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     _needs_vision()
     from elta_core.app.prepare import prepare
+    from elta_core.app.training import default_workers
     from elta_core.data import load_labels
 
     table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
-    result = prepare(table, args.images, args.out, args.size, quality=args.quality, workers=_workers(args.workers),
+    workers = default_workers() if args.workers is None else args.workers
+    result = prepare(table, args.images, args.out, args.size, quality=args.quality, workers=workers,
                      progress=not args.quiet)
     print(f"{result['written']} images resized to {args.size} x {args.size} ({result['already_there']} already "
           f"there) in {result['folder']}: train with --images {result['folder']}")
     if result["unreadable"]:
         print(f"{len(result['unreadable'])} unreadable image(s) not prepared, e.g. {result['unreadable'][0]}")
     return 0
-
-
-def _workers(workers: int | None) -> int:
-    from elta_core.app.training import loader_options
-
-    return loader_options(workers, _cpu())["num_workers"]
-
-
-def _cpu():
-    import torch
-
-    return torch.device("cpu")
 
 
 def _pseudo_label(args: argparse.Namespace) -> int:

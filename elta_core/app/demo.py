@@ -160,9 +160,9 @@ DIFFERENCES_NOTE = ("Paired by seed: mean difference to the baseline [95 % Stude
                     "* where the interval excludes 0. L, M, H are errors: negative is better.")
 
 
-def _format_differences(results: dict[str, list[dict]]) -> str:
+def _format_differences(by_row: dict[str, dict[str, PairedDifference]]) -> str:
     lines = ["| model - baseline | ΔP | ΔS | ΔL | ΔM | ΔH |", "|---|---:|---:|---:|---:|---:|"]
-    for row, by_metric in differences(results).items():
+    for row, by_metric in by_row.items():
         lines.append(f"| {row} | " + " | ".join(by_metric[key].describe() for key, _ in METRICS) + " |")
     return "\n".join(lines)
 
@@ -242,7 +242,8 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
             predictions[row].append(predicted)
 
     table = _format_table(results)
-    table_of_differences = _format_differences(results)
+    by_row = differences(results)
+    table_of_differences = _format_differences(by_row)
     elapsed = time.perf_counter() - start
     report = {
         "config": asdict(config),
@@ -250,7 +251,7 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
         "table": table,
         "differences_table": table_of_differences,
         "differences": {row: {key: asdict(d) for key, d in by_metric.items()}
-                        for row, by_metric in differences(results).items()},
+                        for row, by_metric in by_row.items()},
         "results": results,
         "apds": grids,
         "train_histogram": dict(zip(FIGURE1_BINS, figure1_counts(train_scores))),

@@ -284,7 +284,11 @@ def _open_run_everywhere(args: Any) -> RunManifest:
     """Rank 0 checks and records the run directory (an error stops every rank); the other
     ranks of a DDP run read the same directory, which must be shared, and never write."""
     opened: dict[str, RunManifest] = {}
-    ddp.on_main(lambda: opened.setdefault("manifest", open_run(args)) and None)
+
+    def check_and_record() -> None:  # returns nothing: the manifest is not sent to the other ranks
+        opened["manifest"] = open_run(args)
+
+    ddp.on_main(check_and_record)
     return opened.get("manifest") or RunManifest(args.out, writer=False)
 
 
@@ -361,14 +365,20 @@ def train(args: Any) -> dict[str, Any]:
     return result
 
 
+def default_workers() -> int:
+    """This machine's cores (those this process may use), shared among the processes
+    torchrun starts on it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def loader_options(workers: int | None, device: torch.device) -> dict[str, Any]:
     """DataLoader options for training: ``workers`` processes (None: this machine's cores,
     shared among the processes torchrun starts on it), pinned memory for a GPU, two
     batches prefetched per worker. Workers are not persistent: each epoch's workers get the
     dataset with the epoch set, which seeds the augmentation."""
     if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = default_workers()
     options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers:
         options["prefetch_factor"] = 2
