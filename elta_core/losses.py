@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from elta_core import _checks
+from elta_core.backends import get_backend
 
 Tensor = Any
 
@@ -143,11 +144,13 @@ def output_scores(predictions: Tensor, output: OutputKind, bin_values: Any = Non
 
 
 def task_loss(predictions: Tensor, labels: Tensor, output: OutputKind, bin_values: Any = None, *,
-              validate: bool = True) -> Tensor:
+              validate: bool = True, weights: Tensor | None = None) -> Tensor:
     """The default task loss of the adapters (paper 3.1): EMD between distributions
     when the labels are (N, C) distributions and the model outputs C levels, else the MSE
     between the predicted and the true scores. Computed in float32 at least. The labels
-    are named ``y`` in errors, as in the adapters' ``fit``/``wrapper(x, y)``."""
+    are named ``y`` in errors, as in the adapters' ``fit``/``wrapper(x, y)``. With
+    ``weights`` (N,), the mean of the per-sample losses weighted by them (a reweighting
+    such as LDS; the weights are not normalised per batch)."""
     _check_output_kind(output)
     backend, predictions = _checks.tensor(predictions, "predictions")
     _, labels = _checks.tensor(labels, "labels")
@@ -160,9 +163,23 @@ def task_loss(predictions: Tensor, labels: Tensor, output: OutputKind, bin_value
             raise ValueError(f"y: expected distributions over the model's {levels} outputs, "
                              f"got {label_shape[1]} levels")
         probs = predictions if output == "probs" else backend.softmax(predictions, axis=1)
-        return emd(probs, backend.cast_like(labels, probs), validate=validate)
+        if weights is None:
+            return emd(probs, backend.cast_like(labels, probs), validate=validate)
+        per_sample = emd(probs, backend.cast_like(labels, probs), reduction="none", validate=validate)
+        return _weighted_mean(backend, per_sample, weights)
     target = label_scores(labels, bin_values, validate=validate)
-    return mse(output_scores(predictions, output, bin_values, validate=validate), target, validate=validate)
+    predicted = output_scores(predictions, output, bin_values, validate=validate)
+    if weights is None:
+        return mse(predicted, target, validate=validate)
+    _checks.same_length("predictions", backend.shape(predicted)[0], "labels", backend.shape(target)[0])
+    return _weighted_mean(backend, (predicted - backend.cast_like(target, predicted)) ** 2, weights)
+
+
+def _weighted_mean(backend, per_sample: Tensor, weights: Tensor) -> Tensor:
+    _checks.same_length("weights", get_backend(weights).shape(weights)[0], "the batch", backend.shape(per_sample)[0])
+    if backend.shape(per_sample)[0] == 0:
+        return backend.sum(per_sample)
+    return backend.mean(per_sample * backend.cast_like(weights, per_sample))
 
 
 def _safe_root(backend, x: Tensor, r: float) -> Tensor:

@@ -19,6 +19,8 @@ from elta_core.step import DEFAULT_FLSA_WEIGHT, DEFAULT_NUM_PAIRS
 
 OPTIMIZERS = ("adamw", "adam")
 SELECT_BEST = ("none", "srcc", "plcc")
+# The plug-ins of elta_core.adapters.torch.peers (named here so that --help does not import torch).
+PEER_NAMES = ("lds", "fds", "ranksim", "cmixup", "bmse")
 
 
 def csv_options(args: argparse.Namespace) -> dict:
@@ -351,6 +353,10 @@ def _add_train(commands) -> None:
     train.add_argument("--flsa-scope", choices=("global", "local"), default="global",
                        help="under torchrun: FLSA on the global batch (gathered from every process, the same loss "
                             "as one process on that batch) or on each process's own batch")
+    train.add_argument("--peers", type=_peer_list, default=[], metavar="NAMES",
+                       help="established imbalanced-regression methods to train with, comma-separated: "
+                            f"{', '.join(PEER_NAMES)} (their papers' defaults; beside TFA and FLSA unless "
+                            "--no-tfa --flsa 0)")
     train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), help=recipe_help("optimizer", "the optimizer"))
     train.add_argument("--lr", type=float, help=recipe_help("lr", "learning rate (constant)"))
     train.add_argument("--batch-size", type=_at_least(1), help=recipe_help("batch_size", "images per batch (per process under torchrun)"))
@@ -487,6 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_compare):
         add(commands)
     return parser
+
+
+def _peer_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PEER_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(PEER_NAMES)}, "
+                                         f"got {', '.join(unknown)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a method twice")
+    return names
 
 
 def _at_least(low: int):

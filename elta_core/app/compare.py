@@ -32,12 +32,14 @@ METHODS: dict[str, list[str]] = {
     "elta+apds-prediction": ["--tfa", "--flsa", "1", "--apds", "--pseudo-label", "prediction"],
     "elta+apds-whole-pool": ["--tfa", "--flsa", "1", "--apds", "--thresholds", "1e-9", "--max-pseudo-labels", "none"],
     "elta+round2-control": ["--tfa", "--flsa", "1", "--apds", "--max-pseudo-labels", "0"],
+    # The established methods, each alone (elta_core.adapters.torch.peers).
+    **{name: ["--no-tfa", "--flsa", "0", "--peers", name] for name in ("lds", "fds", "ranksim", "cmixup", "bmse")},
 }
 DEFAULT_METHODS = ("baseline", "tfa", "flsa", "elta")
 REPORTED = [("plcc", "P", "↑"), ("srcc", "S", "↑"), ("accuracy", "acc", "↑"), ("mse", "MSE", "↓"),
             ("mae_low", "L", "↓"), ("mae_medium", "M", "↓"), ("mae_high", "H", "↓")]
 OWN_FLAGS = ("--seed", "--out", "--resume", "--tfa", "--no-tfa", "--flsa", "--apds", "--pseudo-label", "--thresholds",
-             "--max-pseudo-labels")
+             "--max-pseudo-labels", "--peers")
 
 
 def parse_methods(text: str) -> list[str]:

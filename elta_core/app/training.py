@@ -29,7 +29,7 @@ from elta_core import losses as core_losses
 from elta_core import metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.adapters.torch import distributed as ddp
-from elta_core.adapters.torch import rng
+from elta_core.adapters.torch import peers, rng
 from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms, image_files
 from elta_core.adapters.torch.modules import device_of
 from elta_core.adapters.torch.self_training import atomic_save, predict_dataset, training_loader
@@ -334,6 +334,7 @@ def train(args: Any) -> dict[str, Any]:
         bin_values=config.bin_values, score_scale=score_scale_of(table), seed=args.seed + ddp.rank(),
         flsa_scope=args.flsa_scope if ddp.is_distributed() else "local",
         task_loss=ScaledScoreMSE(table.scale[1], config.bin_values) if args.head == "sigmoid" else None,
+        peers=_peers(args, splits.train),
     )
     train_data, val_data, test_data = _datasets(args, splits, config)
     optimizer = OPTIMIZERS[args.optimizer](wrapper.parameters(), lr=args.lr)
@@ -363,6 +364,23 @@ def train(args: Any) -> dict[str, Any]:
     if skipped and ddp.is_main():
         print(f"weights: {len(skipped)} head tensors not loaded (a new head), e.g. {skipped[0]}")
     return result
+
+
+def _peers(args: Any, train_table: LabelTable) -> list:
+    """The plug-ins named by ``--peers``, with their papers' defaults; LDS and FDS bin the
+    training split's labels."""
+    names = list(getattr(args, "peers", None) or [])
+    changing = [name for name in names if name in ("lds", "bmse")]
+    if changing and args.head == "sigmoid":
+        raise ValueError(f"peers: {changing[0]} changes the task loss, and --head sigmoid has its own (MSE on the "
+                         f"labels' scale); use --head linear or emd-mlp with {changing[0]}")
+    if "bmse" in names and ddp.is_distributed():
+        raise ValueError("peers: bmse learns its noise scale outside the DDP model, so the processes would drift "
+                         "apart; run bmse in one process")
+    labels = train_table.scores
+    made = {"lds": lambda: peers.LDS(labels), "fds": lambda: peers.FDS(labels), "ranksim": peers.RankSim,
+            "cmixup": peers.CMixup, "bmse": peers.BalancedMSE}
+    return [made[name]() for name in names]
 
 
 def default_workers() -> int:
@@ -417,6 +435,7 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
         state = load_checkpoint_file(path, device_of(model))
         state = state.get("resume", state)
         model.load_state_dict(state["model"])
+        wrapper.peers.load_state_dict(state.get("peers", {}))
         optimizer.load_state_dict(state["optimizer"])
         per_rank = state.get("rng_ranks") or [state["rng"]]
         rng.restore(per_rank[ddp.rank()] if len(per_rank) == ddp.world_size() else state["rng"], generators)
@@ -443,7 +462,8 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
         history.append(row)
         best = _keep_best(args, row, best, model, optimizer, config, manifest)
         snapshots = ddp.gather_objects(rng.snapshot(generators))
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+        state = {"model": model.state_dict(), "peers": wrapper.peers.state_dict(),
+                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                  "config": config.__dict__, "loss": losses[-1], "rng": snapshots[0], "rng_ranks": snapshots,
                  "history": history, "best": best}
         _saved(state, path, manifest, "checkpoint", key)

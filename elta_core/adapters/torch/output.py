@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +21,8 @@ class ELTAOutput:
         flsa_loss: the FLSA term before its weight (0 when FLSA is off).
         pairs: the TFA pairs drawn (``None`` when TFA is off).
         features: the features FLSA aligned (``None`` when FLSA is off).
+        peer_losses: the peers' regularisers, by name, already weighted and in ``loss``
+            (RankSim's, say).
     """
 
     predictions: torch.Tensor
@@ -30,6 +32,7 @@ class ELTAOutput:
     flsa_loss: torch.Tensor
     pairs: tfa_core.Pairs | None = None
     features: torch.Tensor | None = None
+    peer_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
     # Hugging Face's Trainer reads outputs as a mapping or a tuple whose first item is the loss.
     def to_tuple(self) -> tuple:
@@ -42,7 +45,7 @@ class ELTAOutput:
 
     def __getitem__(self, key):
         if isinstance(key, str):
-            if key not in self.keys() + ["pairs", "features", "logits"]:
+            if key not in self.keys() + ["pairs", "features", "peer_losses", "logits"]:
                 raise KeyError(key)
             return self.predictions if key == "logits" else getattr(self, key)
         return self.to_tuple()[key]

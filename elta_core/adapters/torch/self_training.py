@@ -224,6 +224,7 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             total, steps = total + value, steps + 1
+        wrapper.end_epoch()
         if is_distributed():  # the epoch's mean loss over every rank's steps
             sums = torch.tensor([total, float(steps)], dtype=torch.float64, device=communication_device())
             torch.distributed.all_reduce(sums)

@@ -10,15 +10,17 @@ what the model returns.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
 
+from elta_core import losses as core_losses
 from elta_core import step as core_step
 from elta_core import tfa as tfa_core
 from elta_core.adapters.torch.distributed import gather_with_grad
 from elta_core.adapters.torch.output import ELTAOutput
+from elta_core.adapters.torch.peers import Peer, check_peers
 from elta_core.adapters.torch.modules import as_float_labels, ends_in_softmax, find_module, generator_of, model_and_head
 
 
@@ -28,6 +30,7 @@ class _Batch:
     def __init__(self, labels: torch.Tensor):
         self.labels = labels
         self.mixed = False
+        self.peer_mixed = False
         self.pairs: tfa_core.Pairs | None = None
         self.features: torch.Tensor | None = None
         self.feature_labels: torch.Tensor | None = None
@@ -49,6 +52,11 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
             DDP ranks with gradients, equal to the single-process loss on the whole batch).
         task_loss: ``fn(predictions, labels) -> scalar``; default EMD for distribution
             labels, MSE for scalar labels.
+        peers: established imbalanced-regression methods to train with, alone (``tfa=False,
+            flsa_weight=0``) or beside TFA and FLSA: instances of
+            :mod:`elta_core.adapters.torch.peers` (``LDS``, ``FDS``, ``RankSim``,
+            ``CMixup``, ``BalancedMSE``). Call :meth:`end_epoch` after each epoch
+            (``fit`` does); FDS updates its statistics there.
         seed: None (torch's global generator), an int or a ``torch.Generator``. With DDP,
             give each rank its own seed.
         config: an :class:`elta_core.step.ELTAConfig`; or give its fields as keywords
@@ -69,10 +77,14 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         seed: int | torch.Generator | None = None,
         config: core_step.ELTAConfig | None = None,
+        peers: Sequence[Peer] = (),
         **options: Any,
     ):
         super().__init__()
         self.elta_config = core_step.make_config(config, options, "ELTAWrapper")
+        self.peers = nn.ModuleList(check_peers(peers, task_loss is not None))
+        for peer in self.peers:
+            peer.bind(self.elta_config)
         self.model, self.head_name = model_and_head(model, head, backbone)
         if head == "auto":
             logging.getLogger("elta_core").info("ELTAWrapper: head=%r chosen for %s", self.head_name,
@@ -89,6 +101,8 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
     output = property(lambda self: self.elta_config.output, doc="``elta_config.output`` (read-only).")
 
     def _register_hooks(self, head_module: nn.Module, mix_at: str | None, align_at: str | None) -> None:
+        if any(self._peers_at_head()):  # first: the features TFA mixes and FLSA aligns are the calibrated ones
+            head_module.register_forward_pre_hook(self._peers_on_head_input)
         if mix_at is None:
             head_module.register_forward_pre_hook(self._mix_head_input)
         elif mix_at != "input":
@@ -102,6 +116,35 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
             find_module(self.model, align_at, "align_at").register_forward_hook(self._capture_layer_output)
 
     # -- hooks -------------------------------------------------------------------
+    def _peers_at_head(self) -> list[Peer]:
+        return [p for p in self.peers if p.name == "fds" or (p.name == "cmixup" and p.at == "features")]
+
+    def _peers_on_head_input(self, module, args):
+        batch = self._batch
+        if batch is None or not args or not isinstance(args[0], torch.Tensor):
+            return None
+        features = args[0]
+        for peer in self._peers_at_head():
+            if peer.name == "fds":
+                features = peer.calibrate(features, self._scores(batch.labels))
+            elif not batch.peer_mixed:
+                batch.peer_mixed = True
+                features, batch.labels = peer.mix(features, batch.labels, self._scores(batch.labels), self.generator)
+        return (features,) + tuple(args[1:])
+
+    def _mix_input_with_peers(self, x: Any, batch: _Batch) -> Any:
+        for peer in self.peers:
+            if peer.name == "cmixup" and peer.at == "input":
+                if not isinstance(x, torch.Tensor):
+                    raise ValueError("cmixup: at='input' mixes the input tensor, but the model's input is a "
+                                     f"{type(x).__name__}; use CMixup(at='features')")
+                batch.peer_mixed = True
+                x, batch.labels = peer.mix(x, batch.labels, self._scores(batch.labels), self.generator)
+        return x
+
+    def _scores(self, labels: torch.Tensor) -> torch.Tensor:
+        return core_losses.label_scores(labels, self.elta_config.bin_values, validate=False)
+
     def _mix(self, features: torch.Tensor) -> torch.Tensor:
         batch = self._batch
         if batch.mixed or not isinstance(features, torch.Tensor):
@@ -145,6 +188,7 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         batch = _Batch(self._labels(x, y))
         self._batch = batch
         try:
+            x = self._mix_input_with_peers(x, batch)
             if self.mix_at == "input":
                 x = self._mix(x)
             predictions = self.model(x)
@@ -158,10 +202,10 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
             where = self.mix_at or self.head_name
             raise ValueError(f"mix_at: the layer {where!r} was not called in the model's forward, so TFA could "
                              "not mix; give the head or layer that the forward really runs")
-        if self.elta_config.uses_flsa and batch.features is None:
+        if (self.elta_config.uses_flsa or any(p.name == "ranksim" for p in self.peers)) and batch.features is None:
             where = self.align_at or self.head_name
-            raise ValueError(f"align_at: the layer {where!r} was not called in the model's forward, so FLSA "
-                             "has no features; give the head or layer that the forward really runs")
+            raise ValueError(f"align_at: the layer {where!r} was not called in the model's forward, so FLSA and "
+                             "RankSim have no features; give the head or layer that the forward really runs")
 
     def _output(self, predictions: Any, batch: _Batch) -> ELTAOutput:
         predictions = getattr(predictions, "logits", predictions)  # a Hugging Face model's output
@@ -171,8 +215,48 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         core_step.check_output(self.elta_config, predictions.detach(), batch.labels, kind)
         gather = gather_with_grad if self.flsa_scope == "global" else None
         result = core_step.losses_of(self.elta_config, predictions, batch.labels, batch.features, batch.feature_labels,
-                                     kind=kind, user_loss=self.task_loss_fn, gather=gather)
-        return ELTAOutput(predictions, batch.labels, *result, batch.pairs, batch.features)
+                                     kind=kind, user_loss=self._task_loss_with_peers(kind), gather=gather)
+        extra = self._peer_regularisers(batch)
+        if extra:
+            if self.elta_config.check_finite:
+                core_step.raise_if_not_finite({f"{name} loss": value for name, value in extra.items()})
+            result = result._replace(loss=result.loss + sum(v.to(result.loss.dtype) for v in extra.values()))
+        return ELTAOutput(predictions, batch.labels, *result, batch.pairs, batch.features, extra)
+
+    def _task_loss_with_peers(self, kind: str) -> Callable | None:
+        """The task loss as the peers change it: LDS weights each sample's loss, Balanced
+        MSE replaces it by BMC on the predicted and true scores; else the user's or None
+        (the core's default)."""
+        changing = next((p for p in self.peers if p.replaces_task_loss), None)
+        if changing is None:
+            return self.task_loss_fn
+        bin_values = self.elta_config.bin_values
+
+        def loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            scores = self._scores(labels)
+            if changing.name == "lds":
+                return core_losses.task_loss(predictions, labels, kind, bin_values, validate=False,
+                                             weights=changing.sample_weights(scores))
+            predicted = core_losses.output_scores(predictions, kind, bin_values, validate=False)
+            return changing.task_loss(predicted, scores)
+
+        return loss
+
+    def _peer_regularisers(self, batch: _Batch) -> dict[str, torch.Tensor]:
+        if batch.features is None:
+            return {}
+        terms = {}
+        for peer in self.peers:
+            term = peer.regulariser(batch.features, self._scores(batch.feature_labels), self.generator)
+            if term is not None:
+                terms[peer.name] = term
+        return terms
+
+    def end_epoch(self) -> None:
+        """Tell the peers that an epoch ended (FDS folds the epoch's feature statistics
+        into its running ones). ``fit`` calls it; a custom loop calls it once per epoch."""
+        for peer in self.peers:
+            peer.end_epoch()
 
     def unlabelled_loss(self, x: Any, y: torch.Tensor) -> torch.Tensor:
         """``L_u`` of Eq. 10 with ``round2="separate"``: the task loss on pseudo-labelled
