@@ -98,3 +98,79 @@ def segment_mae(pred, true):
     n = len(err)
     k = max(1, int(round(0.2 * n)))
     return err[:k].mean(), err[k : n - k].mean(), err[n - k :].mean()
+
+
+# -- the peers (elta_core.adapters.torch.peers), written out from their papers ----------------
+
+
+def gaussian_window(size, sigma):
+    d = np.arange(size) - size // 2
+    w = np.exp(-(d**2) / (2.0 * sigma**2))
+    return w / w.sum()
+
+
+def smooth_bins(values, window, edges="constant"):
+    values = np.asarray(values, np.float64)
+    k, half = len(values), len(window) // 2
+    out = np.zeros_like(values)
+    for b in range(k):
+        for d in range(-half, half + 1):
+            src = b + d
+            if edges == "reflect":
+                src = -src if src < 0 else (2 * (k - 1) - src if src >= k else src)
+            if 0 <= src < k:
+                out[b] += window[d + half] * values[src]
+    return out
+
+
+def bin_of(score, low, high, num_bins):
+    return int(min(max(np.floor((score - low) / ((high - low) / num_bins)), 0), num_bins - 1))
+
+
+def lds_weights(train_scores, num_bins, window, power):
+    low, high = min(train_scores), max(train_scores)
+    counts = np.zeros(num_bins)
+    for s in train_scores:
+        counts[bin_of(s, low, high, num_bins)] += 1
+    density = smooth_bins(counts, window)
+    density[density == 0] = density[density > 0].min()
+    weights = density**-power
+    per_sample = np.array([weights[bin_of(s, low, high, num_bins)] for s in train_scores])
+    return weights * len(per_sample) / per_sample.sum()
+
+
+def descending_ranks(row):
+    row = np.asarray(row, np.float64)
+    order = sorted(range(len(row)), key=lambda j: (-row[j], j))
+    ranks = np.empty(len(row))
+    for position, j in enumerate(order):
+        ranks[j] = (position + 1) / len(row)
+    return ranks
+
+
+def ranksim(features, scores):
+    z = np.asarray(features, np.float64).reshape(len(features), -1)
+    s = np.asarray(scores, np.float64)
+    sz = feature_similarity(z)
+    total = 0.0
+    for i in range(len(s)):
+        label_row = np.array([-abs(s[i] - s[j]) for j in range(len(s))])
+        total += np.sum((descending_ranks(label_row) - descending_ranks(sz[i])) ** 2)
+    return total / len(s) ** 2
+
+
+def cmixup_probabilities(scores, bandwidth):
+    s = np.asarray(scores, np.float64)
+    p = np.array([[np.exp(-((s[i] - s[j]) ** 2) / (2 * bandwidth**2)) for j in range(len(s))] for i in range(len(s))])
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def bmc(predicted, targets, sigma):
+    p, y = np.asarray(predicted, np.float64), np.asarray(targets, np.float64)
+    var = sigma**2
+    total = 0.0
+    for i in range(len(p)):
+        logits = np.array([-((p[i] - y[j]) ** 2) / (2 * var) for j in range(len(y))])
+        top = logits.max()
+        total += -(logits[i] - top - np.log(np.exp(logits - top).sum()))
+    return total / len(p) * 2 * var

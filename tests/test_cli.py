@@ -298,3 +298,24 @@ def test_a_finished_apds_run_resumes_with_more_epochs_like_the_longer_run(folder
     for name in long:
         assert torch.equal(long[name], again[name]), f"{name}: a finished run resumed as it is changes nothing"
     assert torch.load(tmp_path / "grown" / "checkpoint.pt", weights_only=True)["round"] == 2
+
+
+def test_peers_resume_with_their_state(folder_dataset, tmp_path, capsys):
+    """FDS's running statistics and Balanced MSE's noise scale are part of the checkpoint:
+    a run stopped after epoch 1 and resumed equals the uninterrupted one, and another
+    --peers for the same run directory is refused by name."""
+    labels, images = folder_dataset
+    peers = ("--peers", "fds,bmse,cmixup,ranksim", "--epochs", "3")
+    assert _train(labels, images, tmp_path / "straight", *peers) == 0
+    assert _train(labels, images, tmp_path / "resumed", *peers, "--stop-after-epoch", "1") == 0
+    assert _train(labels, images, tmp_path / "resumed", *peers, "--resume") == 0
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    for name in straight["model"]:
+        assert torch.equal(straight["model"][name], resumed["model"][name]), name
+    assert torch.equal(straight["peers"]["1.noise_sigma"], resumed["peers"]["1.noise_sigma"])
+    fds = straight["peers"]["0._extra_state"]
+    assert torch.equal(fds["running"]["mean"], resumed["peers"]["0._extra_state"]["running"]["mean"])
+    capsys.readouterr()
+    assert _train(labels, images, tmp_path / "resumed", "--peers", "fds", "--epochs", "3", "--resume") == 2
+    assert "peers: ['fds', 'bmse', 'cmixup', 'ranksim'] -> ['fds']" in capsys.readouterr().err

@@ -199,7 +199,10 @@ def _scores_of(labels: Any, bin_values: Any, name: str) -> torch.Tensor:
     if tensor.ndim not in (1, 2) or tensor.shape[0] < 1:
         raise ValueError(f"{name}: expected the training labels, scores (N,) or distributions (N, C), "
                          f"got shape {tuple(tensor.shape)}")
-    scores = losses.label_scores(tensor.double(), bin_values)
+    try:
+        scores = losses.label_scores(tensor.double(), bin_values)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
     if not torch.isfinite(scores).all():
         raise ValueError(f"{name}: expected finite labels, found NaN or Inf")
     return scores
