@@ -120,9 +120,9 @@ def test_demo_quick_writes_table_and_picture(tmp_path, capsys):
     printed = capsys.readouterr().out
     from elta_core.app.demo import CONTROL
 
-    for row in ("baseline", "+TFA", "+FLSA", "+TFA+FLSA", "+TFA+FLSA+APDS", CONTROL):
+    for row in ("baseline", "+TFA", "+FLSA", "+TFA+FLSA", "+TFA+FLSA+APDS", CONTROL, "LDS", "RankSim"):
         assert f"| {row} |" in printed
-    assert "| model - baseline | ΔP |" in printed and "95 % Student-t interval" in printed
+    assert "| method - baseline | ΔP |" in printed and "95 % Student-t interval" in printed
     assert (tmp_path / "figure.png").stat().st_size > 10_000
     report = json.loads((tmp_path / "results.json").read_text())
     assert len(report["results"]["baseline"]) == 3  # (its time is in the README, not asserted: CI may be busy)

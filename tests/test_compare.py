@@ -52,7 +52,7 @@ def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_argum
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--methods", "baseline,lds"], "methods: expected a comma-separated list of baseline"),
+    (["--methods", "baseline,conr"], "methods: expected a comma-separated list of baseline"),
     (["--methods", "elta,elta"], "names a method twice"),
     (["--", "--labels", "x.csv", "--format", "ava", "--seed", "3"], "--seed are set by elta compare"),
 ])
@@ -77,3 +77,13 @@ def test_apds_ablations_and_the_control_run_through_elta_train(train_arguments, 
     assert len(apds_run["indices"]) > 0
     config = json.loads((out / "runs" / "elta+apds-prediction" / "seed1" / "manifest.json").read_text())["config"]
     assert config["pseudo_label"] == "prediction" and config["max_pseudo_labels"] == "labelled"
+
+
+def test_every_method_is_a_valid_set_of_train_flags():
+    from elta_core.app.cli import build_parser
+    from elta_core.app.compare import METHODS
+
+    for method, flags in METHODS.items():
+        args = build_parser().parse_args(["train", "--labels", "x.csv", "--format", "ava", *flags])
+        assert args.tfa == ("--tfa" in flags), method
+    assert build_parser().parse_args(["train", "--labels", "x", "--format", "ava", *METHODS["ranksim"]]).peers == ["ranksim"]
