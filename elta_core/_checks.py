@@ -38,6 +38,21 @@ def positive_number(value: Any, name: str) -> float:
     return number
 
 
+def non_negative_number(value: Any, name: str) -> float:
+    """``value`` as a float, which must be finite and >= 0."""
+    number = finite_number(value, name, "a finite number >= 0")
+    if number < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return number
+
+
+def non_negative_numbers(values: Sequence[Any], name: str) -> list[float]:
+    values = list(values) if not isinstance(values, (int, float)) else [values]
+    if not values:
+        raise ValueError(f"{name}: expected at least one value, got an empty sequence")
+    return [non_negative_number(v, f"{name}[{k}]") for k, v in enumerate(values)]
+
+
 def positive_numbers(values: Sequence[Any], name: str) -> list[float]:
     values = list(values) if not isinstance(values, (int, float)) else [values]
     if not values:

@@ -128,7 +128,7 @@ def temperatures(
     validate: bool = True,
 ) -> Tensor:
     """Per-sample temperatures ``tau_i(beta) = exp(-beta |s_hat_i - s_bar|)`` [Eq. 8], (N,)."""
-    beta = _checks.positive_number(beta, "beta")
+    beta = _checks.non_negative_number(beta, "beta")
     backend, prediction = _validated_prediction(logits, bin_values, mean_score, score_scale, validate)
     return backend.exp(-beta * prediction.gap)
 
@@ -149,7 +149,8 @@ def sharpen(
 
     Args:
         logits: (N, C) logits of a distribution head.
-        beta: > 0; larger sharpens the tails more.
+        beta: >= 0; larger sharpens the tails more, and 0 leaves the softmax as it is (the
+            unsharpened ablation of ``elta compare``).
         bin_values: rating value of each level, length C (default ``1..C``).
         mean_score: ``s_bar``; default the mean predicted score of these N samples.
         score_scale: gaps ``|s_hat - s_bar|`` are divided by it (1 for a 1..10 scale).
@@ -157,7 +158,7 @@ def sharpen(
     Returns:
         (N, C) probabilities. The argmax is kept and the max probability does not drop.
     """
-    beta = _checks.positive_number(beta, "beta")
+    beta = _checks.non_negative_number(beta, "beta")
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
     mean_score = _checked_mean_score(mean_score)
     def reference():
@@ -229,7 +230,7 @@ def select(
         ``Selection(indices, labels)``; the score of a pseudo-label is
         ``labels @ bin_values``.
     """
-    beta = _checks.positive_number(beta, "beta")
+    beta = _checks.non_negative_number(beta, "beta")
     threshold = _checks.probability_thresholds([threshold], "threshold")[0]
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
@@ -269,7 +270,7 @@ def keep_most_confident(
     of the unlabelled pool instead); see ``docs/design.md``."""
     if isinstance(max_selected, bool) or not isinstance(max_selected, int) or max_selected < 0:
         raise ValueError(f"max_selected: expected an int >= 0, got {max_selected!r}")
-    beta = _checks.positive_number(beta, "beta")
+    beta = _checks.non_negative_number(beta, "beta")
     backend, prediction = _validated_prediction(logits, bin_values, mean_score, score_scale, validate)
     if backend.shape(selection.indices)[0] <= max_selected:
         return selection
@@ -485,7 +486,7 @@ def grid_search(
         ValueError: if no cell selects ``min_selected`` samples; the message gives the
         largest selection found.
     """
-    beta_values = _checks.positive_numbers(betas, "betas")
+    beta_values = _checks.non_negative_numbers(betas, "betas")
     mode = _threshold_mode(thresholds)
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)

@@ -242,6 +242,25 @@ def test_sharpen_is_finite_and_grid_agrees_with_select(implementation, seed, bet
     assert [cell.num_selected for cell in grid.table] == counts, name
 
 
+@pytest.mark.parametrize("implementation", _implementations(), ids=lambda item: item[0])
+def test_beta_zero_is_the_unsharpened_softmax_and_its_confidence(implementation):
+    """beta = 0 (the unsharpened ablation of elta compare): temperature 1 for every sample,
+    so sharpening is the plain softmax and the grid thresholds its max probability."""
+    name, make, context = implementation
+    generator = np.random.default_rng(5)
+    logits = generator.normal(0, 2, size=(40, 10))
+    true = generator.uniform(1, 10, 40)
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    with context():
+        sharp = np.asarray(apds.sharpen(make(logits), 0.0), dtype=np.float64)
+        grid = apds.grid_search(make(logits), make(true), [0.0], (0.2, 0.4), min_selected=1)
+        temperatures = np.asarray(apds.temperatures(make(logits), 0.0), dtype=np.float64)
+    np.testing.assert_allclose(sharp, softmax, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(temperatures, 1.0)
+    assert [cell.num_selected for cell in grid.table] == [int((softmax.max(1) >= t).sum()) for t in (0.2, 0.4)], name
+
+
 def test_an_overflowing_temperature_gives_a_one_hot_row():
     logits = np.array([[0.0, 5.0, 1.0], [2.0, 0.0, 0.0], [0.0, 1.0, 9.0]])
     sharp = apds.sharpen(logits, 1e300)

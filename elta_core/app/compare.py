@@ -27,9 +27,11 @@ METHODS: dict[str, list[str]] = {
     "flsa": ["--no-tfa", "--flsa", "1"],
     "elta": ["--tfa", "--flsa", "1"],
     "elta+apds": ["--tfa", "--flsa", "1", "--apds"],
-    # APDS ablations: the authors' unsharpened pseudo-labels; every pool image, no selection
-    # and no cap; and the control: the same round 2 with no pseudo-label kept.
+    # APDS ablations: the authors' unsharpened pseudo-labels; no sharpening at all (beta 0:
+    # a confidence threshold on the plain softmax, grid-searched the same way); every pool
+    # image, no selection and no cap; and the control: the same round 2 with no pseudo-label kept.
     "elta+apds-prediction": ["--tfa", "--flsa", "1", "--apds", "--pseudo-label", "prediction"],
+    "elta+apds-unsharpened": ["--tfa", "--flsa", "1", "--apds", "--betas", "0"],
     "elta+apds-whole-pool": ["--tfa", "--flsa", "1", "--apds", "--thresholds", "1e-9", "--max-pseudo-labels", "none"],
     "elta+round2-control": ["--tfa", "--flsa", "1", "--apds", "--max-pseudo-labels", "0"],
     # The established methods, each alone (elta_core.adapters.torch.peers).
@@ -39,7 +41,7 @@ DEFAULT_METHODS = ("baseline", "tfa", "flsa", "elta")
 REPORTED = [("plcc", "P", "↑"), ("srcc", "S", "↑"), ("accuracy", "acc", "↑"), ("mse", "MSE", "↓"),
             ("mae_low", "L", "↓"), ("mae_medium", "M", "↓"), ("mae_high", "H", "↓")]
 OWN_FLAGS = ("--seed", "--out", "--resume", "--tfa", "--no-tfa", "--flsa", "--apds", "--pseudo-label", "--thresholds",
-             "--max-pseudo-labels", "--peers")
+             "--max-pseudo-labels", "--peers", "--betas")
 
 
 def parse_methods(text: str) -> list[str]:
