@@ -319,3 +319,20 @@ def test_peers_resume_with_their_state(folder_dataset, tmp_path, capsys):
     capsys.readouterr()
     assert _train(labels, images, tmp_path / "resumed", "--peers", "fds", "--epochs", "3", "--resume") == 2
     assert "peers: ['fds', 'bmse', 'cmixup', 'ranksim'] -> ['fds']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--head", "sigmoid", "--peers", "lds"), "peers: lds changes the task loss, and --head sigmoid has its own"),
+    (("--peers", "lds,bmse"), "peers: lds and bmse both change the task loss"),
+    (("--peers", "lds,conr"), "expected a comma-separated list of lds, fds, ranksim, cmixup, bmse, got conr"),
+])
+def test_bad_peers_are_refused_before_the_run_directory_is_touched(folder_dataset, tmp_path, capsys, extra, message):
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    try:
+        code = _train(labels, images, out, *extra)
+    except SystemExit as exit:  # argparse's own refusal
+        code = exit.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -270,6 +270,16 @@ def _check_train_args(args: Any) -> None:
     if args.head == "sigmoid" and args.apds:
         raise ValueError("apds: needs a distribution head (--head linear or emd-mlp); --head sigmoid predicts one "
                          "score per image, which APDS cannot sharpen")
+    peers = list(getattr(args, "peers", None) or [])
+    changing = [name for name in peers if name in ("lds", "bmse")]
+    if changing and args.head == "sigmoid":
+        raise ValueError(f"peers: {changing[0]} changes the task loss, and --head sigmoid has its own (MSE on the "
+                         f"labels' scale); use --head linear or emd-mlp with {changing[0]}")
+    if len(changing) > 1:
+        raise ValueError("peers: lds and bmse both change the task loss; use one of them")
+    if "bmse" in peers and ddp.launched_by_torchrun():
+        raise ValueError("peers: bmse learns its noise scale outside the DDP model, so the processes would drift "
+                         "apart; run bmse in one process")
     if args.resize is not None and args.resize < args.image_size:
         raise ValueError(f"resize: expected a side >= --image-size ({args.image_size}), got {args.resize}")
 
@@ -370,13 +380,6 @@ def _peers(args: Any, train_table: LabelTable) -> list:
     """The plug-ins named by ``--peers``, with their papers' defaults; LDS and FDS bin the
     training split's labels."""
     names = list(getattr(args, "peers", None) or [])
-    changing = [name for name in names if name in ("lds", "bmse")]
-    if changing and args.head == "sigmoid":
-        raise ValueError(f"peers: {changing[0]} changes the task loss, and --head sigmoid has its own (MSE on the "
-                         f"labels' scale); use --head linear or emd-mlp with {changing[0]}")
-    if "bmse" in names and ddp.is_distributed():
-        raise ValueError("peers: bmse learns its noise scale outside the DDP model, so the processes would drift "
-                         "apart; run bmse in one process")
     labels = train_table.scores
     made = {"lds": lambda: peers.LDS(labels), "fds": lambda: peers.FDS(labels), "ranksim": peers.RankSim,
             "cmixup": peers.CMixup, "bmse": peers.BalancedMSE}
