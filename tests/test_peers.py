@@ -307,3 +307,13 @@ def test_the_cli_knows_every_peer():
     from elta_core.app.cli import PEER_NAMES
 
     assert PEER_NAMES == tuple(P.PEERS)
+
+
+def test_fds_refuses_features_of_another_width():
+    scores = torch.linspace(1, 10, 20, dtype=torch.float64)
+    fds = P.FDS(scores, num_bins=4)
+    fds.bind(_config())
+    fds.calibrate(torch.randn(20, 3, dtype=torch.float64), scores)
+    fds.end_epoch()
+    with pytest.raises(ValueError, match="fds: the features entering the head changed width, from 3 to 5"):
+        fds.calibrate(torch.randn(20, 5, dtype=torch.float64), scores)

@@ -243,22 +243,21 @@ class Peer(nn.Module):
 class _Binned(Peer):
     """Equal-width label bins over the training scores' range (LDS and FDS)."""
 
-    def __init__(self, train_labels: Any, num_bins: int, kernel_size: int, sigma: float, name: str):
+    def __init__(self, train_labels: Any, num_bins: int, kernel_size: int, sigma: float):
         super().__init__()
         if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 2:
             raise ValueError(f"num_bins: expected an int >= 2, got {num_bins!r}")
         self.num_bins = num_bins
         self.window = gaussian_window(kernel_size, sigma)
         self._train_labels = train_labels
-        self._name = name
         self.train_scores: torch.Tensor | None = None
 
     def bind(self, config: Any) -> None:
         super().bind(config)
-        self.train_scores = _scores_of(self._train_labels, config.bin_values, f"{self._name}: train_labels")
+        self.train_scores = _scores_of(self._train_labels, config.bin_values, f"{self.name}: train_labels")
         low, high = float(self.train_scores.min()), float(self.train_scores.max())
         if high <= low:
-            raise ValueError(f"{self._name}: train_labels: every training score is {low:g}; label bins need a range")
+            raise ValueError(f"{self.name}: train_labels: every training score is {low:g}; label bins need a range")
         self.low, self.high = low, high
 
     def bins(self, scores: torch.Tensor) -> torch.Tensor:
@@ -284,7 +283,7 @@ class LDS(_Binned):
 
     def __init__(self, train_labels: Any, num_bins: int = 100, kernel_size: int = 5, sigma: float = 2.0,
                  power: float = 0.5):
-        super().__init__(train_labels, num_bins, kernel_size, sigma, "lds")
+        super().__init__(train_labels, num_bins, kernel_size, sigma)
         self.power = _positive(power, "power")
         self.weights: torch.Tensor | None = None
 
@@ -315,17 +314,14 @@ class FDS(_Binned):
 
     def __init__(self, train_labels: Any, num_bins: int = 100, kernel_size: int = 5, sigma: float = 2.0,
                  momentum: float = 0.9, clip: tuple[float, float] = (0.1, 10.0)):
-        super().__init__(train_labels, num_bins, kernel_size, sigma, "fds")
+        super().__init__(train_labels, num_bins, kernel_size, sigma)
         self.momentum = _fraction(momentum, "momentum")
         if len(clip) != 2 or not 0 < clip[0] <= 1 <= clip[1]:
             raise ValueError(f"clip: expected (low, high) with 0 < low <= 1 <= high, got {clip!r}")
         self.clip = (float(clip[0]), float(clip[1]))
-        self._reset_epoch()
+        self.epoch_sums: torch.Tensor | None = None
         self.running: dict[str, torch.Tensor] | None = None  # mean, var, seen (per bin)
         self.smoothed: dict[str, torch.Tensor] | None = None
-
-    def _reset_epoch(self) -> None:
-        self.epoch_sums: list[torch.Tensor] | None = None  # count, sum, sum of squares
 
     def calibrate(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         flat = features.reshape(features.shape[0], -1)
@@ -333,54 +329,47 @@ class FDS(_Binned):
         self._observe(flat.detach(), bins)
         if self.smoothed is None:
             return features
-        known = self.running["seen"].to(bins.device)[bins]
-        calibrated = fds_calibrate(flat, bins, self.running["mean"].to(flat.device), self.running["var"].to(flat.device),
-                                   self.smoothed["mean"].to(flat.device), self.smoothed["var"].to(flat.device),
-                                   self.clip)
+        on = lambda stats, key: stats[key].to(flat.device)  # noqa: E731
+        calibrated = fds_calibrate(flat, bins, on(self.running, "mean"), on(self.running, "var"),
+                                   on(self.smoothed, "mean"), on(self.smoothed, "var"), self.clip)
+        known = on(self.running, "seen")[bins]  # a bin never seen has no statistics to calibrate from
         return torch.where(known[:, None], calibrated, flat).reshape(features.shape)
 
     def _observe(self, flat: torch.Tensor, bins: torch.Tensor) -> None:
+        """Add the rows to this epoch's per-bin sums: (K, 1 + 2 D) count, sum, sum of squares."""
         values = flat.double()
-        sums = [torch.zeros(self.num_bins, dtype=torch.float64, device=values.device).index_add_(
-                    0, bins, torch.ones_like(bins, dtype=torch.float64)),
-                torch.zeros(self.num_bins, values.shape[1], dtype=torch.float64, device=values.device).index_add_(
-                    0, bins, values),
-                torch.zeros(self.num_bins, values.shape[1], dtype=torch.float64, device=values.device).index_add_(
-                    0, bins, values**2)]
-        if self.epoch_sums is None:
-            self.epoch_sums = sums
-        else:
-            if self.epoch_sums[1].shape != sums[1].shape:
-                raise ValueError(f"fds: the features entering the head changed width, from "
-                                 f"{self.epoch_sums[1].shape[1]} to {sums[1].shape[1]}")
-            self.epoch_sums = [a + b for a, b in zip(self.epoch_sums, sums)]
+        width = self.running["mean"].shape[1] if self.running is not None else (
+            (self.epoch_sums.shape[1] - 1) // 2 if self.epoch_sums is not None else values.shape[1])
+        if values.shape[1] != width:
+            raise ValueError(f"fds: the features entering the head changed width, from {width} to {values.shape[1]}")
+        rows = torch.cat([torch.ones_like(values[:, :1]), values, values**2], dim=1)
+        sums = torch.zeros(self.num_bins, rows.shape[1], dtype=torch.float64, device=rows.device).index_add_(0, bins, rows)
+        self.epoch_sums = sums if self.epoch_sums is None else self.epoch_sums + sums
 
     def end_epoch(self) -> None:
         if self.epoch_sums is None:
             return
-        count, total, squares = self.epoch_sums
+        sums = self.epoch_sums
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             from elta_core.adapters.torch.distributed import communication_device
 
-            packed = torch.cat([count[:, None], total, squares], dim=1).to(communication_device())
-            torch.distributed.all_reduce(packed)
-            packed = packed.to(count.device)
-            count, total, squares = packed[:, 0], packed[:, 1:1 + total.shape[1]], packed[:, 1 + total.shape[1]:]
-        seen = count > 0
-        mean = total / count.clamp_min(1)[:, None]
-        var = (squares / count.clamp_min(1)[:, None] - mean**2).clamp_min(0)
-        if self.running is None:
-            running = {"mean": mean, "var": var, "seen": seen}
-        else:
+            summed = sums.to(communication_device())
+            torch.distributed.all_reduce(summed)
+            sums = summed.to(sums.device)
+        width = (sums.shape[1] - 1) // 2
+        count, seen = sums[:, :1].clamp_min(1), sums[:, 0] > 0
+        mean = sums[:, 1:1 + width] / count
+        var = (sums[:, 1 + width:] / count - mean**2).clamp_min(0)
+        if self.running is not None:  # fold in with momentum where both have seen the bin
             old, m = self.running, self.momentum
-            update = seen[:, None] & old["seen"][:, None]
-            running = {"mean": torch.where(update, m * old["mean"] + (1 - m) * mean, torch.where(seen[:, None], mean, old["mean"])),
-                       "var": torch.where(update, m * old["var"] + (1 - m) * var, torch.where(seen[:, None], var, old["var"])),
-                       "seen": seen | old["seen"]}
-        self.running = running
-        self.smoothed = {"mean": smooth_bins(running["mean"], self.window, "reflect"),
-                         "var": smooth_bins(running["var"], self.window, "reflect")}
-        self._reset_epoch()
+            both, new_only = (seen & old["seen"])[:, None], (seen & ~old["seen"])[:, None]
+            mean = torch.where(both, m * old["mean"] + (1 - m) * mean, torch.where(new_only, mean, old["mean"]))
+            var = torch.where(both, m * old["var"] + (1 - m) * var, torch.where(new_only, var, old["var"]))
+            seen = seen | old["seen"]
+        self.running = {"mean": mean, "var": var, "seen": seen}
+        self.smoothed = {"mean": smooth_bins(mean, self.window, "reflect"),
+                         "var": smooth_bins(var, self.window, "reflect")}
+        self.epoch_sums = None
 
     def get_extra_state(self) -> dict:
         return {"running": self.running, "smoothed": self.smoothed, "epoch_sums": self.epoch_sums}
