@@ -25,9 +25,10 @@ reduced to their mean score for the bins, ranks, distances and the BMC target, a
 docstrings say; the task loss that LDS weights stays the EMD between distributions.
 
 Defaults: the hyper-parameters below are the settings each paper reports for its image
-benchmarks where this library could check them, rescaled from those benchmarks' label
-units (years of age) to a 1..10 rating scale by ``score_scale``; ``docs/design.md``
-("The peers") lists each with its provenance and says which are this library's choice.
+benchmarks, rescaled from those benchmarks' label units (years of age) to a 1..10 rating
+scale by ``score_scale``; ``docs/design.md`` ("The peers") lists each with its provenance
+and says which are this library's choice. The papers were not at hand when this module
+was written, so the docstrings name each paper and method, not its equation numbers.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def gaussian_window(size: int, sigma: float) -> torch.Tensor:
 
 def smooth_bins(values: torch.Tensor, window: torch.Tensor, edges: str = "constant") -> torch.Tensor:
     """Convolve per-bin ``values`` ((K,) or (K, D), along the bins) with ``window``:
-    ``out[b] = sum_d window[d] * values[b + d]`` (DIR, Eq. 2 for LDS; its per-bin
-    statistics for FDS). Beyond the first and last bin the values are 0
+    ``out[b] = sum_d window[d] * values[b + d]`` (DIR: the label density for LDS;
+    the per-bin feature statistics for FDS). Beyond the first and last bin the values are 0
     (``edges="constant"``) or mirrored (``"reflect"``)."""
     column = values.reshape(values.shape[0], -1).T.unsqueeze(1)  # (D, 1, K)
     half = window.numel() // 2
@@ -81,7 +82,7 @@ def bin_index(scores: torch.Tensor, low: float, high: float, num_bins: int) -> t
 
 def lds_weights(train_scores: torch.Tensor, low: float, high: float, num_bins: int, window: torch.Tensor,
                 power: float = 0.5) -> torch.Tensor:
-    """LDS (DIR, section 3.1): the per-bin weights ``density_smoothed ** -power`` from the
+    """LDS (DIR's label distribution smoothing): the per-bin weights ``density_smoothed ** -power`` from the
     training scores' histogram convolved with ``window`` (``power`` 1: inverse, 0.5:
     inverse square root), scaled to average 1 over the training samples. A bin whose
     smoothed density is 0 (far from every training score) gets the largest weight of a
@@ -98,7 +99,7 @@ def lds_weights(train_scores: torch.Tensor, low: float, high: float, num_bins: i
 def fds_calibrate(features: torch.Tensor, bins: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                   smoothed_mean: torch.Tensor, smoothed_var: torch.Tensor, clip: tuple[float, float] = (0.1, 10.0),
                   eps: float = 1e-12) -> torch.Tensor:
-    """FDS (DIR, section 3.2, diagonal form): ``z~ = (z - mu_b) * sqrt(var~_b / var_b) + mu~_b``
+    """FDS (DIR's feature distribution smoothing, diagonal form): ``z~ = (z - mu_b) * sqrt(var~_b / var_b) + mu~_b``
     for each feature row ``z`` in bin ``b``, with the variance ratio clipped to ``clip``."""
     ratio = (smoothed_var[bins] / var[bins].clamp_min(eps)).clamp(*clip)
     return ((features - mean[bins].to(features)) * ratio.sqrt().to(features) + smoothed_mean[bins].to(features))
@@ -133,7 +134,7 @@ class _BlackboxRanks(torch.autograd.Function):
 
 
 def ranksim_loss(features: torch.Tensor, scores: torch.Tensor, interpolation: float = 2.0) -> torch.Tensor:
-    """RankSim (Gong et al., ICML 2022, Eq. 2-3 without the batch subsampling): the mean
+    """RankSim (Gong et al., ICML 2022; the loss without the batch subsampling): the mean
     over rows ``i`` of ``|| rank(S^y[i]) - rank(S^z[i]) ||^2 / n`` where ``S^z`` is the
     cosine similarity of the features and ``S^y[i, j] = -|y_i - y_j|``; the features'
     ranks carry the blackbox gradient with ``interpolation`` lambda. 0 when every row
@@ -159,7 +160,7 @@ def unique_label_rows(scores: torch.Tensor, generator: torch.Generator | None = 
 
 
 def cmixup_probabilities(scores: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """C-Mixup (Yao et al., NeurIPS 2022, Eq. 6): ``P[i, j]``, the probability that sample
+    """C-Mixup (Yao et al., NeurIPS 2022; its sampling rule): ``P[i, j]``, the probability that sample
     ``i`` is mixed with ``j``, proportional to ``exp(-(y_i - y_j)^2 / (2 bandwidth^2))``
     over the batch (``j = i`` included, as in the paper); each row sums to 1."""
     scores = scores.detach().double()
@@ -167,7 +168,7 @@ def cmixup_probabilities(scores: torch.Tensor, bandwidth: float) -> torch.Tensor
 
 
 def bmc_loss(predicted: torch.Tensor, targets: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
-    """Balanced MSE, batch Monte-Carlo form (Ren et al., CVPR 2022, Eq. 9 / Algorithm 1):
+    """Balanced MSE, batch Monte-Carlo form (Ren et al., CVPR 2022):
     ``mean_i -log softmax_j(-(p_i - y_j)^2 / (2 sigma^2))[i]``, times ``2 sigma^2`` (not
     differentiated) to keep the MSE's scale. With labels spread evenly over a range much
     wider than sigma it differs from the MSE by a constant only."""
@@ -266,7 +267,7 @@ class _Binned(Peer):
 
 class LDS(_Binned):
     """Label distribution smoothing (Yang et al., "Delving into Deep Imbalanced
-    Regression", ICML 2021, section 3.1): each sample's task loss is weighted by the
+    Regression", ICML 2021): each sample's task loss is weighted by the
     inverse square root (``power=0.5``) of the training labels' kernel-smoothed density at
     its label. Defaults: a Gaussian kernel of 5 bins with sigma 2 bins and the
     inverse-square-root weighting, the paper's reported setting; 100 equal bins over the
@@ -296,7 +297,7 @@ class LDS(_Binned):
 
 
 class FDS(_Binned):
-    """Feature distribution smoothing (Yang et al., ICML 2021, section 3.2): the features
+    """Feature distribution smoothing (Yang et al., ICML 2021): the features
     entering the head are recalibrated, per label bin, from their running mean and
     variance to those statistics smoothed across neighbouring bins. The statistics are
     collected over an epoch (under DDP, summed over the ranks), folded into running ones
