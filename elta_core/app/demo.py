@@ -55,7 +55,7 @@ class DemoConfig:
     lr: float = 2e-3
     num_pairs: float = 0.25
     flsa_weight: float = 1.0
-    # RankSim's paper weighs it 100 beside an L1 loss in years (about 10); beside this EMD
+    # RankSim's paper weighs it 100 beside a regression loss in years of age; beside this EMD
     # (about 0.1) that swamps the task loss (P 0.55 in the quick demo), so the demo gives it
     # FLSA's weight.
     ranksim_weight: float = 1.0
