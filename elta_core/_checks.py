@@ -46,18 +46,20 @@ def non_negative_number(value: Any, name: str) -> float:
     return number
 
 
-def non_negative_numbers(values: Sequence[Any], name: str) -> list[float]:
+def _each(values: Sequence[Any] | float, name: str, check) -> list[float]:
+    """``check(value, "name[k]")`` of each value (a single number counts as one); none is refused."""
     values = list(values) if not isinstance(values, (int, float)) else [values]
     if not values:
         raise ValueError(f"{name}: expected at least one value, got an empty sequence")
-    return [non_negative_number(v, f"{name}[{k}]") for k, v in enumerate(values)]
+    return [check(v, f"{name}[{k}]") for k, v in enumerate(values)]
+
+
+def non_negative_numbers(values: Sequence[Any], name: str) -> list[float]:
+    return _each(values, name, non_negative_number)
 
 
 def positive_numbers(values: Sequence[Any], name: str) -> list[float]:
-    values = list(values) if not isinstance(values, (int, float)) else [values]
-    if not values:
-        raise ValueError(f"{name}: expected at least one value, got an empty sequence")
-    return [positive_number(v, f"{name}[{k}]") for k, v in enumerate(values)]
+    return _each(values, name, positive_number)
 
 
 def probability_thresholds(values: Sequence[Any], name: str) -> list[float]:

@@ -270,14 +270,12 @@ def _check_train_args(args: Any) -> None:
     if args.head == "sigmoid" and args.apds:
         raise ValueError("apds: needs a distribution head (--head linear or emd-mlp); --head sigmoid predicts one "
                          "score per image, which APDS cannot sharpen")
-    peers = list(getattr(args, "peers", None) or [])
-    changing = [name for name in peers if name in ("lds", "bmse")]
+    named = list(getattr(args, "peers", None) or [])
+    changing = peers.task_loss_changers([peers.PEERS[name] for name in named])  # before the run directory is touched
     if changing and args.head == "sigmoid":
         raise ValueError(f"peers: {changing[0]} changes the task loss, and --head sigmoid has its own (MSE on the "
                          f"labels' scale); use --head linear or emd-mlp with {changing[0]}")
-    if len(changing) > 1:
-        raise ValueError("peers: lds and bmse both change the task loss; use one of them")
-    if "bmse" in peers and ddp.launched_by_torchrun():
+    if "bmse" in named and ddp.launched_by_torchrun():
         raise ValueError("peers: bmse learns its noise scale outside the DDP model, so the processes would drift "
                          "apart; run bmse in one process")
     if args.resize is not None and args.resize < args.image_size:
@@ -379,11 +377,8 @@ def train(args: Any) -> dict[str, Any]:
 def _peers(args: Any, train_table: LabelTable) -> list:
     """The plug-ins named by ``--peers``, with their papers' defaults; LDS and FDS bin the
     training split's labels."""
-    names = list(getattr(args, "peers", None) or [])
-    labels = train_table.scores
-    made = {"lds": lambda: peers.LDS(labels), "fds": lambda: peers.FDS(labels), "ranksim": peers.RankSim,
-            "cmixup": peers.CMixup, "bmse": peers.BalancedMSE}
-    return [made[name]() for name in names]
+    made = [peers.PEERS[name] for name in getattr(args, "peers", None) or []]
+    return [kind(train_table.scores) if kind.needs_train_labels else kind() for kind in made]
 
 
 def default_workers() -> int:

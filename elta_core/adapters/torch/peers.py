@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elta_core import losses
+from elta_core import _checks, losses
 
 # -- the equations --------------------------------------------------------------------
 
@@ -51,7 +51,7 @@ def gaussian_window(size: int, sigma: float) -> torch.Tensor:
     ``d = -(size//2) .. size//2``, normalised to sum 1 (float64)."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size % 2 == 0:
         raise ValueError(f"kernel_size: expected an odd number of bins >= 1, got {size!r}")
-    sigma = _positive(sigma, "sigma")
+    sigma = _checks.positive_number(sigma, "sigma")
     offsets = torch.arange(size, dtype=torch.float64) - size // 2
     window = torch.exp(-offsets**2 / (2 * sigma**2))
     return window / window.sum()
@@ -182,16 +182,11 @@ def bmc_loss(predicted: torch.Tensor, targets: torch.Tensor, noise_var: torch.Te
 # -- the plug-ins ---------------------------------------------------------------------
 
 
-def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def _fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    number = _checks.finite_number(value, name, "a number in [0, 1)")
+    if not 0 <= number < 1:
         raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
-    return float(value)
+    return number
 
 
 def _scores_of(labels: Any, bin_values: Any, name: str) -> torch.Tensor:
@@ -201,20 +196,26 @@ def _scores_of(labels: Any, bin_values: Any, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected the training labels, scores (N,) or distributions (N, C), "
                          f"got shape {tuple(tensor.shape)}")
     try:
-        scores = losses.label_scores(tensor.double(), bin_values)
+        return losses.label_scores(tensor.double(), bin_values)  # checked: finite, PMF rows
     except ValueError as error:
         raise ValueError(f"{name}: {error}") from None
-    if not torch.isfinite(scores).all():
-        raise ValueError(f"{name}: expected finite labels, found NaN or Inf")
-    return scores
 
 
 class Peer(nn.Module):
     """A plug-in of :class:`ELTAWrapper`; every hook does nothing unless overridden. The
-    wrapper calls :meth:`bind` once with its :class:`~elta_core.step.ELTAConfig`."""
+    wrapper calls :meth:`bind` once with its :class:`~elta_core.step.ELTAConfig`.
+
+    Class attributes say where it acts: ``stage`` ``"input"`` (:meth:`mix` on the model's
+    input), ``"head"`` (:meth:`calibrate`, then :meth:`mix`, on the head's input) or None;
+    ``replaces_task_loss`` (:meth:`sample_weights` weights the default task loss, else
+    :meth:`task_loss` replaces it); ``needs_features`` (:meth:`regulariser` reads the
+    features FLSA aligns); ``needs_train_labels`` (its constructor takes them)."""
 
     name = "peer"
+    stage: str | None = None
     replaces_task_loss = False
+    needs_features = False
+    needs_train_labels = False
 
     def bind(self, config: Any) -> None:
         self.bin_values = config.bin_values
@@ -243,6 +244,8 @@ class Peer(nn.Module):
 
 class _Binned(Peer):
     """Equal-width label bins over the training scores' range (LDS and FDS)."""
+
+    needs_train_labels = True
 
     def __init__(self, train_labels: Any, num_bins: int, kernel_size: int, sigma: float):
         super().__init__()
@@ -285,7 +288,7 @@ class LDS(_Binned):
     def __init__(self, train_labels: Any, num_bins: int = 100, kernel_size: int = 5, sigma: float = 2.0,
                  power: float = 0.5):
         super().__init__(train_labels, num_bins, kernel_size, sigma)
-        self.power = _positive(power, "power")
+        self.power = _checks.positive_number(power, "power")
         self.weights: torch.Tensor | None = None
 
     def bind(self, config: Any) -> None:
@@ -312,6 +315,7 @@ class FDS(_Binned):
     """
 
     name = "fds"
+    stage = "head"
 
     def __init__(self, train_labels: Any, num_bins: int = 100, kernel_size: int = 5, sigma: float = 2.0,
                  momentum: float = 0.9, clip: tuple[float, float] = (0.1, 10.0)):
@@ -339,8 +343,12 @@ class FDS(_Binned):
     def _observe(self, flat: torch.Tensor, bins: torch.Tensor) -> None:
         """Add the rows to this epoch's per-bin sums: (K, 1 + 2 D) count, sum, sum of squares."""
         values = flat.double()
-        width = self.running["mean"].shape[1] if self.running is not None else (
-            (self.epoch_sums.shape[1] - 1) // 2 if self.epoch_sums is not None else values.shape[1])
+        if self.running is not None:
+            width = self.running["mean"].shape[1]
+        elif self.epoch_sums is not None:
+            width = (self.epoch_sums.shape[1] - 1) // 2
+        else:
+            width = values.shape[1]
         if values.shape[1] != width:
             raise ValueError(f"fds: the features entering the head changed width, from {width} to {values.shape[1]}")
         rows = torch.cat([torch.ones_like(values[:, :1]), values, values**2], dim=1)
@@ -388,11 +396,12 @@ class RankSim(Peer):
     """
 
     name = "ranksim"
+    needs_features = True
 
     def __init__(self, weight: float = 100.0, interpolation: float = 2.0):
         super().__init__()
-        self.weight = _positive(weight, "weight")
-        self.interpolation = _positive(interpolation, "interpolation")
+        self.weight = _checks.positive_number(weight, "weight")
+        self.interpolation = _checks.positive_number(interpolation, "interpolation")
 
     def regulariser(self, features: torch.Tensor, scores: torch.Tensor,
                     generator: torch.Generator | None) -> torch.Tensor:
@@ -416,11 +425,12 @@ class CMixup(Peer):
 
     def __init__(self, bandwidth: float | None = None, alpha: float = 2.0, at: str = "input"):
         super().__init__()
-        self.bandwidth = None if bandwidth is None else _positive(bandwidth, "bandwidth")
-        self.alpha = _positive(alpha, "alpha")
+        self.bandwidth = None if bandwidth is None else _checks.positive_number(bandwidth, "bandwidth")
+        self.alpha = _checks.positive_number(alpha, "alpha")
         if at not in ("input", "features"):
             raise ValueError(f"at: expected 'input' or 'features', got {at!r}")
         self.at = at
+        self.stage = "input" if at == "input" else "head"
 
     def mix(self, x: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
             generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -458,7 +468,7 @@ class BalancedMSE(Peer):
 
     def __init__(self, init_sigma: float | None = None):
         super().__init__()
-        self.init_sigma = None if init_sigma is None else _positive(init_sigma, "init_sigma")
+        self.init_sigma = None if init_sigma is None else _checks.positive_number(init_sigma, "init_sigma")
         self.noise_sigma = nn.Parameter(torch.tensor(1.0))
 
     def bind(self, config: Any) -> None:
@@ -485,10 +495,17 @@ def check_peers(peers: Sequence[Peer], user_task_loss: bool) -> list[Peer]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"peers: {', '.join(twice)} given more than once")
-    replacing = [p.name for p in peers if p.replaces_task_loss]
-    if len(replacing) > 1:
-        raise ValueError(f"peers: {' and '.join(replacing)} both change the task loss; use one of them")
+    replacing = task_loss_changers(peers)
     if replacing and user_task_loss:
         raise ValueError(f"peers: {replacing[0]} changes the task loss, so it cannot be combined with a task_loss "
                          "function; leave task_loss out, or the peer")
     return peers
+
+
+def task_loss_changers(peers: Sequence[Peer | type[Peer]]) -> list[str]:
+    """The names of the peers (instances or classes) that change the task loss; more than
+    one is refused by name."""
+    replacing = [peer.name for peer in peers if peer.replaces_task_loss]
+    if len(replacing) > 1:
+        raise ValueError(f"peers: {' and '.join(replacing)} both change the task loss; use one of them")
+    return replacing

@@ -101,7 +101,7 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
     output = property(lambda self: self.elta_config.output, doc="``elta_config.output`` (read-only).")
 
     def _register_hooks(self, head_module: nn.Module, mix_at: str | None, align_at: str | None) -> None:
-        if any(self._peers_at_head()):  # first: the features TFA mixes and FLSA aligns are the calibrated ones
+        if self._peers_at("head"):  # first: the features TFA mixes and FLSA aligns are the calibrated ones
             head_module.register_forward_pre_hook(self._peers_on_head_input)
         if mix_at is None:
             head_module.register_forward_pre_hook(self._mix_head_input)
@@ -116,30 +116,27 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
             find_module(self.model, align_at, "align_at").register_forward_hook(self._capture_layer_output)
 
     # -- hooks -------------------------------------------------------------------
-    def _peers_at_head(self) -> list[Peer]:
-        return [p for p in self.peers if p.name == "fds" or (p.name == "cmixup" and p.at == "features")]
+    def _peers_at(self, stage: str) -> list[Peer]:
+        return [p for p in self.peers if p.stage == stage]
 
     def _peers_on_head_input(self, module, args):
         batch = self._batch
         if batch is None or not args or not isinstance(args[0], torch.Tensor):
             return None
         features = args[0]
-        for peer in self._peers_at_head():
-            if peer.name == "fds":
-                features = peer.calibrate(features, self._scores(batch.labels))
-            elif not batch.peer_mixed:
-                batch.peer_mixed = True
+        for peer in self._peers_at("head"):
+            features = peer.calibrate(features, self._scores(batch.labels))
+            if not batch.peer_mixed:  # once, should the head run twice
                 features, batch.labels = peer.mix(features, batch.labels, self._scores(batch.labels), self.generator)
+        batch.peer_mixed = True
         return (features,) + tuple(args[1:])
 
     def _mix_input_with_peers(self, x: Any, batch: _Batch) -> Any:
-        for peer in self.peers:
-            if peer.name == "cmixup" and peer.at == "input":
-                if not isinstance(x, torch.Tensor):
-                    raise ValueError("cmixup: at='input' mixes the input tensor, but the model's input is a "
-                                     f"{type(x).__name__}; use CMixup(at='features')")
-                batch.peer_mixed = True
-                x, batch.labels = peer.mix(x, batch.labels, self._scores(batch.labels), self.generator)
+        for peer in self._peers_at("input"):
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"{peer.name}: at='input' mixes the input tensor, but the model's input is a "
+                                 f"{type(x).__name__}; use {type(peer).__name__}(at='features')")
+            x, batch.labels = peer.mix(x, batch.labels, self._scores(batch.labels), self.generator)
         return x
 
     def _scores(self, labels: torch.Tensor) -> torch.Tensor:
@@ -202,7 +199,7 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
             where = self.mix_at or self.head_name
             raise ValueError(f"mix_at: the layer {where!r} was not called in the model's forward, so TFA could "
                              "not mix; give the head or layer that the forward really runs")
-        if (self.elta_config.uses_flsa or any(p.name == "ranksim" for p in self.peers)) and batch.features is None:
+        if (self.elta_config.uses_flsa or any(p.needs_features for p in self.peers)) and batch.features is None:
             where = self.align_at or self.head_name
             raise ValueError(f"align_at: the layer {where!r} was not called in the model's forward, so FLSA and "
                              "RankSim have no features; give the head or layer that the forward really runs")
@@ -234,23 +231,20 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
 
         def loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             scores = self._scores(labels)
-            if changing.name == "lds":
-                return core_losses.task_loss(predictions, labels, kind, bin_values, validate=False,
-                                             weights=changing.sample_weights(scores))
+            weights = changing.sample_weights(scores)
+            if weights is not None:
+                return core_losses.task_loss(predictions, labels, kind, bin_values, validate=False, weights=weights)
             predicted = core_losses.output_scores(predictions, kind, bin_values, validate=False)
             return changing.task_loss(predicted, scores)
 
         return loss
 
     def _peer_regularisers(self, batch: _Batch) -> dict[str, torch.Tensor]:
-        if batch.features is None:
+        regularising = [p for p in self.peers if p.needs_features]
+        if not regularising or batch.features is None:
             return {}
-        terms = {}
-        for peer in self.peers:
-            term = peer.regulariser(batch.features, self._scores(batch.feature_labels), self.generator)
-            if term is not None:
-                terms[peer.name] = term
-        return terms
+        scores = self._scores(batch.feature_labels)
+        return {p.name: p.regulariser(batch.features, scores, self.generator) for p in regularising}
 
     def end_epoch(self) -> None:
         """Tell the peers that an epoch ended (FDS folds the epoch's feature statistics
