@@ -104,9 +104,23 @@ def segment_mae(pred, true):
 
 
 def gaussian_window(size, sigma):
-    d = np.arange(size) - size // 2
-    w = np.exp(-(d**2) / (2.0 * sigma**2))
-    return w / w.sum()
+    """DIR's kernel: an impulse of ``size`` taps blurred by a Gaussian truncated at 4 sigma,
+    the signal mirrored about its ends ("d c b a | a b c d | d c b a"), summing to 1."""
+    radius = int(4.0 * sigma + 0.5)
+    taps = [np.exp(-0.5 * (k / sigma) ** 2) for k in range(-radius, radius + 1)]
+    total = sum(taps)
+
+    def mirrored(position):
+        while position < 0 or position >= size:
+            position = -position - 1 if position < 0 else 2 * size - 1 - position
+        return position
+
+    window = np.zeros(size)
+    for i in range(size):
+        for k in range(-radius, radius + 1):
+            if mirrored(i + k) == size // 2:
+                window[i] += taps[k + radius] / total
+    return window / window.sum()
 
 
 def smooth_bins(values, window, edges="constant"):
@@ -127,21 +141,24 @@ def bin_of(score, low, high, num_bins):
     return int(min(max(np.floor((score - low) / ((high - low) / num_bins)), 0), num_bins - 1))
 
 
-def lds_weights(train_scores, num_bins, window, power):
+def lds_weights(train_scores, num_bins, window, reweight="sqrt_inv"):
+    """DIR's LDS: counts per bin, square-rooted (or clipped to [5, 1000]), smoothed with zeros
+    beyond the ends, inverted, scaled to average 1 over the training samples."""
     low, high = min(train_scores), max(train_scores)
     counts = np.zeros(num_bins)
     for s in train_scores:
         counts[bin_of(s, low, high, num_bins)] += 1
+    counts = np.sqrt(counts) if reweight == "sqrt_inv" else np.clip(counts, 5, 1000)
     density = smooth_bins(counts, window)
     density[density == 0] = density[density > 0].min()
-    weights = density**-power
+    weights = 1.0 / density
     per_sample = np.array([weights[bin_of(s, low, high, num_bins)] for s in train_scores])
     return weights * len(per_sample) / per_sample.sum()
 
 
 def descending_ranks(row):
     row = np.asarray(row, np.float64)
-    order = sorted(range(len(row)), key=lambda j: (-row[j], j))
+    order = sorted(range(len(row)), key=lambda j: (-row[j], -j))  # of equal values, the later first
     ranks = np.empty(len(row))
     for position, j in enumerate(order):
         ranks[j] = (position + 1) / len(row)
@@ -155,8 +172,57 @@ def ranksim(features, scores):
     total = 0.0
     for i in range(len(s)):
         label_row = np.array([-abs(s[i] - s[j]) for j in range(len(s))])
-        total += np.sum((descending_ranks(label_row) - descending_ranks(sz[i])) ** 2)
-    return total / len(s) ** 2
+        total += np.mean((descending_ranks(label_row) - descending_ranks(sz[i])) ** 2)  # summed over rows
+    return total
+
+
+class AuthorsFDS:
+    """FDS as the DIR code runs it, epoch by epoch, written out per bin: running statistics
+    start at mean 0 and variance 1; at the end of epoch e the 'last epoch' statistics are,
+    from e = 1 on, the running ones themselves (the same buffers, so later updates show
+    through) and their smoothed copy taken now; then the running statistics take the
+    epoch's per-bin mean and unbiased variance (momentum from e = 1 on). Epoch e >= 1
+    calibrates with the 'last epoch' statistics; epoch 0 does not calibrate."""
+
+    def __init__(self, num_bins, width, window, momentum=0.9, clip=(0.1, 10.0)):
+        self.running_mean, self.running_var = np.zeros((num_bins, width)), np.ones((num_bins, width))
+        self.last_mean, self.last_var = np.zeros((num_bins, width)), np.ones((num_bins, width))
+        self.smooth_mean, self.smooth_var = np.zeros((num_bins, width)), np.ones((num_bins, width))
+        self.aliased, self.epoch, self.window, self.momentum, self.clip = False, 0, window, momentum, clip
+
+    def _last(self):
+        return (self.running_mean, self.running_var) if self.aliased else (self.last_mean, self.last_var)
+
+    def calibrate(self, features, bins):
+        out = np.array(features, np.float64)
+        if self.epoch < 1:
+            return out
+        m1, v1 = self._last()
+        for b in set(bins.tolist()):
+            rows = bins == b
+            if v1[b].sum() < 1e-10:
+                continue
+            for d in range(out.shape[1]):
+                if v1[b, d] != 0:
+                    ratio = np.clip(self.smooth_var[b, d] / v1[b, d], *self.clip)
+                    out[rows, d] = (out[rows, d] - m1[b, d]) * np.sqrt(ratio) + self.smooth_mean[b, d]
+        return out
+
+    def end_epoch(self, features, bins):
+        features = np.asarray(features, np.float64)
+        if self.epoch >= 1:
+            self.aliased = True
+            self.smooth_mean = np.stack([smooth_bins(self.running_mean[:, d], self.window, "reflect")
+                                         for d in range(features.shape[1])], 1)
+            self.smooth_var = np.stack([smooth_bins(self.running_var[:, d], self.window, "reflect")
+                                        for d in range(features.shape[1])], 1)
+        factor = 0.0 if self.epoch == 0 else self.momentum
+        for b in set(bins.tolist()):
+            rows = features[bins == b]
+            mean, var = rows.mean(0), rows.var(0, ddof=1 if len(rows) > 1 else 0)
+            self.running_mean[b] = (1 - factor) * mean + factor * self.running_mean[b]
+            self.running_var[b] = (1 - factor) * var + factor * self.running_var[b]
+        self.epoch += 1
 
 
 def cmixup_probabilities(scores, bandwidth):

@@ -22,9 +22,19 @@ scores_1_10 = hnp.arrays(np.float64, st.integers(3, 40), elements=st.floats(1, 1
 # -- the equations against the reference ---------------------------------------------
 
 
-@pytest.mark.parametrize("size,sigma", [(1, 1.0), (5, 2.0), (9, 0.7)])
-def test_gaussian_window_matches_reference(size, sigma):
-    np.testing.assert_allclose(P.gaussian_window(size, sigma).numpy(), ref.gaussian_window(size, sigma), rtol=1e-12)
+@pytest.mark.parametrize("size,sigma", [(1, 1.0), (5, 2.0), (9, 0.7), (3, 5.0), (7, 1.3)])
+def test_gaussian_window_matches_reference_and_the_authors_scipy_filter(size, sigma):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    got = P.gaussian_window(size, sigma).numpy()
+    np.testing.assert_allclose(got, ref.gaussian_window(size, sigma), rtol=1e-12)
+    impulse = np.zeros(size)
+    impulse[size // 2] = 1.0
+    blurred = ndimage.gaussian_filter1d(impulse, sigma)  # how DIR builds its window
+    np.testing.assert_allclose(got, blurred / blurred.sum(), rtol=1e-12)
+
+
+def test_the_default_window_folds_the_gaussian_tails_back():
+    np.testing.assert_allclose(P.gaussian_window(5, 2.0).numpy(), [0.186, 0.205, 0.217, 0.205, 0.186], atol=1e-3)
 
 
 @pytest.mark.parametrize("edges", ["constant", "reflect"])
@@ -36,50 +46,85 @@ def test_smooth_bins_matches_reference(edges, values):
     np.testing.assert_allclose(got, ref.smooth_bins(values, window, edges), atol=1e-12)
 
 
-@given(scores=scores_1_10, num_bins=st.integers(2, 30), power=st.sampled_from([0.5, 1.0]))
+@given(scores=scores_1_10, num_bins=st.integers(2, 30), reweight=st.sampled_from(["sqrt_inv", "inverse"]))
 @settings(max_examples=40, deadline=None)
-def test_lds_weights_match_reference_and_average_one_over_the_training_set(scores, num_bins, power):
+def test_lds_weights_match_reference_and_average_one_over_the_training_set(scores, num_bins, reweight):
     window = P.gaussian_window(5, 2.0)
     scores_t = torch.from_numpy(scores)
-    weights = P.lds_weights(scores_t, scores.min(), scores.max(), num_bins, window, power)
-    np.testing.assert_allclose(weights.numpy(), ref.lds_weights(scores, num_bins, window.numpy(), power), rtol=1e-10)
+    weights = P.lds_weights(scores_t, scores.min(), scores.max(), num_bins, window, reweight)
+    np.testing.assert_allclose(weights.numpy(), ref.lds_weights(scores, num_bins, window.numpy(), reweight), rtol=1e-10)
     per_sample = weights[P.bin_index(scores_t, scores.min(), scores.max(), num_bins)]
     assert float(per_sample.mean()) == pytest.approx(1.0, rel=1e-10)
 
 
 def test_lds_weights_rarer_labels_more():
     scores = torch.tensor([5.0] * 50 + [7.0] * 10 + [9.0] * 2 + [1.0])
-    lds = P.LDS(scores, num_bins=10)
+    lds = P.LDS(scores, num_bins=30)  # the labels more than a kernel apart
     lds.bind(_config())
     w = lds.sample_weights(torch.tensor([5.0, 7.0, 9.0]))
     assert w[0] < w[1] < w[2]
 
 
-def test_fds_statistics_and_calibration_match_reference():
-    generator = np.random.default_rng(0)
-    scores = generator.uniform(1, 10, 200)
-    features = generator.normal(size=(200, 6)) + scores[:, None]
+def _fds_epochs(num_epochs=5, num_bins=8, width=6, batches=3, seed=0):
+    """Features and scores for a few epochs of a few batches: bins of one sample, a constant
+    feature, an empty bin."""
+    generator = np.random.default_rng(seed)
+    scores = np.concatenate([generator.uniform(1, 4, 60), generator.uniform(6, 10, 60), [5.3]])  # 5.3: alone in its bin
+    epochs = []
+    for epoch in range(num_epochs):
+        features = generator.normal(size=(len(scores), width)) + scores[:, None] * (1 + 0.1 * epoch)
+        features[:, 0] = 2.0  # a constant feature: variance 0 in every bin
+        epochs.append(np.array_split(features, batches))
+    return scores, np.array_split(scores, batches), epochs
+
+
+def test_fds_follows_the_authors_schedule_epoch_by_epoch():
+    scores, batch_scores, epochs = _fds_epochs()
     fds = P.FDS(torch.from_numpy(scores), num_bins=8, momentum=0.9)
     fds.bind(_config())
-    features_t, scores_t = torch.from_numpy(features), torch.from_numpy(scores)
-    assert torch.equal(fds.calibrate(features_t, scores_t), features_t)  # no statistics yet: unchanged
-    fds.end_epoch()
-    bins = np.array([ref.bin_of(s, scores.min(), scores.max(), 8) for s in scores])
-    mean = np.stack([features[bins == b].mean(0) for b in range(8)])
-    var = np.stack([features[bins == b].var(0) for b in range(8)])
-    np.testing.assert_allclose(fds.running["mean"].numpy(), mean, rtol=1e-10)
-    np.testing.assert_allclose(fds.running["var"].numpy(), var, rtol=1e-9)
-    window = ref.gaussian_window(5, 2.0)
-    smoothed_mean = np.stack([ref.smooth_bins(mean[:, d], window, "reflect") for d in range(6)], 1)
-    smoothed_var = np.stack([ref.smooth_bins(var[:, d], window, "reflect") for d in range(6)], 1)
-    expected = (features - mean[bins]) * np.sqrt(np.clip(smoothed_var[bins] / var[bins], 0.1, 10)) + smoothed_mean[bins]
-    np.testing.assert_allclose(fds.calibrate(features_t, scores_t).numpy(), expected, rtol=1e-9)
+    authors = ref.AuthorsFDS(8, 6, ref.gaussian_window(5, 2.0))
+    low, high = scores.min(), scores.max()
+    for epoch, batches in enumerate(epochs):
+        seen, seen_bins = [], []
+        for features, batch in zip(batches, batch_scores):
+            bins = np.array([ref.bin_of(v, low, high, 8) for v in batch])
+            expected = authors.calibrate(features, bins)
+            got = fds.calibrate(torch.from_numpy(features), torch.from_numpy(batch)).numpy()
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9, err_msg=f"epoch {epoch}")
+            seen.append(expected)  # the authors collect the calibrated features
+            seen_bins.append(bins)
+        authors.end_epoch(np.concatenate(seen), np.concatenate(seen_bins))
+        fds.end_epoch()
+        np.testing.assert_allclose(fds.running["mean"].numpy(), authors.running_mean, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(fds.running["var"].numpy(), authors.running_var, rtol=1e-9, atol=1e-9)
 
-    # every training forward is observed: the second epoch saw `features` (just above) and
-    # `features + 1`, mean + 0.5, and folds in with momentum 0.9
-    fds.calibrate(torch.from_numpy(features + 1.0), scores_t)
-    fds.end_epoch()
-    np.testing.assert_allclose(fds.running["mean"].numpy(), 0.9 * mean + 0.1 * (mean + 0.5), rtol=1e-10)
+
+def test_fds_is_the_identity_in_its_first_two_epochs():
+    scores, batch_scores, epochs = _fds_epochs(num_epochs=3)
+    fds = P.FDS(torch.from_numpy(scores), num_bins=8)
+    fds.bind(_config())
+    for epoch, batches in enumerate(epochs):
+        for features, batch in zip(batches, batch_scores):
+            got = fds.calibrate(torch.from_numpy(features), torch.from_numpy(batch))
+            assert torch.equal(got, torch.from_numpy(features)) == (epoch < 2), epoch
+        fds.end_epoch()
+
+
+def test_fds_leaves_zero_variance_features_and_one_sample_bins_unchanged():
+    scores, batch_scores, epochs = _fds_epochs(num_epochs=4)
+    fds = P.FDS(torch.from_numpy(scores), num_bins=8)
+    fds.bind(_config())
+    lonely = P.bin_index(torch.tensor([5.3]), scores.min(), scores.max(), 8).item()
+    assert (P.bin_index(torch.from_numpy(scores), scores.min(), scores.max(), 8) == lonely).sum() == 1
+    for epoch, batches in enumerate(epochs):
+        for features, batch in zip(batches, batch_scores):
+            got = fds.calibrate(torch.from_numpy(features), torch.from_numpy(batch)).numpy()
+            np.testing.assert_array_equal(got[:, 0], features[:, 0])  # the constant feature
+            alone = batch == 5.3
+            np.testing.assert_array_equal(got[alone], features[alone])  # the bin of one sample
+            if epoch >= 2:
+                assert not np.allclose(got[~alone][:, 1:], features[~alone][:, 1:])
+        fds.end_epoch()
 
 
 def test_fds_is_the_identity_when_smoothing_changes_nothing():
@@ -120,10 +165,53 @@ def test_ranksim_blackbox_gradient_is_the_interpolated_rank_difference():
     np.testing.assert_allclose(rows.grad.numpy(), expected, atol=1e-12)
 
 
-def test_ranksim_keeps_one_row_per_distinct_label():
+def test_ranksim_keeps_one_row_per_distinct_label_in_label_order():
     scores = torch.tensor([3.0, 1.0, 3.0, 2.0, 1.0, 3.0])
     rows = P.unique_label_rows(scores, torch.Generator().manual_seed(0))
-    assert sorted(scores[rows].tolist()) == [1.0, 2.0, 3.0] and torch.equal(rows, rows.sort().values)
+    assert scores[rows].tolist() == [1.0, 2.0, 3.0]  # the authors' order: the sorted labels
+    assert torch.equal(P.unique_label_rows(torch.tensor([2.0, 1.0, 3.0])), torch.arange(3))  # no repeats: all
+
+
+def test_ranksim_draws_each_row_of_a_label_equally_often():
+    stats = pytest.importorskip("scipy.stats")
+    scores = torch.tensor([3.0, 1.0, 3.0, 2.0, 1.0, 3.0, 3.0, 1.0])
+    generator, draws = torch.Generator().manual_seed(0), 4000
+    counts = torch.zeros(len(scores))
+    for _ in range(draws):
+        counts[P.unique_label_rows(scores, generator)] += 1
+    for label in (1.0, 3.0):
+        rows = (scores == label).nonzero()[:, 0]
+        observed = counts[rows].numpy()
+        assert observed.sum() == draws
+        assert stats.chisquare(observed).pvalue > 1e-4, (label, observed)  # uniform within the label
+    assert counts[3] == draws  # the only row of label 2
+
+
+def test_ranksim_is_the_sum_of_the_per_row_losses_and_its_gradient_is_the_authors():
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(12, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    scores = torch.tensor([1.0, 2, 2, 3, 5, 5, 5, 6, 8, 9, 9, 10], dtype=torch.float64)  # ties in both rankings
+    loss = P.ranksim_loss(features, scores, 2.0)
+    loss.backward()
+    # the authors' form: one blackbox ranking per row, each row's MSE summed
+    flat = torch.nn.functional.normalize(features.detach(), dim=1)
+    rows = (flat @ flat.T).clone().requires_grad_(True)
+    total = 0
+    for i in range(12):
+        label_ranks = torch.from_numpy(ref.descending_ranks([-abs(scores[i] - s) for s in scores.tolist()]))
+        total = total + ((P._BlackboxRanks.apply(rows[i:i + 1], 2.0)[0] - label_ranks) ** 2).mean()
+    assert float(loss.detach()) == pytest.approx(float(total.detach()), abs=1e-12)
+    assert float(loss.detach()) == pytest.approx(ref.ranksim(features.detach().numpy(), scores.numpy()), abs=1e-12)
+    total.backward()
+    features2 = features.detach().clone().requires_grad_(True)
+    flat2 = torch.nn.functional.normalize(features2, dim=1)
+    (flat2 @ flat2.T).backward(rows.grad)
+    np.testing.assert_allclose(features.grad.numpy(), features2.grad.numpy(), atol=1e-12)
+
+
+def test_ranks_break_ties_by_descending_index():
+    ranks = P._ranks(torch.tensor([[0.5, 0.9, 0.5, 0.1]], dtype=torch.float64))
+    np.testing.assert_allclose(ranks[0].numpy(), [3 / 4, 1 / 4, 2 / 4, 1.0])  # the later 0.5 first
 
 
 @given(scores=scores_1_10, bandwidth=st.floats(0.05, 5))
@@ -201,7 +289,7 @@ def test_lds_weights_each_samples_emd():
     wrapper = ELTAWrapper(_model(10), "2", tfa=False, flsa_weight=0, peers=[lds])
     out = wrapper(x, labels)
     per_sample = losses.emd(torch.softmax(out.predictions, 1), labels, reduction="none")
-    weights = torch.from_numpy(ref.lds_weights(scores.double().numpy(), 6, ref.gaussian_window(5, 2.0), 0.5))
+    weights = torch.from_numpy(ref.lds_weights(scores.double().numpy(), 6, ref.gaussian_window(5, 2.0), "sqrt_inv"))
     bins = [ref.bin_of(s, float(scores.min()), float(scores.max()), 6) for s in scores.double().tolist()]
     expected = (per_sample.double() * weights[bins]).mean()
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
@@ -213,7 +301,7 @@ def test_balanced_mse_replaces_the_task_loss_and_learns_sigma():
     wrapper = ELTAWrapper(_model(1), "2", tfa=False, flsa_weight=0, peers=[bmse], bin_values=tuple(range(1, 11)))
     out = wrapper(x, scores)
     expected = ref.bmc(out.predictions.detach().double().reshape(-1).numpy(), scores.double().numpy(), 1.0)
-    assert float(out.loss) == pytest.approx(expected, rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-5)
     assert any(p is bmse.noise_sigma for p in wrapper.parameters())
     out.loss.backward()
     assert bmse.noise_sigma.grad is not None and float(bmse.noise_sigma.grad) != 0
@@ -226,7 +314,7 @@ def test_peers_combine_with_tfa_and_flsa():
     out = wrapper(x, labels)
     assert out.predictions.shape[0] == 24 + 4 and set(out.peer_losses) == {"ranksim"}
     total = out.task_loss + out.flsa_loss + out.peer_losses["ranksim"]
-    assert float(out.loss) == pytest.approx(float(total), rel=1e-6)
+    assert float(out.loss.detach()) == pytest.approx(float(total.detach()), rel=1e-6)
     out.loss.backward()
     wrapper.eval()
     assert torch.equal(wrapper(x), wrapper.model(x))  # evaluation: the model alone
@@ -262,9 +350,11 @@ def test_bad_peer_combinations_are_named(make, message):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: P.LDS(torch.rand(5), num_bins=1), "num_bins: expected an int >= 2"),
+    (lambda: P.LDS(torch.rand(5), num_bins=1), r"num_bins: expected an int in \[2, 100000\]"),
+    (lambda: P.LDS(torch.rand(5), num_bins=10**9), r"num_bins: expected an int in \[2, 100000\]"),
+    (lambda: P.FDS(torch.rand(5), num_bins=10**9), r"num_bins: expected an int in \[2, 100000\]"),
     (lambda: P.LDS(torch.rand(5), kernel_size=4), "kernel_size: expected an odd number"),
-    (lambda: P.LDS(torch.rand(5), power=0), "power: expected a finite number > 0"),
+    (lambda: P.LDS(torch.rand(5), reweight="power"), "reweight: expected one of 'sqrt_inv', 'inverse'"),
     (lambda: P.FDS(torch.rand(5), momentum=1.0), r"momentum: expected a number in \[0, 1\)"),
     (lambda: P.FDS(torch.rand(5), clip=(2, 3)), "clip: expected"),
     (lambda: P.RankSim(weight=float("nan")), "weight: expected a finite number > 0"),
@@ -275,6 +365,56 @@ def test_bad_peer_combinations_are_named(make, message):
 def test_bad_peer_settings_are_named(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("train_labels,options,message", [
+    (torch.rand(40), {}, r"lds: train_labels: scores 0.0\d*..0.9\d*, off the model's rating scale 1..10"),
+    (torch.softmax(torch.randn(40, 9), 1), {}, "lds: train_labels: distributions over 9 levels, but the model has 10"),
+    (torch.rand(40), {"bin_values": tuple(range(1, 11))}, "off the model's rating scale 1..10"),
+])
+def test_lds_refuses_training_labels_off_the_models_scale(train_labels, options, message):
+    x, labels, _ = _batch()
+    with pytest.raises(ValueError, match=message):
+        wrapper = ELTAWrapper(_model(10), "2", tfa=False, flsa_weight=0, peers=[P.LDS(train_labels)], **options)
+        wrapper(x, labels)
+
+
+def test_lds_on_matching_labels_of_another_scale_is_accepted():
+    x, labels, _ = _batch()
+    unit = tuple(float(v) for v in np.linspace(0, 1, 10))
+    wrapper = ELTAWrapper(_model(10), "2", tfa=False, flsa_weight=0, bin_values=unit, score_scale=1 / 9,
+                          peers=[P.LDS(torch.rand(40))])
+    assert torch.isfinite(wrapper(x, labels).loss)
+
+
+def test_cmixup_with_a_tiny_bandwidth_mixes_each_sample_with_itself():
+    scores = torch.tensor([1.0, 2.0, 2.0, 7.0], dtype=torch.float64)
+    probabilities = P.cmixup_probabilities(scores, 1e-200)
+    assert torch.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities.numpy(), [[1, 0, 0, 0], [0, .5, .5, 0], [0, .5, .5, 0], [0, 0, 0, 1]])
+
+
+def test_cmixup_mixing_factors_follow_beta_alpha_alpha_for_small_alpha():
+    stats = pytest.importorskip("scipy.stats")
+    generator = torch.Generator().manual_seed(0)
+    tiny = np.array([P._beta(1e-3, generator) for _ in range(3000)])
+    assert np.mean(tiny == 0.5) < 0.01  # its Gamma draws underflowed to 0 / 0 before: 47 % were 0.5
+    # Beta(1e-3, 1e-3) puts 99.5 % of its mass within 0.01 of 0 or 1, half on each side
+    assert np.mean((tiny < 0.01) | (tiny > 0.99)) > 0.98 and abs(np.mean(tiny < 0.5) - 0.5) < 0.05
+    for alpha in (0.2, 2.0):
+        draws = np.array([P._beta(alpha, generator) for _ in range(3000)])
+        assert stats.kstest(draws, stats.beta(alpha, alpha).cdf).pvalue > 1e-4, alpha
+
+
+@pytest.mark.parametrize("bins", [200, 50])
+def test_fds_statistics_of_other_bins_are_refused_by_name(bins):
+    x, labels, scores = _batch(64)
+    wrapper = ELTAWrapper(_model(10), "2", tfa=False, flsa_weight=0, peers=[P.FDS(scores, num_bins=100)])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=16)
+    fit(wrapper, loader, torch.optim.SGD(wrapper.parameters(), lr=0.01), epochs=1, progress=False)
+    other = ELTAWrapper(_model(10), "2", tfa=False, flsa_weight=0, peers=[P.FDS(scores, num_bins=bins)])
+    with pytest.raises(ValueError, match=f"fds: the saved statistics are for bins .*'num_bins': 100.*'num_bins': {bins}"):
+        other.load_state_dict(wrapper.state_dict())
 
 
 def test_cmixup_on_a_non_tensor_input_says_to_mix_features():

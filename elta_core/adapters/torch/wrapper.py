@@ -210,6 +210,12 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
             raise ValueError(f"model: expected the model to return a tensor, got {type(predictions).__name__}")
         kind = self.output_kind(predictions)
         core_step.check_output(self.elta_config, predictions.detach(), batch.labels, kind)
+        if self.peers:
+            levels = self.elta_config.bin_values
+            if levels is None and kind != "score":
+                levels = tuple(float(k) for k in range(1, predictions.shape[-1] + 1))
+            for peer in self.peers:
+                peer.check_levels(levels)
         gather = gather_with_grad if self.flsa_scope == "global" else None
         result = core_step.losses_of(self.elta_config, predictions, batch.labels, batch.features, batch.feature_labels,
                                      kind=kind, user_loss=self._task_loss_with_peers(kind), gather=gather)
