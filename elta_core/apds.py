@@ -91,12 +91,13 @@ def _checked_mean_score(mean_score: float | None) -> float | None:
     return None if mean_score is None else _checks.finite_number(mean_score, "mean_score")
 
 
-def _impl(op: str, backend, logits: Tensor) -> str:
-    """The implementation that runs ``op`` (:mod:`elta_core.kernels.dispatch`)."""
+def _kernel(op: str, backend, logits: Tensor):
+    """The kernel that runs ``op`` on ``logits``, or None: the reference
+    (:mod:`elta_core.kernels.dispatch`)."""
     from elta_core.kernels import dispatch
 
     rows, width = backend.shape(logits)
-    return dispatch.select_impl(op, backend.name, logits, rows=rows, width=width)
+    return dispatch.kernel(op, backend.name, logits, rows=rows, width=width)
 
 
 def predicted_scores(logits: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
@@ -169,15 +170,10 @@ def sharpen(
 
 
 def _run_rows(backend, logits: Tensor, reference, kernel):
-    """``kernel(sharpen_rows)`` on the Triton row kernel where dispatch picks it, else ``reference()``."""
+    """``kernel(sharpen_rows)`` on the row kernel where dispatch picks one, else ``reference()``."""
     from elta_core.kernels import dispatch
 
-    impl = _impl("apds_rows", backend, logits)
-    if impl != "triton":
-        return reference()
-    from elta_core.kernels.triton_ops import apds as kernels
-
-    return dispatch.run("apds_rows", impl, lambda: kernel(kernels.sharpen_rows), reference)
+    return dispatch.run(_kernel("apds_rows", backend, logits), kernel, reference)
 
 
 def _max_sharpened_prob(backend, prediction: _Prediction, beta: float) -> Tensor:
@@ -395,19 +391,11 @@ def _accumulate(backend, logits: Tensor, true_scores: Tensor, values: Tensor, be
         return {(beta, t): (int(counts[b, k]), float(sums[b, k]))
                 for b, beta in enumerate(unique_betas) for k, t in enumerate(sorted_thresholds)}
 
-    impl = _impl("apds_grid", backend, logits)
-    if impl == "triton":
-        from elta_core.kernels.triton_ops import apds as kernels
+    def kernel(grid_accumulate) -> dict:
+        return from_arrays(grid_accumulate(logits, true_scores, values, unique_betas, sorted_thresholds, mean_score,
+                                           score_scale, strict, sharpened))
 
-        kernel = lambda: from_arrays(kernels.grid_accumulate(  # noqa: E731
-            logits, true_scores, values, unique_betas, sorted_thresholds, mean_score, score_scale, strict, sharpened))
-    else:
-        from elta_core.kernels import native
-
-        kernel = lambda: from_arrays(native.grid_accumulate(  # noqa: E731
-            backend.to_numpy(logits), backend.to_numpy(true_scores), backend.to_numpy(values), unique_betas,
-            sorted_thresholds, mean_score, score_scale, strict, sharpened))
-    return dispatch.run("apds_grid", impl, kernel, reference)
+    return dispatch.run(_kernel("apds_grid", backend, logits), kernel, reference)
 
 
 def _best_cell(table: list[GridCell], floor: int, size: int, float64: bool, source: str = "given") -> GridCell:

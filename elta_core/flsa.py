@@ -4,7 +4,7 @@ The loss pulls the cosine-similarity matrix of the features (Eq. 5) towards the
 similarity matrix of the labels (Eq. 6):
 ``L_flsa = mean_{i,j} (C_ij - M_ij)^2`` over all B*B entries, diagonal included.
 
-Two exact forms, picked by shape (``method="auto"``):
+Two exact forms, picked by shape (``form="auto"``):
 
 - ``"direct"`` forms the B x B matrices: O(B^2 D) time, O(B^2) memory. Cheaper for B <= D.
 - ``"gram"`` never forms a B x B matrix (docs/design.md): ``sum C^2`` is the squared Frobenius
@@ -18,7 +18,6 @@ intermediates is kept. Both accumulate in float32 at least (bf16/fp16 are upcast
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 from elta_core import _checks
@@ -163,7 +162,6 @@ def alignment_loss(
     bin_values: Any = None,
     form: Form = "auto",
     validate: bool = True,
-    method: Form | None = None,
 ) -> Tensor:
     """The FLSA loss ``mean_{i,j} (C_ij - M_ij)^2`` [Eqs. 5, 6].
 
@@ -175,16 +173,12 @@ def alignment_loss(
             (reference, native CPU or Triton kernel) is decided by
             :mod:`elta_core.kernels.dispatch`.
         validate: check for NaN/Inf and shapes (reads values on the host).
-        method: the former name of ``form`` (deprecated).
 
     Returns:
         A scalar, float32 (float64 for float64 features). For B < 2 or when all scores
         are equal it is 0 with a zero gradient (the authors' code gives NaN; see
         ``docs/design.md``).
     """
-    if method is not None:
-        warnings.warn("alignment_loss(method=...) is deprecated; use form=...", DeprecationWarning, stacklevel=2)
-        form = method
     if form not in ("auto", "direct", "gram"):
         raise ValueError(f"form: expected 'auto', 'direct' or 'gram', got {form!r}")
     backend, features = _checks.tensor(features, "features")
@@ -198,13 +192,9 @@ def alignment_loss(
     from elta_core.kernels import dispatch
 
     resolved = dispatch.flsa_form(size, width) if form == "auto" else form
-    impl = dispatch.select_impl("flsa", backend.name, z, rows=size, width=width, form=form)
-    reference = lambda: _reference_loss(backend, z, s, resolved)  # noqa: E731
-    if impl == "triton":
-        from elta_core.kernels.triton_ops.flsa import flsa_loss
-
-        return dispatch.run("flsa", impl, lambda: flsa_loss(z, s, resolved), reference)
-    return dispatch.run("flsa", impl, lambda: _native_loss(backend, z, backend.cast_like(s, z)), reference)
+    chosen = dispatch.kernel("flsa", backend.name, z, rows=size, width=width, form=form)
+    return dispatch.run(chosen, lambda flsa_loss: flsa_loss(z, backend.cast_like(s, z), resolved),
+                        lambda: _reference_loss(backend, z, s, resolved))
 
 
 def _reference_loss(backend, z: Tensor, s: Tensor, form: str) -> Tensor:
@@ -223,15 +213,3 @@ def _reference_loss(backend, z: Tensor, s: Tensor, form: str) -> Tensor:
         return loss
     grad = backend.where(has_range, _normalize_backward(backend, zh, squared, norm, grad_zh) / (size * size), zero)
     return backend.with_gradient(loss, z, grad)
-
-
-def _native_loss(backend, z: Tensor, s: Tensor) -> Tensor:
-    """The same loss from the native CPU kernel (tested against the forms above)."""
-    if backend.name == "torch":
-        from elta_core.kernels.torch_ops import flsa_loss
-
-        return flsa_loss(z, s)
-    from elta_core.kernels import native
-
-    loss, _ = native.flsa_loss_and_grad(z, s)
-    return z.dtype.type(loss)

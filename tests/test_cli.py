@@ -274,16 +274,6 @@ def test_synth_and_csv_columns(tmp_path, capsys):
     assert "missing column(s) image" in capsys.readouterr().err
 
 
-def test_the_old_module_paths_still_import_with_a_deprecation_warning():
-    import importlib
-    import sys
-
-    for name in ("cli", "training", "demo", "plotting"):
-        sys.modules.pop(f"elta_core.{name}", None)
-        with pytest.warns(DeprecationWarning, match=f"elta_core.{name} moved to elta_core.app.{name}"):
-            importlib.import_module(f"elta_core.{name}")
-
-
 def test_a_finished_apds_run_resumes_with_more_epochs_like_the_longer_run(folder_dataset, tmp_path, capsys):
     labels, images = folder_dataset
     apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2"]

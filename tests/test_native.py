@@ -91,14 +91,14 @@ def test_non_contiguous_inputs_are_not_misread(rng):
 @needs_native
 def test_torch_op_gradients_and_compile(rng):
     torch = pytest.importorskip("torch")
-    from elta_core.kernels import torch_ops
+    from elta_core.kernels import native
 
     z = torch.tensor(rng.normal(size=(12, 5)), requires_grad=True)
     s = torch.tensor(np.round(rng.uniform(1, 10, 12), 1))
-    torch_ops.flsa_loss(z, s).backward()
+    native.flsa_loss(z, s).backward()
     expected_loss, expected_grad = _reference_loss_and_grad(z.detach().numpy(), s.numpy())
     np.testing.assert_allclose(z.grad.numpy(), expected_grad, rtol=1e-9, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda f: torch_ops.flsa_loss(f, s), (z.detach().clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda f: native.flsa_loss(f, s), (z.detach().clone().requires_grad_(),))
 
     # Under torch.compile the dispatch picks the reference, which the compiler traces.
     compiled = torch.compile(lambda f, t: flsa.alignment_loss(f, t, validate=False) * 2, backend="aot_eager",

@@ -44,11 +44,11 @@ def _close(actual, expected, dtype, what):
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=0, atol=bound, err_msg=what)
 
 
-def _reference_loss_and_grad(z: torch.Tensor, scores: torch.Tensor, method: str = "auto"):
+def _reference_loss_and_grad(z: torch.Tensor, scores: torch.Tensor, form: str = "auto"):
     """The reference in float64 on the values the kernel sees (rounded to its dtype)."""
     z64 = z.detach().double().clone().requires_grad_(True)
     with kernels_off():
-        loss = flsa.alignment_loss(z64, scores.double(), form=method)
+        loss = flsa.alignment_loss(z64, scores.double(), form=form)
     loss.backward()
     return loss.item(), z64.grad.numpy()
 
@@ -61,10 +61,10 @@ class kernels_off:
         kernels.set_triton_enabled(True)
 
 
-def _kernel_loss_and_grad(z: torch.Tensor, scores: torch.Tensor, method: str = "auto"):
+def _kernel_loss_and_grad(z: torch.Tensor, scores: torch.Tensor, form: str = "auto"):
     leaf = z.detach().clone().requires_grad_(True)
     with cpu_tensors_under_interpreter():
-        loss = flsa.alignment_loss(leaf, scores, form=method)
+        loss = flsa.alignment_loss(leaf, scores, form=form)
     loss.backward()
     return loss, leaf.grad
 
@@ -95,28 +95,28 @@ def test_flsa_kernels_match_reference(size, width, dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("method", ["direct", "gram"])
-def test_flsa_both_forms_on_one_shape(method):
-    """An explicit ``method`` picks the kernel form too; both equal the reference."""
+@pytest.mark.parametrize("form", ["direct", "gram"])
+def test_flsa_both_forms_on_one_shape(form):
+    """An explicit ``form`` picks the kernel form too; both equal the reference."""
     generator = torch.Generator().manual_seed(7)
     z = torch.randn(40, 24, generator=generator)
     scores = torch.randint(1, 11, (40,), generator=generator).double()  # ties in the score order
-    expected_loss, expected_grad = _reference_loss_and_grad(z, scores, method)
-    loss, grad = _kernel_loss_and_grad(z, scores, method)
+    expected_loss, expected_grad = _reference_loss_and_grad(z, scores, form)
+    loss, grad = _kernel_loss_and_grad(z, scores, form)
     _close(loss.item(), expected_loss, torch.float32, "loss")
     _close(grad.numpy() / np.abs(expected_grad).max(), expected_grad / np.abs(expected_grad).max(), torch.float32,
            "gradient")
 
 
 @needs_interpreter
-@pytest.mark.parametrize("method", ["direct", "gram"])
-def test_flsa_gradcheck_float64(method):
+@pytest.mark.parametrize("form", ["direct", "gram"])
+def test_flsa_gradcheck_float64(form):
     from elta_core.kernels.triton_ops.flsa import flsa_loss
 
     generator = torch.Generator().manual_seed(3)
     z = torch.randn(6, 4, dtype=torch.float64, generator=generator, requires_grad=True)
     scores = torch.rand(6, dtype=torch.float64, generator=generator) * 9 + 1
-    assert torch.autograd.gradcheck(lambda x: flsa_loss(x, scores, method), (z,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(lambda x: flsa_loss(x, scores, form), (z,), eps=1e-6, atol=1e-8)
 
 
 @needs_interpreter
@@ -436,3 +436,19 @@ def test_torch_adapter_step_uses_the_kernel(monkeypatch):
     assert calls
     for reference_grad, kernel_grad in zip(*gradients):
         torch.testing.assert_close(kernel_grad, reference_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_kernels_label_side_equals_the_cores_definitions():
+    from elta_core.backends import get_backend
+    from elta_core.kernels.triton_ops import flsa as flsa_kernels
+
+    torch_backend = get_backend(torch.zeros(0))
+    for scores in (torch.rand(17, dtype=torch.float64) * 9 + 1, torch.tensor([3.0, 3.0, 7.0, 3.0], dtype=torch.float64),
+                   torch.full((5,), 4.0, dtype=torch.float64)):
+        u, has_range = flsa_kernels.unit_scores(scores)
+        expected_u, expected_range = flsa.unit_scores(torch_backend, scores)
+        torch.testing.assert_close(u, expected_u)
+        assert bool(has_range) == bool(expected_range)
+        torch.testing.assert_close(flsa_kernels.label_similarity_squared_sum(u),
+                                   flsa.sum_similarity_squared(torch_backend, u))
+    assert flsa_kernels.NORM_FLOOR == flsa.NORM_FLOOR

@@ -28,16 +28,19 @@ Rules shared by both kernel families, checked in this order:
 5. A kernel that fails to compile or launch is not retried: :func:`run` warns once,
    naming the operation and the error, and the reference runs from then on.
 
-The core's input checks run before any of this.
+The core asks :func:`kernel` for an operation and gets the function to call (or None:
+the reference), then :func:`run` calls it. Every kernel module is imported here, lazily,
+and none imports the core. The core's input checks run before any of this.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable, Literal
+from importlib import import_module
+from typing import Any, Callable, Literal, NamedTuple, TypeVar
 
-__all__ = ["Impl", "TRITON_BY_DEFAULT", "flsa_form", "run", "select_impl"]
+__all__ = ["Impl", "Kernel", "TRITON_BY_DEFAULT", "flsa_form", "kernel", "run", "select_impl"]
 
 Impl = Literal["triton", "native", "reference"]
 Operation = Literal["flsa", "apds_rows", "apds_grid"]
@@ -46,7 +49,19 @@ TRITON_BY_DEFAULT = os.environ.get("ELTA_TRITON_DEFAULT", "1").strip().lower() n
 NATIVE_FLSA_MAX_PAIR_WORK = 131_072  # B * B * D; past this BLAS wins (benchmarks/README.md)
 NATIVE_GRID_MIN_ROWS = 2048
 _NATIVE_FORMS = {"flsa": ("auto", "direct"), "apds_grid": ("auto",)}
+# (operation, implementation) -> "module:function"; the signatures are the core's contract:
+#   flsa(features (B, D), scores (B,), form) -> loss, differentiable w.r.t. the features
+#   apds_rows(logits, values, beta, mean_score, score_scale, threshold=1, strict=False) -> (sharpened, max, kept)
+#   apds_grid(logits, true, values, betas, thresholds, mean_score, score_scale, strict, sharpened) -> (counts, sums)
+_KERNELS: dict[tuple[str, str], str] = {
+    ("flsa", "triton"): "elta_core.kernels.triton_ops.flsa:flsa_loss",
+    ("flsa", "native"): "elta_core.kernels.native:flsa_loss",
+    ("apds_rows", "triton"): "elta_core.kernels.triton_ops.apds:sharpen_rows",
+    ("apds_grid", "triton"): "elta_core.kernels.triton_ops.apds:grid_accumulate",
+    ("apds_grid", "native"): "elta_core.kernels.native:grid_accumulate",
+}
 _broken: dict[tuple[Operation, Impl], str] = {}
+T = TypeVar("T")
 _cpu_under_interpreter = False  # set by triton_ops.cpu_tensors_under_interpreter (tests)
 
 
@@ -106,18 +121,37 @@ def select_impl(op: Operation, backend_name: str, tensor: Any, *, rows: int, wid
     return "reference"
 
 
-def run(op: Operation, impl: Impl, kernel: Callable[[], Any], reference: Callable[[], Any]) -> Any:
-    """``kernel()`` for a kernel ``impl``, falling back to ``reference()`` with one warning
-    if the kernel fails to compile or launch; ``reference()`` for ``"reference"``."""
+class Kernel(NamedTuple):
+    """The kernel chosen for an operation: its name, its family and the function."""
+
+    op: str
+    impl: Impl
+    function: Callable[..., Any]
+
+
+def kernel(op: Operation, backend_name: str, tensor: Any, *, rows: int, width: int = 0,
+           form: str = "auto") -> Kernel | None:
+    """The kernel that runs ``op`` for ``tensor`` (rows x width), or None where the
+    reference runs (:func:`select_impl` decides)."""
+    impl = select_impl(op, backend_name, tensor, rows=rows, width=width, form=form)
     if impl == "reference":
+        return None
+    module, name = _KERNELS[(op, impl)].split(":")
+    return Kernel(op, impl, getattr(import_module(module), name))
+
+
+def run(chosen: Kernel | None, call: Callable[[Callable[..., Any]], T], reference: Callable[[], T]) -> T:
+    """``call(chosen.function)``, falling back to ``reference()`` with one warning if the
+    kernel fails to compile or launch; ``reference()`` when no kernel was chosen."""
+    if chosen is None:
         return reference()
     try:
-        return kernel()
+        return call(chosen.function)
     except Exception as error:  # noqa: BLE001 - any compile or launch failure; the inputs were checked
         reason = f"{type(error).__name__}: {error}"
-        _broken[(op, impl)] = reason
-        warnings.warn(f"elta_core: the {impl} kernel for {op} failed ({reason}); the reference implementation "
-                      "runs instead from now on in this process", RuntimeWarning, stacklevel=3)
+        _broken[(chosen.op, chosen.impl)] = reason
+        warnings.warn(f"elta_core: the {chosen.impl} kernel for {chosen.op} failed ({reason}); the reference "
+                      "implementation runs instead from now on in this process", RuntimeWarning, stacklevel=3)
         return reference()
 
 

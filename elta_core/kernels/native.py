@@ -1,11 +1,13 @@
-"""Python side of the native CPU kernels: contiguity and dtypes. Callers validate inputs
-first (the core's checks) and :mod:`elta_core.kernels.dispatch` decides when they run;
-nothing here is reached with NaN, wrong shapes or bad parameters.
+"""The native CPU kernels' wrappers, all of them: contiguity and dtypes for NumPy arrays,
+and a torch autograd Function for torch CPU tensors. Callers validate inputs first (the
+core's checks) and :mod:`elta_core.kernels.dispatch` decides when they run; nothing here
+is reached with NaN, wrong shapes or bad parameters. Under ``torch.compile`` the dispatch
+runs the reference instead, so no custom operator is registered.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -14,6 +16,11 @@ from elta_core.kernels import native_module
 
 def _float_array(x: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _host(x: Any) -> np.ndarray:
+    """A NumPy view of a CPU tensor or array."""
+    return x.detach().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def flsa_loss_and_grad(features: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray]:
@@ -25,10 +32,51 @@ def flsa_loss_and_grad(features: np.ndarray, scores: np.ndarray) -> tuple[float,
     return loss, grad
 
 
-def grid_accumulate(logits: np.ndarray, true_scores: np.ndarray, bin_values: np.ndarray, betas: Sequence[float],
+def flsa_loss(features: Any, scores: Any, form: str = "direct") -> Any:
+    """The FLSA loss [Eqs. 5, 6] of (B, D) features: a NumPy scalar for arrays, a
+    differentiable 0-d tensor for torch CPU tensors. The kernel sums the B x B pairs in
+    one pass, which is exact for every ``form``."""
+    if hasattr(features, "detach"):
+        return _native_flsa_function().apply(features, scores)
+    loss, _ = flsa_loss_and_grad(features, scores)
+    return features.dtype.type(loss)
+
+
+_FUNCTION = None
+
+
+def _native_flsa_function():
+    """The autograd Function over the kernel (torch imported on first use)."""
+    global _FUNCTION
+    if _FUNCTION is None:
+        import torch
+
+        class NativeFLSA(torch.autograd.Function):
+            """The kernel returns the gradient with the loss; the backward scales it (first order)."""
+
+            @staticmethod
+            def forward(ctx, features, scores):
+                z = features.detach().contiguous()
+                grad = torch.empty_like(z)
+                loss = native_module().flsa_forward_backward(z, scores.detach().to(z.dtype).contiguous(), grad)
+                ctx.save_for_backward(grad)
+                return torch.tensor(loss, dtype=z.dtype)
+
+            @staticmethod
+            def backward(ctx, grad_loss):
+                (grad,) = ctx.saved_tensors
+                return grad_loss * grad, None
+
+        _FUNCTION = NativeFLSA
+    return _FUNCTION
+
+
+def grid_accumulate(logits: Any, true_scores: Any, bin_values: Any, betas: Sequence[float],
                     thresholds: Sequence[float], mean_score: float | None, score_scale: float, strict: bool,
                     pseudo_sharpened: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Selected counts and summed absolute errors, each (len(betas), len(thresholds))."""
+    """Selected counts and summed absolute errors, each (len(betas), len(thresholds)), for
+    CPU arrays or tensors."""
+    logits, true_scores, bin_values = _host(logits), _host(true_scores), _host(bin_values)
     dtype = np.float64 if logits.dtype == np.float64 else np.float32
     counts = np.zeros((len(betas), len(thresholds)))
     sums = np.zeros((len(betas), len(thresholds)))

@@ -386,16 +386,10 @@ def test_bad_labels_from_a_dataset_are_refused_in_the_traced_step(case):
     assert good["invalid_label_batches"] == [0.0]
 
 
-def test_renamed_attributes_still_work_with_a_deprecation_warning():
+def test_settings_read_as_attributes():
     model = ELTAModel(nima_model(), "scores", tfa=False, output="probs")
-    with pytest.warns(DeprecationWarning, match="tfa_enabled is now"):
-        assert model.tfa_enabled is False
-    with pytest.warns(DeprecationWarning, match="output_type is now"):
-        assert model.output_type == "probs"
-    with pytest.warns(DeprecationWarning, match="wrapped is now"):
-        assert model.wrapped is model.model
     assert model.tfa is False and model.num_pairs == 1 and model.flsa_weight == 1.0
-
+    assert model.elta_config.output == "probs"
 
 
 def test_auto_head_is_the_last_layer_with_weights():

@@ -4,7 +4,6 @@ TensorFlow steps, and the callback that stops ``fit`` on a non-finite loss."""
 from __future__ import annotations
 
 import difflib
-import warnings
 
 import keras
 import numpy as np
@@ -126,20 +125,3 @@ class StopOnNonFinite(keras.callbacks.Callback):
                                          "the inputs, the labels and the model's output)")
 
 
-class DeprecatedNames:
-    """The attribute names ``ELTAModel`` had before the shared step, with a warning."""
-
-    @property
-    def wrapped(self):
-        warnings.warn("ELTAModel.wrapped is now ELTAModel.model", DeprecationWarning, stacklevel=2)
-        return self.model
-
-    @property
-    def tfa_enabled(self) -> bool:
-        warnings.warn("ELTAModel.tfa_enabled is now ELTAModel.tfa (or config.tfa)", DeprecationWarning, stacklevel=2)
-        return self.elta_config.tfa
-
-    @property
-    def output_type(self) -> str:
-        warnings.warn("ELTAModel.output_type is now ELTAModel.elta_config.output", DeprecationWarning, stacklevel=2)
-        return self.elta_config.output

@@ -17,12 +17,12 @@ import numpy as np
 from keras import ops
 
 from elta_core import step as core_step
-from elta_core.adapters.keras.layers import (DeprecatedNames, StopOnNonFinite, ends_in_softmax, resolve_head, split_at,
+from elta_core.adapters.keras.layers import (StopOnNonFinite, ends_in_softmax, resolve_head, split_at,
                                             check_distribution, traced_per_shape)
 
 
 @keras.saving.register_keras_serializable(package="elta_core")
-class ELTAModel(keras.Model, core_step.ConfigAttributes, DeprecatedNames):
+class ELTAModel(keras.Model, core_step.ConfigAttributes):
     """Wrap a Keras model so that ``compile()``/``fit()`` train it with TFA and FLSA.
 
     Args:

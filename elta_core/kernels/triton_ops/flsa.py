@@ -21,7 +21,9 @@ Pipeline (every step stays on the device, no host synchronisation):
    ``1 / B^2`` (0 when all scores are equal), written in the input dtype.
 
 float16 and bfloat16 inputs are computed in float32 (the cosine tiles use the input
-dtype's tensor cores with float32 accumulation).
+dtype's tensor cores with float32 accumulation). The label side (unit scores, the sum
+of ``M_ij^2``) is a few torch ops here, tested against the core's definitions, so that
+this module imports nothing from the core.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from elta_core.backends import get_backend
-from elta_core.flsa import NORM_FLOOR, sum_similarity_squared, unit_scores
 from elta_core.kernels.triton_ops import compute_dtype
+
+NORM_FLOOR = 1e-8  # elta_core.flsa.NORM_FLOOR (tested equal)
 
 _DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -178,7 +180,21 @@ def _normalize_backward_kernel(zh_ptr, squared_ptr, norm_ptr, grad_zh_ptr, scale
         tl.store(out_ptr + offsets, value.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-TORCH = get_backend(torch.zeros(0))
+def unit_scores(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``u = (s - min s) / R`` on the device (0 where the range R is 0), and ``R > 0`` [Eq. 6]."""
+    low, high = torch.aminmax(scores)
+    has_range = high > low
+    return (scores - low) / torch.where(has_range, high - low, torch.ones_like(high)), has_range
+
+
+def label_similarity_squared_sum(u: torch.Tensor) -> torch.Tensor:
+    """``sum_ij (1 - |u_i - u_j|)^2`` in O(B log B): ``B^2 - 2 sum_ij |u_i - u_j| +
+    sum_ij (u_i - u_j)^2``, the absolute gaps from the sorted scores' ranks."""
+    size = u.numel()
+    ranks = torch.arange(size, device=u.device, dtype=u.dtype)
+    absolute_gaps = 2 * torch.sum(torch.sort(u).values * (2 * ranks - (size - 1)))
+    squared_gaps = 2 * size * torch.sum((u - u.mean()) ** 2)
+    return size * size - 2 * absolute_gaps + squared_gaps
 
 
 def _direct_blocks(size: int, width: int) -> tuple[int, int]:
@@ -192,10 +208,10 @@ def _direct_blocks(size: int, width: int) -> tuple[int, int]:
     return block, splits
 
 
-def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, method: str,
+def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, form: str,
                   with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """FLSA loss (0-d, float32 or float64) and, when asked, its gradient w.r.t. the
-    (B, D) ``features`` in their dtype. ``method`` is ``"direct"`` or ``"gram"``."""
+    (B, D) ``features`` in their dtype. ``form`` is ``"direct"`` or ``"gram"``."""
     z = features.detach().contiguous()
     size, width = z.shape
     compute = compute_dtype(z.dtype)
@@ -207,10 +223,10 @@ def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, method: str,
     block_rows, block_width = 32, min(128, triton.next_power_of_2(width))
     _normalize_kernel[(triton.cdiv(size, block_rows),)](z, zh, squared, norm, size, width, floor_squared,
                                                          BLOCK_R=block_rows, BLOCK_D=block_width)
-    u, has_range = unit_scores(TORCH, scores.detach().to(compute))
+    u, has_range = unit_scores(scores.detach().to(compute))
 
     splits = 1
-    if method == "direct":
+    if form == "direct":
         block, splits = _direct_blocks(size, width)
         row_blocks = triton.cdiv(size, block)
         grad_zh = torch.zeros((splits, size, width), device=device, dtype=compute) if with_grad else zh
@@ -236,7 +252,7 @@ def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, method: str,
             zh, u_sorted, order, column_total, weighted_total, grad_zh, partial, size, width,
             BLOCK_R=64, BLOCK_D=block_d, WITH_GRAD=with_grad,
         )
-        total = sum_c2 - 2 * partial.sum() + sum_similarity_squared(TORCH, u)
+        total = sum_c2 - 2 * partial.sum() + label_similarity_squared_sum(u)
 
     zero = torch.zeros((), device=device, dtype=compute)
     loss = torch.where(has_range, total / (size * size), zero)
@@ -256,8 +272,8 @@ class FLSAFunction(torch.autograd.Function):
     gradient is computed with the loss and kept for the backward."""
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, scores: torch.Tensor, method: str) -> torch.Tensor:
-        loss, grad = loss_and_grad(features, scores, method, with_grad=ctx.needs_input_grad[0])
+    def forward(ctx, features: torch.Tensor, scores: torch.Tensor, form: str) -> torch.Tensor:
+        loss, grad = loss_and_grad(features, scores, form, with_grad=ctx.needs_input_grad[0])
         ctx.save_for_backward(grad if grad is not None else loss)
         return loss
 
@@ -267,6 +283,6 @@ class FLSAFunction(torch.autograd.Function):
         return grad_output.to(grad.dtype) * grad, None, None
 
 
-def flsa_loss(features: torch.Tensor, scores: torch.Tensor, method: str) -> torch.Tensor:
+def flsa_loss(features: torch.Tensor, scores: torch.Tensor, form: str) -> torch.Tensor:
     """FLSA loss through the Triton kernels; ``features`` (B >= 2, D), ``scores`` (B,)."""
-    return FLSAFunction.apply(features, scores, method)
+    return FLSAFunction.apply(features, scores, form)
