@@ -7,7 +7,8 @@ from torch.utils.data import TensorDataset  # noqa: E402
 
 from elta_core import apds  # noqa: E402
 from elta_core.adapters.torch import ELTAWrapper, PseudoLabelledDataset, SelfTraining, fit  # noqa: E402
-from elta_core.adapters.torch.self_training import STAGES, atomic_save  # noqa: E402
+from elta_core.adapters.torch.checkpoints import atomic_save  # noqa: E402
+from elta_core.adapters.torch.self_training import STAGES  # noqa: E402
 from elta_core.io import _umask, atomic_write, atomic_write_json  # noqa: E402
 from tests.torch_models import TwoLayer, distributions  # noqa: E402
 

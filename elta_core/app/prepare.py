@@ -18,7 +18,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from elta_core.adapters.torch.data import UnreadableImageError, open_image
-from elta_core.adapters.torch.self_training import progress_bar
+from elta_core.adapters.torch.loop import progress_bar
 from elta_core.data.labels import LabelTable
 from elta_core.io import atomic_write, remove_stale_temporaries
 from elta_core.run_state import RunManifest

@@ -32,7 +32,9 @@ from elta_core.adapters.torch import distributed as ddp
 from elta_core.adapters.torch import peers, rng
 from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms, image_files
 from elta_core.adapters.torch.modules import device_of
-from elta_core.adapters.torch.self_training import atomic_save, predict_dataset, training_loader
+from elta_core.adapters.torch.checkpoints import load_file, save_and_record
+from elta_core.adapters.torch.loop import training_loader
+from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.app import recipe
 from elta_core.app.cli import csv_options
 from elta_core.app.models import build_model
@@ -300,14 +302,6 @@ def _open_run_everywhere(args: Any) -> RunManifest:
     return opened.get("manifest") or RunManifest(args.out, writer=False)
 
 
-def _saved(state: dict, path: Path, manifest: RunManifest, stage: str, key: str) -> None:
-    """Rank 0 writes ``state`` atomically; every rank records it once it is there."""
-    if ddp.is_main():
-        atomic_save(state, path)
-    ddp.barrier()
-    manifest.record(stage, path, key)
-
-
 def _write_on_main(write, *args) -> None:
     if ddp.is_main():
         write(*args)
@@ -464,7 +458,7 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
                  "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                  "config": config.__dict__, "loss": losses[-1], "rng": snapshots[0], "rng_ranks": snapshots,
                  "history": history, "best": best}
-        _saved(state, path, manifest, "checkpoint", key)
+        save_and_record(state, path, manifest, "checkpoint", key)
         _write_on_main(atomic_write_text, manifest.folder / "metrics.csv", _csv_text(history))
         if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
             if ddp.is_main():
@@ -486,7 +480,7 @@ def _keep_best(args: Any, row: dict[str, Any], best: dict | None, model, optimiz
     state = {"model": model.state_dict(), "epoch": row["epoch"], "config": config.__dict__, "validation": row}
     if args.apds and args.round2_resume_optimizer:
         state["optimizer"] = optimizer.state_dict()
-    _saved(state, manifest.folder / BEST, manifest, "best", manifest.stage_key("best", CHECKPOINT_KEY))
+    save_and_record(state, manifest.folder / BEST, manifest, "best", manifest.stage_key("best", CHECKPOINT_KEY))
     return best
 
 
@@ -508,17 +502,8 @@ def _load_best(manifest: RunManifest, best: dict | None, device: torch.device) -
 
 def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
     """A checkpoint written by ``elta train``, or an error that names the file and what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file: {path}")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        reason = str(error).split("\n")[0][:160]
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            reason = "it holds objects other than tensors and numbers, which are not loaded for safety"
-        raise ValueError(f"checkpoint: {path} cannot be read ({type(error).__name__}: {reason}); it is damaged or "
-                         "not an elta checkpoint: restore it, or delete it and train again") from None
+    state = load_file(path, device, name="checkpoint",
+                      what="it is damaged or not an elta checkpoint: restore it, or delete it and train again")
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"checkpoint: {path} was not written by elta train")
     return state
@@ -566,7 +551,7 @@ def _self_training_round(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module
         print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
               f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
     resume = {k: v for k, v in round1.items() if k != "round2_optimizer"}
-    _saved({"model": model.state_dict(), "epoch": round1["epoch"], "config": round1["config"], "round": 2,
+    save_and_record({"model": model.state_dict(), "epoch": round1["epoch"], "config": round1["config"], "round": 2,
             "resume": resume}, out / CHECKPOINT, manifest, "checkpoint", manifest.stage_key("checkpoint", CHECKPOINT_KEY))
 
 

@@ -9,138 +9,30 @@ that finds a stage's file there loads it instead of recomputing it.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
-from torch.utils.data.distributed import DistributedSampler
 
 from elta_core import apds
 from elta_core.adapters.torch import rng
-from elta_core.adapters.torch.distributed import (barrier, communication_device, gather_rows, is_distributed,
-                                                  is_main, on_main, rank, shard, world_size)
-from elta_core.adapters.torch.modules import device_of
+from elta_core.adapters.torch.checkpoints import load_file, save_and_record
+from elta_core.adapters.torch.distributed import is_main, on_main
+from elta_core.adapters.torch.loop import Precision, fit, split_batch, training_loader
+from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.adapters.torch.wrapper import ELTAWrapper
-from elta_core.io import atomic_write, atomic_write_json, atomic_write_text
+from elta_core.io import atomic_write_text
 from elta_core.pseudo_labels import DEFAULT_ROUND2, Round2, check_round2, pseudo_label_round
-from elta_core.run_state import RunManifest, StaleStateError, fingerprint
+from elta_core.run_state import RunManifest, fingerprint
 
 Stage = Literal["round1", "calibration", "unlabelled", "grid", "selection", "round2"]
 STAGES: tuple[Stage, ...] = ("round1", "calibration", "unlabelled", "grid", "selection", "round2")
 CHUNKS = "chunks"  # the folder of the predictions saved chunk by chunk
 DEFAULT_PREDICTION_CHUNK = 50_000
-
-
-def progress_bar(iterable: Iterable, enabled: bool, **kwargs):
-    """``iterable`` under a tqdm bar when ``enabled``; the bar never iterates it itself."""
-    if not enabled:
-        return iterable
-    # tqdm.std, not tqdm.auto: the asyncio variant calls iter() on the loader in its
-    # constructor, which draws from the loader's generator and changes the results.
-    from tqdm.std import tqdm
-
-    return tqdm(iterable, **kwargs)
-
-
-def _split_batch(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, (list, tuple)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
-
-
-@torch.no_grad()
-def predict(
-    wrapper: ELTAWrapper,
-    loader: Iterable,
-    *,
-    progress: bool = True,
-    desc: str = "predict",
-    raw: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stream ``loader`` through the model in eval mode; return (logits (N, C), labels or None).
-
-    APDS needs logits over the rating levels: a ``"probs"`` model gives ``log(probs)``
-    (the same softmax); a scalar ``"score"`` model raises ``ValueError``. With ``raw``
-    the model's outputs are returned as they are, of any kind (for evaluation). A
-    DistributedDataParallel model predicts through its module: inference needs no
-    gradient synchronisation, and ranks may predict different numbers of batches.
-    """
-    model = wrapper.model.module if isinstance(wrapper.model, DistributedDataParallel) else wrapper.model
-    device = device_of(model)
-    was_training = model.training
-    model.eval()
-    outputs, labels = [], []
-    try:
-        for batch in progress_bar(loader, progress, desc=desc, unit="batch"):
-            x, y = _split_batch(batch)
-            out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
-            out = getattr(out, "logits", out)  # a Hugging Face model's output
-            kind = "raw" if raw else wrapper.output_kind(out)
-            if kind == "score":
-                raise ValueError(
-                    "model: APDS needs a distribution head (logits over C rating levels) but the model "
-                    "regresses a scalar score. Turn its head into one with "
-                    "elta_core.adapters.torch.to_distribution_head(model, head, num_bins) and train it "
-                    "with distribution or score labels."
-                )
-            out = out.float()
-            outputs.append((torch.log(out.clamp_min(1e-12)) if kind == "probs" else out).cpu())
-            if y is not None:
-                labels.append(torch.as_tensor(y).float().cpu())
-    finally:
-        model.train(was_training)
-    logits = torch.cat(outputs) if outputs else torch.zeros(0, 0)
-    return logits, (torch.cat(labels) if labels else None)
-
-
-def predict_dataset(
-    wrapper: ELTAWrapper,
-    dataset: Dataset,
-    *,
-    batch_size: int = 32,
-    progress: bool = True,
-    desc: str = "predict",
-    raw: bool = False,
-    loader_kwargs: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`predict` over a whole dataset, in its order. Under DDP each rank predicts a
-    contiguous block and every rank gets all rows, gathered in order without the
-    duplicates a ``DistributedSampler`` pads with; equal to one process's result."""
-    options = {k: v for k, v in (loader_kwargs or {}).items() if k not in ("shuffle", "sampler", "generator")}
-    if not is_distributed():
-        return predict(wrapper, DataLoader(dataset, batch_size=batch_size, **options), progress=progress, desc=desc,
-                       raw=raw)
-    part = Subset(dataset, shard(len(dataset)))
-    outputs, labels = predict(wrapper, DataLoader(part, batch_size=batch_size, **options),
-                              progress=progress and is_main(), desc=desc, raw=raw)
-    outputs = gather_rows(outputs)
-    labels = gather_rows(labels if labels is not None else torch.zeros(0))
-    return outputs, (labels if len(labels) else None)
-
-
-def training_loader(dataset: Dataset, batch_size: int, *, seed: int | None = None, drop_last: bool | None = None,
-                    **loader_kwargs: Any) -> DataLoader:
-    """A shuffling DataLoader. With a ``seed`` (and always under DDP) the order comes from a
-    ``DistributedSampler``: a permutation seeded by ``seed + epoch`` (:func:`fit` sets the
-    epoch), of which each of the W ranks takes every W-th sample. One step then sees a
-    global batch of ``batch_size * W`` samples, the same samples as one process's batch of
-    that size with the same seed, so a run's result does not depend on how its global
-    batch is split. Without a seed in one process: ``shuffle=True`` (a ``generator`` in
-    ``loader_kwargs`` sets the order). The last incomplete batch is dropped when there is
-    more than one batch, unless ``drop_last`` says otherwise."""
-    if seed is None and not is_distributed():
-        drop = len(dataset) > batch_size if drop_last is None else drop_last
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop, **loader_kwargs)
-    loader_kwargs.pop("generator", None)
-    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed or 0,
-                                 drop_last=True)
-    drop = sampler.num_samples > batch_size if drop_last is None else drop_last
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop, **loader_kwargs)
+TrainFn = Callable[[ELTAWrapper, DataLoader, "DataLoader | None", int], Any]
+MaxPseudoLabels = Union[int, Literal["labelled"], None]
 
 
 class PseudoLabelledDataset(Dataset):
@@ -156,98 +48,8 @@ class PseudoLabelledDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, k: int):
-        x, _ = _split_batch(self.unlabelled[int(self.indices[k])])
+        x, _ = split_batch(self.unlabelled[int(self.indices[k])])
         return x, self.labels[k]
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`elta_core.io.atomic_write`: never half a file."""
-    return atomic_write(path, lambda stream: torch.save(obj, stream))
-
-
-def fit(
-    wrapper: ELTAWrapper,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    *,
-    epochs: int = 1,
-    pseudo_loader: Iterable | None = None,
-    progress: bool = True,
-    desc: str = "train",
-    first_epoch: int = 0,
-    precision: Precision = "fp32",
-) -> list[float]:
-    """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
-    a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
-    of each epoch (over every rank's steps under DDP). A loader whose sampler or dataset has ``set_epoch`` (a
-    ``DistributedSampler``, an ``ImageLabelDataset`` with a seed) gets epoch
-    ``first_epoch + k``, so each epoch is shuffled and augmented anew. ``precision``
-    ``"bf16"`` or ``"fp16"`` runs the forward under autocast (fp16 with a gradient scaler);
-    the losses are computed in float32 either way."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = device_of(wrapper.model)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    wrapper.train()
-    history = []
-    if pseudo_loader is not None and len(pseudo_loader) == 0:
-        raise ValueError("pseudo_loader: expected pseudo-labelled batches, got an empty loader")
-    for epoch in range(epochs):
-        for each in (loader, pseudo_loader):
-            _set_epoch(getattr(each, "sampler", None), first_epoch + epoch)
-            _set_epoch(getattr(each, "dataset", None), first_epoch + epoch)
-        pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
-        total, steps = 0.0, 0
-        label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
-        for batch in progress_bar(loader, progress and is_main(), desc=label, unit="batch"):
-            x, y = _split_batch(batch)
-            if y is None:
-                raise ValueError("loader: expected (x, y) batches with labels, got batches without labels")
-            try:
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = wrapper(x.to(device, non_blocking=True), y.to(device, non_blocking=True)).loss
-                    if pseudo_batches is not None:
-                        try:
-                            xu, yu = next(pseudo_batches)
-                        except StopIteration:
-                            pseudo_batches = iter(pseudo_loader)
-                            xu, yu = next(pseudo_batches)
-                        loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
-            except FloatingPointError as error:
-                raise FloatingPointError(f"{label}: diverged at step {steps + 1}: {error}") from None
-            value = float(loss.detach())  # read every step anyway; on a GPU the wrapper's own check is deferred
-            if not math.isfinite(value):
-                raise FloatingPointError(f"{label}: diverged at step {steps + 1}: the loss is {value}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total, steps = total + value, steps + 1
-        wrapper.end_epoch()
-        if is_distributed():  # the epoch's mean loss over every rank's steps
-            sums = torch.tensor([total, float(steps)], dtype=torch.float64, device=communication_device())
-            torch.distributed.all_reduce(sums)
-            total, steps = float(sums[0]), int(sums[1])
-        history.append(total / max(steps, 1))
-    return history
-
-
-def _set_epoch(part: Any, epoch: int) -> None:
-    """``set_epoch`` on a sampler or dataset, and on the datasets inside a ``ConcatDataset``
-    or ``Subset`` (whose epoch would otherwise stay where an earlier run left it)."""
-    set_epoch = getattr(part, "set_epoch", None)
-    if callable(set_epoch):
-        set_epoch(epoch)
-    for inner in getattr(part, "datasets", None) or [getattr(part, "dataset", None)]:
-        if isinstance(inner, Dataset):
-            _set_epoch(inner, epoch)
-
-
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-TrainFn = Callable[[ELTAWrapper, DataLoader, "DataLoader | None", int], Any]
-MaxPseudoLabels = Union[int, Literal["labelled"], None]
 
 
 class SelfTraining:
@@ -342,27 +144,13 @@ class SelfTraining:
         return self.manifest
 
     def _save(self, stage: str, record: Any, key: str, path: Path | None = None) -> None:
-        """Rank 0 writes the stage's file; every rank records it once it is there."""
-        path = path or self.path(stage)
-        if is_main():
-            if path.suffix == ".json":
-                atomic_write_json(path, record)
-            else:
-                atomic_save(record, path)
-        barrier()
-        self._manifest().record(stage, path, key)
+        save_and_record(record, path or self.path(stage), self._manifest(), stage, key)
 
     def _load(self, stage: Stage) -> Any:
         return self._load_file(self.path(stage))
 
     def _load_file(self, path: Path) -> Any:
-        try:
-            if path.suffix == ".json":
-                return json.loads(path.read_text(encoding="utf-8"))
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise StaleStateError(f"{path}: cannot be read ({type(error).__name__}: {str(error)[:200]}); delete it "
-                                  "to recompute this stage, or restore it") from None
+        return load_file(path, what="delete it to recompute this stage, or restore it")
 
     def _generators(self) -> list[torch.Generator | None]:
         return [self.wrapper.generator, self.loader_kwargs.get("generator")]
@@ -555,9 +343,9 @@ def dataset_fingerprint(dataset: Dataset) -> str:
         return fingerprint(list(dataset.tensors))
     size = len(dataset)
     rows = sorted(set(int(k) for k in torch.linspace(0, max(size - 1, 0), min(size, 64)).round().tolist()))
-    return fingerprint([type(dataset).__qualname__, size] + [list(_split_batch(dataset[k])) for k in rows])
+    return fingerprint([type(dataset).__qualname__, size] + [list(split_batch(dataset[k])) for k in rows])
 
 
 def _is_score_label(item: Any) -> bool:
-    _, label = _split_batch(item)
+    _, label = split_batch(item)
     return label is not None and torch.as_tensor(label).numel() == 1

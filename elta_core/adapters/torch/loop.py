@@ -1,0 +1,141 @@
+"""The training loop of the torch adapter: the loaders, the epochs, the precision.
+
+:func:`fit` runs ``L = L_s`` per labelled batch through the wrapper (plus ``L_u`` on
+pseudo-labelled batches for Eq. 10 with separate batches), sets each loader's epoch so
+that shuffling and augmentation are seeded per epoch, and averages each epoch's loss over
+every rank's steps under DDP. :func:`training_loader` makes the order of a run
+independent of how its global batch is split over processes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from elta_core.adapters.torch.distributed import communication_device, is_distributed, is_main, rank, world_size
+from elta_core.adapters.torch.modules import device_of
+from elta_core.adapters.torch.wrapper import ELTAWrapper
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+def progress_bar(iterable: Iterable, enabled: bool, **kwargs):
+    """``iterable`` under a tqdm bar when ``enabled``; the bar never iterates it itself."""
+    if not enabled:
+        return iterable
+    # tqdm.std, not tqdm.auto: the asyncio variant calls iter() on the loader in its
+    # constructor, which draws from the loader's generator and changes the results.
+    from tqdm.std import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(x, y)`` of a batch or item: a list or tuple gives its first two entries, anything else is ``x`` alone."""
+    if isinstance(batch, (list, tuple)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def training_loader(dataset: Dataset, batch_size: int, *, seed: int | None = None, drop_last: bool | None = None,
+                    **loader_kwargs: Any) -> DataLoader:
+    """A shuffling DataLoader. With a ``seed`` (and always under DDP) the order comes from a
+    ``DistributedSampler``: a permutation seeded by ``seed + epoch`` (:func:`fit` sets the
+    epoch), of which each of the W ranks takes every W-th sample. One step then sees a
+    global batch of ``batch_size * W`` samples, the same samples as one process's batch of
+    that size with the same seed, so a run's result does not depend on how its global
+    batch is split. Without a seed in one process: ``shuffle=True`` (a ``generator`` in
+    ``loader_kwargs`` sets the order). The last incomplete batch is dropped when there is
+    more than one batch, unless ``drop_last`` says otherwise."""
+    if seed is None and not is_distributed():
+        drop = len(dataset) > batch_size if drop_last is None else drop_last
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop, **loader_kwargs)
+    loader_kwargs.pop("generator", None)
+    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed or 0,
+                                 drop_last=True)
+    drop = sampler.num_samples > batch_size if drop_last is None else drop_last
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop, **loader_kwargs)
+
+
+def fit(
+    wrapper: ELTAWrapper,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int = 1,
+    pseudo_loader: Iterable | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    first_epoch: int = 0,
+    precision: Precision = "fp32",
+) -> list[float]:
+    """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
+    a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
+    of each epoch (over every rank's steps under DDP). A loader whose sampler or dataset has ``set_epoch`` (a
+    ``DistributedSampler``, an ``ImageLabelDataset`` with a seed) gets epoch
+    ``first_epoch + k``, so each epoch is shuffled and augmented anew. ``precision``
+    ``"bf16"`` or ``"fp16"`` runs the forward under autocast (fp16 with a gradient scaler);
+    the losses are computed in float32 either way."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = device_of(wrapper.model)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    wrapper.train()
+    history = []
+    if pseudo_loader is not None and len(pseudo_loader) == 0:
+        raise ValueError("pseudo_loader: expected pseudo-labelled batches, got an empty loader")
+    for epoch in range(epochs):
+        for each in (loader, pseudo_loader):
+            _set_epoch(getattr(each, "sampler", None), first_epoch + epoch)
+            _set_epoch(getattr(each, "dataset", None), first_epoch + epoch)
+        pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
+        total, steps = 0.0, 0
+        label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
+        for batch in progress_bar(loader, progress and is_main(), desc=label, unit="batch"):
+            x, y = split_batch(batch)
+            if y is None:
+                raise ValueError("loader: expected (x, y) batches with labels, got batches without labels")
+            try:
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = wrapper(x.to(device, non_blocking=True), y.to(device, non_blocking=True)).loss
+                    if pseudo_batches is not None:
+                        try:
+                            xu, yu = next(pseudo_batches)
+                        except StopIteration:
+                            pseudo_batches = iter(pseudo_loader)
+                            xu, yu = next(pseudo_batches)
+                        loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
+            except FloatingPointError as error:
+                raise FloatingPointError(f"{label}: diverged at step {steps + 1}: {error}") from None
+            value = float(loss.detach())  # read every step anyway; on a GPU the wrapper's own check is deferred
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{label}: diverged at step {steps + 1}: the loss is {value}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total, steps = total + value, steps + 1
+        wrapper.end_epoch()
+        if is_distributed():  # the epoch's mean loss over every rank's steps
+            sums = torch.tensor([total, float(steps)], dtype=torch.float64, device=communication_device())
+            torch.distributed.all_reduce(sums)
+            total, steps = float(sums[0]), int(sums[1])
+        history.append(total / max(steps, 1))
+    return history
+
+
+def _set_epoch(part: Any, epoch: int) -> None:
+    """``set_epoch`` on a sampler or dataset, and on the datasets inside a ``ConcatDataset``
+    or ``Subset`` (whose epoch would otherwise stay where an earlier run left it)."""
+    set_epoch = getattr(part, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
+    for inner in getattr(part, "datasets", None) or [getattr(part, "dataset", None)]:
+        if isinstance(inner, Dataset):
+            _set_epoch(inner, epoch)
