@@ -8,7 +8,7 @@ the public functions to skip those in a hot loop or under ``torch.compile``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from elta_core.backends import Backend, get_backend
 
@@ -98,11 +98,118 @@ def float_tensor(backend: Backend, x: Any, name: str, validate: bool = True) -> 
     return x
 
 
+# -- labels: one rule each, one message (the step and the public functions share them) ---
+
+SCALE_SLACK = 0.05  # scores may sit this fraction of the rating range outside the levels' values
+Tensor = Any
+
+
+def distribution_ok(backend, labels: Tensor, sums: Tensor, tolerance: float = DISTRIBUTION_TOLERANCE) -> Tensor:
+    """Finite, non-negative rows summing to 1, as one boolean tensor: NaN fails every
+    comparison, so two reductions cover all three."""
+    return (backend.min(labels) >= 0) & (backend.max(backend.abs(sums - 1)) <= tolerance)
+
+
+def scale_slack(values: tuple[float, ...]) -> float:
+    return SCALE_SLACK * (values[-1] - values[0])
+
+
+def scale_ok(backend, scores: Tensor, values: tuple[float, ...]) -> Tensor:
+    """Scores within the rating values' range (plus the slack), as one boolean tensor."""
+    slack = scale_slack(values)
+    return (backend.min(scores) >= values[0] - slack) & (backend.max(scores) <= values[-1] + slack)
+
+
+def require(backend, x: Tensor, condition: Callable[[], Tensor], passes: Callable[[], bool], message: str,
+             explain: Callable[[], str | None]) -> None:
+    """``ValueError`` unless the labels or outputs ``x`` pass a check. On an accelerator
+    ``condition()`` (a boolean scalar tensor) is scheduled without a host synchronisation
+    and fails at the next one with ``message``. On the host ``passes()`` reads the fewest
+    values it can and, only if it fails, ``explain()`` finds the precise message (or
+    None: nothing is wrong)."""
+    if backend.defers(x):
+        backend.check_async(condition(), message)
+        return
+    if passes():
+        return
+    reason = explain()
+    if reason is not None:
+        raise ValueError(reason)
+
+
+def first_failure(*checks: tuple[Callable[[], bool], Callable[[], str]]) -> str | None:
+    """The message of the first check that fails (each is ``(passes, message)``)."""
+    for passes, message in checks:
+        if not passes():
+            return message()
+    return None
+
+
+def check_finite_labels(backend, labels: Tensor, name: str) -> None:
+    message = f"{name}: expected finite labels, found NaN or Inf"
+    require(backend, labels, lambda: backend.all(backend.isfinite(labels)), lambda: backend.all_finite_host(labels),
+             message, lambda: message)
+
+
+def check_distribution(backend, labels: Tensor, name: str, tolerance: float = DISTRIBUTION_TOLERANCE) -> None:
+    """The one rule for score distributions (labels, predicted probabilities): finite,
+    non-negative rows that sum to 1 within ``tolerance``; deferred on an accelerator."""
+    sums = backend.sum(labels, axis=1)
+
+    def sums_found() -> str:
+        low, high = backend.min_host(sums), backend.max_host(sums)
+        hint = (" They look like raw vote counts: normalise them with "
+                "elta_core.losses.distribution_from_counts.") if high > 1.5 else ""
+        return (f"{name}: expected score distributions whose rows sum to 1 (tolerance {tolerance:g}), found row "
+                f"sums in [{low:.4g}, {high:.4g}].{hint}")
+
+    require(backend, labels, lambda: distribution_ok(backend, labels, sums),
+             lambda: (abs(backend.min_host(sums) - 1) <= tolerance and abs(backend.max_host(sums) - 1) <= tolerance
+                      and backend.min_host(labels) >= 0),
+             f"{name}: expected finite score distributions (non-negative, rows summing to 1)",
+             lambda: first_failure(
+                 (lambda: backend.all_finite_host(labels), lambda: f"{name}: expected finite labels, found NaN or Inf"),
+                 (lambda: backend.min_host(labels) >= 0, lambda: f"{name}: expected non-negative score distributions "
+                                                                 "(rows summing to 1), found a negative value"),
+                 (lambda: False, sums_found)))
+
+
+def check_scale(backend, scores: Tensor, values: tuple[float, ...], name: str) -> None:
+    low, high = values[0], values[-1]
+    slack = scale_slack(values)
+    scale = (f"{name}: expected scores on the rating scale of bin_values ({low:g}..{high:g}); rescale the labels, or "
+             "give bin_values (and score_scale, label units per point of a 1..10 scale) that match them")
+    require(backend, scores, lambda: scale_ok(backend, scores, values),
+             lambda: backend.min_host(scores) >= low - slack and backend.max_host(scores) <= high + slack, scale,
+             lambda: first_failure(
+                 (lambda: backend.all_finite_host(scores), lambda: f"{name}: expected finite labels, found NaN or Inf"),
+                 (lambda: False, lambda: f"{scale}; found {backend.min_host(scores):.4g}..{backend.max_host(scores):.4g}")))
+
+
+
 def rank(backend: Backend, x: Any, name: str, ranks: Sequence[int], what: str) -> tuple[int, ...]:
     shape = backend.shape(x)
     if len(shape) not in ranks:
         raise ValueError(f"{name}: expected {what}, got shape {shape}")
     return shape
+
+
+def bin_values_tuple(bin_values: Any, name: str = "bin_values") -> tuple[float, ...]:
+    """``bin_values`` (a sequence, array or tensor of rating values) as a tuple of finite
+    floats: the one normaliser of the rating values, for the config and the functions."""
+    import numpy as np
+
+    try:
+        try:
+            array = get_backend(bin_values).to_numpy(bin_values)
+        except TypeError:  # a range, a generator, ...
+            array = np.asarray(list(bin_values), dtype=float)
+        values = tuple(float(v) for v in np.asarray(array).reshape(-1))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a sequence of numbers, got {bin_values!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name}: expected finite values, found NaN or Inf")
+    return values
 
 
 def bin_values_for(
@@ -111,15 +218,12 @@ def bin_values_for(
     """``bin_values`` (default 1..C) as a tensor of the dtype and device of ``like``."""
     if bin_values is None:
         return backend.constant([float(k) for k in range(1, num_bins + 1)], like)
-    values_backend = get_backend(bin_values)
-    values = [float(v) for v in values_backend.to_numpy(bin_values).reshape(-1)]
+    values = bin_values_tuple(bin_values, name)
     if len(values) != num_bins:
         raise ValueError(
             f"{name}: expected {num_bins} values (one per level of the distribution), got {len(values)}"
         )
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name}: expected finite values, found NaN or Inf")
-    return backend.constant(values, like)
+    return backend.constant(list(values), like)
 
 
 def distribution(
@@ -132,16 +236,7 @@ def distribution(
         tolerance = HALF_DISTRIBUTION_TOLERANCE if half else DISTRIBUTION_TOLERANCE
     x = float_tensor(backend, x, name, validate)
     if validate and backend.shape(x)[0] > 0:
-        if backend.min_host(x) < 0:
-            raise ValueError(f"{name}: expected non-negative probabilities, found negative mass")
-        sums = backend.sum(x, axis=1)
-        tol = DISTRIBUTION_TOLERANCE if tolerance is None else tolerance
-        worst = max(abs(backend.max_host(sums) - 1.0), abs(backend.min_host(sums) - 1.0))
-        if worst > tol:
-            raise ValueError(
-                f"{name}: expected each row to sum to 1 (tolerance {tol:g}), "
-                f"found a row off by {worst:.3g}"
-            )
+        check_distribution(backend, x, name, tolerance)
     return x
 
 

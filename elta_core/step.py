@@ -2,12 +2,18 @@
 
 A step is ``L_s = task(predictions, labels) + gamma * FLSA(features, labels)`` on the
 batch extended by TFA (paper section 3, Eqs. 1-6; ``L_s`` of Eq. 10). An adapter only
-finds the layer where the features enter the head and calls, in order:
+finds the layer where the features enter the head, and calls :func:`labelled_step` once
+per labelled batch with its forward. The step, in this order:
 
-1. :func:`check_labels` on the batch's labels (before the forward);
-2. :func:`mix` on the features entering the head (TFA, Eqs. 1-4), inside the forward;
-3. :func:`losses_of` on the predictions of the extended batch (task loss, FLSA, the total),
-   which also checks the predictions against the labels and raises on a non-finite loss.
+1. checks the batch's labels (:func:`check_labels`), once;
+2. runs the adapter's forward, inside which the adapter calls :meth:`LabelledStep.mix` on
+   the features entering the head (TFA, Eqs. 1-4) and :meth:`LabelledStep.align` on the
+   features FLSA aligns;
+3. checks the model's output against the extended labels (:func:`check_output`), once;
+4. computes the losses (:func:`losses_of`: task loss, FLSA, the total) and raises on a
+   non-finite term.
+
+A pseudo-labelled batch (``L_u`` of Eq. 10) is :func:`pseudo_labelled_loss`.
 
 The configuration, its defaults and its validation live in :class:`ELTAConfig`; the
 output-kind rule in :func:`output_kind`. Nothing here imports a framework: tensors go
@@ -20,7 +26,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, NamedTuple, Union
 
-import numpy as np
 
 from elta_core import _checks, flsa, losses
 from elta_core import tfa as tfa_core
@@ -35,7 +40,7 @@ DEFAULT_NUM_PAIRS = 1  # the authors' code mixes one pair per batch
 DEFAULT_FLSA_WEIGHT = 1.0
 # Scores may sit this fraction of the rating range outside the levels' values (rounding of
 # vote means, a slightly wider scale) before they are refused as being on another scale.
-SCALE_SLACK = 0.05
+SCALE_SLACK = _checks.SCALE_SLACK
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -115,15 +120,8 @@ for _name in ELTAConfig.__dataclass_fields__:
 
 
 def _bin_values_tuple(bin_values: Any) -> tuple[float, ...]:
-    try:
-        try:
-            array = get_backend(bin_values).to_numpy(bin_values)
-        except TypeError:  # a range, a generator, ...
-            array = np.asarray(list(bin_values), dtype=float)
-        values = tuple(float(v) for v in np.asarray(array).reshape(-1))
-    except (TypeError, ValueError):
-        raise ValueError(f"bin_values: expected a sequence of numbers, got {bin_values!r}") from None
-    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+    values = _checks.bin_values_tuple(bin_values)
+    if len(values) < 2:
         raise ValueError(f"bin_values: expected at least 2 finite values, got {bin_values!r}")
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"bin_values: expected increasing rating values, got {values}")
@@ -164,11 +162,11 @@ def check_labels(config: ELTAConfig, labels: Tensor, batch_size: int | None = No
     if not validate or not shape[0]:
         return labels
     if distributions:
-        _check_distribution(backend, labels, name)
+        _checks.check_distribution(backend, labels, name)
     elif config.bin_values is not None:
-        _check_scale(backend, labels, config.bin_values, name)
+        _checks.check_scale(backend, labels, config.bin_values, name)
     else:
-        _check_finite(backend, labels, name)
+        _checks.check_finite_labels(backend, labels, name)
     return labels
 
 
@@ -180,91 +178,11 @@ def invalid_labels(config: ELTAConfig, labels: Tensor, levels: int | None = None
     backend, labels = _checks.tensor(labels, "y")
     shape = backend.shape(labels)
     if len(shape) == 2 and shape[1] > 1:
-        ok = _distribution_ok(backend, labels, backend.sum(labels, axis=1))
+        ok = _checks.distribution_ok(backend, labels, backend.sum(labels, axis=1))
     else:
         values = config.bin_values or (None if levels in (None, 1) else _level_values(config, levels))
-        ok = backend.all(backend.isfinite(labels)) if values is None else _scale_ok(backend, labels, values)
+        ok = backend.all(backend.isfinite(labels)) if values is None else _checks.scale_ok(backend, labels, values)
     return 1 - backend.cast_like(ok, backend.sum(labels))
-
-
-def _distribution_ok(backend, labels: Tensor, sums: Tensor) -> Tensor:
-    """Finite, non-negative rows summing to 1, as one boolean tensor: NaN fails every
-    comparison, so two reductions cover all three."""
-    return (backend.min(labels) >= 0) & (backend.max(backend.abs(sums - 1)) <= _checks.DISTRIBUTION_TOLERANCE)
-
-
-def _scale_slack(values: tuple[float, ...]) -> float:
-    return SCALE_SLACK * (values[-1] - values[0])
-
-
-def _scale_ok(backend, scores: Tensor, values: tuple[float, ...]) -> Tensor:
-    """Scores within the rating values' range (plus the slack), as one boolean tensor."""
-    slack = _scale_slack(values)
-    return (backend.min(scores) >= values[0] - slack) & (backend.max(scores) <= values[-1] + slack)
-
-
-def _require(backend, x: Tensor, condition: Callable[[], Tensor], passes: Callable[[], bool], message: str,
-             explain: Callable[[], str | None]) -> None:
-    """``ValueError`` unless the labels or outputs ``x`` pass a check. On an accelerator
-    ``condition()`` (a boolean scalar tensor) is scheduled without a host synchronisation
-    and fails at the next one with ``message``. On the host ``passes()`` reads the fewest
-    values it can and, only if it fails, ``explain()`` finds the precise message (or
-    None: nothing is wrong)."""
-    if backend.defers(x):
-        backend.check_async(condition(), message)
-        return
-    if passes():
-        return
-    reason = explain()
-    if reason is not None:
-        raise ValueError(reason)
-
-
-def _first(*checks: tuple[Callable[[], bool], Callable[[], str]]) -> str | None:
-    """The message of the first check that fails (each is ``(passes, message)``)."""
-    for passes, message in checks:
-        if not passes():
-            return message()
-    return None
-
-
-def _check_finite(backend, labels: Tensor, name: str) -> None:
-    message = f"{name}: expected finite labels, found NaN or Inf"
-    _require(backend, labels, lambda: backend.all(backend.isfinite(labels)), lambda: backend.all_finite_host(labels),
-             message, lambda: message)
-
-
-def _check_distribution(backend, labels: Tensor, name: str) -> None:
-    sums = backend.sum(labels, axis=1)
-    tolerance = _checks.DISTRIBUTION_TOLERANCE
-
-    def sums_found() -> str:
-        low, high = backend.min_host(sums), backend.max_host(sums)
-        hint = (" They look like raw vote counts: normalise them with "
-                "elta_core.losses.distribution_from_counts.") if high > 1.5 else ""
-        return f"{name}: expected score distributions whose rows sum to 1, found row sums in [{low:.4g}, {high:.4g}].{hint}"
-
-    _require(backend, labels, lambda: _distribution_ok(backend, labels, sums),
-             lambda: (abs(backend.min_host(sums) - 1) <= tolerance and abs(backend.max_host(sums) - 1) <= tolerance
-                      and backend.min_host(labels) >= 0),
-             f"{name}: expected finite score distributions (non-negative, rows summing to 1)",
-             lambda: _first(
-                 (lambda: backend.all_finite_host(labels), lambda: f"{name}: expected finite labels, found NaN or Inf"),
-                 (lambda: backend.min_host(labels) >= 0, lambda: f"{name}: expected score distributions (non-negative, "
-                                                                 "rows summing to 1), found a negative value"),
-                 (lambda: False, sums_found)))
-
-
-def _check_scale(backend, scores: Tensor, values: tuple[float, ...], name: str) -> None:
-    low, high = values[0], values[-1]
-    slack = _scale_slack(values)
-    scale = (f"{name}: expected scores on the rating scale of bin_values ({low:g}..{high:g}); rescale the labels, or "
-             "give bin_values (and score_scale, label units per point of a 1..10 scale) that match them")
-    _require(backend, scores, lambda: _scale_ok(backend, scores, values),
-             lambda: backend.min_host(scores) >= low - slack and backend.max_host(scores) <= high + slack, scale,
-             lambda: _first(
-                 (lambda: backend.all_finite_host(scores), lambda: f"{name}: expected finite labels, found NaN or Inf"),
-                 (lambda: False, lambda: f"{scale}; found {backend.min_host(scores):.4g}..{backend.max_host(scores):.4g}")))
 
 
 def check_output(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: str, *,
@@ -286,7 +204,7 @@ def check_output(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: 
         off, tolerance = backend.abs(sums - 1), _checks.HALF_DISTRIBUTION_TOLERANCE
         message = ("output: 'probs' expects softmax rows summing to 1, but the model's rows do not; "
                    "pass output='logits' for a head without a softmax")
-        _require(backend, predictions, lambda: backend.max(off) <= tolerance,
+        _checks.require(backend, predictions, lambda: backend.max(off) <= tolerance,
                  lambda: backend.max_host(off) <= tolerance, message, lambda: message)
     check_levels(config, shape[-1], labels, validate=validate)
 
@@ -305,7 +223,7 @@ def check_levels(config: ELTAConfig, levels: int, labels: Tensor, *, validate: b
             raise ValueError(f"y: expected distributions over the model's {levels} outputs, "
                              f"got {label_shape[1]} levels")
     elif validate and label_shape[0]:
-        _check_scale(label_backend, labels, _level_values(config, levels), "y")
+        _checks.check_scale(label_backend, labels, _level_values(config, levels), "y")
 
 
 def make_config(config: ELTAConfig | None, options: dict[str, Any], owner: str) -> ELTAConfig:
@@ -335,6 +253,74 @@ def mix(config: ELTAConfig, features: Tensor, labels: Tensor, seed: Any = None) 
                                   bin_values=config.bin_values, score_scale=config.score_scale, validate=False)
     features, labels = tfa_core.mix(features, labels, *pairs, mode=config.mix_mode, validate=False)
     return features, labels, pairs
+
+
+class LabelledStep:
+    """One labelled batch inside :func:`labelled_step`: its checked labels (extended by TFA
+    once :meth:`mix` ran), the TFA pairs, and the features FLSA aligns with their labels.
+    The adapter's forward calls :meth:`mix` and :meth:`align` where its hooks are; other
+    plug-ins may replace ``labels`` (mixing them as they mix the inputs)."""
+
+    def __init__(self, config: ELTAConfig, labels: Tensor, seed: Any = None):
+        self.config, self.labels, self.seed = config, labels, seed
+        self.pairs: Any = None
+        self.mixed = False
+        self.features: Tensor | None = None
+        self.feature_labels: Tensor | None = None
+
+    def mix(self, features: Tensor) -> Tensor:
+        """TFA on the features, once per batch (a head that runs twice is mixed once)."""
+        if self.mixed:
+            return features
+        self.mixed = True
+        features, self.labels, self.pairs = mix(self.config, features, self.labels, self.seed)
+        return features
+
+    def align(self, features: Tensor) -> None:
+        """Record the features FLSA aligns (the first call's), with the labels they have."""
+        if self.features is None:
+            self.features, self.feature_labels = features, self.labels
+
+
+class StepResult(NamedTuple):
+    """What :func:`labelled_step` returns: the predictions of the extended batch, its
+    labels, ``loss = task_loss + flsa_weight * flsa_loss``, and what the step drew."""
+
+    predictions: Tensor
+    labels: Tensor
+    loss: Tensor
+    task_loss: Tensor
+    flsa_loss: Tensor
+    pairs: Any
+    features: Tensor | None
+    feature_labels: Tensor | None
+
+
+def labelled_step(config: ELTAConfig, labels: Tensor, forward: Callable[[LabelledStep], Tensor], *,
+                  kind_of: Callable[[Tensor], str], batch_size: int | None = None, seed: Any = None,
+                  user_loss: Callable | None = None, gather: Callable[[Tensor], Tensor] | None = None,
+                  validate: bool = True, check_finite: bool | None = None) -> StepResult:
+    """One labelled batch, ``L_s`` of Eq. 10: the labels checked once, ``forward(step)``
+    (which returns the predictions, calling ``step.mix`` and ``step.align`` where the
+    features are), the output checked once against the extended labels, the losses.
+    ``validate=False`` skips the checks that read values (inside a traced graph);
+    ``check_finite=False`` the non-finite check of the losses."""
+    step = LabelledStep(config, check_labels(config, labels, batch_size, validate=validate), seed)
+    predictions = forward(step)
+    kind = kind_of(predictions)
+    check_output(config, get_backend(predictions).stop_gradient(predictions), step.labels, kind, validate=validate)
+    result = losses_of(config, predictions, step.labels, step.features, step.feature_labels, kind=kind,
+                       user_loss=user_loss, gather=gather, check_finite=check_finite)
+    return StepResult(predictions, step.labels, *result, step.pairs, step.features, step.feature_labels)
+
+
+def pseudo_labelled_loss(config: ELTAConfig, predictions: Tensor, labels: Tensor, kind: str,
+                         user_loss: Callable | None = None, *, validate: bool = True) -> Tensor:
+    """``L_u`` of Eq. 10 with separate batches: the task loss on a pseudo-labelled batch
+    (no TFA, no FLSA), its labels and the output checked as a labelled step checks them."""
+    labels = check_labels(config, labels, get_backend(predictions).shape(predictions)[0], validate=validate)
+    check_output(config, predictions, labels, kind, validate=validate)
+    return task_loss(config, predictions, labels, kind, user_loss)
 
 
 class StepLosses(NamedTuple):

@@ -48,7 +48,7 @@ STEP_AND_TORCH = [
     (ValueError, "y: expected 8 labels to match the batch of x, got 7", lambda: _wrap()(X, torch.rand(7) * 9 + 1)),
     (ValueError, "y: expected scores on the rating scale of bin_values \\(1..10\\).*found 50..50", lambda: _wrap()(X, torch.full((8,), 50.0))),
     (ValueError, "y: expected score distributions whose rows sum to 1.*raw vote counts", lambda: _wrap()(X, distributions(8) * 30)),
-    (ValueError, "y: expected score distributions \\(non-negative", lambda: _wrap()(X, distributions(8) - 0.05)),
+    (ValueError, "y: expected non-negative score distributions", lambda: _wrap()(X, distributions(8) - 0.05)),
     (ValueError, "y: expected finite labels", lambda: _wrap()(X, torch.tensor([float("nan")] * 8))),
     (ValueError, "bin_values: expected 10 values, one per output level", lambda: _wrap(bin_values=range(1, 10))(X, torch.rand(8) * 5 + 1)),
     (ValueError, "y: expected distributions over the 9 levels of bin_values", lambda: _wrap(bin_values=range(1, 10))(X, distributions(8))),

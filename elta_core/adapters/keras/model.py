@@ -92,26 +92,29 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
         return self._labelled_loss(x, y, y_pred, features, training)
 
     def _pseudo_loss(self, x, y, predictions, training):
-        labels = core_step.check_labels(self.elta_config, ops.cast(y, "float32"), predictions.shape[0], validate=False)
-        kind = self.output_kind(predictions)
-        core_step.check_output(self.elta_config, predictions, labels, kind, validate=False)
-        return core_step.task_loss(self.elta_config, predictions, labels, kind, self._task_loss(x, training))
+        return core_step.pseudo_labelled_loss(self.elta_config, predictions, ops.cast(y, "float32"),
+                                              self.output_kind(predictions), self._task_loss(x, training),
+                                              validate=False)
 
     def _labelled_loss(self, x, y, predictions, features, training):
         # Labels from a dataset pipeline are checked here, traced; StopOnNonFinite raises.
         levels = predictions.shape[-1] if len(predictions.shape) == 2 else None
         self.invalid_labels_tracker.update_state(core_step.invalid_labels(self.elta_config, ops.cast(y, "float32"), levels))
-        labels = core_step.check_labels(self.elta_config, ops.cast(y, "float32"), predictions.shape[0], validate=False)
-        kind = self.output_kind(predictions)
-        core_step.check_output(self.elta_config, predictions, labels, kind, validate=False)
-        if features is not None:
-            size = predictions.shape[0]
-            features, labels, pairs = core_step.mix(self.elta_config, features, labels, self.seed_generator)
-            if pairs is not None and features.shape[0] > size:
-                mixed = self.head(features[size:], training=training)
-                predictions = ops.concatenate([predictions, ops.cast(mixed, predictions.dtype)], axis=0)
-        result = core_step.losses_of(self.elta_config, predictions, labels, features, kind=kind,
-                                     user_loss=self._task_loss(x, training), check_finite=False)
+        size = predictions.shape[0]
+
+        def forward(step: core_step.LabelledStep):
+            if features is None:
+                return predictions
+            mixed = step.mix(features)
+            step.align(mixed)
+            if step.pairs is None or mixed.shape[0] <= size:
+                return predictions
+            extra = self.head(mixed[size:], training=training)
+            return ops.concatenate([predictions, ops.cast(extra, predictions.dtype)], axis=0)
+
+        result = core_step.labelled_step(self.elta_config, ops.cast(y, "float32"), forward, kind_of=self.output_kind,
+                                         batch_size=size, seed=self.seed_generator,
+                                         user_loss=self._task_loss(x, training), validate=False, check_finite=False)
         self.task_loss_tracker.update_state(result.task_loss)
         self.flsa_loss_tracker.update_state(result.flsa_loss)
         return result.loss

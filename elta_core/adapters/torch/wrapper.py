@@ -15,28 +15,15 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from elta_core import losses as core_losses
 from elta_core import step as core_step
-from elta_core import tfa as tfa_core
 from elta_core.adapters.torch.distributed import gather_with_grad
-from elta_core.adapters.torch.output import ELTAOutput
-from elta_core.adapters.torch.peers import Peer, check_peers
 from elta_core.adapters.torch.modules import as_float_labels, ends_in_softmax, find_module, generator_of, model_and_head
+from elta_core.adapters.torch.output import ELTAOutput
+from elta_core.adapters.torch.peering import PeerSteps
+from elta_core.adapters.torch.peers import Peer, check_peers
 
 
-class _Batch:
-    """State of one training forward, read and written by the hooks."""
-
-    def __init__(self, labels: torch.Tensor):
-        self.labels = labels
-        self.mixed = False
-        self.peer_mixed = False
-        self.pairs: tfa_core.Pairs | None = None
-        self.features: torch.Tensor | None = None
-        self.feature_labels: torch.Tensor | None = None
-
-
-class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
+class ELTAWrapper(PeerSteps, nn.Module, core_step.ConfigAttributes):
     """Wrap a model so that ``wrapper(x, y)`` trains it with TFA and FLSA.
 
     Args:
@@ -93,7 +80,7 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
             raise ValueError(f"flsa_scope: expected 'local' or 'global', got {flsa_scope!r}")
         self.flsa_scope, self.task_loss_fn, self.mix_at = flsa_scope, task_loss, mix_at
         self.generator = generator_of(seed)
-        self._batch: _Batch | None = None
+        self._batch: core_step.LabelledStep | None = None
         head_module = find_module(self.model, self.head_name, "head")
         self._ends_in_softmax = ends_in_softmax(head_module)
         self._register_hooks(head_module, mix_at, align_at)
@@ -115,40 +102,9 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         else:
             find_module(self.model, align_at, "align_at").register_forward_hook(self._capture_layer_output)
 
-    # -- hooks -------------------------------------------------------------------
-    def _peers_at(self, stage: str) -> list[Peer]:
-        return [p for p in self.peers if p.stage == stage]
-
-    def _peers_on_head_input(self, module, args):
-        batch = self._batch
-        if batch is None or not args or not isinstance(args[0], torch.Tensor):
-            return None
-        features = args[0]
-        for peer in self._peers_at("head"):
-            features = peer.calibrate(features, self._scores(batch.labels))
-            if not batch.peer_mixed:  # once, should the head run twice
-                features, batch.labels = peer.mix(features, batch.labels, self._scores(batch.labels), self.generator)
-        batch.peer_mixed = True
-        return (features,) + tuple(args[1:])
-
-    def _mix_input_with_peers(self, x: Any, batch: _Batch) -> Any:
-        for peer in self._peers_at("input"):
-            if not isinstance(x, torch.Tensor):
-                raise ValueError(f"{peer.name}: at='input' mixes the input tensor, but the model's input is a "
-                                 f"{type(x).__name__}; use {type(peer).__name__}(at='features')")
-            x, batch.labels = peer.mix(x, batch.labels, self._scores(batch.labels), self.generator)
-        return x
-
-    def _scores(self, labels: torch.Tensor) -> torch.Tensor:
-        return core_losses.label_scores(labels, self.elta_config.bin_values, validate=False)
-
-    def _mix(self, features: torch.Tensor) -> torch.Tensor:
-        batch = self._batch
-        if batch.mixed or not isinstance(features, torch.Tensor):
-            return features
-        batch.mixed = True
-        features, batch.labels, batch.pairs = core_step.mix(self.elta_config, features, batch.labels, self.generator)
-        return features
+    # -- hooks: active only inside a training call, on its step ---------------------
+    def _mix(self, features: Any) -> Any:
+        return features if self._batch is None or not isinstance(features, torch.Tensor) else self._batch.mix(features)
 
     def _mix_head_input(self, module, args):
         if self._batch is None or not args:
@@ -159,10 +115,8 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
         return None if self._batch is None else self._mix(output)
 
     def _capture(self, features) -> None:
-        batch = self._batch
-        if batch is None or batch.features is not None or not isinstance(features, torch.Tensor):
-            return
-        batch.features, batch.feature_labels = features, batch.labels
+        if self._batch is not None and isinstance(features, torch.Tensor):
+            self._batch.align(features)
 
     def _capture_head_input(self, module, args):
         if args:
@@ -175,105 +129,67 @@ class ELTAWrapper(nn.Module, core_step.ConfigAttributes):
     def forward(self, x: Any, y: torch.Tensor | None = None, *, labels: torch.Tensor | None = None) -> Any:
         """``wrapper(x)``: the model's output, untouched. ``wrapper(x, y)`` (or ``labels=y``,
         as Hugging Face's Trainer passes them) in train mode: an :class:`ELTAOutput` with
-        the loss to backpropagate."""
+        the loss to backpropagate, from one :func:`elta_core.step.labelled_step`."""
         if labels is not None:
             if y is not None:
                 raise ValueError("labels: give the labels once, as y or as labels=")
             y = labels
         if y is None or not self.training:
             return self.model(x)
-        batch = _Batch(self._labels(x, y))
-        self._batch = batch
+        like = x if isinstance(x, torch.Tensor) else next(self.model.parameters())
+        result = core_step.labelled_step(
+            self.elta_config, as_float_labels(y, like), lambda step: self._forward_step(x, step),
+            kind_of=self.output_kind, batch_size=x.shape[0] if isinstance(x, torch.Tensor) else None,
+            seed=self.generator, user_loss=self._task_loss_with_peers(),
+            gather=gather_with_grad if self.flsa_scope == "global" else None)
+        if self.peers:
+            self._check_peer_levels(result.predictions)
+        extra = self._peer_regularisers(result)
+        loss = result.loss
+        if extra:
+            if self.elta_config.check_finite:
+                core_step.raise_if_not_finite({f"{name} loss": value for name, value in extra.items()})
+            loss = loss + sum(v.to(loss.dtype) for v in extra.values())
+        return ELTAOutput(result.predictions, result.labels, loss, result.task_loss, result.flsa_loss, result.pairs,
+                          result.features, extra)
+
+    def _forward_step(self, x: Any, step: core_step.LabelledStep) -> torch.Tensor:
+        """The model's forward on one step, the hooks mixing and recording on it."""
+        step.peer_mixed = False
+        self._batch = step
         try:
-            x = self._mix_input_with_peers(x, batch)
+            x = self._mix_input_with_peers(x, step)
             if self.mix_at == "input":
                 x = self._mix(x)
             predictions = self.model(x)
         finally:
             self._batch = None
-        self._check_hooks_ran(batch)
-        return self._output(predictions, batch)
+        self._check_hooks_ran(step)
+        predictions = getattr(predictions, "logits", predictions)  # a Hugging Face model's output
+        if not isinstance(predictions, torch.Tensor):
+            raise ValueError(f"model: expected the model to return a tensor, got {type(predictions).__name__}")
+        return predictions
 
-    def _check_hooks_ran(self, batch: _Batch) -> None:
-        if self.elta_config.tfa and not batch.mixed:
+    def _check_hooks_ran(self, step: core_step.LabelledStep) -> None:
+        if self.elta_config.tfa and not step.mixed:
             where = self.mix_at or self.head_name
             raise ValueError(f"mix_at: the layer {where!r} was not called in the model's forward, so TFA could "
                              "not mix; give the head or layer that the forward really runs")
-        if (self.elta_config.uses_flsa or any(p.needs_features for p in self.peers)) and batch.features is None:
+        if (self.elta_config.uses_flsa or any(p.needs_features for p in self.peers)) and step.features is None:
             where = self.align_at or self.head_name
             raise ValueError(f"align_at: the layer {where!r} was not called in the model's forward, so FLSA and "
                              "RankSim have no features; give the head or layer that the forward really runs")
 
-    def _output(self, predictions: Any, batch: _Batch) -> ELTAOutput:
-        predictions = getattr(predictions, "logits", predictions)  # a Hugging Face model's output
-        if not isinstance(predictions, torch.Tensor):
-            raise ValueError(f"model: expected the model to return a tensor, got {type(predictions).__name__}")
-        kind = self.output_kind(predictions)
-        core_step.check_output(self.elta_config, predictions.detach(), batch.labels, kind)
-        if self.peers:
-            levels = self.elta_config.bin_values
-            if levels is None and kind != "score":
-                levels = tuple(float(k) for k in range(1, predictions.shape[-1] + 1))
-            for peer in self.peers:
-                peer.check_levels(levels)
-        gather = gather_with_grad if self.flsa_scope == "global" else None
-        result = core_step.losses_of(self.elta_config, predictions, batch.labels, batch.features, batch.feature_labels,
-                                     kind=kind, user_loss=self._task_loss_with_peers(kind), gather=gather)
-        extra = self._peer_regularisers(batch)
-        if extra:
-            if self.elta_config.check_finite:
-                core_step.raise_if_not_finite({f"{name} loss": value for name, value in extra.items()})
-            result = result._replace(loss=result.loss + sum(v.to(result.loss.dtype) for v in extra.values()))
-        return ELTAOutput(predictions, batch.labels, *result, batch.pairs, batch.features, extra)
-
-    def _task_loss_with_peers(self, kind: str) -> Callable | None:
-        """The task loss as the peers change it: LDS weights each sample's loss, Balanced
-        MSE replaces it by BMC on the predicted and true scores; else the user's or None
-        (the core's default)."""
-        changing = next((p for p in self.peers if p.replaces_task_loss), None)
-        if changing is None:
-            return self.task_loss_fn
-        bin_values = self.elta_config.bin_values
-
-        def loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            scores = self._scores(labels)
-            weights = changing.sample_weights(scores)
-            if weights is not None:
-                return core_losses.task_loss(predictions, labels, kind, bin_values, validate=False, weights=weights)
-            predicted = core_losses.output_scores(predictions, kind, bin_values, validate=False)
-            return changing.task_loss(predicted, scores)
-
-        return loss
-
-    def _peer_regularisers(self, batch: _Batch) -> dict[str, torch.Tensor]:
-        regularising = [p for p in self.peers if p.needs_features]
-        if not regularising or batch.features is None:
-            return {}
-        scores = self._scores(batch.feature_labels)
-        return {p.name: p.regulariser(batch.features, scores, self.generator) for p in regularising}
-
-    def end_epoch(self) -> None:
-        """Tell the peers that an epoch ended (FDS folds the epoch's feature statistics
-        into its running ones). ``fit`` calls it; a custom loop calls it once per epoch."""
-        for peer in self.peers:
-            peer.end_epoch()
-
     def unlabelled_loss(self, x: Any, y: torch.Tensor) -> torch.Tensor:
         """``L_u`` of Eq. 10 with ``round2="separate"``: the task loss on pseudo-labelled
         samples (no TFA, no FLSA)."""
-        labels = self._labels(x, y)
         predictions = self.model(x)
-        kind = self.output_kind(predictions)
-        core_step.check_output(self.elta_config, predictions.detach(), labels, kind)
-        loss = core_step.task_loss(self.elta_config, predictions, labels, kind, self.task_loss_fn)
+        like = x if isinstance(x, torch.Tensor) else next(self.model.parameters())
+        loss = core_step.pseudo_labelled_loss(self.elta_config, predictions, as_float_labels(y, like),
+                                              self.output_kind(predictions), self.task_loss_fn)
         if self.elta_config.check_finite:
             core_step.raise_if_not_finite({"pseudo-label task loss": loss})
         return loss
-
-    def _labels(self, x: Any, y: Any) -> torch.Tensor:
-        like = x if isinstance(x, torch.Tensor) else next(self.model.parameters())
-        batch = x.shape[0] if isinstance(x, torch.Tensor) else None
-        return core_step.check_labels(self.elta_config, as_float_labels(y, like), batch)
 
     def output_kind(self, predictions: torch.Tensor) -> str:
         """``"logits"``, ``"probs"`` or ``"score"``: see :func:`elta_core.step.output_kind`."""

@@ -1,0 +1,87 @@
+"""How :class:`~elta_core.adapters.torch.ELTAWrapper` calls its peers (the plug-ins of
+:mod:`elta_core.adapters.torch.peers`) at their points of a training step: C-Mixup on
+the input or the head's input, FDS on the head's input before TFA mixes it, LDS and
+Balanced MSE in the task loss, RankSim's regulariser beside FLSA, FDS's statistics at
+the end of an epoch."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from elta_core import losses as core_losses
+from elta_core import step as core_step
+from elta_core.adapters.torch.peers import Peer
+
+
+class PeerSteps:
+    """The peer hooks of the wrapper (a mixin: the wrapper has ``peers``, ``elta_config``,
+    ``generator``, ``task_loss_fn``, ``output_kind`` and the current ``_batch``)."""
+
+    def _peers_at(self, stage: str) -> list[Peer]:
+        return [p for p in self.peers if p.stage == stage]
+
+    def _scores(self, labels: torch.Tensor) -> torch.Tensor:
+        return core_losses.label_scores(labels, self.elta_config.bin_values, validate=False)
+
+    def _peers_on_head_input(self, module, args):
+        step = self._batch
+        if step is None or not args or not isinstance(args[0], torch.Tensor):
+            return None
+        features = args[0]
+        for peer in self._peers_at("head"):
+            features = peer.calibrate(features, self._scores(step.labels))
+            if not step.peer_mixed:  # once, should the head run twice
+                features, step.labels = peer.mix(features, step.labels, self._scores(step.labels), self.generator)
+        step.peer_mixed = True
+        return (features,) + tuple(args[1:])
+
+    def _mix_input_with_peers(self, x: Any, step: core_step.LabelledStep) -> Any:
+        for peer in self._peers_at("input"):
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"{peer.name}: at='input' mixes the input tensor, but the model's input is a "
+                                 f"{type(x).__name__}; use {type(peer).__name__}(at='features')")
+            x, step.labels = peer.mix(x, step.labels, self._scores(step.labels), self.generator)
+        return x
+
+    def _check_peer_levels(self, predictions: torch.Tensor) -> None:
+        """The rating value of each output level, for the peers that bin training labels."""
+        levels = self.elta_config.bin_values
+        if levels is None and self.output_kind(predictions) != "score":
+            levels = tuple(float(k) for k in range(1, predictions.shape[-1] + 1))
+        for peer in self.peers:
+            peer.check_levels(levels)
+
+    def _task_loss_with_peers(self) -> Callable | None:
+        """The task loss as the peers change it: LDS weights each sample's loss, Balanced
+        MSE replaces it by BMC on the predicted and true scores; else the user's or None
+        (the core's default)."""
+        changing = next((p for p in self.peers if p.replaces_task_loss), None)
+        if changing is None:
+            return self.task_loss_fn
+        bin_values = self.elta_config.bin_values
+
+        def loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            self._check_peer_levels(predictions)  # before the bins are read
+            kind, scores = self.output_kind(predictions), self._scores(labels)
+            weights = changing.sample_weights(scores)
+            if weights is not None:
+                return core_losses.task_loss(predictions, labels, kind, bin_values, validate=False, weights=weights)
+            predicted = core_losses.output_scores(predictions, kind, bin_values, validate=False)
+            return changing.task_loss(predicted, scores)
+
+        return loss
+
+    def _peer_regularisers(self, result: core_step.StepResult) -> dict[str, torch.Tensor]:
+        regularising = [p for p in self.peers if p.needs_features]
+        if not regularising or result.features is None:
+            return {}
+        scores = self._scores(result.feature_labels)
+        return {p.name: p.regulariser(result.features, scores, self.generator) for p in regularising}
+
+    def end_epoch(self) -> None:
+        """Tell the peers that an epoch ended (FDS folds the epoch's feature statistics
+        into its running ones). ``fit`` calls it; a custom loop calls it once per epoch."""
+        for peer in self.peers:
+            peer.end_epoch()
