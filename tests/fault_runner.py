@@ -42,7 +42,9 @@ def _install(fault: str) -> None:
         ELTAWrapper.forward = counting
     elif kind == "predict":
         calls = {"n": 0}
-        original = module._split_batch
+        from elta_core.adapters.torch import prediction
+
+        original = prediction.split_batch
 
         def counting(batch):
             calls["n"] += 1
@@ -50,7 +52,7 @@ def _install(fault: str) -> None:
                 _kill()
             return original(batch)
 
-        module._split_batch = counting
+        prediction.split_batch = counting
     elif kind == "write":
         import elta_core.io as io
 
@@ -65,7 +67,9 @@ def _install(fault: str) -> None:
                 return original(path, half)
             return original(path, write)
 
-        module.atomic_write = io.atomic_write = killing
+        from elta_core.adapters.torch import checkpoints
+
+        checkpoints.atomic_write = io.atomic_write = killing
 
 
 def main(workdir: str, fault: str = "") -> None:

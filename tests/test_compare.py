@@ -4,6 +4,7 @@ intervals, resumable run by run, a changed setting refused."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -79,11 +80,38 @@ def test_apds_ablations_and_the_control_run_through_elta_train(train_arguments, 
     assert config["pseudo_label"] == "prediction" and config["max_pseudo_labels"] == "labelled"
 
 
-def test_every_method_is_a_valid_set_of_train_flags():
-    from elta_core.app.cli import build_parser
-    from elta_core.app.compare import METHODS
+def test_every_method_is_a_valid_set_of_train_settings():
+    from elta_core.app.cli import train_settings
+    from elta_core.app.methods import METHODS, SET_PER_RUN
 
-    for method, flags in METHODS.items():
-        args = build_parser().parse_args(["train", "--labels", "x.csv", "--format", "ava", *flags])
-        assert args.tfa == ("--tfa" in flags), method
-    assert build_parser().parse_args(["train", "--labels", "x", "--format", "ava", *METHODS["ranksim"]]).peers == ["ranksim"]
+    base = train_settings(["--labels", "x.csv", "--format", "ava"])
+    for method, settings in METHODS.items():
+        made = base.replace(**settings)
+        assert made.tfa == settings["tfa"] and set(settings) <= set(SET_PER_RUN), method
+    assert base.replace(**METHODS["ranksim"]).peers == ("ranksim",)
+    # the settings a method fixes are what its flags set on the command line
+    flags = ["--labels", "x.csv", "--format", "ava", "--tfa", "--flsa", "1", "--apds", "--thresholds", "1e-9",
+             "--max-pseudo-labels", "none"]
+    assert train_settings(flags) == base.replace(**METHODS["elta+apds-whole-pool"])
+
+
+def test_compare_runs_training_in_process_not_through_the_command_line(monkeypatch, tmp_path):
+    from elta_core.app import cli, compare, training
+
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda *a, **k: pytest.fail("compare went through the command line"))
+
+    def fake_train(settings):
+        seen.append(settings)
+        folder = Path(settings.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps({"plcc": 0.5 + settings.seed / 10, "srcc": 0.5, "accuracy": 0.5,
+                                                         "mse": 1.0, "mae_low": 1.0, "mae_medium": 1.0,
+                                                         "mae_high": 1.0}))
+        return {}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    base = cli.train_settings(["--labels", "x.csv", "--format", "ava", "--epochs", "3"])
+    compare.compare(base, ["baseline", "lds"], [0, 1], tmp_path, progress=False)
+    assert [(s.peers, s.seed, s.epochs, s.resume) for s in seen] == [
+        ((), 0, 3, True), (("lds",), 0, 3, True), ((), 1, 3, True), (("lds",), 1, 3, True)]

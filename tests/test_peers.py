@@ -444,9 +444,11 @@ def test_a_nan_regulariser_is_named():
 
 
 def test_the_cli_knows_every_peer():
-    from elta_core.app.cli import PEER_NAMES
+    from elta_core.app.config import TrainConfig
+    from elta_core.peer_names import PEER_NAMES
 
-    assert PEER_NAMES == tuple(P.PEERS)
+    assert PEER_NAMES == tuple(P.PEERS) == tuple(kind.name for kind in P.PEERS.values())
+    assert all(name in TrainConfig.__dataclass_fields__["peers"].metadata["help"] for name in PEER_NAMES)
 
 
 def test_fds_refuses_features_of_another_width():

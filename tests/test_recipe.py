@@ -72,8 +72,9 @@ def test_paper_recipe_with_timm_writes_epochs_best_and_predictions(split_data, t
                      "--format", "ava", "--images", str(split_data / "images"), "--batch-size", "5",
                      "--out", str(tmp_path / "eval"), "--quiet"]) == 0
     again = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    # batches of 5 here, 8 in training: float32 sums in other shapes differ in their last bits
     for name in ("plcc", "srcc", "accuracy", "mse", "mae_low", "mae_medium", "mae_high"):
-        assert again[name] == pytest.approx(result[name], abs=1e-5), name
+        assert again[name] == pytest.approx(result[name], abs=1e-4), name
     reproduced = _rows(tmp_path / "eval" / "predictions.csv")
     assert [r["image"] for r in reproduced] == [r["image"] for r in predictions]
     assert all(abs(float(a["predicted_score"]) - float(b["predicted_score"])) < 1e-4
@@ -214,8 +215,9 @@ def test_paper_recipe_with_apds_resumes_and_evaluate_reproduces(split_data, tmp_
                      str(split_data / "test.csv"), "--format", "ava", "--images", str(split_data / "images"),
                      "--out", str(tmp_path / "eval"), "--quiet"]) == 0
     again = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert again["srcc"] == pytest.approx(result["srcc"], abs=1e-5)
-    assert again["mse"] == pytest.approx(result["mse"], abs=1e-5)
+    # evaluated in batches of 32 here, of --batch-size in training: last-bit differences only
+    assert again["srcc"] == pytest.approx(result["srcc"], abs=1e-4)
+    assert again["mse"] == pytest.approx(result["mse"], abs=1e-4)
 
 
 def test_select_best_resumed_equals_uninterrupted_and_a_damaged_best_is_refused(split_data, tmp_path, capsys):

@@ -4,6 +4,7 @@ method's paired difference to the baseline with its 95 % Student-t interval
 (:mod:`elta_core.comparison`).
 
 Every (method, seed) is an ``elta train`` run directory of its own under ``OUT/runs``,
+trained in this process from a :class:`~elta_core.app.config.TrainConfig` per run,
 started or continued with ``--resume``: a killed comparison resumes run by run, and a
 run whose settings changed is refused by name, never reused.
 """
@@ -17,59 +18,35 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from elta_core.app.methods import METHODS, SET_PER_RUN
 from elta_core.comparison import paired_difference
 from elta_core.io import atomic_write_json, atomic_write_text
 
-# A method is the flags it adds to the shared `elta train` arguments.
-METHODS: dict[str, list[str]] = {
-    "baseline": ["--no-tfa", "--flsa", "0"],
-    "tfa": ["--tfa", "--flsa", "0"],
-    "flsa": ["--no-tfa", "--flsa", "1"],
-    "elta": ["--tfa", "--flsa", "1"],
-    "elta+apds": ["--tfa", "--flsa", "1", "--apds"],
-    # APDS ablations: the authors' unsharpened pseudo-labels; no sharpening at all (beta 0:
-    # a confidence threshold on the plain softmax, grid-searched the same way); every pool
-    # image, no selection and no cap; and the control: the same round 2 with no pseudo-label kept.
-    "elta+apds-prediction": ["--tfa", "--flsa", "1", "--apds", "--pseudo-label", "prediction"],
-    "elta+apds-unsharpened": ["--tfa", "--flsa", "1", "--apds", "--betas", "0"],
-    "elta+apds-whole-pool": ["--tfa", "--flsa", "1", "--apds", "--thresholds", "1e-9", "--max-pseudo-labels", "none"],
-    "elta+round2-control": ["--tfa", "--flsa", "1", "--apds", "--max-pseudo-labels", "0"],
-    # The established methods, each alone (elta_core.adapters.torch.peers).
-    **{name: ["--no-tfa", "--flsa", "0", "--peers", name] for name in ("lds", "fds", "ranksim", "cmixup", "bmse")},
-}
-DEFAULT_METHODS = ("baseline", "tfa", "flsa", "elta")
 REPORTED = [("plcc", "P", "↑"), ("srcc", "S", "↑"), ("accuracy", "acc", "↑"), ("mse", "MSE", "↓"),
             ("mae_low", "L", "↓"), ("mae_medium", "M", "↓"), ("mae_high", "H", "↓")]
-OWN_FLAGS = ("--seed", "--out", "--resume", "--tfa", "--no-tfa", "--flsa", "--apds", "--pseudo-label", "--thresholds",
-             "--max-pseudo-labels", "--peers", "--betas")
 
 
-def parse_methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods: expected a comma-separated list of {', '.join(METHODS)}, got {text!r}")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"methods: {text!r} names a method twice")
-    return methods
+def check_train_arguments(train_arguments: Sequence[str]) -> None:
+    """Refuse shared ``elta train`` arguments that compare sets per method and run."""
+    from elta_core.app.config import TrainConfig, flags_of
 
-
-def _check_train_arguments(train_arguments: Sequence[str]) -> None:
-    given = [flag for flag in OWN_FLAGS if any(a == flag or a.startswith(flag + "=") for a in train_arguments)]
+    spelled = [flag for flags in flags_of(TrainConfig, SET_PER_RUN).values() for flag in flags]
+    given = [flag for flag in spelled if any(a == flag or a.startswith(flag + "=") for a in train_arguments)]
     if given:
         raise ValueError(f"train arguments: {', '.join(given)} are set by elta compare per method and seed; "
                          "leave them out")
 
 
-def compare(train_arguments: Sequence[str], methods: Sequence[str], seeds: Sequence[int], out: str | Path,
-            progress: bool = True) -> dict[str, Any]:
-    """Train every method with every seed (``elta train`` with ``train_arguments``), then
-    write ``compare.md``, ``compare.json`` and ``compare.png`` to ``out``. The first method
-    is the reference of the paired differences (``baseline`` when it is there)."""
-    from elta_core.app.cli import main as elta
+def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | Path, progress: bool = True,
+            train_arguments: Sequence[str] = ()) -> dict[str, Any]:
+    """Train every method with every seed: :func:`elta_core.app.training.train` with the
+    shared settings ``base`` (a :class:`~elta_core.app.config.TrainConfig`) and the
+    method's (:data:`elta_core.app.methods.METHODS`), in this process; then write
+    ``compare.md``, ``compare.json`` and ``compare.png`` to ``out``. The first method is
+    the reference of the paired differences (``baseline`` when it is there)."""
+    from elta_core.app.training import train
 
     methods = list(methods)
-    _check_train_arguments(train_arguments)
     if len(seeds) < 2:
         raise ValueError(f"seeds: a paired interval needs at least 2 seeds, got {len(seeds)}")
     out = Path(out)
@@ -79,11 +56,12 @@ def compare(train_arguments: Sequence[str], methods: Sequence[str], seeds: Seque
         folder = out / "runs" / method / f"seed{seed}"
         if progress:
             print(f"compare: run {k}/{len(runs)}: {method}, seed {seed} -> {folder}", flush=True)
-        code = elta(["train", *train_arguments, *METHODS[method], "--seed", str(seed), "--out", str(folder),
-                     "--resume", *([] if progress else ["--quiet"])])
-        if code != 0:
-            raise ValueError(f"compare: elta train failed for {method}, seed {seed} (exit code {code}, its error "
-                             f"above); its run directory is {folder}")
+        settings = base.replace(**METHODS[method], seed=seed, out=str(folder), resume=True,
+                                quiet=base.quiet or not progress)
+        try:
+            train(settings)
+        except (ValueError, OSError, FloatingPointError) as error:
+            raise type(error)(f"{method}, seed {seed}: {error} (its run directory is {folder})") from None
         results[method].append(json.loads((folder / "metrics.json").read_text()))
     report = summarise(results, methods[0])
     report.update(methods=methods, seeds=list(seeds), train_arguments=list(train_arguments))

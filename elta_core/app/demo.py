@@ -31,14 +31,19 @@ from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.adapters.torch.peers import LDS, RankSim
 from elta_core.app.compare import summarise
+from elta_core.app.methods import METHODS, uses_self_training
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
 from elta_core.io import atomic_write_json, atomic_write_text
 
-CONTROL = "+TFA+FLSA+round 2, no pseudo-labels"
-PEER_ROWS = {"LDS": lambda config, train_labels: LDS(train_labels),
-             "RankSim": lambda config, train_labels: RankSim(weight=config.ranksim_weight)}
-ROWS = ["baseline", "+TFA", "+FLSA", "+TFA+FLSA", "+TFA+FLSA+APDS", CONTROL, *PEER_ROWS]
+# The demo's rows: methods of elta compare's table (elta_core.app.methods), by their Table 4 names.
+ROW_NAMES = {"baseline": "baseline", "tfa": "+TFA", "flsa": "+FLSA", "elta": "+TFA+FLSA",
+             "elta+apds": "+TFA+FLSA+APDS", "elta+round2-control": "+TFA+FLSA+round 2, no pseudo-labels",
+             "lds": "LDS", "ranksim": "RankSim"}
+ROWS = list(ROW_NAMES.values())
+CONTROL = ROW_NAMES["elta+round2-control"]
+PEER_FACTORIES = {"lds": lambda config, train_labels: LDS(train_labels),
+                  "ranksim": lambda config, train_labels: RankSim(weight=config.ranksim_weight)}
 
 
 @dataclass(frozen=True)
@@ -109,14 +114,14 @@ def _predicted_scores(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     return apds.predicted_scores(logits).numpy()
 
 
-def _train_row(row: str, seed: int, data: dict, config: DemoConfig, workdir: Path, progress: bool):
-    """Train one Table 4 row; for the APDS row the +TFA+FLSA round 1 is resumed from disk."""
+def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: Path, progress: bool):
+    """Train one method's row; for the APDS rows the +TFA+FLSA round 1 is resumed from disk."""
     torch.manual_seed(seed)
-    use_tfa, use_flsa = "TFA" in row, "FLSA" in row
-    peers = [PEER_ROWS[row](config, data["train"][1])] if row in PEER_ROWS else []
+    settings, row = METHODS[method], ROW_NAMES[method]
+    peers = [PEER_FACTORIES[name](config, data["train"][1]) for name in settings.get("peers", ())]
     wrapper = ELTAWrapper(
-        SmallCNN(), "head", tfa=use_tfa, num_pairs=config.num_pairs,
-        flsa_weight=config.flsa_weight if use_flsa else 0.0, seed=seed, peers=peers,
+        SmallCNN(), "head", tfa=settings["tfa"], num_pairs=config.num_pairs,
+        flsa_weight=config.flsa_weight * settings["flsa"], seed=seed, peers=peers,
     )
     generator = torch.Generator().manual_seed(seed)
 
@@ -127,16 +132,17 @@ def _train_row(row: str, seed: int, data: dict, config: DemoConfig, workdir: Pat
             progress=progress, desc=f"{row} seed {seed} round {round_index}")
 
     labelled = _Flipped(*data["train"])
-    if row in ("+TFA+FLSA", "+TFA+FLSA+APDS", CONTROL):
+    round1_shared = settings["tfa"] and settings["flsa"] and not peers  # the rows that share ELTA's round 1
+    if round1_shared:
         trainer = SelfTraining(
             wrapper, workdir / f"seed{seed}", train=train, betas=config.betas, thresholds=config.thresholds,
             batch_size=config.batch_size, loader_kwargs={"generator": generator}, progress=progress,
         )
         summary = trainer.run(
             labelled, TensorDataset(*data["calibration"]), TensorDataset(data["unlabelled"][0]),
-            stop_after=None if row == "+TFA+FLSA+APDS" else "round1",
+            stop_after=None if uses_self_training(method) and settings.get("max_pseudo_labels") != 0 else "round1",
         )
-        if row == CONTROL:  # APDS's round 2, epochs and learning rate included, without the pseudo-labels
+        if settings.get("max_pseudo_labels") == 0:  # APDS's round 2, epochs and learning rate included, no pseudo-labels
             loader = torch.utils.data.DataLoader(labelled, batch_size=config.batch_size, shuffle=True,
                                                  generator=generator)
             train(wrapper, loader, None, 2)
@@ -213,8 +219,8 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
     grids, predictions = [], {row: [] for row in ROWS}
     workdir = run_folder(out, config)
     for seed in config.seeds:
-        for row in ROWS:
-            predicted, summary = _train_row(row, seed, parts, config, workdir, progress)
+        for method, row in ROW_NAMES.items():
+            predicted, summary = _train_row(method, seed, parts, config, workdir, progress)
             results[row].append(metrics.evaluate(predicted, test_scores))
             if "grid" in summary:
                 grids.append({"seed": seed, "beta": summary["grid"]["beta"], "threshold": summary["grid"]["threshold"],
@@ -254,7 +260,8 @@ def describe(report: dict) -> str:
         f"{config['unlabelled']} unlabelled and {config['test']} test images of {config['image_size']}x{config['image_size']}.",
         f"Small CNN, {config['epochs']} epochs (+{config['round2_epochs']} for the APDS round), "
         f"TFA {config['num_pairs']:g} of each batch, FLSA weight {config['flsa_weight']:g}, seeds {list(config['seeds'])}; "
-        f"{' and '.join(PEER_ROWS)} alone, with their papers' defaults (RankSim's weight {config['ranksim_weight']:g}).",
+        f"{' and '.join(ROW_NAMES[name] for name in PEER_FACTORIES)} alone, with their authors' defaults (RankSim's "
+        f"weight {config['ranksim_weight']:g}).",
         "P = PLCC, S = SRCC, L/M/H = MAE on the low 20 % / middle 60 % / high 20 % of true scores.",
         "",
         report["table"],

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from elta_core.adapters.torch.modules import auto_head, find_module, last_linear, replace_module
+from elta_core.app.config import HEADS
 from elta_core.optional import require
 
-HEADS = ("linear", "emd-mlp", "sigmoid")
 EMD_MLP_HIDDEN = 64  # the authors' EMD head: Linear(F, 64), ReLU, Linear(64, C)
 SIGMOID_DROPOUT = 0.75  # the authors' score head: Dropout(0.75), Linear(F, 1), Sigmoid
 TIMM_PREFIX = "timm/"

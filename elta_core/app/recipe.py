@@ -4,6 +4,7 @@ wins over the recipe."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 # name: (this library's default, the paper's setting)
@@ -36,15 +37,19 @@ def recipe_help(name: str, text: str) -> str:
     return f"{text} (default: {shown}; --recipe paper: {PAPER_DESCRIPTION.get(name, paper)})"
 
 
-def resolve(args: Any, has_distributions: bool) -> None:
-    """Fill every recipe item the command line left unset (None) from ``args.recipe``."""
-    paper = args.recipe == "paper"
+def resolve(config: Any, has_distributions: bool) -> Any:
+    """``config`` with every recipe item it left unset (None) filled from ``config.recipe``
+    (a :class:`~elta_core.app.config.TrainConfig`, returned anew; the given one is not
+    changed)."""
+    paper = config.recipe == "paper"
+    filled: dict[str, Any] = {}
     for name, (default, paper_value) in RECIPE_ITEMS.items():
-        if getattr(args, name, None) is not None:
+        if getattr(config, name, None) is not None:
             continue
         value = paper_value if paper else default
         if paper and name == "head":
             value = "emd-mlp" if has_distributions else "sigmoid"
         if paper and name == "round2_epochs":
-            value = args.epochs
-        setattr(args, name, value)
+            value = filled.get("epochs", config.epochs)
+        filled[name] = value
+    return dataclasses.replace(config, **filled)

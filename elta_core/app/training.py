@@ -36,7 +36,7 @@ from elta_core.adapters.torch.checkpoints import load_file, save_and_record
 from elta_core.adapters.torch.loop import training_loader
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.app import recipe
-from elta_core.app.cli import csv_options
+from elta_core.app.config import EvaluateConfig, PseudoLabelConfig, TrainConfig, may_change_on_resume, run_identity
 from elta_core.app.models import build_model
 from elta_core.data.labels import LabelTable, load_labels
 from elta_core.io import atomic_write_json, atomic_write_text
@@ -114,26 +114,26 @@ def split_table(table: LabelTable, val_fraction: float, seed: int) -> tuple[Labe
     return _hold_out(table, val_fraction, seed)
 
 
-def data_splits(args: Any, table: LabelTable) -> DataSplits:
+def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
     """Training, validation and test rows. Test: ``--test-labels``, else the file's test
     split, else a random hold-out. Validation: ``--val-labels``, else the file's validation
     split (when it also has a test split), else, when ``--select-best`` needs one, a random
     ``--val-fraction`` of the training rows."""
-    load = lambda path: load_labels(path, args.format, image_root=args.images, **csv_options(args))  # noqa: E731
-    if args.test_labels:
-        train_rows, test = table, load(args.test_labels)
+    load = lambda path: load_labels(path, settings.format, image_root=settings.images, **settings.csv_options())  # noqa: E731
+    if settings.test_labels:
+        train_rows, test = table, load(settings.test_labels)
         if table.split is not None and "train" in table.split:
             train_rows = table.subset(_rows(table, ("train",)))
     else:
-        train_rows, test = split_table(table, args.val_fraction, args.seed)
+        train_rows, test = split_table(table, settings.val_fraction, settings.seed)
     validation = None
-    if args.val_labels:
-        validation = load(args.val_labels)
+    if settings.val_labels:
+        validation = load(settings.val_labels)
     elif table.split is not None and any(s in ("test", "testnew") for s in table.split) \
             and any(s in ("validation", "val") for s in table.split):
         validation = table.subset(_rows(table, ("validation", "val")))
-    elif args.select_best != "none":
-        train_rows, validation = _hold_out(train_rows, args.val_fraction, args.seed + 1)
+    elif settings.select_best != "none":
+        train_rows, validation = _hold_out(train_rows, settings.val_fraction, settings.seed + 1)
         if ddp.is_main():
             print(f"select-best: no validation set given; holding out {len(validation)} training images for it "
                   "(--val-fraction)")
@@ -229,30 +229,24 @@ def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: Labe
     return Evaluation(result, buffer.getvalue())
 
 
-# Settings that do not change the result, and those a resumed run may change.
-_NOT_RESULTS = ("run", "command", "out", "resume", "quiet", "device", "workers", "stop_after_epoch", "channels_last",
-                "compile")
-_MAY_CHANGE_ON_RESUME = ("epochs", "round2_epochs")
-
-
-def open_run(args: Any) -> RunManifest:
+def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
     """The run directory ``--out``: a new or empty one, or with ``--resume`` one whose
     manifest matches this run's settings and inputs (``--epochs`` may change)."""
-    out = Path(args.out)
+    out = Path(settings.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} is a file; give a directory for the run")
-    if out.is_dir() and any(out.iterdir()) and not args.resume:
+    if out.is_dir() and any(out.iterdir()) and not settings.resume:
         raise ValueError(f"out: {out} is not empty (an earlier run?); pass --resume to continue it, "
                          "or give a new --out")
     manifest = RunManifest(out)
-    config = json.loads(json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RESULTS}))
+    config = run_identity(settings, world_size=world_size)  # the fields that decide reuse, marked in TrainConfig
     before = dict(manifest.data.get("config") or {})
-    for name in manifest.check_config(config, may_change=_MAY_CHANGE_ON_RESUME):
+    for name in manifest.check_config(config, may_change=may_change_on_resume(TrainConfig)):
         print(f"resume: {name} changed from {before.get(name)!r} to {config.get(name)!r}")
-    inputs = {"labels": _path_fingerprint(args.labels)}
+    inputs = {"labels": _path_fingerprint(settings.labels)}
     for name in ("weights", "val_labels", "test_labels"):
-        if getattr(args, name, None):
-            inputs[name] = _path_fingerprint(getattr(args, name))
+        if getattr(settings, name, None):
+            inputs[name] = _path_fingerprint(getattr(settings, name))
     manifest.check_inputs(inputs)
     return manifest
 
@@ -266,101 +260,100 @@ def _path_fingerprint(path: str) -> str:
     return sha256_of_file(path)
 
 
-def _check_train_args(args: Any) -> None:
-    if args.lr is None or not (math.isfinite(args.lr) and args.lr > 0):
-        raise ValueError(f"lr: expected a finite learning rate > 0, got {args.lr}")
-    if args.head == "sigmoid" and args.apds:
+def _check_train_args(settings: TrainConfig) -> None:
+    if settings.lr is None or not (math.isfinite(settings.lr) and settings.lr > 0):
+        raise ValueError(f"lr: expected a finite learning rate > 0, got {settings.lr}")
+    if settings.head == "sigmoid" and settings.apds:
         raise ValueError("apds: needs a distribution head (--head linear or emd-mlp); --head sigmoid predicts one "
                          "score per image, which APDS cannot sharpen")
-    named = list(getattr(args, "peers", None) or [])
+    named = list(getattr(settings, "peers", None) or [])
     changing = peers.task_loss_changers([peers.PEERS[name] for name in named])  # before the run directory is touched
-    if changing and args.head == "sigmoid":
+    if changing and settings.head == "sigmoid":
         raise ValueError(f"peers: {changing[0]} changes the task loss, and --head sigmoid has its own (MSE on the "
                          f"labels' scale); use --head linear or emd-mlp with {changing[0]}")
     if "bmse" in named and ddp.launched_by_torchrun():
         raise ValueError("peers: bmse learns its noise scale outside the DDP model, so the processes would drift "
                          "apart; run bmse in one process")
-    if args.resize is not None and args.resize < args.image_size:
-        raise ValueError(f"resize: expected a side >= --image-size ({args.image_size}), got {args.resize}")
+    if settings.resize is not None and settings.resize < settings.image_size:
+        raise ValueError(f"resize: expected a side >= --image-size ({settings.image_size}), got {settings.resize}")
 
 
-def _datasets(args: Any, splits: DataSplits, config: RunConfig) -> tuple[ImageLabelDataset, ...]:
+def _datasets(settings: TrainConfig, splits: DataSplits, config: RunConfig) -> tuple[ImageLabelDataset, ...]:
     make = lambda table, train: None if table is None else ImageLabelDataset(  # noqa: E731
-        table, config.transform(train), skip_unreadable=args.skip_unreadable, seed=args.seed if train else None)
+        table, config.transform(train), skip_unreadable=settings.skip_unreadable, seed=settings.seed if train else None)
     return make(splits.train, True), make(splits.validation, False), make(splits.test, False)
 
 
-def _open_run_everywhere(args: Any) -> RunManifest:
+def _open_run_everywhere(settings: TrainConfig) -> RunManifest:
     """Rank 0 checks and records the run directory (an error stops every rank); the other
     ranks of a DDP run read the same directory, which must be shared, and never write."""
     opened: dict[str, RunManifest] = {}
 
     def check_and_record() -> None:  # returns nothing: the manifest is not sent to the other ranks
-        opened["manifest"] = open_run(args)
+        opened["manifest"] = open_run(settings, ddp.world_size())
 
     ddp.on_main(check_and_record)
-    return opened.get("manifest") or RunManifest(args.out, writer=False)
+    return opened.get("manifest") or RunManifest(settings.out, writer=False)
 
 
-def _write_on_main(write, *args) -> None:
+def _write_on_main(write, *settings) -> None:
     if ddp.is_main():
-        write(*args)
+        write(*settings)
 
 
-def train(args: Any) -> dict[str, Any]:
+def train(settings: TrainConfig) -> dict[str, Any]:
     """``elta train``: returns the test metrics of the final model (the best epoch's with
     ``--select-best``, the round-2 model with ``--apds``). Under ``torchrun`` every process
     runs this: the model is wrapped in DistributedDataParallel, FLSA sees the global batch
     (``--flsa-scope global``), and rank 0 writes every file."""
-    table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
-    recipe.resolve(args, table.distributions is not None)
-    _check_train_args(args)
-    device = ddp.init_from_environment(_device(args.device))
-    args.world_size = ddp.world_size()
-    manifest = _open_run_everywhere(args)
-    out = Path(args.out)
-    torch.manual_seed(args.seed)
-    splits = data_splits(args, table)
-    config = RunConfig(args.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
-                       args.image_size, "", args.head, args.resize, args.eval_transform == "crop")
-    model, config.head, skipped = config.build(args.weights)
-    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
+    settings = recipe.resolve(settings, table.distributions is not None)
+    _check_train_args(settings)
+    device = ddp.init_from_environment(_device(settings.device))
+    manifest = _open_run_everywhere(settings)
+    out = Path(settings.out)
+    torch.manual_seed(settings.seed)
+    splits = data_splits(settings, table)
+    config = RunConfig(settings.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
+                       settings.image_size, "", settings.head, settings.resize, settings.eval_transform == "crop")
+    model, config.head, skipped = config.build(settings.weights)
+    model.to(device, memory_format=torch.channels_last if settings.channels_last else torch.preserve_format)
     trained, head = model, config.head
     if ddp.is_distributed():
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         head = f"module.{head}"
-    if args.compile:
+    if settings.compile:
         trained, head = torch.compile(trained), f"_orig_mod.{head}"
     wrapper = ELTAWrapper(
-        trained, head, tfa=args.tfa, num_pairs=args.num_pairs, flsa_weight=args.flsa,
-        bin_values=config.bin_values, score_scale=score_scale_of(table), seed=args.seed + ddp.rank(),
-        flsa_scope=args.flsa_scope if ddp.is_distributed() else "local",
-        task_loss=ScaledScoreMSE(table.scale[1], config.bin_values) if args.head == "sigmoid" else None,
-        peers=_peers(args, splits.train),
+        trained, head, tfa=settings.tfa, num_pairs=settings.num_pairs, flsa_weight=settings.flsa,
+        bin_values=config.bin_values, score_scale=score_scale_of(table), seed=settings.seed + ddp.rank(),
+        flsa_scope=settings.flsa_scope if ddp.is_distributed() else "local",
+        task_loss=ScaledScoreMSE(table.scale[1], config.bin_values) if settings.head == "sigmoid" else None,
+        peers=_peers(settings, splits.train),
     )
-    train_data, val_data, test_data = _datasets(args, splits, config)
-    optimizer = OPTIMIZERS[args.optimizer](wrapper.parameters(), lr=args.lr)
-    round1 = _train_epochs(args, wrapper, model, train_data, val_data, optimizer, config, manifest)
+    train_data, val_data, test_data = _datasets(settings, splits, config)
+    optimizer = OPTIMIZERS[settings.optimizer](wrapper.parameters(), lr=settings.lr)
+    round1 = _train_epochs(settings, wrapper, model, train_data, val_data, optimizer, config, manifest)
     if round1 is None:
         return {}
     evaluated, best = CHECKPOINT, round1.get("best")
-    if args.select_best != "none":
+    if settings.select_best != "none":
         best_state = _load_best(manifest, best, device)
         model.load_state_dict(best_state["model"])
         evaluated = BEST
-        if args.round2_resume_optimizer:
+        if settings.round2_resume_optimizer:
             round1 = {**round1, "round2_optimizer": best_state.get("optimizer")}
-    if args.apds:
-        _self_training_round(args, wrapper, model, table, train_data, val_data or test_data, round1, config, manifest)
+    if settings.apds:
+        _self_training_round(settings, wrapper, model, table, train_data, val_data or test_data, round1, config, manifest)
         evaluated = CHECKPOINT
-    evaluation = evaluate_model(wrapper, test_data, splits.test, args.batch_size, _progress(args), desc="test",
-                                loader_kwargs=loader_options(args.workers, device))
+    evaluation = evaluate_model(wrapper, test_data, splits.test, settings.batch_size, _progress(settings), desc="test",
+                                loader_kwargs=loader_options(settings.workers, device))
     result: dict[str, Any] = dict(evaluation.metrics)
     result["skipped_images"] = float(sum(len(d.skipped) for d in (train_data, val_data, test_data) if d is not None))
     result["checkpoint"] = evaluated
     result["world_size"] = ddp.world_size()
     if best:
-        result.update(best_epoch=best["epoch"], **{f"best_val_{args.select_best}": best["value"]})
+        result.update(best_epoch=best["epoch"], **{f"best_val_{settings.select_best}": best["value"]})
     _write_on_main(atomic_write_text, out / "predictions.csv", evaluation.predictions)
     _write_on_main(atomic_write_json, out / "metrics.json", json_ready(result))
     if skipped and ddp.is_main():
@@ -368,10 +361,10 @@ def train(args: Any) -> dict[str, Any]:
     return result
 
 
-def _peers(args: Any, train_table: LabelTable) -> list:
+def _peers(settings: TrainConfig, train_table: LabelTable) -> list:
     """The plug-ins named by ``--peers``, with their papers' defaults; LDS and FDS bin the
     training split's labels."""
-    made = [peers.PEERS[name] for name in getattr(args, "peers", None) or []]
+    made = [peers.PEERS[name] for name in getattr(settings, "peers", None) or []]
     return [kind(train_table.scores) if kind.needs_train_labels else kind() for kind in made]
 
 
@@ -395,14 +388,14 @@ def loader_options(workers: int | None, device: torch.device) -> dict[str, Any]:
     return options
 
 
-def _progress(args: Any) -> bool:
-    return not args.quiet and ddp.is_main()
+def _progress(settings: TrainConfig | EvaluateConfig | PseudoLabelConfig) -> bool:
+    return not settings.quiet and ddp.is_main()
 
 
 CHECKPOINT_KEY = "epochs"  # the manifest key of checkpoint.pt: what it holds is resumable training
 
 
-def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data: ImageLabelDataset,
+def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Module, data: ImageLabelDataset,
                   validation: ImageLabelDataset | None, optimizer, config: RunConfig,
                   manifest: RunManifest) -> dict | None:
     """Train (or resume) the epochs of ``model`` (``wrapper.model`` is it, or its DDP
@@ -417,13 +410,13 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
         per_process = f" (2 per process, {ddp.world_size()} processes)" if ddp.is_distributed() else ""
         raise ValueError(f"labels: {len(data)} training image(s) after the split; at least {2 * ddp.world_size()} are "
                          f"needed to train{per_process}")
-    order = torch.Generator().manual_seed(args.seed)
-    loader = training_loader(data, args.batch_size, seed=args.seed, generator=order,
-                             **loader_options(args.workers, device_of(model)))
+    order = torch.Generator().manual_seed(settings.seed)
+    loader = training_loader(data, settings.batch_size, seed=settings.seed, generator=order,
+                             **loader_options(settings.workers, device_of(model)))
     generators = [wrapper.generator, order]
     key = manifest.stage_key("checkpoint", CHECKPOINT_KEY)
     first_epoch, state, history, best = 0, None, [], None
-    if args.resume and manifest.reusable("checkpoint", path, key):
+    if settings.resume and manifest.reusable("checkpoint", path, key):
         state = load_checkpoint_file(path, device_of(model))
         state = state.get("resume", state)
         model.load_state_dict(state["model"])
@@ -434,25 +427,25 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
         first_epoch, history, best = int(state["epoch"]), list(state.get("history", [])), state.get("best")
         if ddp.is_main():
             print(f"resuming from {path} after epoch {first_epoch}")
-    for epoch in range(first_epoch, args.epochs):
+    for epoch in range(first_epoch, settings.epochs):
         started = time.perf_counter()
         try:
-            losses = fit(wrapper, loader, optimizer, epochs=1, progress=_progress(args),
-                         desc=f"epoch {epoch + 1}/{args.epochs}", first_epoch=epoch, precision=args.precision)
+            losses = fit(wrapper, loader, optimizer, epochs=1, progress=_progress(settings),
+                         desc=f"epoch {epoch + 1}/{settings.epochs}", first_epoch=epoch, precision=settings.precision)
         except FloatingPointError as error:
             kept = f"the last good checkpoint (epoch {epoch}) is kept at {path}" if epoch else "no checkpoint was written"
             raise FloatingPointError(f"{error}; {kept}") from None
         if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise FloatingPointError(f"epoch {epoch + 1}/{args.epochs}: the weights became NaN or Inf in the last "
+            raise FloatingPointError(f"epoch {epoch + 1}/{settings.epochs}: the weights became NaN or Inf in the last "
                                      f"step; the last good checkpoint (epoch {epoch}) is kept at {path}")
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": losses[-1]}
         if validation is not None:
-            scores = evaluate_model(wrapper, validation, validation.table, args.batch_size, _progress(args),
-                                    desc="validate", loader_kwargs=loader_options(args.workers, device_of(model))).metrics
+            scores = evaluate_model(wrapper, validation, validation.table, settings.batch_size, _progress(settings),
+                                    desc="validate", loader_kwargs=loader_options(settings.workers, device_of(model))).metrics
             row.update({f"val_{name}": value for name, value in scores.items() if name != "num_images"})
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
-        best = _keep_best(args, row, best, model, optimizer, config, manifest)
+        best = _keep_best(settings, row, best, model, optimizer, config, manifest)
         snapshots = ddp.gather_objects(rng.snapshot(generators))
         state = {"model": model.state_dict(), "peers": wrapper.peers.state_dict(),
                  "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
@@ -460,25 +453,25 @@ def _train_epochs(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, data:
                  "history": history, "best": best}
         save_and_record(state, path, manifest, "checkpoint", key)
         _write_on_main(atomic_write_text, manifest.folder / "metrics.csv", _csv_text(history))
-        if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
+        if settings.stop_after_epoch and epoch + 1 >= settings.stop_after_epoch:
             if ddp.is_main():
                 print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
             return None
     return copy.deepcopy(state)
 
 
-def _keep_best(args: Any, row: dict[str, Any], best: dict | None, model, optimizer, config: RunConfig,
+def _keep_best(settings: TrainConfig, row: dict[str, Any], best: dict | None, model, optimizer, config: RunConfig,
                manifest: RunManifest) -> dict | None:
     """With ``--select-best``: save this epoch to ``best.pt`` when its validation metric is
     the best so far (a NaN metric, e.g. from constant predictions, never is)."""
-    if args.select_best == "none":
+    if settings.select_best == "none":
         return best
-    value = row[f"val_{args.select_best}"]
+    value = row[f"val_{settings.select_best}"]
     if not math.isfinite(value) or (best is not None and value <= best["value"]):
         return best
-    best = {"epoch": row["epoch"], "value": value, "metric": args.select_best}
+    best = {"epoch": row["epoch"], "value": value, "metric": settings.select_best}
     state = {"model": model.state_dict(), "epoch": row["epoch"], "config": config.__dict__, "validation": row}
-    if args.apds and args.round2_resume_optimizer:
+    if settings.apds and settings.round2_resume_optimizer:
         state["optimizer"] = optimizer.state_dict()
     save_and_record(state, manifest.folder / BEST, manifest, "best", manifest.stage_key("best", CHECKPOINT_KEY))
     return best
@@ -509,43 +502,43 @@ def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
     return state
 
 
-def _round2_optimizer(args: Any, round1: dict):
+def _round2_optimizer(settings: TrainConfig, round1: dict):
     """Round 2's optimizer: round 1's, state included (``--round2-resume-optimizer``, as
     the authors resume), else a fresh one at a quarter of the learning rate."""
-    optimizer_class = OPTIMIZERS[args.optimizer]
-    if not args.round2_resume_optimizer:
-        return lambda parameters: optimizer_class(parameters, lr=args.lr / 4)
+    optimizer_class = OPTIMIZERS[settings.optimizer]
+    if not settings.round2_resume_optimizer:
+        return lambda parameters: optimizer_class(parameters, lr=settings.lr / 4)
     saved = round1.get("round2_optimizer") or round1["optimizer"]
 
     def resumed(parameters):
-        optimizer = optimizer_class(parameters, lr=args.lr)
+        optimizer = optimizer_class(parameters, lr=settings.lr)
         optimizer.load_state_dict(copy.deepcopy(saved))
         return optimizer
 
     return resumed
 
 
-def _self_training_round(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module, table: LabelTable, train_data,
+def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Module, table: LabelTable, train_data,
                          calibration, round1: dict, config: RunConfig, manifest: RunManifest) -> None:
     """``--apds``: one self-training round from the current weights (round 1: the last or
     the best epoch). The final checkpoint holds the round-2 model, and the round-1
     training state to resume from."""
     out = manifest.folder
-    if not args.unlabelled:
+    if not settings.unlabelled:
         raise ValueError("unlabelled: --apds needs --unlabelled (a folder of images or a label file)")
-    pool = unlabelled_pool(args, table, config)
+    pool = unlabelled_pool(settings, table, config)
     trainer = SelfTraining(
-        wrapper, out / "self_training", epochs=args.round2_epochs, round2=args.round2, betas=args.betas,
-        thresholds=args.thresholds, min_selected=args.min_selected, pseudo_label=args.pseudo_label,
-        max_pseudo_labels=None if args.max_pseudo_labels == "none" else args.max_pseudo_labels,
-        optimizer=_round2_optimizer(args, round1), batch_size=args.batch_size, progress=_progress(args),
-        precision=args.precision, loader_kwargs=loader_options(args.workers, device_of(model)),
-        tag={"lr": args.lr, "optimizer": args.optimizer, "resume_optimizer": args.round2_resume_optimizer,
-             "select_best": args.select_best},
+        wrapper, out / "self_training", epochs=settings.round2_epochs, round2=settings.round2, betas=settings.betas,
+        thresholds=settings.thresholds, min_selected=settings.min_selected, pseudo_label=settings.pseudo_label,
+        max_pseudo_labels=None if settings.max_pseudo_labels == "none" else settings.max_pseudo_labels,
+        optimizer=_round2_optimizer(settings, round1), batch_size=settings.batch_size, progress=_progress(settings),
+        precision=settings.precision, loader_kwargs=loader_options(settings.workers, device_of(model)),
+        tag={"lr": settings.lr, "optimizer": settings.optimizer, "resume_optimizer": settings.round2_resume_optimizer,
+             "select_best": settings.select_best},
     )
-    if args.calibration:
-        calibration_table = load_labels(args.calibration, args.calibration_format or args.format, image_root=args.images)
-        calibration = ImageLabelDataset(calibration_table, config.transform(False), skip_unreadable=args.skip_unreadable)
+    if settings.calibration:
+        calibration_table = load_labels(settings.calibration, settings.calibration_format or settings.format, image_root=settings.images)
+        calibration = ImageLabelDataset(calibration_table, config.transform(False), skip_unreadable=settings.skip_unreadable)
     summary = trainer.run(train_data, calibration, pool, round1="current")
     if ddp.is_main():
         print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
@@ -555,15 +548,15 @@ def _self_training_round(args: Any, wrapper: ELTAWrapper, model: torch.nn.Module
             "resume": resume}, out / CHECKPOINT, manifest, "checkpoint", manifest.stage_key("checkpoint", CHECKPOINT_KEY))
 
 
-def unlabelled_pool(args: Any, table: LabelTable, config: RunConfig) -> ImageLabelDataset:
-    if Path(args.unlabelled).is_dir():
-        files = image_files(args.unlabelled)
+def unlabelled_pool(settings: TrainConfig | PseudoLabelConfig, table: LabelTable, config: RunConfig) -> ImageLabelDataset:
+    if Path(settings.unlabelled).is_dir():
+        files = image_files(settings.unlabelled)
         if not files:
-            raise ValueError(f"unlabelled: no images in {args.unlabelled} (looked for .jpg, .png, ... recursively)")
-        pool_table = LabelTable(files, np.zeros(len(files)), None, table.bin_values, table.scale, source=args.unlabelled)
+            raise ValueError(f"unlabelled: no images in {settings.unlabelled} (looked for .jpg, .png, ... recursively)")
+        pool_table = LabelTable(files, np.zeros(len(files)), None, table.bin_values, table.scale, source=settings.unlabelled)
     else:
-        pool_table = load_labels(args.unlabelled, args.unlabelled_format or args.format, image_root=args.images)
-    return ImageLabelDataset(pool_table, config.transform(False), labels=False, skip_unreadable=args.skip_unreadable)
+        pool_table = load_labels(settings.unlabelled, settings.unlabelled_format or settings.format, image_root=settings.images)
+    return ImageLabelDataset(pool_table, config.transform(False), labels=False, skip_unreadable=settings.skip_unreadable)
 
 
 def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunConfig]:
@@ -579,47 +572,46 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunCo
     return ELTAWrapper(model, config.head, bin_values=config.bin_values, score_scale=scale).eval(), config
 
 
-def evaluate(args: Any) -> dict[str, float]:
+def evaluate(settings: EvaluateConfig) -> dict[str, float]:
     """``elta evaluate``: metrics of a checkpoint on a label file (or one split of it), with
     the checkpoint's own evaluation transform; ``--out`` also gets ``predictions.csv``."""
-    wrapper, config = load_checkpoint(args.checkpoint, ddp.init_from_environment(_device(args.device)))
-    table = load_labels(args.labels, args.format, image_root=args.images, **csv_options(args))
-    if args.split:
-        table = table.where_split(args.split)
-    data = ImageLabelDataset(table, config.transform(False), skip_unreadable=args.skip_unreadable)
-    evaluation = evaluate_model(wrapper, data, table, args.batch_size, _progress(args),
-                                loader_kwargs=loader_options(args.workers, device_of(wrapper.model)))
+    wrapper, config = load_checkpoint(settings.checkpoint, ddp.init_from_environment(_device(settings.device)))
+    table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
+    if settings.split:
+        table = table.where_split(settings.split)
+    data = ImageLabelDataset(table, config.transform(False), skip_unreadable=settings.skip_unreadable)
+    evaluation = evaluate_model(wrapper, data, table, settings.batch_size, _progress(settings),
+                                loader_kwargs=loader_options(settings.workers, device_of(wrapper.model)))
     result = dict(evaluation.metrics, skipped_images=float(len(data.skipped)))
-    if args.out and ddp.is_main():
-        out = _output_folder(args.out)
+    if settings.out and ddp.is_main():
+        out = _output_folder(settings.out)
         _write_metrics(result, out, "evaluation")
         atomic_write_text(out / "predictions.csv", evaluation.predictions)
     return result
 
 
-def pseudo_label(args: Any) -> dict[str, Any]:
+def pseudo_label(settings: PseudoLabelConfig) -> dict[str, Any]:
     """``elta pseudo-label``: grid search on a labelled calibration file, then pseudo-labels
     for an unlabelled pool, written as ``pseudo_labels.csv`` (image, score, p_1..p_C)."""
-    device = ddp.init_from_environment(_device(args.device))
-    wrapper, config = load_checkpoint(args.checkpoint, device)
+    device = ddp.init_from_environment(_device(settings.device))
+    wrapper, config = load_checkpoint(settings.checkpoint, device)
     if config.head_type == "sigmoid":
-        raise ValueError(f"checkpoint: {args.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
-    calibration = load_labels(args.calibration, args.format, image_root=args.images, **csv_options(args))
-    calibration_data = ImageLabelDataset(calibration, config.transform(False), skip_unreadable=args.skip_unreadable)
-    options = loader_options(args.workers, device)
-    logits, _ = predict_dataset(wrapper, calibration_data, batch_size=args.batch_size, progress=_progress(args),
+        raise ValueError(f"checkpoint: {settings.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
+    calibration = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
+    calibration_data = ImageLabelDataset(calibration, config.transform(False), skip_unreadable=settings.skip_unreadable)
+    options = loader_options(settings.workers, device)
+    logits, _ = predict_dataset(wrapper, calibration_data, batch_size=settings.batch_size, progress=_progress(settings),
                                 desc="calibration", loader_kwargs=options)
-    args.unlabelled_format = args.unlabelled_format or args.format
-    pool = unlabelled_pool(args, calibration, config)
-    pool_logits, _ = predict_dataset(wrapper, pool, batch_size=args.batch_size, progress=_progress(args),
+    pool = unlabelled_pool(settings, calibration, config)
+    pool_logits, _ = predict_dataset(wrapper, pool, batch_size=settings.batch_size, progress=_progress(settings),
                                      desc="unlabelled", loader_kwargs=options)
     true = torch.as_tensor(calibration.scores[list(calibration_data.rows)], dtype=torch.float32)
 
     def choose_and_write() -> dict[str, Any]:  # once, on rank 0 under torchrun
-        chosen = pseudo_label_round(logits, true, pool_logits, betas=args.betas, thresholds=args.thresholds,
-                                    bin_values=config.bin_values, min_selected=args.min_selected,
-                                    pseudo_label=args.pseudo_label, score_scale=wrapper.score_scale)
-        out = _output_folder(args.out)
+        chosen = pseudo_label_round(logits, true, pool_logits, betas=settings.betas, thresholds=settings.thresholds,
+                                    bin_values=config.bin_values, min_selected=settings.min_selected,
+                                    pseudo_label=settings.pseudo_label, score_scale=wrapper.score_scale)
+        out = _output_folder(settings.out)
         atomic_write_json(out / "grid.json", chosen.grid.as_dict())
         atomic_write_text(out / "grid.md", chosen.grid.to_markdown() + "\n")
         values = torch.as_tensor(config.bin_values)

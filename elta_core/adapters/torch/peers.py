@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elta_core import _checks, losses
+from elta_core.peer_names import PEER_NAMES
 from elta_core.step import SCALE_SLACK
 
 # -- the equations --------------------------------------------------------------------
@@ -361,7 +362,6 @@ class LDS(_Binned):
         reweight: ``"sqrt_inv"`` or ``"inverse"`` (counts clipped to [5, 1000] first).
     """
 
-    name = "lds"
     replaces_task_loss = True
 
     def __init__(self, train_labels: Any, num_bins: int = 100, kernel_size: int = 5, sigma: float = 2.0,
@@ -401,7 +401,6 @@ class FDS(_Binned):
         train_labels: the training labels (their mean scores give the bins' range).
     """
 
-    name = "fds"
     stage = "head"
 
     def __init__(self, train_labels: Any, num_bins: int = 100, kernel_size: int = 5, sigma: float = 2.0,
@@ -493,7 +492,6 @@ class RankSim(Peer):
     for its image benchmarks.
     """
 
-    name = "ranksim"
     needs_features = True
 
     def __init__(self, weight: float = 100.0, interpolation: float = 2.0):
@@ -519,7 +517,6 @@ class CMixup(Peer):
     library's choice.
     """
 
-    name = "cmixup"
 
     def __init__(self, bandwidth: float | None = None, alpha: float = 2.0, at: str = "input"):
         super().__init__()
@@ -565,7 +562,6 @@ class BalancedMSE(Peer):
     scale (times ``score_scale``).
     """
 
-    name = "bmse"
     replaces_task_loss = True
 
     def __init__(self, init_sigma: float | None = None):
@@ -582,7 +578,9 @@ class BalancedMSE(Peer):
         return bmc_loss(predicted_scores.float(), scores.float(), self.noise_sigma.float() ** 2)
 
 
-PEERS: dict[str, type[Peer]] = {cls.name: cls for cls in (LDS, FDS, RankSim, CMixup, BalancedMSE)}
+PEERS: dict[str, type[Peer]] = dict(zip(PEER_NAMES, (LDS, FDS, RankSim, CMixup, BalancedMSE), strict=True))
+for _name, _kind in PEERS.items():
+    _kind.name = _name
 
 
 def check_peers(peers: Sequence[Peer], user_task_loss: bool) -> list[Peer]:

@@ -1,0 +1,44 @@
+"""The methods ``elta compare`` and ``elta demo`` train: each a name and the settings of
+:class:`~elta_core.app.config.TrainConfig` it fixes. One table for both; the peers'
+names come from :data:`elta_core.peer_names.PEER_NAMES`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from elta_core.peer_names import PEER_NAMES
+
+_ELTA = {"tfa": True, "flsa": 1.0}
+METHODS: dict[str, dict[str, Any]] = {
+    "baseline": {"tfa": False, "flsa": 0.0},
+    "tfa": {"tfa": True, "flsa": 0.0},
+    "flsa": {"tfa": False, "flsa": 1.0},
+    "elta": dict(_ELTA),
+    "elta+apds": {**_ELTA, "apds": True},
+    # APDS ablations: the authors' unsharpened pseudo-labels; no sharpening at all (beta 0:
+    # a confidence threshold on the plain softmax, grid-searched the same way); every pool
+    # image, no selection and no cap; and the control: the same round 2 with no pseudo-label kept.
+    "elta+apds-prediction": {**_ELTA, "apds": True, "pseudo_label": "prediction"},
+    "elta+apds-unsharpened": {**_ELTA, "apds": True, "betas": (0.0,)},
+    "elta+apds-whole-pool": {**_ELTA, "apds": True, "thresholds": (1e-9,), "max_pseudo_labels": "none"},
+    "elta+round2-control": {**_ELTA, "apds": True, "max_pseudo_labels": 0},
+    # The established methods, each alone (elta_core.adapters.torch.peers).
+    **{name: {"tfa": False, "flsa": 0.0, "peers": (name,)} for name in PEER_NAMES},
+}
+DEFAULT_METHODS = ("baseline", "tfa", "flsa", "elta")
+# What the methods set, and what compare sets per run: not to be given in the shared arguments.
+SET_PER_RUN = tuple(sorted({key for settings in METHODS.values() for key in settings} | {"seed", "out", "resume"}))
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods: expected a comma-separated list of {', '.join(METHODS)}, got {text!r}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods: {text!r} names a method twice")
+    return methods
+
+
+def uses_self_training(method: str) -> bool:
+    return bool(METHODS[method].get("apds"))
