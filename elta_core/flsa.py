@@ -106,32 +106,60 @@ def _direct_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tup
     return backend.sum(gap * gap), (4 * backend.matmul(gap, zh) if with_grad else None)
 
 
+CHUNK_ROWS = 256  # the fewest rows of a chunk; a batch is walked in at most 32 chunks
+
+
+def _chunks(size: int) -> range:
+    """Chunk starts: the gram form's B x D intermediates exist one chunk at a time, so its
+    extra memory is the normalised features and the gradient, plus 1/32 of them."""
+    return range(0, size, max(CHUNK_ROWS, -(-size // 32)))
+
+
+def _rows(backend, like: Tensor, start: int, stop: int) -> Tensor:
+    return backend.arange(stop, like)[start:stop]
+
+
 def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
     """``sum_ij (C_ij - M_ij)^2`` in O(B D^2 + B log B) with no B x B matrix, and (when
     asked) its gradient ``4 (Zh G - M Zh)`` w.r.t. ``Zh`` from the same prefix sums
-    (docs/design.md)."""
+    (docs/design.md). The rows are walked in chunks (in score order for the prefix sums,
+    then in input order for the gradient), into one (B, D) buffer."""
     size = backend.shape(zh)[0]
     gram = backend.matmul(backend.transpose(zh), zh)
     sum_c2 = backend.sum(gram * gram)
 
     order = backend.argsort(u, axis=0)
     u_sorted = backend.take(u, order)
-    z_sorted = backend.take(zh, order, axis=0)
-    u_column = backend.reshape(u_sorted, (-1, 1))
-    prefix = backend.cumsum(z_sorted, axis=0)  # P0_k = sum_{m<=k} z_m
-    weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)  # P1_k = sum_{m<=k} u_m z_m
-    total, weighted_total = prefix[-1:], weighted_prefix[-1:]
-    # A_k = sum_j |u_k - u_j| z_j = 2 (u_k P0_k - P1_k) + T1 - u_k T0; tied scores add 0
-    # on either side, so inclusive prefixes are exact.
-    spread = 2 * (u_column * prefix - weighted_prefix) + weighted_total - u_column * total
-    similar_sorted = total - spread  # (M Zh)_k = sum_j (1 - |u_k - u_j|) z_j
-    sum_cm = backend.sum(z_sorted * similar_sorted)
+    total = backend.sum(zh, axis=0, keepdims=True)  # T0 = sum_m z_m
+    weighted_total = backend.matmul(backend.reshape(u, (1, -1)), zh)  # T1 = sum_m u_m z_m
+    similar = zh * 0 if with_grad else None  # (M Zh)_k = sum_j (1 - |u_k - u_j|) z_j, in input order
+    sum_cm, carry = 0, None
+    step = _chunks(size).step
+    for start in _chunks(size):
+        rows = order[start:start + step]
+        z_sorted = backend.take(zh, rows, axis=0)
+        u_column = backend.reshape(u_sorted[start:start + step], (-1, 1))
+        prefix = backend.cumsum(z_sorted, axis=0)  # P0_k = sum_{m<=k} z_m
+        weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)  # P1_k = sum_{m<=k} u_m z_m
+        if carry is not None:  # the rows of the chunks before, in score order
+            prefix, weighted_prefix = prefix + carry[0], weighted_prefix + carry[1]
+        carry = (prefix[-1:], weighted_prefix[-1:])
+        # A_k = sum_j |u_k - u_j| z_j = 2 (u_k P0_k - P1_k) + T1 - u_k T0; tied scores add 0
+        # on either side, so inclusive prefixes are exact.
+        spread = 2 * (u_column * prefix - weighted_prefix) + weighted_total - u_column * total
+        similar_sorted = total - spread
+        sum_cm = sum_cm + backend.sum(z_sorted * similar_sorted)
+        if with_grad:
+            similar = backend.put_rows(similar, rows, similar_sorted)
 
     total_sum = sum_c2 - 2 * sum_cm + sum_similarity_squared(backend, u, u_sorted)
     if not with_grad:
         return total_sum, None
-    similar = backend.take(similar_sorted, backend.argsort(order, axis=0), axis=0)  # back to input order
-    return total_sum, 4 * (backend.matmul(zh, gram) - similar)
+    for start in _chunks(size):  # the gradient, written over (M Zh) row by row
+        stop = min(start + step, size)
+        gradient = 4 * (backend.matmul(zh[start:stop], gram) - similar[start:stop])
+        similar = backend.put_rows(similar, _rows(backend, order, start, stop), gradient)
+    return total_sum, similar
 
 
 def sum_similarity_squared(backend, u: Tensor, u_sorted: Tensor | None = None) -> Tensor:
@@ -147,12 +175,22 @@ def sum_similarity_squared(backend, u: Tensor, u_sorted: Tensor | None = None) -
     return size * size - 2 * sum_abs + 2 * size * backend.sum(centred * centred)
 
 
-def _normalize_backward(backend, zh: Tensor, squared: Tensor, norm: Tensor, grad_zh: Tensor) -> Tensor:
-    """Chain ``dL/dZh`` through ``zh = z / max(|z|, floor)`` to ``dL/dz``."""
-    along = backend.sum(zh * grad_zh, axis=1, keepdims=True)
-    # Where the norm was floored, zh = z / floor is linear in z: no projection.
-    along = backend.where(squared >= NORM_FLOOR**2, along, backend.constant(0.0, along))
-    return (grad_zh - zh * along) / norm
+def _normalize_backward(backend, zh: Tensor, squared: Tensor, norm: Tensor, grad_zh: Tensor,
+                        has_range: Tensor) -> Tensor:
+    """Chain ``dL/dZh`` through ``zh = z / max(|z|, floor)`` to ``dL/dz``, divided by B^2
+    (0 where the scores have no range), chunk by chunk, written over ``grad_zh``."""
+    size = backend.shape(zh)[0]
+    step = _chunks(size).step
+    zero = backend.constant(0.0, grad_zh)
+    for start in _chunks(size):
+        stop = min(start + step, size)
+        z, g = zh[start:stop], grad_zh[start:stop]
+        along = backend.sum(z * g, axis=1, keepdims=True)
+        # Where the norm was floored, zh = z / floor is linear in z: no projection.
+        along = backend.where(squared[start:stop] >= NORM_FLOOR**2, along, backend.constant(0.0, along))
+        rows = backend.where(has_range, (g - z * along) / norm[start:stop] / (size * size), zero)
+        grad_zh = backend.put_rows(grad_zh, _rows(backend, norm, start, stop), rows)
+    return grad_zh
 
 
 def alignment_loss(
@@ -211,5 +249,4 @@ def _reference_loss(backend, z: Tensor, s: Tensor, form: str) -> Tensor:
     loss = backend.where(has_range, total / (size * size), zero)
     if not with_grad:
         return loss
-    grad = backend.where(has_range, _normalize_backward(backend, zh, squared, norm, grad_zh) / (size * size), zero)
-    return backend.with_gradient(loss, z, grad)
+    return backend.with_gradient(loss, z, _normalize_backward(backend, zh, squared, norm, grad_zh, has_range))

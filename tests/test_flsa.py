@@ -153,3 +153,24 @@ def test_loss_is_invariant_to_batch_order(size, width, seed):
         a = flsa.alignment_loss(features, scores, form=method)
         b = flsa.alignment_loss(features[perm], scores[perm], form=method)
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("size", [257, 1000, 2500])
+def test_the_chunked_gram_form_equals_the_direct_form(size):
+    """Past CHUNK_ROWS rows the Gram form walks the batch in chunks, carrying its prefix
+    sums across them; loss and gradient equal the B x B form (float64), ties included."""
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(size)
+    features = torch.randn(size, 6, dtype=torch.float64, generator=generator)
+    features[5] = 0.0  # a zero row: the floored norm
+    scores = torch.randint(1, 11, (size,), generator=generator).double()  # many ties across chunk ends
+    results = []
+    for form in ("gram", "direct"):
+        leaf = features.clone().requires_grad_(True)
+        loss = flsa.alignment_loss(leaf, scores, form=form)
+        loss.backward()
+        results.append((float(loss), leaf.grad))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-10)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-15)
+    numpy_loss = flsa.alignment_loss(features.numpy(), scores.numpy(), form="gram")
+    assert float(numpy_loss) == pytest.approx(results[1][0], rel=1e-10)

@@ -150,6 +150,11 @@ class Backend:
         """A copy of ``x`` with rows ``indices`` set to ``values`` (differentiable)."""
         raise NotImplementedError
 
+    def put_rows(self, buffer: Tensor, indices: Tensor, values: Tensor) -> Tensor:
+        """``buffer`` with rows ``indices`` set to ``values``, written in place where the
+        framework allows (NumPy, torch: for a buffer outside autograd); returns it."""
+        raise NotImplementedError
+
     def argsort(self, x: Tensor, axis: int = -1, descending: bool = False) -> Tensor:
         """A stable argsort."""
         raise NotImplementedError

@@ -164,6 +164,9 @@ class KerasBackend(Backend):
     def index_set(self, x, indices, values):
         return ops.scatter_update(x, ops.reshape(indices, (-1, 1)), ops.cast(values, _dtype(x)))
 
+    def put_rows(self, buffer, indices, values):
+        return self.index_set(buffer, indices, values)  # TensorFlow and JAX tensors are immutable: a copy
+
     def argsort(self, x, axis=-1, descending=False):
         # a stable sort of -x keeps equal keys in input order, as the other backends
         key = -x if descending else x

@@ -135,6 +135,10 @@ class NumpyBackend(Backend):
         out[indices] = values
         return out
 
+    def put_rows(self, buffer, indices, values):
+        buffer[indices] = values
+        return buffer
+
     def argsort(self, x, axis=-1, descending=False):
         if descending:
             return np.argsort(-x, axis=axis, kind="stable")

@@ -149,6 +149,9 @@ class TorchBackend(Backend):
     def index_set(self, x, indices, values):
         return x.index_put((indices,), values.to(x.dtype))
 
+    def put_rows(self, buffer, indices, values):
+        return buffer.index_copy_(0, indices, values.to(buffer.dtype))
+
     def argsort(self, x, axis=-1, descending=False):
         return torch.argsort(x, dim=axis, descending=descending, stable=True)
 
