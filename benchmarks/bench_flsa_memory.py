@@ -13,10 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from benchmarks.bench_flsa import WIDTH, _inputs, _step  # noqa: E402
 from benchmarks.memory import peak_extra_mib  # noqa: E402
 from elta_core import flsa  # noqa: E402
 
-WIDTH = 256
 SIZES = [65_536, 262_144]
 
 
@@ -39,18 +39,6 @@ def gram_form_eager(features, scores):
 
 IMPLEMENTATIONS = {"elta_core": lambda f, s: flsa.alignment_loss(f, s, validate=False),
                    "Gram form, torch eager (autograd)": gram_form_eager}
-
-
-def _inputs(size):
-    generator = torch.Generator().manual_seed(size)
-    features = torch.randn(size, WIDTH, generator=generator, requires_grad=True)
-    scores = torch.rand(size, generator=generator) * 9 + 1
-    return features, scores
-
-
-def _step(fn, features, scores):
-    features.grad = None
-    fn(features, scores).backward()
 
 
 def prepared_step(name, size):
