@@ -130,19 +130,29 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple
 
     order = backend.argsort(u, axis=0)
     u_sorted = backend.take(u, order)
-    total = backend.sum(zh, axis=0, keepdims=True)  # T0 = sum_m z_m
-    weighted_total = backend.matmul(backend.reshape(u, (1, -1)), zh)  # T1 = sum_m u_m z_m
-    similar = zh * 0 if with_grad else None  # (M Zh)_k = sum_j (1 - |u_k - u_j|) z_j, in input order
-    sum_cm, carry = 0, None
     step = _chunks(size).step
-    for start in _chunks(size):
+
+    def prefixes(start: int, carry: tuple | None):
+        """The chunk's rows in score order, their scores, and the prefix sums P0_k =
+        sum_{m<=k} z_m and P1_k = sum_{m<=k} u_m z_m, carried over the chunks before."""
         rows = order[start:start + step]
         z_sorted = backend.take(zh, rows, axis=0)
         u_column = backend.reshape(u_sorted[start:start + step], (-1, 1))
-        prefix = backend.cumsum(z_sorted, axis=0)  # P0_k = sum_{m<=k} z_m
-        weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)  # P1_k = sum_{m<=k} u_m z_m
-        if carry is not None:  # the rows of the chunks before, in score order
+        prefix = backend.cumsum(z_sorted, axis=0)
+        weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)
+        if carry is not None:
             prefix, weighted_prefix = prefix + carry[0], weighted_prefix + carry[1]
+        return rows, z_sorted, u_column, prefix, weighted_prefix
+
+    carry = None
+    for start in _chunks(size):  # the totals T0, T1: the prefix sums' last row
+        *_, prefix, weighted_prefix = prefixes(start, carry)
+        carry = (prefix[-1:], weighted_prefix[-1:])
+    total, weighted_total = carry
+    similar = zh * 0 if with_grad else None  # (M Zh)_k = sum_j (1 - |u_k - u_j|) z_j, in input order
+    sum_cm, carry = 0, None
+    for start in _chunks(size):
+        rows, z_sorted, u_column, prefix, weighted_prefix = prefixes(start, carry)
         carry = (prefix[-1:], weighted_prefix[-1:])
         # A_k = sum_j |u_k - u_j| z_j = 2 (u_k P0_k - P1_k) + T1 - u_k T0; tied scores add 0
         # on either side, so inclusive prefixes are exact.

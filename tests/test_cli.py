@@ -87,6 +87,24 @@ def test_train_with_apds_round(folder_dataset, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 16
 
 
+def test_apds_never_calibrates_on_the_test_split_unless_asked(folder_dataset, tmp_path, capsys):
+    """Without a validation set, --apds grid-searched (beta, t) on the test split and then
+    reported the round-2 model's test metrics: a choice made on the data it is judged on."""
+    labels, images = folder_dataset
+    apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2", "--epochs", "1"]
+    assert _train(labels, images, tmp_path / "held", *apds) == 0
+    printed = capsys.readouterr().out
+    assert "holding out 12 training images to calibrate" in printed
+    assert "calibrated on 12 training images held out for it; thresholds: given" in printed
+    calibration = torch.load(tmp_path / "held" / "self_training" / "calibration.pt", weights_only=True)
+    assert calibration["logits"].shape == (12, 10)  # 64 images: 16 test, 12 of the other 48 to calibrate
+    assert json.loads((tmp_path / "held" / "metrics.json").read_text())["num_images"] == 16
+
+    assert _train(labels, images, tmp_path / "test", *apds, "--calibrate-on", "test") == 0  # by name only
+    assert "calibrated on the test split (--calibrate-on test)" in capsys.readouterr().out
+    assert torch.load(tmp_path / "test" / "self_training" / "calibration.pt", weights_only=True)["logits"].shape == (16, 10)
+
+
 def test_missing_and_corrupt_images(folder_dataset, tmp_path, capsys):
     labels, images = folder_dataset
     broken = tmp_path / "images"
@@ -326,3 +344,19 @@ def test_bad_peers_are_refused_before_the_run_directory_is_touched(folder_datase
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_run_that_failed_before_its_first_epoch_is_not_an_earlier_run(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    out = tmp_path / "early"
+    assert _train(labels, tmp_path / "no-images", out, "--epochs", "1") == 2  # fails at the first image
+    assert (out / "manifest.json").exists() and "--images" in capsys.readouterr().err
+    assert _train(labels, images, out, "--epochs", "1", "--lr", "2e-4") == 0, capsys.readouterr().err  # no --resume
+
+
+def test_synth_refuses_a_folder_with_other_images(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--count", "6", "--image-size", "16"]) == 0
+    assert main(["synth", "--out", str(tmp_path), "--count", "6", "--image-size", "16", "--seed", "1"]) == 0  # same names
+    assert main(["synth", "--out", str(tmp_path), "--count", "4", "--image-size", "16"]) == 2
+    assert "already holds 2 file(s) this dataset would not write" in capsys.readouterr().err
+    assert len(list((tmp_path / "images").iterdir())) == 6

@@ -29,7 +29,7 @@ def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_argum
                *train_arguments]
     assert main(command) == 0
     printed = capsys.readouterr().out
-    assert "| method - baseline | ΔP |" in printed and "1 degrees of freedom" in printed
+    assert "| method - baseline | ΔP |" in printed and "over 2 seeds, without an interval" in printed
     report = json.loads((out / "compare.json").read_text())
     assert report["methods"] == ["baseline", "elta"] and report["seeds"] == [0, 1]
     difference = report["differences"]["elta"]["plcc"]
@@ -115,3 +115,18 @@ def test_compare_runs_training_in_process_not_through_the_command_line(monkeypat
     compare.compare(base, ["baseline", "lds"], [0, 1], tmp_path, progress=False)
     assert [(s.peers, s.seed, s.epochs, s.resume) for s in seen] == [
         ((), 0, 3, True), (("lds",), 0, 3, True), ((), 1, 3, True), (("lds",), 1, 3, True)]
+
+
+def _runs(values):
+    keys = ("plcc", "srcc", "accuracy", "mse", "mae_low", "mae_medium", "mae_high")
+    return [{key: v for key in keys} for v in values]
+
+
+def test_the_spread_is_the_sample_std_and_two_seeds_get_no_interval():
+    from elta_core.app.compare import summarise
+
+    two = summarise({"baseline": _runs([0.5, 0.7]), "elta": _runs([0.6, 0.9])}, "baseline")["markdown"]
+    assert "0.600 ± 0.141" in two  # ddof 1: 0.1414; the population std (ddof 0) would print 0.100
+    assert "| elta | +0.150 | +0.150 |" in two and "[" not in two.split("| method - baseline")[1].split("\n\n")[0]
+    three = summarise({"baseline": _runs([0.5, 0.7, 0.6]), "elta": _runs([0.6, 0.9, 0.7])}, "baseline")["markdown"]
+    assert "2 degrees of freedom" in three and "+0.133 [" in three

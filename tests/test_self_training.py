@@ -205,3 +205,20 @@ def test_a_pool_killed_mid_prediction_resumes_at_its_chunk(tmp_path, monkeypatch
     b = torch.load(tmp_path / "resumed" / "unlabelled.pt", weights_only=True)["logits"]
     assert torch.equal(a, b) and len(a) == 100
     assert not list((tmp_path / "resumed" / "chunks").iterdir()), "chunks give way to the stage's file"
+
+
+@pytest.mark.parametrize("size,batch_size", [(17, 8), (9, 4), (33, 16)])
+def test_a_last_batch_of_one_image_is_dropped_so_batchnorm_trains(size, batch_size):
+    """k * batch + 1 images left one image in the last batch: BatchNorm raised "Expected
+    more than 1 value per channel when training"."""
+    from elta_core.adapters.torch.loop import training_loader
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 10))
+    data = torch.utils.data.TensorDataset(torch.randn(size, 4), torch.softmax(torch.randn(size, 10), 1))
+    wrapper = ELTAWrapper(model, "3", tfa=False, seed=0)
+    for loader in (training_loader(data, batch_size, drop_last=False), training_loader(data, batch_size, seed=0),
+                   training_loader(data, batch_size)):
+        assert all(len(x) > 1 for x, _ in loader)
+        fit(wrapper, loader, torch.optim.SGD(wrapper.parameters(), lr=0.01), epochs=1, progress=False)
+    kept = training_loader(torch.utils.data.TensorDataset(torch.randn(size + 1, 4)), batch_size, drop_last=False)
+    assert sum(len(x) for (x,) in kept) == size + 1  # a last batch of 2 is kept when asked

@@ -155,6 +155,9 @@ def _compare(settings: config.CompareConfig) -> int:
     report = compare(train_settings(arguments), methods, seeds, settings.out, progress=not settings.quiet,
                      train_arguments=arguments)
     print(report["markdown"])
+    if settings.quick:
+        print("--quick is a smoke test (160 images, 2 epochs, 2 seeds): it shows that every method runs, not which "
+              "is better; run without --quick, with 5 or more seeds, for a comparison.")
     print("written: " + ", ".join(report["paths"].values()))
     return 0
 

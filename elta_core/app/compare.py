@@ -22,6 +22,7 @@ from elta_core.app.methods import METHODS, SET_PER_RUN
 from elta_core.comparison import paired_difference
 from elta_core.io import atomic_write_json, atomic_write_text
 
+MIN_SEEDS_FOR_INTERVALS = 3
 REPORTED = [("plcc", "P", "↑"), ("srcc", "S", "↑"), ("accuracy", "acc", "↑"), ("mse", "MSE", "↓"),
             ("mae_low", "L", "↓"), ("mae_medium", "M", "↓"), ("mae_high", "H", "↓")]
 
@@ -94,7 +95,8 @@ def summarise(results: dict[str, list[dict[str, Any]]], reference: str) -> dict[
         for key, _, _ in REPORTED:
             values = np.array([_value(r, key) for r in runs])
             means[method][key] = float(values.mean()) if np.isfinite(values).all() else None
-            cells.append(f"{values.mean():.3f} ± {values.std():.3f}" if np.isfinite(values).all() else "undefined")
+            spread = values.std(ddof=1) if len(values) > 1 else float("nan")  # the sample std, not the population's
+            cells.append(f"{values.mean():.3f} ± {spread:.3f}" if np.isfinite(values).all() else "undefined")
         table.append(f"| {method} | " + " | ".join(cells) + " |")
     differences: dict[str, dict[str, Any]] = {}
     lines = [f"| method - {reference} | " + " | ".join(f"Δ{short}" for _, short, _ in REPORTED) + " |",
@@ -111,12 +113,18 @@ def summarise(results: dict[str, list[dict[str, Any]]], reference: str) -> dict[
                 continue
             difference = paired_difference(mine, theirs)
             differences[method][key] = asdict(difference) | {"excludes_zero": difference.excludes_zero}
-            cells.append(difference.describe())
+            # 2 seeds: 1 degree of freedom, an interval too wide to mean anything, so none is shown
+            cells.append(difference.describe() if len(mine) >= MIN_SEEDS_FOR_INTERVALS else f"{difference.mean:+.3f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     seeds = len(results[reference])
-    note = (f"Paired by seed (the same split and initialisation for every method): mean difference to {reference} "
-            f"[95 % Student-t interval, {seeds - 1} degrees of freedom]; * where it excludes 0. MSE, L, M, H are "
-            "errors: negative is better.")
+    if seeds >= MIN_SEEDS_FOR_INTERVALS:
+        paired = (f"mean difference to {reference} [95 % Student-t interval, {seeds - 1} degrees of freedom]; * where "
+                  "it excludes 0")
+    else:
+        paired = (f"mean difference to {reference} over {seeds} seeds, without an interval (fewer than "
+                  f"{MIN_SEEDS_FOR_INTERVALS} seeds: use 5 or more for a claim)")
+    note = (f"± is the sample standard deviation over the {seeds} seeds. Paired by seed (the same split and "
+            f"initialisation for every method): {paired}. MSE, L, M, H are errors: negative is better.")
     markdown = "\n".join(table) + "\n\n" + "\n".join(lines) + "\n\n" + note
     return {"means": means, "differences": differences, "markdown": markdown, "reference": reference,
             "results": results}
@@ -128,14 +136,17 @@ def _figure(path: Path, results: dict[str, list[dict[str, Any]]], methods: list[
     from elta_core.app.plotting import pyplot, save_png
 
     fig, axes = pyplot().subplots(1, len(REPORTED), figsize=(3.0 * len(REPORTED), 3.6))
+    seeds = len(results[methods[0]])
     for axis, (key, short, arrow) in zip(axes, REPORTED):
-        for x, method in enumerate(methods):
-            values = [_value(r, key) for r in results[method]]
-            axis.scatter(np.full(len(values), x) + np.linspace(-0.12, 0.12, len(values)), values, s=18)
+        for k in range(seeds):  # each seed's line across the methods: the pairing the intervals use
+            values = [_value(results[method][k], key) for method in methods]
+            axis.plot(range(len(methods)), values, marker="o", markersize=4, linewidth=0.8, alpha=0.8,
+                      label=f"seed {k}")
         reference = np.nanmean([_value(r, key) for r in results[methods[0]]])
         axis.axhline(reference, color="black", linestyle="--", linewidth=0.8)
         axis.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
         axis.set_title(f"{short} {arrow}")
-    fig.suptitle(f"elta compare: every seed a point; dashed: {methods[0]}'s mean")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"elta compare: each seed a line across the methods; dashed: {methods[0]}'s mean")
     fig.tight_layout()
     save_png(fig, path)

@@ -278,6 +278,10 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     calibration: str | None = option(None, "for --apds: a labelled file for the grid search (default: the "
                                            "validation set, else the test split)")
     calibration_format: str | None = option(None, "format of --calibration (default: --format)", choices=FORMATS)
+    calibrate_on: str = option("auto", "for --apds without --calibration: auto (the validation set, else a seeded "
+                               "--val-fraction of the training images, held out before training) or test (the test "
+                               "split, by name: (beta, t) are then chosen on the images the run is judged on)",
+                               choices=("auto", "test"))
     round2: str = option(DEFAULT_ROUND2, "Eq. 10: concat (pseudo-labelled images join the training set, with TFA "
                          "and FLSA) or separate (their task loss on separate batches)", choices=ROUND2_MODES)
     round2_epochs: int | None = option(None, recipe_help("round2_epochs", "epochs of the APDS round"),

@@ -90,6 +90,7 @@ class DataSplits(NamedTuple):
     train: LabelTable
     validation: LabelTable | None
     test: LabelTable
+    calibration: LabelTable | None = None  # APDS's grid search, held out of the training rows
 
 
 def _rows(table: LabelTable, names: tuple[str, ...]) -> np.ndarray:
@@ -137,7 +138,13 @@ def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
         if ddp.is_main():
             print(f"select-best: no validation set given; holding out {len(validation)} training images for it "
                   "(--val-fraction)")
-    return DataSplits(train_rows, validation, test)
+    calibration = None
+    if settings.apds and not settings.calibration and validation is None and settings.calibrate_on == "auto":
+        train_rows, calibration = _hold_out(train_rows, settings.val_fraction, settings.seed + 2)
+        if ddp.is_main():
+            print(f"apds: no validation set given; holding out {len(calibration)} training images to calibrate "
+                  "(beta, t) on (--val-fraction; --calibrate-on test would use the test split)")
+    return DataSplits(train_rows, validation, test, calibration)
 
 
 def _device(name: str | None) -> torch.device:
@@ -235,6 +242,8 @@ def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} is a file; give a directory for the run")
+    if _never_trained(out):  # a start that failed before its first epoch is not an earlier run
+        (out / "manifest.json").unlink()
     if out.is_dir() and any(out.iterdir()) and not settings.resume:
         raise ValueError(f"out: {out} is not empty (an earlier run?); pass --resume to continue it, "
                          "or give a new --out")
@@ -249,6 +258,18 @@ def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
             inputs[name] = _path_fingerprint(getattr(settings, name))
     manifest.check_inputs(inputs)
     return manifest
+
+
+def _never_trained(out: Path) -> bool:
+    """Whether ``out`` holds nothing but a manifest that records no stage (a run that
+    failed in its first seconds: a missing extra, a bad image)."""
+    if not out.is_dir() or {p.name for p in out.iterdir()} != {"manifest.json"}:
+        return False
+    try:
+        stages = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("stages")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return not stages
 
 
 def _path_fingerprint(path: str) -> str:
@@ -281,7 +302,8 @@ def _check_train_args(settings: TrainConfig) -> None:
 def _datasets(settings: TrainConfig, splits: DataSplits, config: RunConfig) -> tuple[ImageLabelDataset, ...]:
     make = lambda table, train: None if table is None else ImageLabelDataset(  # noqa: E731
         table, config.transform(train), skip_unreadable=settings.skip_unreadable, seed=settings.seed if train else None)
-    return make(splits.train, True), make(splits.validation, False), make(splits.test, False)
+    return (make(splits.train, True), make(splits.validation, False), make(splits.test, False),
+            make(splits.calibration, False))
 
 
 def _open_run_everywhere(settings: TrainConfig) -> RunManifest:
@@ -331,7 +353,7 @@ def train(settings: TrainConfig) -> dict[str, Any]:
         task_loss=ScaledScoreMSE(table.scale[1], config.bin_values) if settings.head == "sigmoid" else None,
         peers=_peers(settings, splits.train),
     )
-    train_data, val_data, test_data = _datasets(settings, splits, config)
+    train_data, val_data, test_data, held_out = _datasets(settings, splits, config)
     optimizer = OPTIMIZERS[settings.optimizer](wrapper.parameters(), lr=settings.lr)
     round1 = _train_epochs(settings, wrapper, model, train_data, val_data, optimizer, config, manifest)
     if round1 is None:
@@ -344,7 +366,10 @@ def train(settings: TrainConfig) -> dict[str, Any]:
         if settings.round2_resume_optimizer:
             round1 = {**round1, "round2_optimizer": best_state.get("optimizer")}
     if settings.apds:
-        _self_training_round(settings, wrapper, model, table, train_data, val_data or test_data, round1, config, manifest)
+        calibration = next((data, name) for data, name in (
+            (held_out, f"{len(held_out or ())} training images held out for it"), (val_data, "the validation set"),
+            (test_data, "the test split (--calibrate-on test)")) if data is not None)
+        _self_training_round(settings, wrapper, model, table, train_data, calibration, round1, config, manifest)
         evaluated = CHECKPOINT
     evaluation = evaluate_model(wrapper, test_data, splits.test, settings.batch_size, _progress(settings), desc="test",
                                 loader_kwargs=loader_options(settings.workers, device))
@@ -519,7 +544,7 @@ def _round2_optimizer(settings: TrainConfig, round1: dict):
 
 
 def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Module, table: LabelTable, train_data,
-                         calibration, round1: dict, config: RunConfig, manifest: RunManifest) -> None:
+                         calibration: tuple, round1: dict, config: RunConfig, manifest: RunManifest) -> None:
     """``--apds``: one self-training round from the current weights (round 1: the last or
     the best epoch). The final checkpoint holds the round-2 model, and the round-1
     training state to resume from."""
@@ -536,13 +561,16 @@ def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: tor
         tag={"lr": settings.lr, "optimizer": settings.optimizer, "resume_optimizer": settings.round2_resume_optimizer,
              "select_best": settings.select_best},
     )
+    calibration, calibrated_on = calibration
     if settings.calibration:
         calibration_table = load_labels(settings.calibration, settings.calibration_format or settings.format, image_root=settings.images)
         calibration = ImageLabelDataset(calibration_table, config.transform(False), skip_unreadable=settings.skip_unreadable)
+        calibrated_on = f"--calibration {settings.calibration}"
     summary = trainer.run(train_data, calibration, pool, round1="current")
     if ddp.is_main():
-        print(f"APDS: beta* {summary['grid']['beta']:g}, t* {summary['grid']['threshold']:g}, "
-              f"{summary['num_kept']} pseudo-labels kept of {summary['num_selected']} selected")
+        grid = summary["grid"]
+        print(f"APDS: beta* {grid['beta']:g}, t* {grid['threshold']:g}, {summary['num_kept']} pseudo-labels kept of "
+              f"{summary['num_selected']} selected; calibrated on {calibrated_on}; thresholds: {grid['thresholds_from']}")
     resume = {k: v for k, v in round1.items() if k != "round2_optimizer"}
     save_and_record({"model": model.state_dict(), "epoch": round1["epoch"], "config": round1["config"], "round": 2,
             "resume": resume}, out / CHECKPOINT, manifest, "checkpoint", manifest.stage_key("checkpoint", CHECKPOINT_KEY))

@@ -181,6 +181,11 @@ def export(data: SyntheticAesthetics, folder: str | Path, suffix: str = ".jpg",
             raise ValueError(f"splits: {splits} of {len(data.counts)} images leaves a split with fewer than 2 images")
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
+    written = {f"{index}{suffix}" for index in range(len(data.counts))}
+    stale = sorted(p.name for p in (folder / "images").iterdir() if p.name not in written)
+    if stale:
+        raise ValueError(f"out: {folder / 'images'} already holds {len(stale)} file(s) this dataset would not write "
+                         f"(e.g. {stale[0]}), which would sit beside its images unlabelled; give a new or empty --out")
     header = "image_id," + ",".join(f"score{k}" for k in range(2, 12)) + ",tag1,tag2,tag3"
     rows = []
     for index, (image, counts) in enumerate(zip(data.images, data.counts)):

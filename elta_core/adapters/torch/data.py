@@ -44,13 +44,15 @@ def open_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
     if not Path(path).is_file():
-        raise UnreadableImageError(f"image: no such file: {path}")
+        raise UnreadableImageError(f"image: no such file: {path} (is --images the folder the label file's names are "
+                                   "relative to? --skip-unreadable drops missing and corrupt images)")
     try:
         with Image.open(path) as image:
             image.load()
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise UnreadableImageError(f"image: cannot decode {path}: {error}") from None
+        raise UnreadableImageError(f"image: cannot decode {path}: {error} (--skip-unreadable drops missing and "
+                                   "corrupt images)") from None
 
 
 def readable(path: str) -> bool:

@@ -51,15 +51,25 @@ def training_loader(dataset: Dataset, batch_size: int, *, seed: int | None = Non
     that size with the same seed, so a run's result does not depend on how its global
     batch is split. Without a seed in one process: ``shuffle=True`` (a ``generator`` in
     ``loader_kwargs`` sets the order). The last incomplete batch is dropped when there is
-    more than one batch, unless ``drop_last`` says otherwise."""
+    more than one batch, unless ``drop_last`` says otherwise; a last batch of a single
+    sample is dropped always (BatchNorm cannot train on one sample, and one sample is no
+    batch statistic)."""
     if seed is None and not is_distributed():
-        drop = len(dataset) > batch_size if drop_last is None else drop_last
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop, **loader_kwargs)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                          drop_last=_drop_last(len(dataset), batch_size, drop_last), **loader_kwargs)
     loader_kwargs.pop("generator", None)
     sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed or 0,
                                  drop_last=True)
-    drop = sampler.num_samples > batch_size if drop_last is None else drop_last
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop, **loader_kwargs)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                      drop_last=_drop_last(sampler.num_samples, batch_size, drop_last), **loader_kwargs)
+
+
+def _drop_last(samples: int, batch_size: int, drop_last: bool | None) -> bool:
+    """Whether the last incomplete batch of ``samples`` is dropped (see :func:`training_loader`)."""
+    more_than_one = samples > batch_size
+    if more_than_one and samples % batch_size == 1:
+        return True
+    return more_than_one if drop_last is None else drop_last
 
 
 def fit(
