@@ -16,7 +16,7 @@ from elta_core import _checks
 
 Tensor = Any
 
-__all__ = ["MetricAccumulator", "SegmentMAE", "accuracy", "evaluate", "plcc", "segment_mae", "srcc"]
+__all__ = ["MetricAccumulator", "SegmentMAE", "accuracy", "evaluate", "plcc", "segment_mae", "segments", "srcc"]
 
 
 def _pair(pred: Tensor, true: Tensor, bin_values: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -34,10 +34,16 @@ def _need(count: int, size: int, what: str) -> None:
         raise ValueError(f"pred: {what} needs at least {count} samples, got {size}")
 
 
+def _constant(x: np.ndarray) -> bool:
+    """Constant within floating tolerance: its spread is rounding, not signal (the mean of
+    a constant is not always exactly it, so the centred values are not exactly 0)."""
+    return float(np.ptp(x)) <= 8 * np.finfo(np.float64).eps * max(float(np.max(np.abs(x))), 1e-300)
+
+
 def _pearson(x: np.ndarray, y: np.ndarray, name: str) -> float:
     xc, yc = x - x.mean(), y - y.mean()
     denominator = np.sqrt((xc * xc).sum() * (yc * yc).sum())
-    if denominator == 0:
+    if denominator == 0 or _constant(x) or _constant(y):
         warnings.warn(
             f"{name}: an input is constant, so the correlation is undefined; returning NaN",
             RuntimeWarning,
@@ -100,27 +106,51 @@ def segment_sizes(size: int) -> tuple[int, int, int]:
     return tail, size - 2 * tail, tail
 
 
-def _sorted_errors(p: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Signed errors sorted by true score (ties by predicted score: order-independent)."""
-    return (p - t)[np.lexsort((p, t))]
+def _segment_weights(true: np.ndarray) -> np.ndarray:
+    """(3, N): how much of each sample counts in the low, medium and high segment, from the
+    true scores alone (docs/design.md, "Segment MAE"). The segments are the bottom 20 %,
+    middle 60 % and top 20 % of the ranks; a group of tied true scores that straddles a
+    boundary has every member counted in each segment with the share of the group's ranks
+    that fall in it, so no predicted score decides which tied samples are the tail."""
+    size = true.size
+    order = np.argsort(true, kind="stable")
+    sorted_true = true[order]
+    starts = np.r_[True, sorted_true[1:] != sorted_true[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    begin, end = first[group], np.r_[first[1:], size][group]  # each sample's group: ranks [begin, end)
+    low, medium, _ = segment_sizes(size)
+    weights = np.zeros((3, size))
+    for k, (lo, hi) in enumerate(((0, low), (low, low + medium), (low + medium, size))):
+        weights[k, order] = np.clip(np.minimum(end, hi) - np.maximum(begin, lo), 0, None) / (end - begin)
+    return weights
 
 
-def _by_segment(values: np.ndarray) -> tuple[float, float, float]:
-    low, medium, _ = segment_sizes(values.size)
-    return float(values[:low].mean()), float(values[low:low + medium].mean()), float(values[low + medium:].mean())
+def _by_segment(values: np.ndarray, weights: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float((w * values).sum() / w.sum()) for w in weights)
+
+
+def segments(true: Tensor, *, bin_values: Any = None) -> np.ndarray:
+    """The segment of each sample, ``"low"``, ``"medium"`` or ``"high"``: the one that
+    holds most of it (see :func:`segment_mae`; a tied group split by a boundary is in
+    both, and named after the larger share)."""
+    backend, value = _checks.tensor(true, "true")
+    t = backend.to_numpy(_checks.scores(backend, value, "true", bin_values)).astype(np.float64)
+    _need(3, t.size, "segments")
+    return np.array(["low", "medium", "high"])[np.argmax(_segment_weights(t), axis=0)]
 
 
 def segment_mae(pred: Tensor, true: Tensor, *, bin_values: Any = None) -> SegmentMAE:
     """MAE on the low, medium and high segments of the true scores [paper 4.1; boundaries in docs/design.md].
 
-    Samples are sorted by true score (ties by predicted score, so the result does not
-    depend on the order of the input); the bottom 20 % are "low", the top 20 % "high" and
-    the rest "medium". Every sample is in exactly one segment (the authors' script drops
-    the boundary samples; this does not). Needs N >= 3.
+    The bottom 20 % of the true scores' ranks are "low", the top 20 % "high" and the rest
+    "medium"; a group of tied true scores split by a boundary counts in each segment with
+    the share of its ranks there, so the segments are a function of the true scores alone
+    (the authors' script drops the boundary samples; this does not). Needs N >= 3.
     """
     p, t = _pair(pred, true, bin_values)
     _need(3, p.size, "segment_mae")
-    return SegmentMAE(*_by_segment(np.abs(_sorted_errors(p, t))))
+    return SegmentMAE(*_by_segment(np.abs(p - t), _segment_weights(t)))
 
 
 def evaluate(pred: Tensor, true: Tensor, threshold: float = 5.0, *, bin_values: Any = None) -> dict[str, float]:
@@ -129,9 +159,9 @@ def evaluate(pred: Tensor, true: Tensor, threshold: float = 5.0, *, bin_values: 
     errors ``mse``, ``mse_low``, ``mse_medium``, ``mse_high`` (the authors' code reports MSE)."""
     p, t = _pair(pred, true, bin_values)
     _need(3, p.size, "evaluate")
-    errors = _sorted_errors(p, t)
-    low, medium, high = _by_segment(np.abs(errors))
-    squared = _by_segment(errors * errors)
+    errors, weights = p - t, _segment_weights(t)
+    low, medium, high = _by_segment(np.abs(errors), weights)
+    squared = _by_segment(errors * errors, weights)
     return {
         "plcc": plcc(p, t),
         "srcc": srcc(p, t),

@@ -93,11 +93,22 @@ def emd(pred, target, r=2):
 
 
 def segment_mae(pred, true):
-    order = np.lexsort((pred, true))
-    err = np.abs(np.asarray(pred) - np.asarray(true))[order]
-    n = len(err)
+    """Rank the true scores; the bottom k, middle n - 2k and top k ranks are the segments.
+    A tied group of true scores shares its ranks: each member counts in a segment with
+    the fraction of the group's ranks that fall in it."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    n = len(true)
     k = max(1, int(round(0.2 * n)))
-    return err[:k].mean(), err[k : n - k].mean(), err[n - k :].mean()
+    bounds = [(0, k), (k, n - k), (n - k, n)]
+    totals, weights = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+    for i in range(n):
+        below = int(np.sum(true < true[i]))  # the group's first rank
+        size = int(np.sum(true == true[i]))
+        for s, (lo, hi) in enumerate(bounds):
+            share = max(0, min(below + size, hi) - max(below, lo)) / size
+            totals[s] += share * abs(pred[i] - true[i])
+            weights[s] += share
+    return tuple(t / w for t, w in zip(totals, weights))
 
 
 # -- the peers (elta_core.adapters.torch.peers), written out from their papers ----------------

@@ -139,3 +139,42 @@ def test_accumulators_merge_sync_and_refuse_mismatches():
     assert result["mse"] == pytest.approx(errors.mean())
     order = np.lexsort((pred, true))
     assert result["mse_low"] == pytest.approx(errors[order][:12].mean())
+
+
+def test_tail_segments_depend_on_the_true_scores_alone():
+    """Tied true scores at the 20 % boundaries were split by the predicted score, so the
+    best-predicted tied samples filled the tails (L = H = 0.5 here)."""
+    from elta_core import metrics
+
+    true = np.array([2, 2, 2, 5, 5, 5, 5, 8, 8, 8], dtype=float)
+    pred = np.array([2, 3, 4, 5, 5, 5, 5, 8, 7, 6], dtype=float)
+    result = metrics.segment_mae(pred, true)
+    assert (result.low, result.high) == (pytest.approx(1.0), pytest.approx(1.0))
+    shuffled = np.random.default_rng(0).permutation(10)
+    assert metrics.segment_mae(pred[shuffled], true[shuffled]) == pytest.approx(tuple(result))
+    # the predictions within a tied group do not move its share: reversed, the same
+    reversed_within = np.array([4, 3, 2, 5, 5, 5, 5, 6, 7, 8], dtype=float)
+    assert metrics.segment_mae(reversed_within, true) == pytest.approx(tuple(result))
+    assert metrics.evaluate(pred, true)["mae_low"] == pytest.approx(1.0)
+    accumulator = metrics.MetricAccumulator()
+    accumulator.update(pred[:4], true[:4])
+    accumulator.update(pred[4:], true[4:])
+    assert accumulator.compute()["mae_high"] == pytest.approx(1.0)
+    assert list(metrics.segments(true)) == ["low"] * 3 + ["medium"] * 4 + ["high"] * 3
+    # no ties: every sample in one segment, as before
+    distinct = np.arange(10, dtype=float)
+    np.testing.assert_allclose(metrics._segment_weights(distinct).sum(0), 1.0)
+    assert metrics.segment_mae(distinct + 1, distinct) == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_a_constant_input_has_no_correlation_within_floating_tolerance():
+    from elta_core import metrics
+
+    generator = np.random.default_rng(1)
+    defined = 0
+    for _ in range(300):
+        constant = np.full(7, generator.uniform(1, 10))
+        with pytest.warns(RuntimeWarning, match="constant"):
+            assert np.isnan(metrics.plcc(generator.normal(size=7), constant))
+        defined += 1
+    assert defined == 300
