@@ -360,3 +360,31 @@ def test_synth_refuses_a_folder_with_other_images(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--count", "4", "--image-size", "16"]) == 2
     assert "already holds 2 file(s) this dataset would not write" in capsys.readouterr().err
     assert len(list((tmp_path / "images").iterdir())) == 6
+
+
+def test_a_run_shows_its_tails(folder_dataset, tmp_path, capsys):
+    """The picture beside predictions.csv, each image's segment, every loss term per epoch
+    (and per round-2 epoch), the tails' sizes with a warning under 30 images, and
+    elta evaluate on the run's own test split without --labels."""
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2",
+            "--round2-epochs", "2", "--epochs", "1"]
+    assert _train(labels, images, out, *apds) == 0
+    printed = capsys.readouterr().out
+    assert "L and H over 3 images each (the low and high 20 % of 16)" in printed and "warning: a tail of 3" in printed
+    assert (out / "predictions.png").stat().st_size > 10_000
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0].endswith(",segment") and sum(r.endswith(",low") for r in rows[1:]) == 3
+    epochs = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
+    header = epochs[0]
+    assert header[:4] == ["epoch", "loss", "flsa_loss", "task_loss"] and header[-1] == "round"
+    assert [(r[0], r[-1]) for r in epochs[1:]] == [("1", "1"), ("2", "2"), ("3", "2")]
+    assert all(float(r[3]) > 0 for r in epochs[1:])  # the task loss of every epoch, round 2 included
+
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--images", str(images), "--out",
+                 str(tmp_path / "eval"), "--quiet"]) == 0  # no --labels: the run's file and test split
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["num_images"] == 16
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--labels", str(labels), "--format", "ava",
+                 "--images", str(images), "--split", "test", "--quiet"]) == 0  # an AVA file has no split column
+    assert "over 3 images each" in capsys.readouterr().out

@@ -110,7 +110,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(data, tmp_path):
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert two["srcc"] == pytest.approx(one["srcc"], abs=1e-4) and two["num_images"] == one["num_images"]
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == \
-        ["checkpoint.pt", "manifest.json", "metrics.csv", "metrics.json", "predictions.csv"]
+        ["checkpoint.pt", "manifest.json", "metrics.csv", "metrics.json", "predictions.csv", "predictions.png",
+         "split.csv"]
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["config"]["world_size"] == 2 and manifest["config"]["flsa_scope"] == "global"
     # the epoch's loss is the mean over both ranks' steps, as one process reports it

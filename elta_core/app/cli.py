@@ -113,7 +113,7 @@ def _train(settings: config.TrainConfig) -> int:
         out = Path(settings.out)
         best = f", best epoch {result['best_epoch']}" if "best_epoch" in result else ""
         print(f"test metrics of {out / result['checkpoint']}{best} in {out / 'metrics.json'}; per-image predictions "
-              f"in predictions.csv; per-epoch metrics in metrics.csv")
+              f"in predictions.csv and predictions.png; per-epoch metrics in metrics.csv")
     return 0
 
 

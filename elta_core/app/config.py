@@ -319,10 +319,14 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
 
 @dataclass(frozen=True)
 class EvaluateConfig(Loading, LabelFile):
-    """``elta evaluate``."""
+    """``elta evaluate``: without ``--labels``, the run's own label file and test split."""
 
+    labels: str | None = option(None, "the label file (or folder, for tad66k, aadb and para); default: the run's "
+                                      "own, with --split test")
+    format: str | None = option(None, FORMAT_HELP + " (default: the run's)", choices=FORMATS)
     checkpoint: str = option(None, "a checkpoint.pt written by elta train", required=True)
-    split: str | None = option(None, "evaluate only this split of the file (e.g. test)")
+    split: str | None = option(None, "evaluate only this split (e.g. test): the file's split column, else the split "
+                                     "the run used (split.csv beside the checkpoint)")
     out: str | None = option(None, "write evaluation.json and evaluation.csv here")
     batch_size: int = option(32, "images per batch", type=at_least(1))
 

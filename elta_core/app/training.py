@@ -11,6 +11,7 @@ self-training round.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import csv
 import io
 import json
@@ -196,16 +197,28 @@ def _write_metrics(result: dict[str, Any], out: Path, stem: str) -> None:
     atomic_write_text(out / f"{stem}.csv", _csv_text([result]))
 
 
+SMALL_TAIL = 30  # fewer images than this in a tail make its L or H vary a lot from one split to the next
+
+
 def format_metrics(result: dict[str, float]) -> str:
     names = [("plcc", "P (PLCC)"), ("srcc", "S (SRCC)"), ("accuracy", "accuracy"), ("mse", "MSE"),
              ("mae_low", "L (low MAE)"), ("mae_medium", "M (medium MAE)"), ("mae_high", "H (high MAE)")]
     shown = lambda v: f"{v:.4f}" if math.isfinite(v) else f"{UNDEFINED} (constant predictions?)"  # noqa: E731
-    return "\n".join(f"{label:>15}: {shown(result[key])}" for key, label in names)
+    lines = [f"{label:>15}: {shown(result[key])}" for key, label in names]
+    if "tail_images" in result:
+        tail, total = int(result["tail_images"]), int(result["num_images"])
+        lines.append(f"{'tails':>15}: L and H over {tail} images each (the low and high 20 % of {total})")
+        if tail < SMALL_TAIL:
+            lines.append(f"warning: a tail of {tail} images (fewer than {SMALL_TAIL}) gives an L and H that vary a lot "
+                         "from one split to another; evaluate on a larger test set before reading them")
+    return "\n".join(lines)
 
 
 class Evaluation(NamedTuple):
     metrics: dict[str, float]
-    predictions: str  # predictions.csv: image, true score, predicted score, predicted distribution
+    predictions: str  # predictions.csv: image, true score, predicted score, predicted distribution, segment
+    true: np.ndarray
+    predicted: np.ndarray
 
 
 def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: LabelTable, batch_size: int,
@@ -222,6 +235,8 @@ def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: Labe
     low, high = table.scale
     result = metrics.evaluate(predicted, true, threshold=low + (high - low) * 4 / 9)
     result["num_images"] = float(len(true))
+    result["tail_images"] = float(metrics.segment_sizes(len(true))[0])
+    segments = metrics.segments(true)
     header = ["image", "true_score", "predicted_score"]
     distributions = None
     if kind != "score":
@@ -229,11 +244,27 @@ def evaluate_model(wrapper: ELTAWrapper, dataset: ImageLabelDataset, table: Labe
         header += [f"p_{v:g}" for v in table.bin_values]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(header)
+    writer.writerow(header + ["segment"])
     for k, row in enumerate(rows):
         extra = [f"{p:.6f}" for p in distributions[k]] if distributions is not None else []
-        writer.writerow([table.images[row], f"{true[k]:.6g}", f"{predicted[k]:.6g}", *extra])
-    return Evaluation(result, buffer.getvalue())
+        writer.writerow([table.images[row], f"{true[k]:.6g}", f"{predicted[k]:.6g}", *extra, segments[k]])
+    return Evaluation(result, buffer.getvalue(), true, predicted)
+
+
+def write_predictions(evaluation: Evaluation, out: Path, title: str) -> None:
+    """``predictions.csv`` and, where matplotlib is installed, ``predictions.png``: predicted
+    against true scores with the low and high 20 % shaded, L, M, H and P in it."""
+    atomic_write_text(out / "predictions.csv", evaluation.predictions)
+    try:
+        from elta_core.app.plotting import predicted_against_true, pyplot, save_png
+
+        fig, axis = pyplot().subplots(figsize=(6, 5.5))
+    except ImportError:
+        print('predictions.png not written: pip install "elta-core[plot]" for the picture')
+        return
+    predicted_against_true(axis, evaluation.true, [evaluation.predicted], title)
+    fig.tight_layout()
+    save_png(fig, out / "predictions.png")
 
 
 def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
@@ -243,7 +274,8 @@ def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} is a file; give a directory for the run")
     if _never_trained(out):  # a start that failed before its first epoch is not an earlier run
-        (out / "manifest.json").unlink()
+        for name in ("manifest.json", SPLIT_FILE):
+            (out / name).unlink(missing_ok=True)
     if out.is_dir() and any(out.iterdir()) and not settings.resume:
         raise ValueError(f"out: {out} is not empty (an earlier run?); pass --resume to continue it, "
                          "or give a new --out")
@@ -261,9 +293,11 @@ def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
 
 
 def _never_trained(out: Path) -> bool:
-    """Whether ``out`` holds nothing but a manifest that records no stage (a run that
-    failed in its first seconds: a missing extra, a bad image)."""
-    if not out.is_dir() or {p.name for p in out.iterdir()} != {"manifest.json"}:
+    """Whether ``out`` holds nothing but a manifest that records no stage (and the split it
+    was about to train on): a run that failed in its first seconds (a missing extra, a
+    bad image)."""
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if "manifest.json" not in names or not names <= {"manifest.json", SPLIT_FILE}:
         return False
     try:
         stages = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("stages")
@@ -336,6 +370,7 @@ def train(settings: TrainConfig) -> dict[str, Any]:
     out = Path(settings.out)
     torch.manual_seed(settings.seed)
     splits = data_splits(settings, table)
+    _write_on_main(_write_split, out, splits)
     config = RunConfig(settings.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
                        settings.image_size, "", settings.head, settings.resize, settings.eval_transform == "crop")
     model, config.head, skipped = config.build(settings.weights)
@@ -379,7 +414,7 @@ def train(settings: TrainConfig) -> dict[str, Any]:
     result["world_size"] = ddp.world_size()
     if best:
         result.update(best_epoch=best["epoch"], **{f"best_val_{settings.select_best}": best["value"]})
-    _write_on_main(atomic_write_text, out / "predictions.csv", evaluation.predictions)
+    _write_on_main(write_predictions, evaluation, out, f"{settings.backbone}, test split")
     _write_on_main(atomic_write_json, out / "metrics.json", json_ready(result))
     if skipped and ddp.is_main():
         print(f"weights: {len(skipped)} head tensors not loaded (a new head), e.g. {skipped[0]}")
@@ -454,16 +489,18 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
             print(f"resuming from {path} after epoch {first_epoch}")
     for epoch in range(first_epoch, settings.epochs):
         started = time.perf_counter()
+        terms: list[dict[str, float]] = []
         try:
             losses = fit(wrapper, loader, optimizer, epochs=1, progress=_progress(settings),
-                         desc=f"epoch {epoch + 1}/{settings.epochs}", first_epoch=epoch, precision=settings.precision)
+                         desc=f"epoch {epoch + 1}/{settings.epochs}", first_epoch=epoch, precision=settings.precision,
+                         epoch_terms=terms)
         except FloatingPointError as error:
             kept = f"the last good checkpoint (epoch {epoch}) is kept at {path}" if epoch else "no checkpoint was written"
             raise FloatingPointError(f"{error}; {kept}") from None
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise FloatingPointError(f"epoch {epoch + 1}/{settings.epochs}: the weights became NaN or Inf in the last "
                                      f"step; the last good checkpoint (epoch {epoch}) is kept at {path}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": losses[-1]}
+        row: dict[str, Any] = {"epoch": epoch + 1, "loss": losses[-1], **terms[-1]}
         if validation is not None:
             scores = evaluate_model(wrapper, validation, validation.table, settings.batch_size, _progress(settings),
                                     desc="validate", loader_kwargs=loader_options(settings.workers, device_of(model))).metrics
@@ -567,6 +604,10 @@ def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: tor
         calibration = ImageLabelDataset(calibration_table, config.transform(False), skip_unreadable=settings.skip_unreadable)
         calibrated_on = f"--calibration {settings.calibration}"
     summary = trainer.run(train_data, calibration, pool, round1="current")
+    round2_rows = [{"epoch": round1["epoch"] + k + 1, **row, "round": 2}
+                   for k, row in enumerate(trainer.epochs_log.get(2, []))]
+    _write_on_main(atomic_write_text, out / "metrics.csv",
+                   _csv_text([{**row, "round": 1} for row in round1.get("history", [])] + round2_rows))
     if ddp.is_main():
         grid = summary["grid"]
         print(f"APDS: beta* {grid['beta']:g}, t* {grid['threshold']:g}, {summary['num_kept']} pseudo-labels kept of "
@@ -600,13 +641,59 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunCo
     return ELTAWrapper(model, config.head, bin_values=config.bin_values, score_scale=scale).eval(), config
 
 
+SPLIT_FILE = "split.csv"  # image, split: the rows a run trained, validated, calibrated and tested on
+
+
+def _write_split(out: Path, splits: DataSplits) -> None:
+    rows = [(image, name) for name, part in (("train", splits.train), ("validation", splits.validation),
+                                             ("calibration", splits.calibration), ("test", splits.test))
+            if part is not None for image in part.images]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([("image", "split"), *rows])
+    atomic_write_text(out / SPLIT_FILE, buffer.getvalue())
+
+
+def _run_split(checkpoint: Path, table: LabelTable, name: str) -> LabelTable:
+    """The rows of ``table`` that the run of ``checkpoint`` put in split ``name``."""
+    path = checkpoint.parent / SPLIT_FILE
+    if not path.is_file():
+        raise ValueError(f"split: {table.source} has no split column and {path} is missing (a run of an older "
+                         "version?); give --labels a file with a split column, or the test file itself")
+    with open(path, newline="", encoding="utf-8") as stream:
+        wanted = {row["image"] for row in csv.DictReader(stream) if row["split"] == name}
+    if not wanted:
+        raise ValueError(f"split: the run in {checkpoint.parent} has no {name!r} split (its {path.name} lists train, "
+                         "validation, calibration and test)")
+    rows = np.array([image in wanted for image in table.images])
+    if rows.sum() != len(wanted):
+        raise ValueError(f"split: {rows.sum()} of the run's {len(wanted)} {name} images are in {table.source}; is it "
+                         "the file the run was trained on?")
+    return table.subset(rows)
+
+
 def evaluate(settings: EvaluateConfig) -> dict[str, float]:
     """``elta evaluate``: metrics of a checkpoint on a label file (or one split of it), with
-    the checkpoint's own evaluation transform; ``--out`` also gets ``predictions.csv``."""
+    the checkpoint's own evaluation transform; ``--out`` also gets ``predictions.csv`` and
+    ``predictions.png``. Without ``--labels`` the run's own label file and its test split."""
     wrapper, config = load_checkpoint(settings.checkpoint, ddp.init_from_environment(_device(settings.device)))
+    checkpoint = Path(settings.checkpoint)
+    if settings.labels is None:
+        manifest = checkpoint.parent / "manifest.json"
+        try:
+            run = json.loads(manifest.read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"labels: give --labels and --format; {manifest} (the run's settings) cannot be "
+                             "read") from None
+        settings = dataclasses.replace(settings, labels=run["labels"], format=run["format"],
+                                       images=settings.images or run.get("images"), split=settings.split or "test",
+                                       **{k: run[k] for k in ("image_column", "score_column", "split_column")
+                                          if k in run}, scale=tuple(run.get("scale", settings.scale)))
+    elif settings.format is None:
+        raise ValueError("format: give --format with --labels")
     table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
     if settings.split:
-        table = table.where_split(settings.split)
+        table = table.where_split(settings.split) if table.split is not None else _run_split(checkpoint, table,
+                                                                                              settings.split)
     data = ImageLabelDataset(table, config.transform(False), skip_unreadable=settings.skip_unreadable)
     evaluation = evaluate_model(wrapper, data, table, settings.batch_size, _progress(settings),
                                 loader_kwargs=loader_options(settings.workers, device_of(wrapper.model)))
@@ -614,7 +701,7 @@ def evaluate(settings: EvaluateConfig) -> dict[str, float]:
     if settings.out and ddp.is_main():
         out = _output_folder(settings.out)
         _write_metrics(result, out, "evaluation")
-        atomic_write_text(out / "predictions.csv", evaluation.predictions)
+        write_predictions(evaluation, out, f"{Path(settings.checkpoint).name} on {Path(settings.labels).name}")
     return result
 
 

@@ -83,6 +83,7 @@ def fit(
     desc: str = "train",
     first_epoch: int = 0,
     precision: Precision = "fp32",
+    epoch_terms: list[dict[str, float]] | None = None,
 ) -> list[float]:
     """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
     a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
@@ -90,7 +91,9 @@ def fit(
     ``DistributedSampler``, an ``ImageLabelDataset`` with a seed) gets epoch
     ``first_epoch + k``, so each epoch is shuffled and augmented anew. ``precision``
     ``"bf16"`` or ``"fp16"`` runs the forward under autocast (fp16 with a gradient scaler);
-    the losses are computed in float32 either way."""
+    the losses are computed in float32 either way. ``epoch_terms``, a list, gets each
+    epoch's mean of every term of the loss (``task_loss``, ``flsa_loss``, each peer's,
+    ``pseudo_loss`` for ``L_u``), summed on the device and read once per epoch."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = device_of(wrapper.model)
@@ -105,7 +108,7 @@ def fit(
             _set_epoch(getattr(each, "sampler", None), first_epoch + epoch)
             _set_epoch(getattr(each, "dataset", None), first_epoch + epoch)
         pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
-        total, steps = 0.0, 0
+        total, steps, terms = 0.0, 0, {}
         label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
         for batch in progress_bar(loader, progress and is_main(), desc=label, unit="batch"):
             x, y = split_batch(batch)
@@ -113,14 +116,17 @@ def fit(
                 raise ValueError("loader: expected (x, y) batches with labels, got batches without labels")
             try:
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = wrapper(x.to(device, non_blocking=True), y.to(device, non_blocking=True)).loss
+                    out = wrapper(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                    loss, parts = out.loss, {"task_loss": out.task_loss, "flsa_loss": out.flsa_loss,
+                                             **{f"{name}_loss": v for name, v in out.peer_losses.items()}}
                     if pseudo_batches is not None:
                         try:
                             xu, yu = next(pseudo_batches)
                         except StopIteration:
                             pseudo_batches = iter(pseudo_loader)
                             xu, yu = next(pseudo_batches)
-                        loss = loss + wrapper.unlabelled_loss(xu.to(device), yu.to(device))
+                        parts["pseudo_loss"] = wrapper.unlabelled_loss(xu.to(device), yu.to(device))
+                        loss = loss + parts["pseudo_loss"]
             except FloatingPointError as error:
                 raise FloatingPointError(f"{label}: diverged at step {steps + 1}: {error}") from None
             value = float(loss.detach())  # read every step anyway; on a GPU the wrapper's own check is deferred
@@ -131,12 +137,20 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             total, steps = total + value, steps + 1
+            if epoch_terms is not None:
+                for name, part in parts.items():
+                    terms[name] = terms.get(name, 0) + part.detach().double()
         wrapper.end_epoch()
-        if is_distributed():  # the epoch's mean loss over every rank's steps
-            sums = torch.tensor([total, float(steps)], dtype=torch.float64, device=communication_device())
+        names = sorted(terms)
+        sums = torch.tensor([total, float(steps), *(float(terms[n]) for n in names)], dtype=torch.float64)
+        if is_distributed():  # the epoch's means over every rank's steps
+            sums = sums.to(communication_device())
             torch.distributed.all_reduce(sums)
-            total, steps = float(sums[0]), int(sums[1])
+            sums = sums.cpu()
+        total, steps = float(sums[0]), int(sums[1])
         history.append(total / max(steps, 1))
+        if epoch_terms is not None:
+            epoch_terms.append({name: float(sums[2 + k]) / max(steps, 1) for k, name in enumerate(names)})
     return history
 
 

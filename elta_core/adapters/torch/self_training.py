@@ -128,6 +128,8 @@ class SelfTraining:
         self.progress = progress
         self.tag = tag
         self.manifest: RunManifest | None = None
+        # per round: each epoch's mean loss and terms (the default train only), kept with the stage
+        self.epochs_log: dict[int, list[dict[str, float]]] = {}
 
     def path(self, stage: Stage) -> Path:
         names = {"grid": "grid.json"}
@@ -163,8 +165,10 @@ class SelfTraining:
             self.train_fn(self.wrapper, labelled, pseudo, round_index)
             return
         optimizer = self.optimizer(self.wrapper.parameters())
-        fit(self.wrapper, labelled, optimizer, epochs=self.epochs, pseudo_loader=pseudo,
-            progress=self.progress, desc=f"round {round_index}", precision=self.precision)
+        terms: list[dict[str, float]] = []
+        losses = fit(self.wrapper, labelled, optimizer, epochs=self.epochs, pseudo_loader=pseudo,
+                     progress=self.progress, desc=f"round {round_index}", precision=self.precision, epoch_terms=terms)
+        self.epochs_log[round_index] = [{"loss": loss, **parts} for loss, parts in zip(losses, terms)]
 
     def _cached(self, stage: Stage, key: str, compute: Callable[[], dict], restore: Callable[[dict], Any]) -> Any:
         """The stage's record: loaded when the manifest says it is current (its RNG
@@ -182,11 +186,17 @@ class SelfTraining:
         return restore(record)
 
     def _weights(self, stage: Stage, key: str, train: Callable[[], None]) -> None:
+        round_index = int(stage[-1])
+
         def compute() -> dict:
             train()
-            return {"model": self.wrapper.model.state_dict()}
+            return {"model": self.wrapper.model.state_dict(), "epochs": self.epochs_log.get(round_index, [])}
 
-        self._cached(stage, key, compute, lambda record: self.wrapper.model.load_state_dict(record["model"]))
+        def restore(record: dict) -> None:
+            self.wrapper.model.load_state_dict(record["model"])
+            self.epochs_log[round_index] = list(record.get("epochs", []))
+
+        self._cached(stage, key, compute, restore)
 
     def _predictions(self, stage: Stage, dataset: Dataset) -> dict[str, torch.Tensor]:
         """The model's logits (and labels) on ``dataset``, predicted ``prediction_chunk``
