@@ -130,3 +130,37 @@ def test_the_spread_is_the_sample_std_and_two_seeds_get_no_interval():
     assert "| elta | +0.150 | +0.150 |" in two and "[" not in two.split("| method - baseline")[1].split("\n\n")[0]
     three = summarise({"baseline": _runs([0.5, 0.7, 0.6]), "elta": _runs([0.6, 0.9, 0.7])}, "baseline")["markdown"]
     assert "2 degrees of freedom" in three and "+0.133 [" in three
+
+
+def test_one_progress_line_per_run_with_the_time_left(monkeypatch, tmp_path, capsys):
+    from elta_core.app import cli, compare, training
+
+    def fake_train(settings):
+        assert settings.quiet  # no epoch bars inside the runs: the compare line says where it is
+        folder = Path(settings.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps({k: 0.5 + settings.seed for k in (
+            "plcc", "srcc", "accuracy", "mse", "mae_low", "mae_medium", "mae_high")}))
+
+    monkeypatch.setattr(training, "train", fake_train)
+    compare.compare(cli.train_settings(["--labels", "x.csv", "--format", "ava"]), ["baseline", "tfa"], [0, 1, 2],
+                    tmp_path, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("compare: run")]
+    assert len(lines) == 6 and "left)" not in lines[0] and "(5 done in" in lines[-1] and "left)" in lines[-1]
+
+
+def test_loader_workers_and_threads_share_the_cores(monkeypatch):
+    import torch
+
+    from elta_core.app import cli, training
+
+    monkeypatch.setattr(training, "default_workers", lambda: 8)
+    assert training.cpu_budget(None, None) == (4, 4)
+    assert training.cpu_budget(0, None) == (0, 8) and training.cpu_budget(None, 2) == (6, 2)
+    monkeypatch.setattr(training, "default_workers", lambda: 1)
+    assert training.cpu_budget(None, None) == (0, 1)
+    before = torch.get_num_threads()
+    settings = cli.train_settings(["--labels", "x.csv", "--format", "ava", "--threads", "1", "--workers", "0"])
+    with training._threads(settings):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -77,7 +77,8 @@ def _demo(settings: config.DemoCommand) -> int:
         require(module, extra)
     from elta_core.app.demo import FULL, QUICK, describe, run_demo
 
-    report = run_demo(QUICK if settings.quick else FULL, settings.out, progress=not settings.quiet)
+    report = run_demo(QUICK if settings.quick else FULL, settings.out, progress=not settings.quiet,
+                      threads=settings.threads)
     print(describe(report))
     return 0
 
@@ -152,8 +153,10 @@ def _compare(settings: config.CompareConfig) -> int:
                      "--backbone", "resnet18", "--image-size", str(size), "--epochs", str(epochs),
                      "--batch-size", "32", "--val-fraction", "0.25"]
     seeds = list(range(settings.seeds if settings.seeds is not None else (2 if settings.quick else 3)))
-    report = compare(train_settings(arguments), methods, seeds, settings.out, progress=not settings.quiet,
-                     train_arguments=arguments)
+    base = train_settings(arguments)
+    if settings.threads is not None:
+        base = base.replace(threads=settings.threads)
+    report = compare(base, methods, seeds, settings.out, progress=not settings.quiet, train_arguments=arguments)
     print(report["markdown"])
     if settings.quick:
         print("--quick is a smoke test (160 images, 2 epochs, 2 seeds): it shows that every method runs, not which "

@@ -12,6 +12,7 @@ run whose settings changed is refused by name, never reused.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,29 @@ from elta_core.io import atomic_write_json, atomic_write_text
 MIN_SEEDS_FOR_INTERVALS = 3
 REPORTED = [("plcc", "P", "↑"), ("srcc", "S", "↑"), ("accuracy", "acc", "↑"), ("mse", "MSE", "↓"),
             ("mae_low", "L", "↓"), ("mae_medium", "M", "↓"), ("mae_high", "H", "↓")]
+
+
+class RemainingTime:
+    """One progress line over many runs: how many are done, in how long, and about how long
+    the rest will take at that pace (instead of a bar per epoch of every run)."""
+
+    def __init__(self, total: int):
+        self.total, self.finished, self.started = total, 0, time.perf_counter()
+
+    def done(self) -> None:
+        self.finished += 1
+
+    def line(self) -> str:
+        if not self.finished:
+            return ""
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / self.finished * (self.total - self.finished)
+        return f" ({self.finished} done in {_duration(elapsed)}; about {_duration(left)} left)"
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
 def check_train_arguments(train_arguments: Sequence[str]) -> None:
@@ -53,17 +77,18 @@ def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | 
     out = Path(out)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     runs = [(m, s) for s in seeds for m in methods]
+    clock = RemainingTime(len(runs))
     for k, (method, seed) in enumerate(runs, start=1):
         folder = out / "runs" / method / f"seed{seed}"
         if progress:
-            print(f"compare: run {k}/{len(runs)}: {method}, seed {seed} -> {folder}", flush=True)
-        settings = base.replace(**METHODS[method], seed=seed, out=str(folder), resume=True,
-                                quiet=base.quiet or not progress)
+            print(f"compare: run {k}/{len(runs)}: {method}, seed {seed} -> {folder}{clock.line()}", flush=True)
+        settings = base.replace(**METHODS[method], seed=seed, out=str(folder), resume=True, quiet=True)
         try:
             train(settings)
         except (ValueError, OSError, FloatingPointError) as error:
             raise type(error)(f"{method}, seed {seed}: {error} (its run directory is {folder})") from None
         results[method].append(json.loads((folder / "metrics.json").read_text()))
+        clock.done()
     report = summarise(results, methods[0])
     report.update(methods=methods, seeds=list(seeds), train_arguments=list(train_arguments))
     out.mkdir(parents=True, exist_ok=True)

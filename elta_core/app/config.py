@@ -202,6 +202,9 @@ class Loading:
                                        "process)", type=at_least(0), identity=False)
     skip_unreadable: bool = option(False, "skip missing or corrupt images and report how many", action="store_true")
     quiet: bool = option(False, "no progress bars", action="store_true", identity=False)
+    threads: int | None = option(None, "torch threads in each process (default: the cores the loader workers leave "
+                                       "it; on a machine other jobs keep busy, 1 is often much faster)",
+                                 type=at_least(1), identity=False)
 
 
 @dataclass(frozen=True)
@@ -384,7 +387,9 @@ class DemoCommand:
     quick: bool = option(False, "a smaller run (about 50 s on 2 idle cores; the full run about 5 minutes)",
                          action="store_true")
     out: str = option("elta_demo", "where table.md, results.json and figure.png go")
-    quiet: bool = option(False, "no progress bars (the results are the same)", action="store_true")
+    quiet: bool = option(False, "no progress (the results are the same)", action="store_true")
+    threads: int = option(1, "torch threads (1: the fastest on 2 cores, and not slowed down by other jobs; the "
+                          "results depend on it in their last digits)", type=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -397,5 +402,6 @@ class CompareConfig:
     out: str = option("elta_compare", "where runs/, compare.md, .json and .png go")
     quick: bool = option(False, "on the built-in dataset: 160 images, 2 epochs, 2 seeds", action="store_true")
     quiet: bool = option(False, "no progress (the results are the same)", action="store_true")
+    threads: int | None = option(None, "torch threads of every run (as elta train --threads)", type=at_least(1))
     train_arguments: list[str] = option([], "-- then the elta train arguments shared by every run (data, backbone, "
                                         "recipe, ...)", action="remainder")

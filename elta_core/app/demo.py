@@ -30,7 +30,7 @@ from torch.utils.data import TensorDataset
 from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.adapters.torch.peers import LDS, RankSim
-from elta_core.app.compare import summarise
+from elta_core.app.compare import RemainingTime, summarise
 from elta_core.app.methods import METHODS, uses_self_training
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
@@ -182,12 +182,22 @@ def run_folder(out: Path, config: DemoConfig) -> Path:
     return Path(out) / "runs" / fingerprint
 
 
-def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progress: bool = True) -> dict:
-    """Run the demo; write ``table.md``, ``results.json`` and ``figure.png`` to ``out_dir``."""
-    out = Path(out_dir)
+def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progress: bool = True,
+             threads: int = 1) -> dict:
+    """Run the demo; write ``table.md``, ``results.json`` and ``figure.png`` to ``out_dir``.
+    ``progress`` prints one line per (method, seed) with the time left; ``threads`` is
+    torch's thread count (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_demo(config, Path(out_dir), progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(config: DemoConfig, out: Path, progress: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     sizes = [config.train, config.calibration, config.unlabelled, config.test]
     dataset = generate(sum(sizes), config.image_size, seed=config.data_seed)
     bounds = np.cumsum([0] + sizes)
@@ -199,9 +209,13 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
     results: dict[str, list[dict]] = {row: [] for row in ROWS}
     grids, predictions = [], {row: [] for row in ROWS}
     workdir = run_folder(out, config)
+    clock = RemainingTime(len(config.seeds) * len(ROW_NAMES))
     for seed in config.seeds:
         for method, row in ROW_NAMES.items():
-            predicted, summary = _train_row(method, seed, parts, config, workdir, progress)
+            if progress:
+                print(f"demo: {row}, seed {seed}{clock.line()}", flush=True)
+            predicted, summary = _train_row(method, seed, parts, config, workdir, progress=False)
+            clock.done()
             results[row].append(metrics.evaluate(predicted, test_scores))
             if "grid" in summary:
                 grids.append({"seed": seed, "beta": summary["grid"]["beta"], "threshold": summary["grid"]["threshold"],

@@ -10,6 +10,7 @@ self-training round.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import csv
@@ -20,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -357,11 +358,28 @@ def _write_on_main(write, *settings) -> None:
         write(*settings)
 
 
+@contextlib.contextmanager
+def _threads(settings: Any) -> Iterator[None]:
+    """torch's thread count for the command (:func:`cpu_budget`), restored after it (compare
+    and the tests call the commands in their own process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_budget(settings.workers, settings.threads)[1])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(settings: TrainConfig) -> dict[str, Any]:
     """``elta train``: returns the test metrics of the final model (the best epoch's with
     ``--select-best``, the round-2 model with ``--apds``). Under ``torchrun`` every process
     runs this: the model is wrapped in DistributedDataParallel, FLSA sees the global batch
     (``--flsa-scope global``), and rank 0 writes every file."""
+    with _threads(settings):
+        return _train(settings)
+
+
+def _train(settings: TrainConfig) -> dict[str, Any]:
     table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
     settings = recipe.resolve(settings, table.distributions is not None)
     _check_train_args(settings)
@@ -407,7 +425,7 @@ def train(settings: TrainConfig) -> dict[str, Any]:
         _self_training_round(settings, wrapper, model, table, train_data, calibration, round1, config, manifest)
         evaluated = CHECKPOINT
     evaluation = evaluate_model(wrapper, test_data, splits.test, settings.batch_size, _progress(settings), desc="test",
-                                loader_kwargs=loader_options(settings.workers, device))
+                                loader_kwargs=loader_options(settings.workers, device, settings.threads))
     result: dict[str, Any] = dict(evaluation.metrics)
     result["skipped_images"] = float(sum(len(d.skipped) for d in (train_data, val_data, test_data) if d is not None))
     result["checkpoint"] = evaluated
@@ -435,13 +453,23 @@ def default_workers() -> int:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def loader_options(workers: int | None, device: torch.device) -> dict[str, Any]:
-    """DataLoader options for training: ``workers`` processes (None: this machine's cores,
-    shared among the processes torchrun starts on it), pinned memory for a GPU, two
-    batches prefetched per worker. Workers are not persistent: each epoch's workers get the
-    dataset with the epoch set, which seeds the augmentation."""
+def cpu_budget(workers: int | None, threads: int | None) -> tuple[int, int]:
+    """Loader workers and torch threads for one process, so that together they use this
+    process's share of the cores and no more: by default half the cores load images (at
+    least one, where there are two or more) and the rest compute."""
+    cores = default_workers()
     if workers is None:
-        workers = default_workers()
+        workers = cores // 2 if threads is None else max(0, cores - threads)
+    if threads is None:
+        threads = max(1, cores - workers)
+    return workers, threads
+
+
+def loader_options(workers: int | None, device: torch.device, threads: int | None = None) -> dict[str, Any]:
+    """DataLoader options for training: ``workers`` processes (None: see :func:`cpu_budget`),
+    pinned memory for a GPU, two batches prefetched per worker. Workers are not persistent:
+    each epoch's workers get the dataset with the epoch set, which seeds the augmentation."""
+    workers, _ = cpu_budget(workers, threads)
     options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers:
         options["prefetch_factor"] = 2
@@ -472,7 +500,7 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
                          f"needed to train{per_process}")
     order = torch.Generator().manual_seed(settings.seed)
     loader = training_loader(data, settings.batch_size, seed=settings.seed, generator=order,
-                             **loader_options(settings.workers, device_of(model)))
+                             **loader_options(settings.workers, device_of(model), settings.threads))
     generators = [wrapper.generator, order]
     key = manifest.stage_key("checkpoint", CHECKPOINT_KEY)
     first_epoch, state, history, best = 0, None, [], None
@@ -503,8 +531,8 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": losses[-1], **terms[-1]}
         if validation is not None:
             scores = evaluate_model(wrapper, validation, validation.table, settings.batch_size, _progress(settings),
-                                    desc="validate", loader_kwargs=loader_options(settings.workers, device_of(model))).metrics
-            row.update({f"val_{name}": value for name, value in scores.items() if name != "num_images"})
+                                    desc="validate", loader_kwargs=loader_options(settings.workers, device_of(model), settings.threads)).metrics
+            row.update({f"val_{name}": value for name, value in scores.items() if name not in ("num_images", "tail_images")})
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
         best = _keep_best(settings, row, best, model, optimizer, config, manifest)
@@ -594,7 +622,7 @@ def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: tor
         thresholds=settings.thresholds, min_selected=settings.min_selected, pseudo_label=settings.pseudo_label,
         max_pseudo_labels=None if settings.max_pseudo_labels == "none" else settings.max_pseudo_labels,
         optimizer=_round2_optimizer(settings, round1), batch_size=settings.batch_size, progress=_progress(settings),
-        precision=settings.precision, loader_kwargs=loader_options(settings.workers, device_of(model)),
+        precision=settings.precision, loader_kwargs=loader_options(settings.workers, device_of(model), settings.threads),
         tag={"lr": settings.lr, "optimizer": settings.optimizer, "resume_optimizer": settings.round2_resume_optimizer,
              "select_best": settings.select_best},
     )
@@ -675,6 +703,11 @@ def evaluate(settings: EvaluateConfig) -> dict[str, float]:
     """``elta evaluate``: metrics of a checkpoint on a label file (or one split of it), with
     the checkpoint's own evaluation transform; ``--out`` also gets ``predictions.csv`` and
     ``predictions.png``. Without ``--labels`` the run's own label file and its test split."""
+    with _threads(settings):
+        return _evaluate(settings)
+
+
+def _evaluate(settings: EvaluateConfig) -> dict[str, float]:
     wrapper, config = load_checkpoint(settings.checkpoint, ddp.init_from_environment(_device(settings.device)))
     checkpoint = Path(settings.checkpoint)
     if settings.labels is None:
@@ -696,7 +729,7 @@ def evaluate(settings: EvaluateConfig) -> dict[str, float]:
                                                                                               settings.split)
     data = ImageLabelDataset(table, config.transform(False), skip_unreadable=settings.skip_unreadable)
     evaluation = evaluate_model(wrapper, data, table, settings.batch_size, _progress(settings),
-                                loader_kwargs=loader_options(settings.workers, device_of(wrapper.model)))
+                                loader_kwargs=loader_options(settings.workers, device_of(wrapper.model), settings.threads))
     result = dict(evaluation.metrics, skipped_images=float(len(data.skipped)))
     if settings.out and ddp.is_main():
         out = _output_folder(settings.out)
@@ -708,13 +741,18 @@ def evaluate(settings: EvaluateConfig) -> dict[str, float]:
 def pseudo_label(settings: PseudoLabelConfig) -> dict[str, Any]:
     """``elta pseudo-label``: grid search on a labelled calibration file, then pseudo-labels
     for an unlabelled pool, written as ``pseudo_labels.csv`` (image, score, p_1..p_C)."""
+    with _threads(settings):
+        return _pseudo_label(settings)
+
+
+def _pseudo_label(settings: PseudoLabelConfig) -> dict[str, Any]:
     device = ddp.init_from_environment(_device(settings.device))
     wrapper, config = load_checkpoint(settings.checkpoint, device)
     if config.head_type == "sigmoid":
         raise ValueError(f"checkpoint: {settings.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
     calibration = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
     calibration_data = ImageLabelDataset(calibration, config.transform(False), skip_unreadable=settings.skip_unreadable)
-    options = loader_options(settings.workers, device)
+    options = loader_options(settings.workers, device, settings.threads)
     logits, _ = predict_dataset(wrapper, calibration_data, batch_size=settings.batch_size, progress=_progress(settings),
                                 desc="calibration", loader_kwargs=options)
     pool = unlabelled_pool(settings, calibration, config)
