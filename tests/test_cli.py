@@ -388,3 +388,29 @@ def test_a_run_shows_its_tails(folder_dataset, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--labels", str(labels), "--format", "ava",
                  "--images", str(images), "--split", "test", "--quiet"]) == 0  # an AVA file has no split column
     assert "over 3 images each" in capsys.readouterr().out
+
+
+def test_numbers_that_would_describe_another_model_are_refused_before_training(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    assert _train(labels, images, out, "--epochs", "2") == 0
+    before = (out / "manifest.json").read_text()
+    assert _train(labels, images, out, "--epochs", "1", "--resume") == 2
+    assert "has trained 2 epochs; --epochs 1 would report" in capsys.readouterr().err
+    assert (out / "manifest.json").read_text() == before  # refused before the manifest took the new setting
+
+    # the test set is the training set
+    assert _train(labels, images, tmp_path / "same", "--test-labels", str(labels)) == 2
+    assert "test_labels: 64 of the 64 test images are also training images" in capsys.readouterr().err
+    # a split name that is no split
+    odd = tmp_path / "odd.csv"
+    odd.write_text("image,score,split\n" + "".join(f"{k}.jpg,{1 + k % 9},{'tst' if k < 8 else 'train'}\n"
+                                                    for k in range(40)))
+    assert main(["train", "--labels", str(odd), "--format", "csv", "--split-column", "split", "--images", str(images),
+                 "--out", str(tmp_path / "odd-run"), "--quiet"]) == 2
+    assert "names split(s) 'tst'; expected train, validation" in capsys.readouterr().err
+    for extra, message in ((["--val-fraction", "nan"], "val_fraction: expected a fraction in (0, 1), got nan"),
+                           (["--apds"], "unlabelled: --apds needs --unlabelled")):
+        assert _train(labels, images, tmp_path / "x", *extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() or not (tmp_path / "x" / "checkpoint.pt").exists()

@@ -281,6 +281,8 @@ def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
         raise ValueError(f"out: {out} is not empty (an earlier run?); pass --resume to continue it, "
                          "or give a new --out")
     manifest = RunManifest(out)
+    if settings.resume and "checkpoint" in manifest.data["stages"] and (out / CHECKPOINT).is_file():
+        _check_epochs_not_fewer(out / CHECKPOINT, settings.epochs)  # before the manifest takes the new setting
     config = run_identity(settings, world_size=world_size)  # the fields that decide reuse, marked in TrainConfig
     before = dict(manifest.data.get("config") or {})
     for name in manifest.check_config(config, may_change=may_change_on_resume(TrainConfig)):
@@ -291,6 +293,19 @@ def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
             inputs[name] = _path_fingerprint(getattr(settings, name))
     manifest.check_inputs(inputs)
     return manifest
+
+
+def _check_epochs_not_fewer(path: Path, epochs: int) -> None:
+    """A resumed run may train more epochs, never report fewer than it has trained."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: tensors stay on disk
+    except Exception:  # noqa: BLE001 - a damaged checkpoint is named where it is loaded
+        return
+    trained = int((state.get("resume") or state).get("epoch", 0))
+    if trained > epochs:
+        raise ValueError(f"epochs: the run in {path.parent} has trained {trained} epochs; --epochs {epochs} would "
+                         f"report that {trained}-epoch model as a {epochs}-epoch one: give --epochs {trained} or "
+                         "more, or a new --out")
 
 
 def _never_trained(out: Path) -> bool:
@@ -316,6 +331,31 @@ def _path_fingerprint(path: str) -> str:
     return sha256_of_file(path)
 
 
+SPLIT_NAMES = ("train", "validation", "val", "test", "testnew")
+
+
+def _check_splits(table: LabelTable, splits: DataSplits) -> None:
+    """Refuse, before training, what would make the reported numbers wrong: split names
+    that are not splits, test images that are also training images, a test set too small
+    for the metrics."""
+    if table.split is not None:
+        unknown = sorted(set(table.split) - set(SPLIT_NAMES) - {""})
+        if unknown:
+            raise ValueError(f"split: {table.source} names split(s) {', '.join(map(repr, unknown))}; expected "
+                             f"{', '.join(SPLIT_NAMES)} (its rows would otherwise be trained on)")
+    trained = set(splits.train.images)
+    for argument, name, part in (("test_labels", "test", splits.test), ("val_labels", "validation", splits.validation),
+                                 ("calibration", "calibration", splits.calibration)):
+        shared = [image for image in (part.images if part is not None else []) if image in trained]
+        if shared:
+            raise ValueError(f"{argument}: {len(shared)} of the {len(part)} {name} images are also training images "
+                             f"(e.g. {Path(shared[0]).name}); their metrics would be training metrics: give disjoint "
+                             "files")
+    if len(splits.test) < 3:
+        raise ValueError(f"labels: the test split holds {len(splits.test)} image(s); the metrics need at least 3 "
+                         "(give --test-labels, or a larger --val-fraction)")
+
+
 def _check_train_args(settings: TrainConfig) -> None:
     if settings.lr is None or not (math.isfinite(settings.lr) and settings.lr > 0):
         raise ValueError(f"lr: expected a finite learning rate > 0, got {settings.lr}")
@@ -330,6 +370,10 @@ def _check_train_args(settings: TrainConfig) -> None:
     if "bmse" in named and ddp.launched_by_torchrun():
         raise ValueError("peers: bmse learns its noise scale outside the DDP model, so the processes would drift "
                          "apart; run bmse in one process")
+    if not (math.isfinite(settings.val_fraction) and 0 < settings.val_fraction < 1):
+        raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {settings.val_fraction}")
+    if settings.apds and not settings.unlabelled:
+        raise ValueError("unlabelled: --apds needs --unlabelled (a folder of images or a label file)")
     if settings.resize is not None and settings.resize < settings.image_size:
         raise ValueError(f"resize: expected a side >= --image-size ({settings.image_size}), got {settings.resize}")
 
@@ -388,6 +432,7 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
     out = Path(settings.out)
     torch.manual_seed(settings.seed)
     splits = data_splits(settings, table)
+    _check_splits(table, splits)
     _write_on_main(_write_split, out, splits)
     config = RunConfig(settings.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
                        settings.image_size, "", settings.head, settings.resize, settings.eval_transform == "crop")
@@ -513,6 +558,7 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
         per_rank = state.get("rng_ranks") or [state["rng"]]
         rng.restore(per_rank[ddp.rank()] if len(per_rank) == ddp.world_size() else state["rng"], generators)
         first_epoch, history, best = int(state["epoch"]), list(state.get("history", [])), state.get("best")
+
         if ddp.is_main():
             print(f"resuming from {path} after epoch {first_epoch}")
     for epoch in range(first_epoch, settings.epochs):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -102,6 +104,12 @@ class ImageLabelDataset(Dataset):
             self.rows = good
             if self.skipped:
                 warnings.warn(f"skipped {len(self.skipped)} unreadable image(s), e.g. {self.skipped[0]}", stacklevel=2)
+        else:  # a missing file is found now, not after hours of training when the test set is read
+            missing = [path for path in table.images if not os.path.isfile(path)]
+            if missing:
+                raise UnreadableImageError(f"image: {len(missing)} of {len(table)} images are missing, e.g. "
+                                           f"{missing[0]} (is --images the folder the label file's names are relative "
+                                           "to? --skip-unreadable drops missing and corrupt images)")
         label_array = table.labels()
         self.labels = torch.as_tensor(label_array, dtype=torch.float32)
 
