@@ -428,6 +428,10 @@ def _calibration_scores(backend, logits: Tensor, labels: Tensor, bin_values: Any
                          "levels (scores on two different scales cannot be compared)")
     true_scores = _checks.scores(backend, labels, "labels", bin_values, validate)
     _checks.same_length("logits", size, "labels", backend.shape(true_scores)[0])
+    if validate and size and not (len(label_shape) == 2 and label_shape[1] > 1):
+        # score labels on the levels' rating scale, as a training step requires
+        values = tuple(float(v) for v in backend.to_numpy(_checks.bin_values_for(backend, bin_values, levels, logits)))
+        _checks.check_scale(backend, true_scores, values, "labels")
     return backend.cast_like(true_scores, logits)
 
 

@@ -145,6 +145,10 @@ class RunManifest:
         it. A new manifest records ``config``."""
         recorded = self.data.get("config") or {}
         if not recorded:
+            if self.data.get("stages"):  # stages recorded under settings that are gone: they cannot be checked
+                raise StaleStateError(f"{self.path}: records finished stages but no settings (was it edited?); its "
+                                      "stages cannot be matched to this run: restore the file, or use a new output "
+                                      "directory")
             self.data["config"] = dict(config)
             self.save()
             return []

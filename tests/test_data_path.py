@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -116,3 +117,17 @@ def test_the_prepare_progress_bar_iterates_the_loader_once(png_data, tmp_path, m
     monkeypatch.setattr(prepare_module, "DataLoader", CountingLoader)
     result = prepare_module.prepare(_table(png_data), str(png_data / "images"), tmp_path / "p", 40, progress=True)
     assert iterations == [1] and result["written"] == 40
+
+
+def test_a_16_bit_grayscale_png_is_scaled_by_its_bit_depth(tmp_path):
+    """Pillow's convert('RGB') clips I;16 values at 255: the image read 97 % white."""
+    from PIL import Image
+
+    from elta_core.adapters.torch.data import open_image
+
+    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)  # 0 .. 65,520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # uint16: mode I;16
+    pixels = np.asarray(open_image(str(tmp_path / "deep.png")))
+    assert pixels.shape == (64, 64, 3)
+    np.testing.assert_allclose(pixels[..., 0], np.rint(ramp / 65535 * 255), atol=1)
+    assert (pixels == 255).mean() < 0.01

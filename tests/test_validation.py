@@ -98,3 +98,34 @@ def test_importing_elta_core_imports_no_framework():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_grid_search_refuses_scores_off_the_rating_scale():
+    with pytest.raises(ValueError, match=r"labels: expected scores on the rating scale of bin_values \(1..10\)"):
+        apds.grid_search(np.zeros((5, 10)), np.array([50.0, 3, 4, 5, 6]), thresholds=[0.2], min_selected=1)
+    assert apds.grid_search(np.zeros((5, 10)), np.array([1.0, 3, 4, 5, 10]), thresholds=[0.05], min_selected=1)
+
+
+def test_torchmetrics_metric_refuses_an_unknown_key():
+    pytest.importorskip("torchmetrics")
+    from elta_core.adapters.torch.metrics import AestheticsMetrics
+
+    with pytest.raises(ValueError, match="key: expected None or one of plcc, srcc"):
+        AestheticsMetrics(key="bogus")
+    assert AestheticsMetrics(key="mae_high").key == "mae_high"
+
+
+def test_a_manifest_whose_settings_were_emptied_is_a_named_error(tmp_path):
+    import json
+
+    from elta_core.run_state import RunManifest, StaleStateError
+
+    manifest = RunManifest(tmp_path)
+    manifest.check_config({"lr": 1e-4})
+    (tmp_path / "stage.pt").write_bytes(b"x")
+    manifest.record("checkpoint", tmp_path / "stage.pt", "key")
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["config"] = {}
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(StaleStateError, match="records finished stages but no settings"):
+        RunManifest(tmp_path).check_config({"lr": 1e-3})

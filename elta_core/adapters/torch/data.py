@@ -51,10 +51,21 @@ def open_image(path: str):
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode.startswith("I"):  # 16-bit (or 32-bit integer) grayscale: convert("RGB") would clip it
+                return _high_bit_depth_to_rgb(image, Image)
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UnreadableImageError(f"image: cannot decode {path}: {error} (--skip-unreadable drops missing and "
                                    "corrupt images)") from None
+
+
+def _high_bit_depth_to_rgb(image, Image):
+    """An integer grayscale image scaled by its bit depth to 8 bits (16 bits for ``I;16``
+    modes and for ``I`` images whose values fit them, else 32), as RGB."""
+    values = np.asarray(image, dtype=np.float64)
+    bits = 16 if image.mode.startswith("I;16") or (values.size and values.max() <= 65535 and values.min() >= 0) else 32
+    scaled = np.clip(np.rint(values / (2.0**bits - 1) * 255), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled).convert("RGB")  # uint8, 2-D: mode L
 
 
 def readable(path: str) -> bool:

@@ -12,6 +12,7 @@ from elta_core import metrics
 from elta_core.optional import require
 
 torchmetrics = require("torchmetrics", "lightning")
+METRIC_KEYS = tuple(metrics.evaluate([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]))  # what evaluate returns, in its order
 
 
 class AestheticsMetrics(torchmetrics.Metric):
@@ -29,6 +30,8 @@ class AestheticsMetrics(torchmetrics.Metric):
 
     def __init__(self, threshold: float = 5.0, *, bin_values: Any = None, key: str | None = None, **kwargs):
         super().__init__(**kwargs)
+        if key is not None and key not in METRIC_KEYS:
+            raise ValueError(f"key: expected None or one of {', '.join(METRIC_KEYS)}, got {key!r}")
         self.threshold, self.bin_values, self.key = threshold, bin_values, key
         self.add_state("pred", default=[], dist_reduce_fx="cat")
         self.add_state("true", default=[], dist_reduce_fx="cat")
