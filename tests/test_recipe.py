@@ -251,3 +251,26 @@ def test_undefined_metrics_are_null_in_json_and_named_never_nan(tmp_path):
     assert written["plcc"] is None and written["undefined_metrics"] == ["plcc", "srcc"] and written["mse"] == 8.5
     assert (tmp_path / "evaluation.csv").read_text().splitlines()[1].startswith("undefined,undefined,0.5")
     assert "P (PLCC): undefined (constant predictions?)" in format_metrics(result)
+
+
+def test_weights_that_only_partly_fit_or_are_not_weights_are_refused(tmp_path):
+    """A resnet34 file loaded into resnet18 (its 96 extra tensors were ignored), integer tensors cast to
+    float, NaN weights that only showed as 'training diverged': each named."""
+    from safetensors.torch import save_file
+
+    import torchvision
+
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match=r"r34.pth has 96 tensor\(s\) this backbone does not have, e.g. layer1.2"):
+        models.build_model("resnet18", 10, "linear", str(tmp_path / "r34.pth"))
+    state = {k: v.contiguous() for k, v in torchvision.models.resnet18(weights=None).state_dict().items()}
+    save_file({**state, "conv1.weight": state["conv1.weight"].to(torch.int32)}, tmp_path / "ints.safetensors")
+    with pytest.raises(ValueError, match="conv1.weight is torch.int32 in the file, a float in the model"):
+        models.build_model("resnet18", 10, "linear", str(tmp_path / "ints.safetensors"))
+    broken = dict(state, **{"layer1.0.conv1.weight": state["layer1.0.conv1.weight"].clone().fill_(float("nan"))})
+    torch.save(broken, tmp_path / "nan.pth")
+    with pytest.raises(ValueError, match="layer1.0.conv1.weight holds NaN or Inf values"):
+        models.build_model("resnet18", 10, "linear", str(tmp_path / "nan.pth"))
+    torch.save(state, tmp_path / "r18.pth")
+    model, _, skipped = models.build_model("resnet18", 10, "linear", str(tmp_path / "r18.pth"))
+    assert skipped == ["fc.bias", "fc.weight"]  # its own ImageNet head: replaced, counted

@@ -112,6 +112,13 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _is_classifier_of_source(key: str, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``key`` is the source model's own head (an ImageNet ``fc``/``classifier``/
+    ``head``), which a new head replaces: the last weight-and-bias pair of the file."""
+    names = [k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")]
+    return bool(names) and key.rsplit(".", 1)[0] == names[-1]
+
+
 def load_weights(model: nn.Module, path: str, head_name: str) -> list[str]:
     """Load every backbone tensor from ``path`` (the head may differ: an ImageNet head is
     skipped). A backbone tensor that is missing or of another shape is an error naming
@@ -127,5 +134,17 @@ def load_weights(model: nn.Module, path: str, head_name: str) -> list[str]:
             if example in state else "missing from the file"
         raise ValueError(f"weights: {path} does not fit this backbone: {len(wrong)} of its {len(own)} tensors do not "
                          f"match, e.g. {example} ({found}); are they the weights of another model?")
+    # tensors of the file that this backbone has no place for: another (larger) architecture
+    unexpected = sorted(k for k in state if k not in own and not in_head(k) and not _is_classifier_of_source(k, state))
+    if unexpected:
+        raise ValueError(f"weights: {path} has {len(unexpected)} tensor(s) this backbone does not have, e.g. "
+                         f"{unexpected[0]}; are they the weights of another model?")
+    for key, value in usable.items():
+        expected = own[key]
+        if expected.is_floating_point() and not value.is_floating_point():
+            raise ValueError(f"weights: {path}: {key} is {value.dtype} in the file, a float in the model; the file "
+                             "is not this model's weights")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"weights: {path}: {key} holds NaN or Inf values; the file is damaged")
     model.load_state_dict(usable, strict=False)
     return sorted(k for k in own if k not in usable)
