@@ -414,3 +414,19 @@ def test_numbers_that_would_describe_another_model_are_refused_before_training(f
         assert _train(labels, images, tmp_path / "x", *extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists() or not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_resume_after_an_image_changed_is_refused(folder_dataset, tmp_path, capsys):
+    import os
+    import shutil
+
+    labels, images = folder_dataset
+    copied = tmp_path / "images"
+    shutil.copytree(images, copied)
+    out = tmp_path / "run"
+    assert _train(labels, copied, out, "--epochs", "1") == 0
+    target = copied / "5.jpg"
+    target.write_bytes((copied / "6.jpg").read_bytes())  # other pixels under the same name
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    assert _train(labels, copied, out, "--epochs", "2", "--resume") == 2
+    assert "the input data changed since the run started (images)" in capsys.readouterr().err

@@ -268,7 +268,7 @@ def write_predictions(evaluation: Evaluation, out: Path, title: str) -> None:
     save_png(fig, out / "predictions.png")
 
 
-def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
+def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | None = None) -> RunManifest:
     """The run directory ``--out``: a new or empty one, or with ``--resume`` one whose
     manifest matches this run's settings and inputs (``--epochs`` may change)."""
     out = Path(settings.out)
@@ -291,6 +291,8 @@ def open_run(settings: TrainConfig, world_size: int = 1) -> RunManifest:
     for name in ("weights", "val_labels", "test_labels"):
         if getattr(settings, name, None):
             inputs[name] = _path_fingerprint(getattr(settings, name))
+    if images is not None:
+        inputs["images"] = images_fingerprint(images)
     manifest.check_inputs(inputs)
     return manifest
 
@@ -320,6 +322,19 @@ def _never_trained(out: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return not stages
+
+
+def images_fingerprint(paths: list[str]) -> str:
+    """A cheap fingerprint of image files: each one's name, size and modification time (a
+    stat, no read), so that a resumed run notices images that changed under it."""
+    def stat(path: str) -> list:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return [path, None, None]
+        return [path, info.st_size, info.st_mtime_ns]
+
+    return fingerprint([stat(path) for path in paths])
 
 
 def _path_fingerprint(path: str) -> str:
@@ -385,13 +400,13 @@ def _datasets(settings: TrainConfig, splits: DataSplits, config: RunConfig) -> t
             make(splits.calibration, False))
 
 
-def _open_run_everywhere(settings: TrainConfig) -> RunManifest:
+def _open_run_everywhere(settings: TrainConfig, images: list[str] | None = None) -> RunManifest:
     """Rank 0 checks and records the run directory (an error stops every rank); the other
     ranks of a DDP run read the same directory, which must be shared, and never write."""
     opened: dict[str, RunManifest] = {}
 
     def check_and_record() -> None:  # returns nothing: the manifest is not sent to the other ranks
-        opened["manifest"] = open_run(settings, ddp.world_size())
+        opened["manifest"] = open_run(settings, ddp.world_size(), images)
 
     ddp.on_main(check_and_record)
     return opened.get("manifest") or RunManifest(settings.out, writer=False)
@@ -428,7 +443,7 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
     settings = recipe.resolve(settings, table.distributions is not None)
     _check_train_args(settings)
     device = ddp.init_from_environment(_device(settings.device))
-    manifest = _open_run_everywhere(settings)
+    manifest = _open_run_everywhere(settings, list(table.images))
     out = Path(settings.out)
     torch.manual_seed(settings.seed)
     splits = data_splits(settings, table)
