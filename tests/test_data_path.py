@@ -131,3 +131,22 @@ def test_a_16_bit_grayscale_png_is_scaled_by_its_bit_depth(tmp_path):
     assert pixels.shape == (64, 64, 3)
     np.testing.assert_allclose(pixels[..., 0], np.rint(ramp / 65535 * 255), atol=1)
     assert (pixels == 255).mean() < 0.01
+
+
+def test_prepare_redoes_a_copy_whose_source_changed_and_refuses_to_overwrite_the_sources(png_data, tmp_path):
+    import os
+    import shutil
+
+    images = tmp_path / "src" / "images"
+    shutil.copytree(png_data / "images", images)
+    table = _table(png_data, images)
+    out = tmp_path / "prepared"
+    assert prepare_module.prepare(table, str(images), out, 24, progress=False)["written"] == 40
+    source = images / table.images[3].split("/")[-1]
+    source.write_bytes((images / table.images[4].split("/")[-1]).read_bytes())  # new pixels, same name
+    later = (out / "images" / source.name).stat().st_mtime_ns + 10**9
+    os.utime(source, ns=(later, later))
+    result = prepare_module.prepare(table, str(images), out, 24, progress=False)
+    assert (result["written"], result["already_there"]) == (1, 39)  # before: "40 already there", the stale copy kept
+    with pytest.raises(ValueError, match="is where the images themselves are"):
+        prepare_module.prepare(table, str(images), images.parent, 24, progress=False)  # OUT/images is --images

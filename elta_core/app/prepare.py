@@ -37,6 +37,15 @@ def relative_name(image: str, root: str | None) -> Path:
     return Path(path.name)
 
 
+def _current(target: Path, source: str) -> bool:
+    """A prepared copy that is there and newer than its source (a source changed since it
+    was copied is prepared again)."""
+    try:
+        return target.stat().st_mtime_ns >= Path(source).stat().st_mtime_ns
+    except OSError:
+        return False
+
+
 class _Resizer(Dataset):
     """Item k: resize image k and write it; returns "" or, for an unreadable image, why."""
 
@@ -50,7 +59,7 @@ class _Resizer(Dataset):
         from torchvision.transforms import functional
 
         target = self.targets[k]
-        if target.exists():  # written atomically by an earlier run with the same settings
+        if _current(target, self.images[k]):  # written atomically by an earlier run, from this very source
             return ""
         try:
             image = functional.resize(open_image(self.images[k]), [self.size, self.size])
@@ -79,12 +88,17 @@ def prepare(table: LabelTable, images_root: str | None, out: str | Path, size: i
     manifest.check_config({"size": size, "quality": quality})
     folder = out / PREPARED
     targets = [folder / relative_name(image, images_root) for image in table.images]
+    same = next((image for image, target in zip(table.images, targets)
+                 if target.exists() and target.resolve() == Path(image).resolve()), None)
+    if same is not None:
+        raise ValueError(f"out: {folder} is where the images themselves are (e.g. {same}); give --out another folder, "
+                         "or the resized copies would overwrite the originals")
     if len(set(targets)) != len(targets):
         raise ValueError("images: two images of the label file map to the same prepared file; give --images, the "
                          "folder their names are relative to")
     for parent in {t.parent for t in targets}:
         remove_stale_temporaries(parent)  # what a killed run was writing
-    done_before = sum(t.exists() for t in targets)
+    done_before = sum(_current(t, image) for t, image in zip(targets, table.images))
     loader = DataLoader(_Resizer(list(table.images), targets, size, quality), batch_size=None, num_workers=workers)
     failures = []
     for error in progress_bar(loader, progress, total=len(targets), desc="prepare", unit="image"):
