@@ -349,3 +349,38 @@ def test_a_plain_transformers_trainer_trains_a_wrapped_model(tmp_path):
     result = transformers.Trainer(model=wrapper, args=arguments, train_dataset=Items()).train()
     assert result.global_step == 3 and np.isfinite(result.training_loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_transformers_trainer_evaluate_and_predict_equal_a_plain_loop(tmp_path):
+    """In eval mode the wrapper returned bare logits: the Trainer took row 0 as the loss
+    (eval_loss -0.068 for an EMD of 0.070) and dropped it from the predictions (60 of 64)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+
+    class Items(torch.utils.data.Dataset):
+        def __init__(self):
+            generator = torch.Generator().manual_seed(1)
+            self.x, self.y = torch.randn(64, 4, generator=generator), distributions(64)
+
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, k):
+            return {"x": self.x[k], "labels": self.y[k]}
+
+    torch.manual_seed(0)
+    wrapper = ELTAWrapper(TwoLayer(), "fc", num_pairs=2, seed=0)
+    arguments = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=16, use_cpu=True,
+                                               report_to=[])
+    trainer = transformers.Trainer(model=wrapper, args=arguments)
+    items = Items()
+    wrapper.eval()
+    with torch.no_grad():
+        logits = wrapper(items.x)
+        per_batch = [losses.emd(torch.softmax(logits[k:k + 16], 1), items.y[k:k + 16]) for k in range(0, 64, 16)]
+    evaluated = trainer.evaluate(items)
+    assert evaluated["eval_loss"] == pytest.approx(float(torch.stack(per_batch).mean()), rel=1e-5)
+    predicted = trainer.predict(items)
+    assert predicted.predictions.shape == (64, 10) and predicted.label_ids.shape == (64, 10)
+    np.testing.assert_allclose(predicted.predictions, logits.numpy(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(wrapper(items.x[:3], items.y[:3]), wrapper.model(items.x[:3]))  # positional labels: as before

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from elta_core import tfa as tfa_core
+
+
+class EvaluationOutput(NamedTuple):
+    """What ``wrapper(x, labels=y)`` returns in eval mode (as Hugging Face's Trainer calls
+    it to evaluate and predict): the task loss on the model's own output (no TFA, no
+    FLSA) and that output. A tuple whose first item is the loss, as the Trainer reads it."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
 
 
 @dataclass

@@ -2,7 +2,8 @@
 :mod:`elta_core.adapters.torch.peers`) at their points of a training step: C-Mixup on
 the input or the head's input, FDS on the head's input before TFA mixes it, LDS and
 Balanced MSE in the task loss, RankSim's regulariser beside FLSA, FDS's statistics at
-the end of an epoch."""
+the end of an epoch; and the task loss outside a labelled step (``L_u`` on
+pseudo-labelled batches, and evaluation as Hugging Face's Trainer asks for it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 
 from elta_core import losses as core_losses
 from elta_core import step as core_step
+from elta_core.adapters.torch.modules import as_float_labels
+from elta_core.adapters.torch.output import EvaluationOutput
 from elta_core.adapters.torch.peers import Peer
 
 
@@ -85,3 +88,21 @@ class PeerSteps:
         into its running ones). ``fit`` calls it; a custom loop calls it once per epoch."""
         for peer in self.peers:
             peer.end_epoch()
+
+    def _evaluation(self, x: Any, labels: torch.Tensor) -> EvaluationOutput:
+        predictions = self.model(x)
+        predictions = getattr(predictions, "logits", predictions)
+        return EvaluationOutput(self._plain_task_loss(x, labels, predictions, self._task_loss_with_peers()), predictions)
+
+    def unlabelled_loss(self, x: Any, y: torch.Tensor) -> torch.Tensor:
+        """``L_u`` of Eq. 10 with ``round2="separate"``: the task loss on pseudo-labelled
+        samples (no TFA, no FLSA)."""
+        loss = self._plain_task_loss(x, y, self.model(x), self.task_loss_fn)
+        if self.elta_config.check_finite:
+            core_step.raise_if_not_finite({"pseudo-label task loss": loss})
+        return loss
+
+    def _plain_task_loss(self, x: Any, y: torch.Tensor, predictions: torch.Tensor, user_loss) -> torch.Tensor:
+        like = x if isinstance(x, torch.Tensor) else next(self.model.parameters())
+        return core_step.pseudo_labelled_loss(self.elta_config, predictions, as_float_labels(y, like),
+                                              self.output_kind(predictions), user_loss)

@@ -119,8 +119,7 @@ class ELTAWrapper(PeerSteps, nn.Module, core_step.ConfigAttributes):
             self._batch.align(features)
 
     def _capture_head_input(self, module, args):
-        if args:
-            self._capture(args[0])
+        self._capture(args[0] if args else None)
 
     def _capture_layer_output(self, module, args, output):
         self._capture(output)
@@ -133,6 +132,8 @@ class ELTAWrapper(PeerSteps, nn.Module, core_step.ConfigAttributes):
         if labels is not None:
             if y is not None:
                 raise ValueError("labels: give the labels once, as y or as labels=")
+            if not self.training:  # Hugging Face's evaluate and predict: the loss first, then the output
+                return self._evaluation(x, labels)
             y = labels
         if y is None or not self.training:
             return self.model(x)
@@ -179,17 +180,6 @@ class ELTAWrapper(PeerSteps, nn.Module, core_step.ConfigAttributes):
             where = self.align_at or self.head_name
             raise ValueError(f"align_at: the layer {where!r} was not called in the model's forward, so FLSA and "
                              "RankSim have no features; give the head or layer that the forward really runs")
-
-    def unlabelled_loss(self, x: Any, y: torch.Tensor) -> torch.Tensor:
-        """``L_u`` of Eq. 10 with ``round2="separate"``: the task loss on pseudo-labelled
-        samples (no TFA, no FLSA)."""
-        predictions = self.model(x)
-        like = x if isinstance(x, torch.Tensor) else next(self.model.parameters())
-        loss = core_step.pseudo_labelled_loss(self.elta_config, predictions, as_float_labels(y, like),
-                                              self.output_kind(predictions), self.task_loss_fn)
-        if self.elta_config.check_finite:
-            core_step.raise_if_not_finite({"pseudo-label task loss": loss})
-        return loss
 
     def output_kind(self, predictions: torch.Tensor) -> str:
         """``"logits"``, ``"probs"`` or ``"score"``: see :func:`elta_core.step.output_kind`."""
