@@ -78,6 +78,6 @@ def predicted_against_true(axis, true, runs: list, title: str, colour: str = "ta
     axis.set_ylim(*span)
     axis.set_xlabel("true score")
     axis.set_ylabel("predicted score")
-    axis.set_title(f"{title}: M = {spread('mae_medium')}, P = {np.mean([r['plcc'] for r in results]):.3f}")
+    axis.set_title(f"{title}\nM = {spread('mae_medium')}, P = {np.mean([r['plcc'] for r in results]):.3f}", fontsize=10)
     if labels:
         axis.legend(loc="lower right", markerscale=3, fontsize=8)
