@@ -324,20 +324,23 @@ def test_torchmetrics_metric_equals_the_whole_set_on_score_sorted_batches():
     assert float(plcc.compute()) == pytest.approx(expected["plcc"], rel=1e-12)
 
 
+class _Items(torch.utils.data.Dataset):
+    """Hugging Face style items: ``{"x": ..., "labels": ...}``."""
+
+    def __init__(self, size: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.x, self.y = torch.randn(size, 4, generator=generator), distributions(size)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, k):
+        return {"x": self.x[k], "labels": self.y[k]}
+
+
 def test_a_plain_transformers_trainer_trains_a_wrapped_model(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-
-    class Items(torch.utils.data.Dataset):
-        def __init__(self):
-            generator = torch.Generator().manual_seed(0)
-            self.x, self.y = torch.randn(32, 4, generator=generator), distributions(32)
-
-        def __len__(self):
-            return 32
-
-        def __getitem__(self, k):
-            return {"x": self.x[k], "labels": self.y[k]}
 
     torch.manual_seed(0)
     model = TwoLayer()
@@ -346,7 +349,7 @@ def test_a_plain_transformers_trainer_trains_a_wrapped_model(tmp_path):
     arguments = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=3,
                                                use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
                                                learning_rate=1e-2)
-    result = transformers.Trainer(model=wrapper, args=arguments, train_dataset=Items()).train()
+    result = transformers.Trainer(model=wrapper, args=arguments, train_dataset=_Items(32, 0)).train()
     assert result.global_step == 3 and np.isfinite(result.training_loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -357,23 +360,12 @@ def test_transformers_trainer_evaluate_and_predict_equal_a_plain_loop(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
 
-    class Items(torch.utils.data.Dataset):
-        def __init__(self):
-            generator = torch.Generator().manual_seed(1)
-            self.x, self.y = torch.randn(64, 4, generator=generator), distributions(64)
-
-        def __len__(self):
-            return 64
-
-        def __getitem__(self, k):
-            return {"x": self.x[k], "labels": self.y[k]}
-
     torch.manual_seed(0)
     wrapper = ELTAWrapper(TwoLayer(), "fc", num_pairs=2, seed=0)
     arguments = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=16, use_cpu=True,
                                                report_to=[])
     trainer = transformers.Trainer(model=wrapper, args=arguments)
-    items = Items()
+    items = _Items(64, 1)
     wrapper.eval()
     with torch.no_grad():
         logits = wrapper(items.x)
