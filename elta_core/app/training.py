@@ -366,7 +366,7 @@ def _check_splits(table: LabelTable, splits: DataSplits) -> None:
             raise ValueError(f"{argument}: {len(shared)} of the {len(part)} {name} images are also training images "
                              f"(e.g. {Path(shared[0]).name}); their metrics would be training metrics: give disjoint "
                              "files")
-    if len(splits.test) < 3:
+    if len(splits.test) < 3 and len(splits.train) >= 2:  # too few training images: named where they are counted
         raise ValueError(f"labels: the test split holds {len(splits.test)} image(s); the metrics need at least 3 "
                          "(give --test-labels, or a larger --val-fraction)")
 
@@ -447,7 +447,6 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
     out = Path(settings.out)
     torch.manual_seed(settings.seed)
     splits = data_splits(settings, table)
-    _check_splits(table, splits)
     _write_on_main(_write_split, out, splits)
     config = RunConfig(settings.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
                        settings.image_size, "", settings.head, settings.resize, settings.eval_transform == "crop")
@@ -467,6 +466,8 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
         peers=_peers(settings, splits.train),
     )
     train_data, val_data, test_data, held_out = _datasets(settings, splits, config)
+    pool = unlabelled_pool(settings, table, config) if settings.apds else None  # its errors before round 1
+    _check_splits(table, splits)
     optimizer = OPTIMIZERS[settings.optimizer](wrapper.parameters(), lr=settings.lr)
     round1 = _train_epochs(settings, wrapper, model, train_data, val_data, optimizer, config, manifest)
     if round1 is None:
@@ -482,7 +483,7 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
         calibration = next((data, name) for data, name in (
             (held_out, f"{len(held_out or ())} training images held out for it"), (val_data, "the validation set"),
             (test_data, "the test split (--calibrate-on test)")) if data is not None)
-        _self_training_round(settings, wrapper, model, table, train_data, calibration, round1, config, manifest)
+        _self_training_round(settings, wrapper, model, pool, train_data, calibration, round1, config, manifest)
         evaluated = CHECKPOINT
     evaluation = evaluate_model(wrapper, test_data, splits.test, settings.batch_size, _progress(settings), desc="test",
                                 loader_kwargs=loader_options(settings.workers, device, settings.threads))
@@ -669,7 +670,7 @@ def _round2_optimizer(settings: TrainConfig, round1: dict):
     return resumed
 
 
-def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Module, table: LabelTable, train_data,
+def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Module, pool, train_data,
                          calibration: tuple, round1: dict, config: RunConfig, manifest: RunManifest) -> None:
     """``--apds``: one self-training round from the current weights (round 1: the last or
     the best epoch). The final checkpoint holds the round-2 model, and the round-1
@@ -677,7 +678,6 @@ def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: tor
     out = manifest.folder
     if not settings.unlabelled:
         raise ValueError("unlabelled: --apds needs --unlabelled (a folder of images or a label file)")
-    pool = unlabelled_pool(settings, table, config)
     trainer = SelfTraining(
         wrapper, out / "self_training", epochs=settings.round2_epochs, round2=settings.round2, betas=settings.betas,
         thresholds=settings.thresholds, min_selected=settings.min_selected, pseudo_label=settings.pseudo_label,

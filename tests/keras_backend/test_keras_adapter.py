@@ -434,3 +434,34 @@ def test_data_parallel_on_jax_equals_one_device_and_is_refused_elsewhere(monkeyp
         keras.distribution.set_distribution(None)
     for a, b in zip(one_device, two_devices):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_score_mae_is_the_error_of_the_predicted_score():
+    """Keras's "mae" on a distribution head averaged the error of the 10 probabilities."""
+    from elta_core.adapters.keras import ScoreMAE
+
+    generator = np.random.default_rng(4)
+    logits = generator.normal(size=(12, 10)).astype("float32")
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = generator.dirichlet(np.ones(10), 12).astype("float32")
+    levels = np.arange(1, 11)
+    expected = np.mean(np.abs(probs @ levels - labels @ levels))
+    for output, predictions in (("logits", logits), ("probs", probs), ("auto", probs), ("auto", logits)):
+        metric = ScoreMAE(output=output)
+        metric.update_state(tensor(labels), tensor(predictions))
+        assert float(array(metric.result())) == pytest.approx(expected, rel=1e-5), output
+    scores = ScoreMAE()
+    scores.update_state(tensor(probs @ levels), tensor((probs @ levels)[:, None]))  # a score head, exact
+    assert float(array(scores.result())) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="output: expected 'auto', 'logits', 'probs' or 'score'"):
+        ScoreMAE(output="distribution")
+
+
+def test_the_progress_bar_leaves_out_counters_that_say_nothing(capsys):
+    model = ELTAModel(nima_model(), "scores", seed=0)
+    model.compile(optimizer="sgd")
+    x, y = data(32)
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=2, validation_data=(x, y)).history
+    printed = capsys.readouterr().out
+    assert "loss" in printed and "invalid_label_batches" not in printed and "val_flsa_loss" not in printed
+    assert history["invalid_label_batches"] == [0.0]  # the history keeps every value

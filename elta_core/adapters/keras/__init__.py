@@ -15,8 +15,8 @@ except ImportError as error:
         "and set KERAS_BACKEND=torch, or [keras-jax] (KERAS_BACKEND=jax), or [keras-tensorflow]"
     ) from None
 
-from elta_core.adapters.keras.layers import split_at  # noqa: E402
+from elta_core.adapters.keras.layers import ScoreMAE, split_at  # noqa: E402
 from elta_core.adapters.keras.model import ELTAModel  # noqa: E402
 from elta_core.adapters.keras.self_training import PseudoLabels, pseudo_label  # noqa: E402
 
-__all__ = ["ELTAModel", "PseudoLabels", "pseudo_label", "split_at"]
+__all__ = ["ELTAModel", "PseudoLabels", "ScoreMAE", "pseudo_label", "split_at"]

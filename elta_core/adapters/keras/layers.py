@@ -7,6 +7,7 @@ import difflib
 
 import keras
 import numpy as np
+from keras import ops
 
 
 def _nearest_layer_error(model: keras.Model, name: str, argument: str) -> ValueError:
@@ -125,3 +126,63 @@ class StopOnNonFinite(keras.callbacks.Callback):
                                          "the inputs, the labels and the model's output)")
 
 
+class QuietProgbar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar without the numbers that say nothing: the invalid-label counter
+    while it is 0 (it stops ``fit`` when it is not), and the FLSA term of validation,
+    which evaluation never computes. The history keeps every value."""
+
+    @staticmethod
+    def _shown(logs):
+        return {name: value for name, value in (logs or {}).items()
+                if not (name.endswith("invalid_label_batches") and float(value) == 0) and name != "val_flsa_loss"}
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._shown(logs))
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(batch, self._shown(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._shown(logs))
+
+    def on_test_end(self, logs=None):
+        super().on_test_end(self._shown(logs))
+
+
+class ScoreMAE(keras.metrics.Mean):
+    """The mean absolute error of the predicted *score* (the mean of the predicted
+    distribution over ``bin_values``, default 1..C) against the true score (of distribution
+    or score labels): what an aesthetics user means by MAE. Keras's ``"mae"`` on a
+    distribution head averages the error of the C probabilities instead.
+
+    Args:
+        output: what the model returns: ``"logits"``, ``"probs"`` (a softmax head) or
+            ``"score"``; ``"auto"`` takes ``"probs"`` for rows that sum to 1.
+        bin_values: the rating value of each output level.
+    """
+
+    def __init__(self, output: str = "auto", bin_values=None, name: str = "score_mae", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if output not in ("auto", "logits", "probs", "score"):
+            raise ValueError(f"output: expected 'auto', 'logits', 'probs' or 'score', got {output!r}")
+        self.output, self.bin_values = output, None if bin_values is None else [float(v) for v in bin_values]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        from elta_core import losses
+
+        y_pred = ops.cast(y_pred, "float32")
+        shape = tuple(y_pred.shape)
+        if self.output == "score" or len(shape) == 1 or shape[-1] == 1:
+            predicted = losses.output_scores(y_pred, "score", self.bin_values, validate=False)
+        elif self.output != "auto":
+            predicted = losses.output_scores(y_pred, self.output, self.bin_values, validate=False)
+        else:  # a softmax head's rows sum to 1, logits' (almost) never do
+            is_probs = ops.abs(ops.sum(y_pred, axis=-1) - 1) < 1e-3
+            predicted = ops.where(is_probs, losses.output_scores(y_pred, "probs", self.bin_values, validate=False),
+                                  losses.output_scores(y_pred, "logits", self.bin_values, validate=False))
+        true = losses.label_scores(ops.cast(y_true, "float32"), self.bin_values, validate=False)
+        return super().update_state(ops.abs(ops.reshape(predicted, (-1,)) - ops.reshape(true, (-1,))),
+                                    sample_weight=sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "output": self.output, "bin_values": self.bin_values}

@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from elta_core import step as core_step
-from elta_core.adapters.keras.layers import (StopOnNonFinite, ends_in_softmax, resolve_head, split_at,
+from elta_core.adapters.keras.layers import (QuietProgbar, StopOnNonFinite, ends_in_softmax, resolve_head, split_at,
                                             check_distribution, traced_per_shape)
 
 
@@ -148,6 +148,8 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
             if levels not in (None, 1) and self.elta_config.output != "score":
                 core_step.check_levels(self.elta_config, int(levels), labels)
         callbacks = list(callbacks or []) + [StopOnNonFinite()]
+        if not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+            callbacks.append(QuietProgbar())  # Keras adds its own otherwise; verbose=0 still prints nothing
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     # On TensorFlow the step is traced once per batch shape, as JAX does, so that the

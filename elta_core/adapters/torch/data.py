@@ -118,9 +118,9 @@ class ImageLabelDataset(Dataset):
         else:  # a missing file is found now, not after hours of training when the test set is read
             missing = [path for path in table.images if not os.path.isfile(path)]
             if missing:
-                raise UnreadableImageError(f"image: {len(missing)} of {len(table)} images are missing, e.g. "
-                                           f"{missing[0]} (is --images the folder the label file's names are relative "
-                                           "to? --skip-unreadable drops missing and corrupt images)")
+                raise UnreadableImageError(f"image: no such file: {missing[0]} ({len(missing)} of {len(table)} images are "
+                                           "missing; is --images the folder the label file's names are relative to? "
+                                           "--skip-unreadable drops missing and corrupt images)")
         label_array = table.labels()
         self.labels = torch.as_tensor(label_array, dtype=torch.float32)
 
