@@ -156,7 +156,7 @@ def test_loader_workers_and_threads_share_the_cores(monkeypatch):
 
     monkeypatch.setattr(training, "default_workers", lambda: 8)
     assert training.cpu_budget(None, None) == (4, 4)
-    assert training.cpu_budget(0, None) == (0, 8) and training.cpu_budget(None, 2) == (6, 2)
+    assert training.cpu_budget(0, None) == (0, 4) and training.cpu_budget(None, 2) == (6, 2)  # threads: not by workers
     monkeypatch.setattr(training, "default_workers", lambda: 1)
     assert training.cpu_budget(None, None) == (0, 1)
     before = torch.get_num_threads()

@@ -115,7 +115,7 @@ def test_sigmoid_head_on_score_labels_uses_the_file_splits(split_data, tmp_path)
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert config["head"] == "sigmoid"  # scores only: the authors' sigmoid head
     predictions = _rows(out / "predictions.csv")
-    assert list(predictions[0]) == ["image", "true_score", "predicted_score"]
+    assert list(predictions[0]) == ["image", "true_score", "predicted_score", "segment"]
     assert len(predictions) == 16  # the file's test split
     assert all(0 < float(r["predicted_score"]) < 10 for r in predictions)
     assert len(_rows(out / "metrics.csv")) == 2 and "val_srcc" in _rows(out / "metrics.csv")[0]

@@ -516,13 +516,14 @@ def default_workers() -> int:
 
 def cpu_budget(workers: int | None, threads: int | None) -> tuple[int, int]:
     """Loader workers and torch threads for one process, so that together they use this
-    process's share of the cores and no more: by default half the cores load images (at
-    least one, where there are two or more) and the rest compute."""
+    process's share of the cores and no more: by default half the cores compute (torch
+    threads) and the rest load images. The threads never follow ``workers``: a result
+    depends on the thread count in its last digits, and must not on the worker count."""
     cores = default_workers()
-    if workers is None:
-        workers = cores // 2 if threads is None else max(0, cores - threads)
     if threads is None:
-        threads = max(1, cores - workers)
+        threads = max(1, cores // 2)
+    if workers is None:
+        workers = max(0, cores - threads)
     return workers, threads
 
 
