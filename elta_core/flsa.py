@@ -109,14 +109,12 @@ def _direct_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tup
 CHUNK_ROWS = 256  # the fewest rows of a chunk; a batch is walked in at most 32 chunks
 
 
-def _chunks(size: int) -> range:
-    """Chunk starts: the gram form's B x D intermediates exist one chunk at a time, so its
-    extra memory is the normalised features and the gradient, plus 1/32 of them."""
-    return range(0, size, max(CHUNK_ROWS, -(-size // 32)))
-
-
-def _rows(backend, like: Tensor, start: int, stop: int) -> Tensor:
-    return backend.arange(stop, like)[start:stop]
+def _chunks(size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each chunk of rows: the gram form's B x D intermediates exist one
+    chunk at a time, so its extra memory is the normalised features and the gradient,
+    plus 1/32 of them."""
+    step = max(CHUNK_ROWS, -(-size // 32))
+    return [(start, min(start + step, size)) for start in range(0, size, step)]
 
 
 def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -130,30 +128,35 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple
 
     order = backend.argsort(u, axis=0)
     u_sorted = backend.take(u, order)
-    step = _chunks(size).step
+    chunks = _chunks(size)
 
-    def prefixes(start: int, carry: tuple | None):
+    def prefixes(start: int, stop: int, carry: tuple | None):
         """The chunk's rows in score order, their scores, and the prefix sums P0_k =
         sum_{m<=k} z_m and P1_k = sum_{m<=k} u_m z_m, carried over the chunks before."""
-        rows = order[start:start + step]
+        rows = order[start:stop]
         z_sorted = backend.take(zh, rows, axis=0)
-        u_column = backend.reshape(u_sorted[start:start + step], (-1, 1))
+        u_column = backend.reshape(u_sorted[start:stop], (-1, 1))
         prefix = backend.cumsum(z_sorted, axis=0)
         weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)
         if carry is not None:
             prefix, weighted_prefix = prefix + carry[0], weighted_prefix + carry[1]
         return rows, z_sorted, u_column, prefix, weighted_prefix
 
-    carry = None
-    for start in _chunks(size):  # the totals T0, T1: the prefix sums' last row
-        *_, prefix, weighted_prefix = prefixes(start, carry)
-        carry = (prefix[-1:], weighted_prefix[-1:])
+    # The totals T0, T1 are the prefix sums' last row; one chunk (any batch of up to
+    # CHUNK_ROWS rows) computes its prefix sums once, more chunks walk them twice.
+    carry, walked = None, []
+    for start, stop in chunks:
+        walked = [prefixes(start, stop, carry)]
+        carry = (walked[0][3][-1:], walked[0][4][-1:])
     total, weighted_total = carry
     similar = zh * 0 if with_grad else None  # (M Zh)_k = sum_j (1 - |u_k - u_j|) z_j, in input order
     sum_cm, carry = 0, None
-    for start in _chunks(size):
-        rows, z_sorted, u_column, prefix, weighted_prefix = prefixes(start, carry)
-        carry = (prefix[-1:], weighted_prefix[-1:])
+    for start, stop in chunks:
+        if len(chunks) == 1:
+            rows, z_sorted, u_column, prefix, weighted_prefix = walked[0]
+        else:
+            rows, z_sorted, u_column, prefix, weighted_prefix = prefixes(start, stop, carry)
+            carry = (prefix[-1:], weighted_prefix[-1:])
         # A_k = sum_j |u_k - u_j| z_j = 2 (u_k P0_k - P1_k) + T1 - u_k T0; tied scores add 0
         # on either side, so inclusive prefixes are exact.
         spread = 2 * (u_column * prefix - weighted_prefix) + weighted_total - u_column * total
@@ -165,10 +168,10 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple
     total_sum = sum_c2 - 2 * sum_cm + sum_similarity_squared(backend, u, u_sorted)
     if not with_grad:
         return total_sum, None
-    for start in _chunks(size):  # the gradient, written over (M Zh) row by row
-        stop = min(start + step, size)
+    positions = backend.arange(size, order)
+    for start, stop in chunks:  # the gradient, written over (M Zh) row by row
         gradient = 4 * (backend.matmul(zh[start:stop], gram) - similar[start:stop])
-        similar = backend.put_rows(similar, _rows(backend, order, start, stop), gradient)
+        similar = backend.put_rows(similar, positions[start:stop], gradient)
     return total_sum, similar
 
 
@@ -190,16 +193,15 @@ def _normalize_backward(backend, zh: Tensor, squared: Tensor, norm: Tensor, grad
     """Chain ``dL/dZh`` through ``zh = z / max(|z|, floor)`` to ``dL/dz``, divided by B^2
     (0 where the scores have no range), chunk by chunk, written over ``grad_zh``."""
     size = backend.shape(zh)[0]
-    step = _chunks(size).step
     zero = backend.constant(0.0, grad_zh)
-    for start in _chunks(size):
-        stop = min(start + step, size)
+    positions = backend.arange(size, norm)
+    for start, stop in _chunks(size):
         z, g = zh[start:stop], grad_zh[start:stop]
         along = backend.sum(z * g, axis=1, keepdims=True)
         # Where the norm was floored, zh = z / floor is linear in z: no projection.
         along = backend.where(squared[start:stop] >= NORM_FLOOR**2, along, backend.constant(0.0, along))
         rows = backend.where(has_range, (g - z * along) / norm[start:stop] / (size * size), zero)
-        grad_zh = backend.put_rows(grad_zh, _rows(backend, norm, start, stop), rows)
+        grad_zh = backend.put_rows(grad_zh, positions[start:stop], rows)
     return grad_zh
 
 
