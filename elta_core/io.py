@@ -9,6 +9,7 @@ old file (or none) and no temporary file behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -53,11 +54,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        raise
+        cause = _os_error_behind(error)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, f"{path} could not be written ({_reason(cause)}); "
+                      "the file that was there, if any, is unchanged") from None
     _sync_directory(path.parent)
     return path
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The operating system's error behind ``error``: ``torch.save`` reports a failed write
+    (a full disk, a quota) as a ``RuntimeError`` about positions, with the ``OSError`` only
+    in its context."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _reason(error: OSError) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+    return error.strerror or errno.errorcode.get(error.errno, str(error.errno))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -1,4 +1,6 @@
+import errno
 import json
+import os
 
 import pytest
 
@@ -89,6 +91,44 @@ def test_stages_are_saved_atomically(tmp_path):
     assert not (tmp_path / "nan.json").exists()
     atomic_save({"w": torch.ones(2)}, tmp_path / "w.pt")
     assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["w"], torch.ones(2))
+
+
+class _DiskWithRoomFor:
+    """A file object on a device that holds ``room`` bytes: then ENOSPC, as a full disk."""
+
+    def __init__(self, stream, room):
+        self._stream, self._room = stream, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= len(data)
+        return self._stream.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stream.close()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    target = tmp_path / "round1.pt"
+    atomic_save({"w": torch.ones(2)}, target)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr("elta_core.io.os.fdopen", lambda *a, **k: _DiskWithRoomFor(real_fdopen(*a, **k), 1000))
+    with pytest.raises(OSError) as caught:
+        atomic_save({"w": torch.zeros(10_000)}, target)  # torch.save turns it into "[enforce fail at ...]"
+    message = str(caught.value)
+    assert "\n" not in message and "enforce fail" not in message
+    assert str(target) in message and "no space left on the device" in message
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2)), "the old checkpoint is intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["round1.pt"], "no temporary left behind"
 
 
 def test_cap_keeps_the_most_confident():
