@@ -84,8 +84,17 @@ def tensor(x: Any, name: str) -> tuple[Backend, Any]:
 
 
 def finite(backend: Backend, x: Any, name: str, validate: bool = True) -> None:
-    if validate and not backend.all_finite_host(x):
+    if validate and backend.has_values(x) and not backend.all_finite_host(x):
         raise ValueError(f"{name}: expected finite values, found NaN or Inf")
+
+
+def has_values(backend: Backend, x: Any, name: str, result: str) -> None:
+    """``ValueError`` for a tensor without values (torch's ``meta`` device) given to a
+    function whose ``result`` depends on the values, not only on the shapes."""
+    if not backend.has_values(x):
+        raise ValueError(f"{name}: a tensor on the meta device has shapes but no values, and {result} depends on "
+                         "the values; pass a tensor on a real device (the meta device works for shape inference of "
+                         "the losses, FLSA, TFA, sharpen, temperatures and predicted_scores)")
 
 
 def float_tensor(backend: Backend, x: Any, name: str, validate: bool = True) -> Any:

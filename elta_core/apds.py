@@ -230,7 +230,9 @@ def select(
     threshold = _checks.probability_thresholds([threshold], "threshold")[0]
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
+    _checks.has_values(backend, logits, "logits", "which samples are selected")
     mean_score = _checked_mean_score(mean_score)
+
     def reference() -> Selection:
         prediction = _prediction(backend, logits, values, mean_score, score_scale)
         confidence = _max_sharpened_prob(backend, prediction, beta)
@@ -268,6 +270,7 @@ def keep_most_confident(
         raise ValueError(f"max_selected: expected an int >= 0, got {max_selected!r}")
     beta = _checks.non_negative_number(beta, "beta")
     backend, prediction = _validated_prediction(logits, bin_values, mean_score, score_scale, validate)
+    _checks.has_values(backend, prediction.logits, "logits", "which samples are kept")
     if backend.shape(selection.indices)[0] <= max_selected:
         return selection
     confidence = backend.take(_max_sharpened_prob(backend, prediction, beta), selection.indices)
@@ -482,8 +485,10 @@ def grid_search(
     mode = _threshold_mode(thresholds)
     _check_pseudo_label(pseudo_label)
     backend, logits, values, score_scale = _validated_logits(logits, bin_values, score_scale, validate)
+    _checks.has_values(backend, logits, "logits", "the grid search")
     mean_score = _checked_mean_score(mean_score)
     true_scores = _calibration_scores(backend, logits, labels, bin_values, validate)
+    _checks.has_values(backend, true_scores, "labels", "the grid search")
     size = backend.shape(logits)[0]
     floor = _min_selected_count(min_selected, size)
 

@@ -54,6 +54,8 @@ def distribution_from_counts(counts: Tensor) -> Tensor:
     counts = _checks.float_tensor(backend, counts, "counts")
     if backend.shape(counts)[0] == 0:
         return counts
+    if not backend.has_values(counts):
+        return counts / backend.sum(counts, axis=1, keepdims=True)
     if backend.min_host(counts) < 0:
         raise ValueError("counts: expected non-negative vote counts, found a negative count")
     totals = backend.sum(counts, axis=1, keepdims=True)

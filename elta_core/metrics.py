@@ -23,6 +23,7 @@ def _pair(pred: Tensor, true: Tensor, bin_values: Any = None) -> tuple[np.ndarra
     arrays = []
     for value, name in ((pred, "pred"), (true, "true")):
         backend, value = _checks.tensor(value, name)
+        _checks.has_values(backend, value, name, "a metric")
         scores = _checks.scores(backend, value, name, bin_values)
         arrays.append(backend.to_numpy(scores).astype(np.float64))
     _checks.same_length("pred", arrays[0].shape[0], "true", arrays[1].shape[0])

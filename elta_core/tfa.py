@@ -137,7 +137,7 @@ def _indices(backend, idx: Any, like: Tensor, size: int, name: str, validate: bo
     if not backend.is_integer(idx):
         raise ValueError(f"{name}: expected integer indices, got dtype {getattr(idx, 'dtype', None)}")
     _checks.rank(backend, idx, name, (1,), "a 1-D array of indices")
-    if validate and backend.shape(idx)[0] and (backend.min_host(idx) < 0 or backend.max_host(idx) >= size):
+    if validate and backend.shape(idx)[0] and backend.has_values(idx) and (backend.min_host(idx) < 0 or backend.max_host(idx) >= size):
         raise ValueError(f"{name}: expected indices in [0, {size}), got values outside")
     return idx
 
@@ -298,7 +298,7 @@ def _checked_mix_inputs(features: Tensor, labels: Tensor, i: Tensor, j: Tensor, 
     count = backend.shape(i)[0]
     _checks.same_length("i", count, "j", backend.shape(j)[0])
     _checks.same_length("i", count, "lam", backend.shape(lam)[0])
-    if validate and count:
+    if validate and count and backend.has_values(lam):
         _checks.finite(backend, lam, "lam")
         if backend.min_host(lam) < 0 or backend.max_host(lam) > 1:
             raise ValueError("lam: expected mixing factors in [0, 1]")

@@ -129,3 +129,50 @@ def test_a_manifest_whose_settings_were_emptied_is_a_named_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(StaleStateError, match="records finished stages but no settings"):
         RunManifest(tmp_path).check_config({"lr": 1e-3})
+
+
+def test_meta_tensors_give_shapes_for_shape_inference():
+    """A meta tensor has a shape and no values: the value checks are skipped (there is
+    nothing to check) and every shape-only function returns meta tensors of the right
+    shape, gradients included; before, each crashed with "Tensor.item() cannot be called
+    on meta tensors"."""
+    torch = pytest.importorskip("torch")
+    from elta_core.adapters.torch import ELTAWrapper
+    from tests.torch_models import TwoLayer, distributions
+
+    features = torch.randn(8, 16, device="meta", requires_grad=True)
+    scores, dists = torch.rand(8, device="meta"), torch.rand(8, 10, device="meta")
+    for form in ("direct", "gram"):
+        assert flsa.alignment_loss(features, scores, form=form).shape == ()
+    assert flsa.alignment_loss(features, dists).device.type == "meta"
+    assert flsa.feature_similarity(features).shape == (8, 8)
+    mixed_features, mixed_labels, _ = tfa.augment(features, dists, num_pairs=4)
+    assert mixed_features.shape == (12, 16) and mixed_labels.shape == (12, 10) and mixed_features.is_meta
+    assert apds.sharpen(dists, 2.0).shape == (8, 10)
+    assert apds.temperatures(dists, 2.0).shape == (8,)
+    assert apds.predicted_scores(dists).shape == (8,)
+    assert losses.emd(dists, dists).is_meta
+    assert losses.distribution_from_counts(dists).shape == (8, 10)
+    (flsa.alignment_loss(features, scores) + mixed_features.sum()).backward()
+    assert features.grad.shape == (8, 16) and features.grad.is_meta
+
+    wrapper = ELTAWrapper(TwoLayer().to("meta"), "fc", num_pairs=2, seed=0).train()
+    out = wrapper(torch.randn(8, 4, device="meta"), distributions(8).to("meta"))
+    assert out.loss.is_meta and out.loss.shape == ()
+
+
+def test_results_that_depend_on_values_refuse_meta_tensors_by_name():
+    torch = pytest.importorskip("torch")
+    logits = torch.rand(8, 10, device="meta")
+    calls = {
+        "which samples are selected": lambda: apds.select(logits, 1.0, 0.1),
+        "which samples are kept": lambda: apds.keep_most_confident(
+            logits, apds.Selection(torch.arange(8), logits), 1.0, 3),
+        "the grid search": lambda: apds.grid_search(logits, torch.rand(8, 10)),
+        "a metric": lambda: metrics.plcc(torch.rand(8, device="meta"), torch.rand(8)),
+    }
+    for result, call in calls.items():
+        with pytest.raises(ValueError, match=f"on the meta device has shapes but no values, and {result}"):
+            call()
+    with pytest.raises(ValueError, match="^labels: a tensor on the meta device"):
+        apds.grid_search(torch.randn(8, 10), torch.rand(8, 10, device="meta"))

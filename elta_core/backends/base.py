@@ -64,6 +64,11 @@ class Backend:
     def shape(self, x: Tensor) -> tuple[int, ...]:
         return tuple(int(d) for d in x.shape)
 
+    def has_values(self, x: Tensor) -> bool:
+        """False for a tensor that has a shape and a dtype but no values (torch's ``meta``
+        device, for shape inference): host checks skip it, value-dependent results refuse it."""
+        return True
+
     def defers(self, x: Tensor) -> bool:
         """Whether checks on ``x`` are scheduled on its device (see :meth:`check_async`)
         rather than read on the host."""

@@ -28,6 +28,8 @@ class TorchBackend(Backend):
     tensor_types = (torch.Tensor,)
 
     def to_numpy(self, x):
+        if x.is_meta:
+            raise ValueError("a tensor on the meta device has shapes but no values to read")
         x = x.detach()
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()
@@ -67,10 +69,15 @@ class TorchBackend(Backend):
             return value
         return _KnownGradient.apply(wrt, value.detach(), gradient.detach())
 
+    def has_values(self, x):
+        return not x.is_meta
+
     def defers(self, x):
-        return x.device.type == "cuda"
+        return x.device.type in ("cuda", "meta")
 
     def check_async(self, condition, message):
+        if condition.device.type == "meta":  # shapes only: there are no values to check
+            return True
         if condition.device.type != "cuda":
             return False
         torch._assert_async(condition, message)  # no host synchronisation on CUDA
