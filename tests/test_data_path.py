@@ -150,3 +150,52 @@ def test_prepare_redoes_a_copy_whose_source_changed_and_refuses_to_overwrite_the
     assert (result["written"], result["already_there"]) == (1, 39)  # before: "40 already there", the stale copy kept
     with pytest.raises(ValueError, match="is where the images themselves are"):
         prepare_module.prepare(table, str(images), images.parent, 24, progress=False)  # OUT/images is --images
+
+
+def test_prepare_knows_its_copies_by_content_not_by_modification_time(png_data, tmp_path):
+    import os
+    import shutil
+
+    from elta_core.app.training import images_fingerprint
+
+    images = tmp_path / "src" / "images"
+    shutil.copytree(png_data / "images", images)
+    table = _table(png_data, images)
+    out = tmp_path / "prepared"
+    prepare_module.prepare(table, str(images), out, 24, progress=False)
+    copies = out / "images"
+    names = [image.split("/")[-1] for image in table.images]
+    prepared = [str(copies / name) for name in names]
+    first = images_fingerprint(prepared, str(copies))
+
+    # A source restored from a backup: other pixels, an mtime older than its copy (cp -p).
+    source, copy = images / names[3], copies / names[3]
+    old = copy.stat().st_mtime_ns - 10**12
+    source.write_bytes((images / names[4]).read_bytes())
+    os.utime(source, ns=(old, old))
+    result = prepare_module.prepare(table, str(images), out, 24, progress=False)
+    assert (result["written"], result["already_there"]) == (1, 39), "the stale copy was kept (mtime rule)"
+    assert copy.read_bytes() == (copies / names[4]).read_bytes()
+    assert images_fingerprint(prepared, str(copies)) != first, "a copy with other content is another input"
+
+    # A source touched, same bytes: its copy stands, unwritten.
+    second = images_fingerprint(prepared, str(copies))
+    before = (copies / names[7]).stat().st_mtime_ns
+    os.utime(images / names[7])
+    result = prepare_module.prepare(table, str(images), out, 24, progress=False)
+    assert (result["written"], result["already_there"]) == (0, 40)
+    assert (copies / names[7]).stat().st_mtime_ns == before
+
+    # A copy deleted and prepared again, to the same bytes: a resumed run sees the same input.
+    (copies / names[9]).unlink()
+    assert prepare_module.prepare(table, str(images), out, 24, progress=False)["written"] == 1
+    assert images_fingerprint(prepared, str(copies)) == second, "same content, only a new mtime"
+
+    # A copy altered behind prepare's back is made again, and until then it is another input.
+    damaged = copies / names[11]
+    data = bytearray(damaged.read_bytes())
+    data[-20] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert images_fingerprint(prepared, str(copies)) != second
+    assert prepare_module.prepare(table, str(images), out, 24, progress=False)["written"] == 1
+    assert images_fingerprint(prepared, str(copies)) == second

@@ -6,12 +6,19 @@ image), and resizing an image that already has the target size is the identity, 
 run on the prepared folder sees the same pixels up to JPEG re-encoding (``--quality``;
 PNG stays lossless). Workers are a torch ``DataLoader``'s; each file is written
 atomically, so a killed run resumes where it stopped. The folder's ``manifest.json``
-records the size and quality and refuses another setting.
+records the size and quality and refuses another setting; ``prepared.json`` records each
+copy by content (:class:`PreparedRecord`), so a source that changed is prepared again
+whatever its modification time says, and ``elta train`` fingerprints a prepared folder
+by the content of its copies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from elta_core.adapters.torch.data import UnreadableImageError, open_image
 from elta_core.adapters.torch.loop import progress_bar
 from elta_core.data.labels import LabelTable
-from elta_core.io import atomic_write, remove_stale_temporaries
-from elta_core.run_state import RunManifest
+from elta_core.io import atomic_write, atomic_write_json, remove_stale_temporaries
+from elta_core.run_state import RunManifest, sha256_of_file
 
 PREPARED = "images"
 
@@ -37,41 +44,101 @@ def relative_name(image: str, root: str | None) -> Path:
     return Path(path.name)
 
 
-def _current(target: Path, source: str) -> bool:
-    """A prepared copy that is there and newer than its source (a source changed since it
-    was copied is prepared again)."""
+def _stat(path: str | Path) -> list[int] | None:
     try:
-        return target.stat().st_mtime_ns >= Path(source).stat().st_mtime_ns
+        info = os.stat(path)
     except OSError:
-        return False
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+class PreparedRecord:
+    """``OUT/prepared.json``: for each prepared file (by its name under ``OUT/images``), the
+    SHA-256 of the source it was made from and of the bytes written, and the size and
+    modification time of both when it was written. A copy is current while both stats
+    match; a source whose stat changed is read again and its content decides. It is
+    rewritten atomically every few seconds and when ``prepare`` stops, so a killed run
+    loses at most its last seconds of records (those copies are made again)."""
+
+    FILE = "prepared.json"
+    FLUSH_SECONDS = 5.0
+
+    def __init__(self, out: Path):
+        self.path = out / self.FILE
+        self.files: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            try:
+                self.files = dict(json.loads(self.path.read_text(encoding="utf-8"))["files"])
+            except (ValueError, KeyError, TypeError):
+                self.files = {}  # damaged: every copy is checked against its source again
+        self._flushed = time.monotonic()
+
+    def update(self, name: str, entry: dict[str, Any]) -> None:
+        self.files[name] = entry
+        if time.monotonic() - self._flushed > self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        atomic_write_json(self.path, {"version": 1, "files": self.files})
+        self._flushed = time.monotonic()
+
+
+def recorded_contents(images_root: str | None) -> dict[str, dict[str, Any]]:
+    """The records of ``images_root`` when it is a folder ``elta prepare`` wrote (an
+    ``images`` folder beside a ``prepared.json``), by absolute path; else empty."""
+    if not images_root or Path(images_root).name != PREPARED:
+        return {}
+    path = Path(images_root).parent / PreparedRecord.FILE
+    if not path.is_file():
+        return {}
+    folder = Path(images_root).resolve()
+    return {str(folder / name): entry for name, entry in PreparedRecord(path.parent).files.items()}
+
+
+def current_entry(record: dict[str, Any] | None, target: Path, source: str) -> bool:
+    """Whether the prepared copy ``target`` is what ``record`` says and its source has not
+    changed since (stats only, no read)."""
+    return (record is not None and record.get("stat") == _stat(target) is not None
+            and record.get("source_stat") == _stat(source))
 
 
 class _Resizer(Dataset):
-    """Item k: resize image k and write it; returns "" or, for an unreadable image, why."""
+    """Item k: resize image k and write it; returns why it could not (or ""), the new
+    record of its copy (None when the old one stands) and whether it wrote the copy."""
 
-    def __init__(self, images: list[str], targets: list[Path], size: int, quality: int):
-        self.images, self.targets, self.size, self.quality = images, targets, size, quality
+    def __init__(self, images: list[str], targets: list[Path], records: list[dict | None], size: int, quality: int):
+        self.images, self.targets, self.records, self.size, self.quality = images, targets, records, size, quality
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, k: int) -> str:
+    def __getitem__(self, k: int) -> tuple[str, dict[str, Any] | None, bool]:
         from torchvision.transforms import functional
 
-        target = self.targets[k]
-        if _current(target, self.images[k]):  # written atomically by an earlier run, from this very source
-            return ""
+        source, target, record = self.images[k], self.targets[k], self.records[k]
+        if current_entry(record, target, source):
+            return "", None, False
+        source_stat = _stat(source)
         try:
-            image = functional.resize(open_image(self.images[k]), [self.size, self.size])
+            source_sha256 = sha256_of_file(source)
+        except OSError:
+            source_sha256 = None  # open_image names the problem
+        if (record is not None and record.get("stat") == _stat(target) is not None
+                and source_sha256 is not None and record.get("source_sha256") == source_sha256):
+            return "", {**record, "source_stat": source_stat}, False  # touched, same content: the copy stands
+        try:
+            image = functional.resize(open_image(source), [self.size, self.size])
         except UnreadableImageError as error:
-            return str(error)
+            return str(error), None, False
         buffer = io.BytesIO()
         if target.suffix.lower() in (".jpg", ".jpeg"):
             image.save(buffer, format="JPEG", quality=self.quality)
         else:
             image.save(buffer, format=image.format or "PNG")
-        atomic_write(target, lambda stream: stream.write(buffer.getvalue()))
-        return ""
+        data = buffer.getvalue()
+        atomic_write(target, lambda stream: stream.write(data))
+        return "", {"source_sha256": source_sha256, "source_stat": source_stat,
+                    "sha256": hashlib.sha256(data).hexdigest(), "stat": _stat(target)}, True
 
 
 def prepare(table: LabelTable, images_root: str | None, out: str | Path, size: int, *, quality: int = 95,
@@ -98,14 +165,27 @@ def prepare(table: LabelTable, images_root: str | None, out: str | Path, size: i
                          "folder their names are relative to")
     for parent in {t.parent for t in targets}:
         remove_stale_temporaries(parent)  # what a killed run was writing
-    done_before = sum(_current(t, image) for t, image in zip(targets, table.images))
-    loader = DataLoader(_Resizer(list(table.images), targets, size, quality), batch_size=None, num_workers=workers)
+    record = PreparedRecord(out)
+    names = [t.relative_to(folder).as_posix() for t in targets]
+    entries = [record.files.get(name) for name in names]
+    done_before = written = 0
+    loader = DataLoader(_Resizer(list(table.images), targets, entries, size, quality), batch_size=None,
+                        num_workers=workers)
     failures = []
-    for error in progress_bar(loader, progress, total=len(targets), desc="prepare", unit="image"):
-        if error:
-            failures.append(error)
+    try:
+        for name, (error, entry, wrote) in zip(names, progress_bar(loader, progress, total=len(targets), desc="prepare",
+                                                            unit="image")):
+            if error:
+                failures.append(error)
+            elif wrote:
+                written += 1
+            else:
+                done_before += 1
+            if entry is not None:
+                record.update(name, entry)
+    finally:
+        record.flush()
     if failures and len(failures) == len(targets):
         raise ValueError(f"images: none of the {len(targets)} images could be read, e.g. {failures[0]}; is --images "
                          "the folder their names are relative to?")
-    return {"images": len(targets), "written": len(targets) - done_before - len(failures),
-            "already_there": done_before, "unreadable": failures, "folder": str(folder)}
+    return {"images": len(targets), "written": written, "already_there": done_before, "unreadable": failures, "folder": str(folder)}

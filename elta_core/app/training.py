@@ -292,7 +292,7 @@ def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | Non
         if getattr(settings, name, None):
             inputs[name] = _path_fingerprint(getattr(settings, name))
     if images is not None:
-        inputs["images"] = images_fingerprint(images)
+        inputs["images"] = images_fingerprint(images, settings.images)
     manifest.check_inputs(inputs)
     return manifest
 
@@ -324,17 +324,27 @@ def _never_trained(out: Path) -> bool:
     return not stages
 
 
-def images_fingerprint(paths: list[str]) -> str:
-    """A cheap fingerprint of image files: each one's name, size and modification time (a
-    stat, no read), so that a resumed run notices images that changed under it."""
-    def stat(path: str) -> list:
+def images_fingerprint(paths: list[str], images_root: str | None = None) -> str:
+    """A cheap fingerprint of image files, so that a resumed run notices images that
+    changed under it: each one's name, size and modification time (a stat, no read); the
+    copies in a folder that ``elta prepare`` wrote count by the content it recorded, while
+    their stat is the recorded one (so preparing them again, to the same bytes, changes
+    nothing)."""
+    from elta_core.app.prepare import recorded_contents
+
+    records = recorded_contents(images_root)
+
+    def identity(path: str) -> list:
         try:
             info = os.stat(path)
         except OSError:
             return [path, None, None]
+        record = records.get(str(Path(path).resolve()))
+        if record is not None and record.get("stat") == [info.st_size, info.st_mtime_ns]:
+            return [path, record.get("sha256")]
         return [path, info.st_size, info.st_mtime_ns]
 
-    return fingerprint([stat(path) for path in paths])
+    return fingerprint([identity(path) for path in paths])
 
 
 def _path_fingerprint(path: str) -> str:
