@@ -3,6 +3,7 @@ TensorFlow steps, and the callback that stops ``fit`` on a non-finite loss."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 
 import keras
@@ -81,6 +82,46 @@ def check_distribution() -> None:
                          "(model parallelism is untested with TFA and FLSA)")
 
 
+def data_parallel_devices() -> int:
+    """The number of devices a ``DataParallel`` distribution splits each batch over (1 without one)."""
+    distribution = keras.distribution.distribution()
+    if not isinstance(distribution, keras.distribution.DataParallel):
+        return 1
+    return int(np.prod(distribution.device_mesh.shape))
+
+
+def check_batches_divide(size: int | None, batch_size: int | None, devices: int) -> None:
+    """Every batch of ``size`` samples in batches of ``batch_size`` (Keras's default 32),
+    the last included, must split evenly over the ``devices`` of ``DataParallel``."""
+    if devices <= 1 or size is None:
+        return
+    batch_size = 32 if batch_size is None else int(batch_size)
+    last = size % batch_size
+    for what, count in (("batch_size", min(batch_size, size)), ("the last batch", last)):
+        if count % devices:
+            raise ValueError(indivisible_message(f"{what} is {count}" + (
+                f" ({size} samples in batches of {batch_size})" if what != "batch_size" else ""), devices))
+
+
+def indivisible_message(found: str, devices: int) -> str:
+    return (f"batch_size: DataParallel splits every batch over {devices} devices, and {found}, which {devices} does "
+            f"not divide: give a batch_size that is a multiple of {devices} and drop or pad the last batch (with "
+            f"tf.data, .batch(n, drop_remainder=True))")
+
+
+@contextlib.contextmanager
+def named_indivisible_batches(devices: int):
+    """JAX's ``IndivisibleError`` for a batch that ``devices`` do not divide, as a
+    ``ValueError`` that says what to change."""
+    try:
+        yield
+    except Exception as error:
+        if type(error).__name__ != "IndivisibleError" or devices <= 1:
+            raise
+        shape = str(error).split("full shape: ")[-1].split(")")[0] + ")" if "full shape" in str(error) else "?"
+        raise ValueError(indivisible_message(f"a batch has shape {shape}", devices)) from None
+
+
 def traced_per_shape(model: keras.Model, step_function):
     """On TensorFlow, ``step_function`` traced once per batch shape (as JAX does), so that
     the core sees static shapes; Keras's own function relaxes the batch size to None."""
@@ -115,9 +156,10 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if float((logs or {}).get("invalid_label_batches", 0.0)) > 0:
-            raise ValueError(f"y: a batch of labels up to batch {batch} is not valid: expected finite score "
-                             "distributions (non-negative, rows summing to 1; not raw vote counts) or scores on the "
-                             "model's rating scale. Check them with elta_core.step.check_labels(model.elta_config, y)")
+            raise ValueError(f"y: the labels of batch {batch} are not valid, so its update was skipped and fit "
+                             "stopped (the weights are those before it): expected finite score distributions "
+                             "(non-negative, rows summing to 1; not raw vote counts) or scores on the model's rating "
+                             "scale. Check them with elta_core.step.check_labels(model.elta_config, y)")
         for name in ("task_loss", "flsa_loss", "loss"):
             value = (logs or {}).get(name)
             if value is not None and not np.isfinite(float(value)):

@@ -17,8 +17,9 @@ import numpy as np
 from keras import ops
 
 from elta_core import step as core_step
-from elta_core.adapters.keras.layers import (QuietProgbar, StopOnNonFinite, ends_in_softmax, resolve_head, split_at,
-                                            check_distribution, traced_per_shape)
+from elta_core.adapters.keras.layers import (QuietProgbar, StopOnNonFinite, check_batches_divide, check_distribution,
+                                            data_parallel_devices, ends_in_softmax, named_indivisible_batches,
+                                            resolve_head, split_at, traced_per_shape)
 
 
 @keras.saving.register_keras_serializable(package="elta_core")
@@ -147,10 +148,58 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
             levels = getattr(getattr(self.head, "output", None), "shape", (None,))[-1]
             if levels not in (None, 1) and self.elta_config.output != "score":
                 core_step.check_levels(self.elta_config, int(levels), labels)
+        devices = data_parallel_devices()
+        if hasattr(x, "shape") and len(x.shape) and x.shape[0] is not None and not kwargs.get("validation_split"):
+            check_batches_divide(int(x.shape[0]), args[0] if args else kwargs.get("batch_size"), devices)
         callbacks = list(callbacks or []) + [StopOnNonFinite()]
         if not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
             callbacks.append(QuietProgbar())  # Keras adds its own otherwise; verbose=0 still prints nothing
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        with named_indivisible_batches(devices):
+            return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with named_indivisible_batches(data_parallel_devices()):
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with named_indivisible_batches(data_parallel_devices()):
+            return super().predict(*args, **kwargs)
+
+    # An invalid batch of labels changes nothing: its update is skipped inside the traced
+    # step (the counter of invalid batches still counts it) and StopOnNonFinite stops fit
+    # at the end of that batch, so the weights are those of the batch before.
+    def train_step(self, *args):
+        if keras.backend.backend() == "jax":
+            return self._jax_train_step(*args)
+        (data,) = args
+        base = super().train_step
+        invalid = self._invalid_labels(data)
+
+        def skip():
+            self.invalid_labels_tracker.update_state(invalid)
+            return self.get_metrics_result()
+
+        return ops.cond(invalid > 0, skip, lambda: base(data))
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        logs, new_state = super().train_step(state, data)
+        valid = self._invalid_labels(data) == 0
+        keep = lambda new, old: jax.numpy.where(valid, new, old)  # noqa: E731
+        *updated, metrics = new_state
+        kept = [jax.tree_util.tree_map(keep, new, old) for new, old in zip(updated, state[:3])]
+        return logs, (*kept, metrics)
+
+    def _invalid_labels(self, data):
+        """1.0 if the batch's (labelled) labels are not valid, as a tensor."""
+        y = keras.utils.unpack_x_y_sample_weight(data)[1]
+        if isinstance(y, (tuple, list)):  # round2="separate": (labelled, pseudo-labelled)
+            y = y[0]
+        if y is None:
+            return ops.zeros((), "float32")
+        levels = getattr(getattr(self.head, "output", None), "shape", (None,))[-1]
+        return ops.cast(core_step.invalid_labels(self.elta_config, ops.cast(y, "float32"), levels), "float32")
 
     # On TensorFlow the step is traced once per batch shape, as JAX does, so that the
     # core sees static shapes. Keras offers no public switch for this, so these two
