@@ -165,21 +165,36 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
         with named_indivisible_batches(data_parallel_devices()):
             return super().predict(*args, **kwargs)
 
-    # An invalid batch of labels changes nothing: its update is skipped inside the traced
+    # An invalid batch of labels changes no weight: its update is undone inside the traced
     # step (the counter of invalid batches still counts it) and StopOnNonFinite stops fit
     # at the end of that batch, so the weights are those of the batch before.
     def train_step(self, *args):
-        if keras.backend.backend() == "jax":
+        backend = keras.backend.backend()
+        if backend == "jax":
             return self._jax_train_step(*args)
         (data,) = args
-        base = super().train_step
         invalid = self._invalid_labels(data)
+        if backend == "torch":  # eager: the update is not made at all
+            if float(invalid) > 0:
+                self.invalid_labels_tracker.update_state(invalid)
+                return self._built_metrics_result()
+            return super().train_step(data)
+        # TensorFlow: a tf.cond around the step cannot trace before the compiled metrics
+        # are built, so the step runs and the updated variables are selected back.
+        updated = list(self.trainable_variables) + list(self.optimizer.variables)
+        before = [ops.copy(v.value) for v in updated]
+        logs = super().train_step(data)
+        for variable, old in zip(updated, before):
+            variable.assign(ops.where(invalid > 0, old, variable.value))
+        return logs
 
-        def skip():
-            self.invalid_labels_tracker.update_state(invalid)
-            return self.get_metrics_result()
-
-        return ops.cond(invalid > 0, skip, lambda: base(data))
+    def _built_metrics_result(self) -> dict:
+        results = {}
+        for metric in self.metrics:
+            if getattr(metric, "built", True):
+                value = metric.result()
+                results.update(value if isinstance(value, dict) else {metric.name: value})
+        return results
 
     def _jax_train_step(self, state, data):
         import jax
