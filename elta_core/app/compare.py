@@ -69,11 +69,29 @@ def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | 
     method's (:data:`elta_core.app.methods.METHODS`), in this process; then write
     ``compare.md``, ``compare.json`` and ``compare.png`` to ``out``. The first method is
     the reference of the paired differences (``baseline`` when it is there)."""
-    from elta_core.app.training import train
-
     methods = list(methods)
     if len(seeds) < 2:
         raise ValueError(f"seeds: a paired interval needs at least 2 seeds, got {len(seeds)}")
+    out = Path(out)
+    results = train_runs(base, methods, seeds, out, progress)
+    report = summarise(results, methods[0])
+    report.update(methods=methods, seeds=list(seeds), train_arguments=list(train_arguments))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "compare.json", {k: v for k, v in report.items() if k != "results"}
+                      | {"results": {m: [_finite(r) for r in runs] for m, runs in results.items()}})
+    atomic_write_text(out / "compare.md", report["markdown"] + "\n")
+    _figure(out / "compare.png", results, methods)
+    report["paths"] = {name: str(out / name) for name in ("compare.md", "compare.json", "compare.png")}
+    return report
+
+
+def train_runs(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
+               progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """The metrics of every (method, seed) run under ``out/runs/METHOD/seedS``, seeds in
+    order; a finished run is read back, not trained again, so several processes can share
+    the runs of one comparison out (each its own seeds) before :func:`compare` reads them."""
+    from elta_core.app.training import train
+
     out = Path(out)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     runs = [(m, s) for s in seeds for m in methods]
@@ -89,15 +107,7 @@ def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | 
             raise type(error)(f"{method}, seed {seed}: {error} (its run directory is {folder})") from None
         results[method].append(json.loads((folder / "metrics.json").read_text()))
         clock.done()
-    report = summarise(results, methods[0])
-    report.update(methods=methods, seeds=list(seeds), train_arguments=list(train_arguments))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "compare.json", {k: v for k, v in report.items() if k != "results"}
-                      | {"results": {m: [_finite(r) for r in runs] for m, runs in results.items()}})
-    atomic_write_text(out / "compare.md", report["markdown"] + "\n")
-    _figure(out / "compare.png", results, methods)
-    report["paths"] = {name: str(out / name) for name in ("compare.md", "compare.json", "compare.png")}
-    return report
+    return results
 
 
 def _finite(run: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""A real-image benchmark that runs offline: scikit-learn's bundled handwritten digits
+(1,797 real 8 x 8 scans, the one real image set available without a download) written as
+JPEG files with AVA-style vote counts, regressed as a 1..10 score around digit + 1.
+
+The splits are long-tailed as aesthetics data is (most images in the middle of the
+scale, few at its ends), seeded, and disjoint:
+
+- ``train.csv``: long-tailed, about 430 images, the rarest scores 6 images each;
+- ``val.csv``: 15 per score, for choosing settings (never the test split);
+- ``pool.csv``: a long-tailed unlabelled pool for APDS (its labels are never read);
+- ``test.csv``: tail-heavy, 30 per score, so the 20 % tails L and H hold 60 images each.
+
+``python -m benchmarks.real_images --out DIR`` writes the data and runs ``elta compare``
+on it, two runs at a time on two cores (each with one torch thread), then writes the
+table (``DIR/compare.md``, ``.json``, ``.png``). ``--write-only`` writes the data alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LEVELS = 10
+VOTERS = 60
+SIDE = 32  # the files; training crops IMAGE_SIZE (the digits are 8 x 8 scans)
+IMAGE_SIZE = 16
+# Images per score 1..10 (digit 0..9) in each split; train and pool are long-tailed.
+TRAIN = (6, 12, 30, 65, 100, 100, 65, 30, 12, 6)
+VALIDATION = (15,) * LEVELS
+POOL = (10, 15, 25, 40, 33, 33, 40, 25, 15, 10)
+TEST = (30,) * LEVELS
+SPLITS = {"train": TRAIN, "val": VALIDATION, "pool": POOL, "test": TEST}
+METHODS = ("baseline,tfa,flsa,elta,elta+apds,elta+round2-control,lds,fds,ranksim,cmixup,bmse")
+
+
+def vote_counts(digit: int, rng: np.random.Generator) -> np.ndarray:
+    """``VOTERS`` votes over the scores 1..10 around digit + 1 (a rounded normal with a
+    per-image spread), as raters' votes scatter around an image's quality."""
+    spread = rng.uniform(0.6, 1.4)
+    votes = np.clip(np.rint(rng.normal(digit + 1, spread, VOTERS)), 1, LEVELS).astype(int)
+    return np.bincount(votes - 1, minlength=LEVELS)
+
+
+def write_dataset(out: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
+    """The images under ``out/images`` and one AVA-format CSV per split; returns their paths."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    by_digit = {d: rng.permutation(np.flatnonzero(digits.target == d)) for d in range(LEVELS)}
+    header = "image_id," + ",".join(f"score{k}" for k in range(2, 12)) + ",tag1,tag2,tag3"
+    taken = dict.fromkeys(range(LEVELS), 0)
+    paths = {}
+    for split, sizes in SPLITS.items():
+        rows = []
+        for digit, size in enumerate(sizes):
+            chosen = by_digit[digit][taken[digit]:taken[digit] + size]
+            if len(chosen) < size:
+                raise ValueError(f"digit {digit}: {size} images wanted in {split}, {len(chosen)} left")
+            taken[digit] += size
+            for index in chosen:
+                pixels = (digits.images[index] / 16.0 * 255).astype(np.uint8)
+                image = Image.fromarray(pixels).resize((SIDE, SIDE), Image.BICUBIC)
+                image.save(out / "images" / f"{index}.jpg", quality=95)
+                rows.append(f"{index}," + ",".join(map(str, vote_counts(digit, rng))) + ",0,0,0")
+        paths[split] = out / f"{split}.csv"
+        paths[split].write_text("\n".join([header, *rows]) + "\n")
+    return paths
+
+
+def train_arguments(data: Path, epochs: int, apds_pool: Path) -> list[str]:
+    return ["--labels", str(data / "train.csv"), "--format", "ava", "--images", str(data / "images"),
+            "--val-labels", str(data / "val.csv"), "--test-labels", str(data / "test.csv"),
+            "--unlabelled", str(apds_pool), "--backbone", "resnet18", "--image-size", str(IMAGE_SIZE),
+            "--epochs", str(epochs), "--batch-size", "32", "--workers", "0"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="elta_real_images")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--parallel", type=int, default=2, help="processes, one torch thread each")
+    parser.add_argument("--write-only", action="store_true")
+    parser.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("extra", nargs="*", help="more elta train arguments, after --")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    data = out / "data"
+    if not (data / "test.csv").exists():
+        write_dataset(data)
+    if args.write_only:
+        return 0
+    from elta_core.app.cli import train_settings
+    from elta_core.app.compare import compare, train_runs
+    from elta_core.app.methods import parse_methods
+
+    arguments = train_arguments(data, args.epochs, data / "pool.csv") + [a for a in args.extra if a != "--"]
+    base = train_settings(arguments).replace(threads=1)
+    methods = parse_methods(args.methods)
+    if args.worker_seeds is not None:  # one process's share of the runs
+        train_runs(base, methods, [int(s) for s in args.worker_seeds.split(",")], out / "compare")
+        return 0
+    seeds = list(range(args.seeds))
+    shares = [seeds[k::args.parallel] for k in range(args.parallel) if seeds[k::args.parallel]]
+    own = list(argv if argv is not None else sys.argv[1:])
+    split = own.index("--") if "--" in own else len(own)
+    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.real_images", *own[:split], "--worker-seeds",
+                                 ",".join(map(str, share)), *own[split:]]) for share in shares]
+    if any(worker.wait() for worker in workers):
+        return 1
+    report = compare(base, methods, seeds, out / "compare", progress=False, train_arguments=arguments)
+    print(report["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
