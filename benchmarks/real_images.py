@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", help="more elta train arguments, after --")
     args = parser.parse_args(argv)
+    from elta_core.app.compare import check_train_arguments
+
+    check_train_arguments(args.extra)  # a method's own setting (--flsa, --num-pairs ...) would be overridden
     out = Path(args.out)
     data = out / "data"
     if not (data / "test.csv").exists():

@@ -44,3 +44,9 @@ def test_the_data_is_seeded(written, tmp_path):
         assert again[split].read_text() == paths[split].read_text()
     other = real_images.write_dataset(tmp_path / "other", seed=1)
     assert other["train"].read_text() != paths["train"].read_text()
+
+
+def test_a_setting_that_the_methods_set_is_refused_not_silently_overridden(tmp_path):
+    with pytest.raises(ValueError, match="--flsa are set by elta compare per method"):
+        real_images.main(["--out", str(tmp_path), "--", "--flsa", "10"])
+    assert not (tmp_path / "data").exists()
