@@ -77,7 +77,7 @@ def test_train_with_apds_round(folder_dataset, tmp_path, capsys):
     out = tmp_path / "apds"
     code = main([
         "train", "--labels", str(labels), "--format", "ava", "--images", str(images), "--image-size", "32",
-        "--batch-size", "16", "--epochs", "1", "--apds", "--unlabelled", str(images), "--val-fraction", "0.25",
+        "--batch-size", "16", "--epochs", "1", "--apds", "--unlabelled", str(images), "--val-fraction", "0.25", "--round2-epochs", "1",
         "--thresholds", "0.05,0.1", "--min-selected", "2", "--calibration", str(calibration),
         "--out", str(out), "--quiet",
     ])
@@ -91,7 +91,8 @@ def test_apds_never_calibrates_on_the_test_split_unless_asked(folder_dataset, tm
     """Without a validation set, --apds grid-searched (beta, t) on the test split and then
     reported the round-2 model's test metrics: a choice made on the data it is judged on."""
     labels, images = folder_dataset
-    apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2", "--epochs", "1"]
+    apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2", "--epochs", "1",
+            "--round2-epochs", "1"]
     assert _train(labels, images, tmp_path / "held", *apds) == 0
     printed = capsys.readouterr().out
     assert "holding out 12 training images to calibrate" in printed
@@ -294,7 +295,8 @@ def test_synth_and_csv_columns(tmp_path, capsys):
 
 def test_a_finished_apds_run_resumes_with_more_epochs_like_the_longer_run(folder_dataset, tmp_path, capsys):
     labels, images = folder_dataset
-    apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2"]
+    apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2",
+            "--round2-epochs", "1"]
     assert _train(labels, images, tmp_path / "long", "--epochs", "2", *apds) == 0
     assert _train(labels, images, tmp_path / "grown", "--epochs", "1", *apds) == 0
     assert _train(labels, images, tmp_path / "grown", "--epochs", "2", "--resume", *apds) == 0, capsys.readouterr().err

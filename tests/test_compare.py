@@ -20,7 +20,7 @@ def train_arguments(tmp_path_factory):
     export(generate(64, 24, seed=4), folder)
     return ["--labels", str(folder / "labels.csv"), "--format", "ava", "--images", str(folder / "images"),
             "--backbone", "resnet18", "--image-size", "24", "--epochs", "1", "--batch-size", "16",
-            "--val-fraction", "0.25", "--workers", "0"]
+            "--val-fraction", "0.25", "--workers", "0", "--round2-epochs", "1"]
 
 
 def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_arguments, tmp_path, capsys):
