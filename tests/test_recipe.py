@@ -49,6 +49,7 @@ def test_paper_recipe_with_timm_writes_epochs_best_and_predictions(split_data, t
     assert config["optimizer"] == paper["optimizer"] == "adam" and config["lr"] == paper["lr"] == 1e-5
     assert config["select_best"] == "srcc" and config["eval_transform"] == "resize"
     assert config["head"] == "emd-mlp"  # vote counts: the authors' EMD head
+    assert config["num_pairs"] == paper["num_pairs"] == 1  # the authors' one TFA pair per batch
     assert (config["image_size"], config["resize"], config["batch_size"], config["epochs"]) == (32, 36, 8, 3)
 
     epochs = _rows(out / "metrics.csv")

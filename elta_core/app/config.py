@@ -24,11 +24,6 @@ from elta_core.peer_names import PEER_NAMES
 from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
 from elta_core.step import DEFAULT_FLSA_WEIGHT
 
-# elta train's TFA pairs: a quarter of each batch, chosen on the real-image benchmark's
-# validation split (docs/design.md, "Defaults chosen by measurement"); the core's default
-# stays the authors' one pair per batch.
-TRAIN_NUM_PAIRS = 0.25
-
 OPTIMIZERS = ("adamw", "adam")
 SELECT_BEST = ("none", "srcc", "plcc")
 HEADS = ("linear", "emd-mlp", "sigmoid")
@@ -250,8 +245,8 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
                               "Linear(64, C); sigmoid: Dropout(0.75), Linear(F, 1), sigmoid scaled to the rating "
                               "scale (a score, MSE loss; no APDS)"), choices=HEADS)
     tfa: bool = option(True, "Tail Feature Augmentation (--no-tfa: off)", action="boolean")
-    num_pairs: float = option(TRAIN_NUM_PAIRS, "TFA pairs: a count (>= 1) or a fraction of the batch (default: a "
-                              "quarter; the authors' code: 1)", type=float)
+    num_pairs: float | None = option(None, recipe_help("num_pairs", "TFA pairs: a count (>= 1) or a fraction of "
+                                                                    "the batch"), type=float)
     flsa: float = option(DEFAULT_FLSA_WEIGHT, "FLSA weight gamma (0: off)", type=float, metavar="WEIGHT")
     flsa_scope: str = option("global", "under torchrun: FLSA on the global batch (gathered from every process, the "
                              "same loss as one process on that batch) or on each process's own batch",

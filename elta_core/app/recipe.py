@@ -18,6 +18,9 @@ RECIPE_ITEMS: dict[str, tuple[Any, Any]] = {
     "eval_transform": ("crop", "resize"),
     "select_best": ("none", "srcc"),
     "head": ("linear", None),  # the paper's: emd-mlp for vote counts, sigmoid for scores
+    # elta train's TFA pairs: a quarter of each batch (docs/design.md, "Defaults chosen by
+    # measurement"); the authors' code, and the core's default, mix one pair per batch.
+    "num_pairs": (0.25, 1),
     "round2_epochs": (10, None),  # the paper's: --epochs again; 10: docs/design.md, "Defaults chosen by measurement"
     "round2_resume_optimizer": (False, True),
 }
