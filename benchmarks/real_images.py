@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--parallel", type=int, default=2, help="processes, one torch thread each")
     parser.add_argument("--write-only", action="store_true")
-    parser.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", help="more elta train arguments, after --")
     args = parser.parse_args(argv)
     from elta_core.app.compare import check_train_arguments
@@ -138,15 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     arguments = train_arguments(data, args.epochs, data / "pool.csv") + [a for a in args.extra if a != "--"]
     base = train_settings(arguments).replace(threads=1)
     methods = parse_methods(args.methods)
-    if args.worker_seeds is not None:  # one process's share of the runs
-        train_runs(base, methods, [int(s) for s in args.worker_seeds.split(",")], out / "compare")
-        return 0
     seeds = list(range(args.seeds))
-    shares = [seeds[k::args.parallel] for k in range(args.parallel) if seeds[k::args.parallel]]
+    runs = [(method, seed) for seed in seeds for method in methods]
+    if args.worker is not None:  # one process's share: every --parallel-th run
+        for method, seed in runs[args.worker::args.parallel]:
+            train_runs(base, [method], [seed], out / "compare")
+        return 0
     own = list(argv if argv is not None else sys.argv[1:])
     split = own.index("--") if "--" in own else len(own)
-    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.real_images", *own[:split], "--worker-seeds",
-                                 ",".join(map(str, share)), *own[split:]]) for share in shares]
+    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.real_images", *own[:split], "--worker", str(k),
+                                 *own[split:]]) for k in range(min(args.parallel, len(runs)))]
     if any(worker.wait() for worker in workers):
         return 1
     report = compare(base, methods, seeds, out / "compare", progress=False, train_arguments=arguments)
