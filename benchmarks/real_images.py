@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from elta_core.io import atomic_write_text
+
 LEVELS = 10
 VOTERS = 60
 SIDE = 32  # the files; training crops IMAGE_SIZE (the digits are 8 x 8 scans)
@@ -71,8 +73,8 @@ def write_dataset(out: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
                 image = Image.fromarray(pixels).resize((SIDE, SIDE), Image.BICUBIC)
                 image.save(out / "images" / f"{index}.jpg", quality=95)
                 rows.append(f"{index}," + ",".join(map(str, vote_counts(digit, rng))) + ",0,0,0")
-        paths[split] = out / f"{split}.csv"
-        paths[split].write_text("\n".join([header, *rows]) + "\n")
+        # test.csv, written last and atomically, marks a complete data set (see main)
+        paths[split] = atomic_write_text(out / f"{split}.csv", "\n".join([header, *rows]) + "\n")
     return paths
 
 
@@ -83,6 +85,15 @@ def train_arguments(data: Path, epochs: int, apds_pool: Path) -> list[str]:
             "--epochs", str(epochs), "--batch-size", "32", "--workers", "0"]
 
 
+def _read_json(path: Path):
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
     """Each run's final checkpoint on ``val.csv``, mean +- sample std over the seeds: the
     numbers settings are chosen on (the test split is only reported)."""
@@ -91,6 +102,8 @@ def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
     import json
 
     from elta_core.app import cli
+    from elta_core.io import atomic_write_json
+    from elta_core.run_state import sha256_of_file
 
     data, keys = out / "data", (("plcc", "P"), ("mae_low", "L"), ("mae_high", "H"), ("mae", "MAE"))
     lines = ["| method (validation split) | " + " | ".join(short for _, short in keys) + " |",
@@ -99,12 +112,16 @@ def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
         rows = []
         for seed in seeds:
             run = out / "compare" / "runs" / method / f"seed{seed}"
-            target = run / "validation"
-            if not (target / "evaluation.json").exists():
+            target, checkpoint = run / "validation", run / "checkpoint.pt"
+            source = {"checkpoint_sha256": sha256_of_file(checkpoint)}  # a run resumed for more epochs is evaluated anew
+            if not (target / "evaluation.json").exists() or _read_json(target / "source.json") != source:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    cli.main(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--labels", str(data / "val.csv"),
-                              "--format", "ava", "--images", str(data / "images"), "--out", str(target), "--quiet",
-                              "--threads", "1"])
+                    code = cli.main(["evaluate", "--checkpoint", str(checkpoint), "--labels", str(data / "val.csv"),
+                                     "--format", "ava", "--images", str(data / "images"), "--out", str(target),
+                                     "--quiet", "--threads", "1"])
+                if code:
+                    raise RuntimeError(f"elta evaluate failed on {checkpoint} (exit {code})")
+                atomic_write_json(target / "source.json", source)
             rows.append(json.loads((target / "evaluation.json").read_text()))
         cells = [f"{np.mean([r[k] for r in rows]):.3f} ± {np.std([r[k] for r in rows], ddof=1):.3f}" for k, _ in keys]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -115,14 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="elta_real_images")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20, help="the measured table's length (docs/design.md)")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--parallel", type=int, default=2, help="processes, one torch thread each")
     parser.add_argument("--write-only", action="store_true")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", help="more elta train arguments, after --")
     args = parser.parse_args(argv)
-    from elta_core.app.compare import check_train_arguments
+    from elta_core.app.cli import train_settings
+    from elta_core.app.compare import check_train_arguments, compare, train_runs
+    from elta_core.app.methods import parse_methods
 
     check_train_arguments(args.extra)  # a method's own setting (--flsa, --num-pairs ...) would be overridden
     out = Path(args.out)
@@ -131,9 +150,6 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(data)
     if args.write_only:
         return 0
-    from elta_core.app.cli import train_settings
-    from elta_core.app.compare import compare, train_runs
-    from elta_core.app.methods import parse_methods
 
     arguments = train_arguments(data, args.epochs, data / "pool.csv") + [a for a in args.extra if a != "--"]
     base = train_settings(arguments).replace(threads=1)
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = compare(base, methods, seeds, out / "compare", progress=False, train_arguments=arguments)
     validation = validation_table(out, methods, seeds)
-    (out / "compare" / "validation.md").write_text(validation + "\n")
+    atomic_write_text(out / "compare" / "validation.md", validation + "\n")
     print(report["markdown"] + "\n\n" + validation)
     return 0
 

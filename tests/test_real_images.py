@@ -50,3 +50,34 @@ def test_a_setting_that_the_methods_set_is_refused_not_silently_overridden(tmp_p
     with pytest.raises(ValueError, match="--flsa are set by elta compare per method"):
         real_images.main(["--out", str(tmp_path), "--", "--flsa", "10"])
     assert not (tmp_path / "data").exists()
+
+
+def test_the_validation_table_evaluates_a_changed_checkpoint_again(tmp_path, monkeypatch):
+    """A run resumed for more epochs has a new checkpoint: its cached validation metrics
+    described the old one (they were reused before, keyed by the file's existence alone)."""
+    import json
+
+    from elta_core.app import cli
+
+    calls = []
+
+    def evaluate(argv):
+        out = argv[argv.index("--out") + 1]
+        calls.append(out)
+        metrics = {key: float(len(calls)) for key in ("plcc", "mae_low", "mae_high", "mae")}
+        (tmp_path / out).mkdir(parents=True, exist_ok=True)
+        (tmp_path / out / "evaluation.json").write_text(json.dumps(metrics))
+        return 0
+
+    monkeypatch.setattr(cli, "main", evaluate)
+    for seed in (0, 1):
+        run = tmp_path / "compare" / "runs" / "elta" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "checkpoint.pt").write_bytes(b"epoch 20")
+    real_images.validation_table(tmp_path, ["elta"], [0, 1])
+    real_images.validation_table(tmp_path, ["elta"], [0, 1])
+    assert len(calls) == 2, "an unchanged checkpoint is not evaluated twice"
+    (tmp_path / "compare" / "runs" / "elta" / "seed1" / "checkpoint.pt").write_bytes(b"epoch 40")
+    table = real_images.validation_table(tmp_path, ["elta"], [0, 1])
+    assert len(calls) == 3 and calls[-1].endswith("seed1/validation")
+    assert "| elta | 2.000 ± 1.414 |" in table, "seed 1's new metrics (3), not its old ones (2)"
