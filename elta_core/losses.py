@@ -54,14 +54,13 @@ def distribution_from_counts(counts: Tensor) -> Tensor:
     counts = _checks.float_tensor(backend, counts, "counts")
     if backend.shape(counts)[0] == 0:
         return counts
-    if not backend.has_values(counts):
-        return counts / backend.sum(counts, axis=1, keepdims=True)
-    if backend.min_host(counts) < 0:
-        raise ValueError("counts: expected non-negative vote counts, found a negative count")
     totals = backend.sum(counts, axis=1, keepdims=True)
-    if backend.min_host(totals) <= 0:
-        empty_row = int(backend.to_numpy(totals).reshape(-1).argmin())
-        raise ValueError(f"counts: row {empty_row} has no votes, so it has no distribution")
+    if backend.has_values(counts):  # a meta tensor has shapes only: nothing to check
+        if backend.min_host(counts) < 0:
+            raise ValueError("counts: expected non-negative vote counts, found a negative count")
+        if backend.min_host(totals) <= 0:
+            empty_row = int(backend.to_numpy(totals).reshape(-1).argmin())
+            raise ValueError(f"counts: row {empty_row} has no votes, so it has no distribution")
     return counts / totals
 
 

@@ -95,11 +95,9 @@ def recorded_contents(images_root: str | None) -> dict[str, dict[str, Any]]:
     return {str(folder / name): entry for name, entry in PreparedRecord(path.parent).files.items()}
 
 
-def current_entry(record: dict[str, Any] | None, target: Path, source: str) -> bool:
-    """Whether the prepared copy ``target`` is what ``record`` says and its source has not
-    changed since (stats only, no read)."""
-    return (record is not None and record.get("stat") == _stat(target) is not None
-            and record.get("source_stat") == _stat(source))
+def copy_as_recorded(record: dict[str, Any] | None, target: Path) -> bool:
+    """Whether the prepared copy ``target`` has the stat ``record`` gave it (no read)."""
+    return record is not None and record.get("stat") == _stat(target) is not None
 
 
 class _Resizer(Dataset):
@@ -116,15 +114,14 @@ class _Resizer(Dataset):
         from torchvision.transforms import functional
 
         source, target, record = self.images[k], self.targets[k], self.records[k]
-        if current_entry(record, target, source):
+        source_stat, intact = _stat(source), copy_as_recorded(record, target)
+        if intact and record.get("source_stat") == source_stat:
             return "", None, False
-        source_stat = _stat(source)
         try:
             source_sha256 = sha256_of_file(source)
         except OSError:
             source_sha256 = None  # open_image names the problem
-        if (record is not None and record.get("stat") == _stat(target) is not None
-                and source_sha256 is not None and record.get("source_sha256") == source_sha256):
+        if intact and source_sha256 is not None and record.get("source_sha256") == source_sha256:
             return "", {**record, "source_stat": source_stat}, False  # touched, same content: the copy stands
         try:
             image = functional.resize(open_image(source), [self.size, self.size])
