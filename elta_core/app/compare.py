@@ -89,7 +89,8 @@ def train_runs(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str
                progress: bool = True) -> dict[str, list[dict[str, Any]]]:
     """The metrics of every (method, seed) run under ``out/runs/METHOD/seedS``, seeds in
     order; a finished run is read back, not trained again, so several processes can share
-    the runs of one comparison out (each its own seeds) before :func:`compare` reads them."""
+    the runs of one comparison out (each its own (method, seed) runs) before
+    :func:`compare` reads them."""
     from elta_core.app.training import train
 
     out = Path(out)

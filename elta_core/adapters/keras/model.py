@@ -145,7 +145,7 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
                 raise ValueError(f"{name}: not supported by ELTAModel (TFA appends mixed samples); drop it from fit")
         if isinstance(y, np.ndarray):
             labels = core_step.check_labels(self.elta_config, np.asarray(y, dtype=np.float64))
-            levels = getattr(getattr(self.head, "output", None), "shape", (None,))[-1]
+            levels = self._head_levels()
             if levels not in (None, 1) and self.elta_config.output != "score":
                 core_step.check_levels(self.elta_config, int(levels), labels)
         devices = data_parallel_devices()
@@ -213,8 +213,12 @@ class ELTAModel(keras.Model, core_step.ConfigAttributes):
             y = y[0]
         if y is None:
             return ops.zeros((), "float32")
-        levels = getattr(getattr(self.head, "output", None), "shape", (None,))[-1]
-        return ops.cast(core_step.invalid_labels(self.elta_config, ops.cast(y, "float32"), levels), "float32")
+        return ops.cast(core_step.invalid_labels(self.elta_config, ops.cast(y, "float32"), self._head_levels()),
+                        "float32")
+
+    def _head_levels(self) -> int | None:
+        """The width of the head's output (the rating levels), where the head is built."""
+        return getattr(getattr(self.head, "output", None), "shape", (None,))[-1]
 
     # On TensorFlow the step is traced once per batch shape, as JAX does, so that the
     # core sees static shapes. Keras offers no public switch for this, so these two
