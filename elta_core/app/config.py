@@ -25,6 +25,7 @@ from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
 from elta_core.step import DEFAULT_FLSA_WEIGHT
 
 OPTIMIZERS = ("adamw", "adam")
+LR_SCHEDULES = ("constant", "cosine")  # elta_core.adapters.torch.loop.LR_SCHEDULES (this module imports no framework)
 SELECT_BEST = ("none", "srcc", "plcc")
 HEADS = ("linear", "emd-mlp", "sigmoid")
 
@@ -255,7 +256,10 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
                                     f"{', '.join(PEER_NAMES)} (their authors' defaults; beside TFA and FLSA unless "
                                     "--no-tfa --flsa 0)", type=peer_list, metavar="NAMES")
     optimizer: str | None = option(None, recipe_help("optimizer", "the optimizer"), choices=OPTIMIZERS)
-    lr: float | None = option(None, recipe_help("lr", "learning rate (constant)"), type=float)
+    lr: float | None = option(None, recipe_help("lr", "learning rate (at the start of --lr-schedule)"), type=float)
+    lr_schedule: str | None = option(None, recipe_help("lr_schedule", "constant, or cosine: the learning rate of "
+                                                       "each epoch decays from --lr towards 0 over the epochs (in "
+                                                       "round 2 too, over its epochs)"), choices=LR_SCHEDULES)
     batch_size: int | None = option(None, recipe_help("batch_size", "images per batch (per process under "
                                                                      "torchrun)"), type=at_least(1))
     epochs: int | None = option(None, recipe_help("epochs", "training epochs (may change on --resume)"),

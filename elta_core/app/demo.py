@@ -29,6 +29,7 @@ from torch.utils.data import TensorDataset
 
 from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
+from elta_core.adapters.torch.loop import make_optimizer
 from elta_core.adapters.torch.peers import LDS, RankSim
 from elta_core.app.compare import RemainingTime, summarise
 from elta_core.app.methods import METHODS, uses_self_training
@@ -127,7 +128,8 @@ def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: 
 
     def train(wrapper, labelled_loader, pseudo_loader, round_index):
         epochs = config.epochs if round_index == 1 else config.round2_epochs
-        optimizer = torch.optim.AdamW(wrapper.parameters(), lr=config.lr if round_index == 1 else config.lr / 4)
+        optimizer = make_optimizer(torch.optim.AdamW, wrapper.parameters(),
+                                   lr=config.lr if round_index == 1 else config.lr / 4)
         fit(wrapper, labelled_loader, optimizer, epochs=epochs, pseudo_loader=pseudo_loader,
             progress=progress, desc=f"{row} seed {seed} round {round_index}")
 

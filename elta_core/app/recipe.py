@@ -11,6 +11,7 @@ from typing import Any
 RECIPE_ITEMS: dict[str, tuple[Any, Any]] = {
     "optimizer": ("adamw", "adam"),
     "lr": (1e-4, 1e-5),
+    "lr_schedule": ("constant", "constant"),
     "batch_size": (32, 48),
     "epochs": (10, 20),
     "image_size": (224, 256),

@@ -35,7 +35,7 @@ from elta_core.adapters.torch import peers, rng
 from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms, image_files
 from elta_core.adapters.torch.modules import device_of
 from elta_core.adapters.torch.checkpoints import load_file, save_and_record
-from elta_core.adapters.torch.loop import training_loader
+from elta_core.adapters.torch.loop import lr_factor, make_optimizer, training_loader
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.app import recipe
 from elta_core.app.config import EvaluateConfig, PseudoLabelConfig, TrainConfig, may_change_on_resume, run_identity
@@ -285,7 +285,10 @@ def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | Non
         _check_epochs_not_fewer(out / CHECKPOINT, settings.epochs)  # before the manifest takes the new setting
     config = run_identity(settings, world_size=world_size)  # the fields that decide reuse, marked in TrainConfig
     before = dict(manifest.data.get("config") or {})
-    for name in manifest.check_config(config, may_change=may_change_on_resume(TrainConfig)):
+    may_change = may_change_on_resume(TrainConfig)
+    if settings.lr_schedule != "constant":  # the schedule of the epochs already trained depends on the epochs
+        may_change = tuple(name for name in may_change if name not in ("epochs", "round2_epochs"))
+    for name in manifest.check_config(config, may_change=may_change):
         print(f"resume: {name} changed from {before.get(name)!r} to {config.get(name)!r}")
     inputs = {"labels": _path_fingerprint(settings.labels)}
     for name in ("weights", "val_labels", "test_labels"):
@@ -478,7 +481,7 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
     train_data, val_data, test_data, held_out = _datasets(settings, splits, config)
     pool = unlabelled_pool(settings, table, config) if settings.apds else None  # its errors before round 1
     _check_splits(table, splits)
-    optimizer = OPTIMIZERS[settings.optimizer](wrapper.parameters(), lr=settings.lr)
+    optimizer = make_optimizer(OPTIMIZERS[settings.optimizer], wrapper.parameters(), lr=settings.lr)
     round1 = _train_epochs(settings, wrapper, model, train_data, val_data, optimizer, config, manifest)
     if round1 is None:
         return {}
@@ -594,14 +597,14 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
         try:
             losses = fit(wrapper, loader, optimizer, epochs=1, progress=_progress(settings),
                          desc=f"epoch {epoch + 1}/{settings.epochs}", first_epoch=epoch, precision=settings.precision,
-                         epoch_terms=terms)
+                         epoch_terms=terms, lr_schedule=lr_factor(settings.lr_schedule, settings.epochs))
         except FloatingPointError as error:
             kept = f"the last good checkpoint (epoch {epoch}) is kept at {path}" if epoch else "no checkpoint was written"
             raise FloatingPointError(f"{error}; {kept}") from None
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise FloatingPointError(f"epoch {epoch + 1}/{settings.epochs}: the weights became NaN or Inf in the last "
                                      f"step; the last good checkpoint (epoch {epoch}) is kept at {path}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": losses[-1], **terms[-1]}
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": losses[-1], **terms[-1]}
         if validation is not None:
             scores = evaluate_model(wrapper, validation, validation.table, settings.batch_size, _progress(settings),
                                     desc="validate", loader_kwargs=loader_options(settings.workers, device_of(model), settings.threads)).metrics
@@ -670,11 +673,11 @@ def _round2_optimizer(settings: TrainConfig, round1: dict):
     the authors resume), else a fresh one at a quarter of the learning rate."""
     optimizer_class = OPTIMIZERS[settings.optimizer]
     if not settings.round2_resume_optimizer:
-        return lambda parameters: optimizer_class(parameters, lr=settings.lr / 4)
+        return lambda parameters: make_optimizer(optimizer_class, parameters, lr=settings.lr / 4)
     saved = round1.get("round2_optimizer") or round1["optimizer"]
 
     def resumed(parameters):
-        optimizer = optimizer_class(parameters, lr=settings.lr)
+        optimizer = make_optimizer(optimizer_class, parameters, lr=settings.lr)
         optimizer.load_state_dict(copy.deepcopy(saved))
         return optimizer
 
@@ -694,7 +697,7 @@ def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: tor
         thresholds=settings.thresholds, min_selected=settings.min_selected, pseudo_label=settings.pseudo_label,
         max_pseudo_labels=None if settings.max_pseudo_labels == "none" else settings.max_pseudo_labels,
         optimizer=_round2_optimizer(settings, round1), batch_size=settings.batch_size, progress=_progress(settings),
-        precision=settings.precision, loader_kwargs=loader_options(settings.workers, device_of(model), settings.threads),
+        precision=settings.precision, lr_schedule=settings.lr_schedule, loader_kwargs=loader_options(settings.workers, device_of(model), settings.threads),
         tag={"lr": settings.lr, "optimizer": settings.optimizer, "resume_optimizer": settings.round2_resume_optimizer,
              "select_best": settings.select_best},
     )

@@ -9,8 +9,9 @@ independent of how its global batch is split over processes.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -22,6 +23,8 @@ from elta_core.adapters.torch.wrapper import ELTAWrapper
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+BASE_LR = "elta_base_lr"  # the param group's learning rate before the schedule (kept in its state_dict)
 
 
 def progress_bar(iterable: Iterable, enabled: bool, **kwargs):
@@ -33,6 +36,41 @@ def progress_bar(iterable: Iterable, enabled: bool, **kwargs):
     from tqdm.std import tqdm
 
     return tqdm(iterable, **kwargs)
+
+
+def make_optimizer(optimizer_class: type[torch.optim.Optimizer], parameters: Iterable[Any],
+                   **options: Any) -> torch.optim.Optimizer:
+    """``optimizer_class(parameters, **options)`` with its fused kernel where the class has
+    one and every parameter allows it (floating point, on a device the kernel supports),
+    else its default implementation. The update is the same up to rounding; the fused
+    step of AdamW on resnet18 is 7 times faster on the CPU (``benchmarks/README.md``)."""
+    parameters = list(parameters)
+    if "fused" in options or "fused" not in inspect.signature(optimizer_class).parameters:
+        return optimizer_class(parameters, **options)
+    try:
+        return optimizer_class(parameters, fused=True, **options)
+    except RuntimeError:  # a parameter on a device or of a dtype the fused kernel does not take
+        return optimizer_class(parameters, **options)
+
+
+def lr_factor(schedule: str, epochs: int) -> Callable[[int], float]:
+    """The factor of the base learning rate in each epoch (0-based) of ``epochs``:
+    ``"constant"`` 1; ``"cosine"`` ``(1 + cos(pi * epoch / epochs)) / 2``, from 1 in the
+    first epoch down to near 0 in the last (never 0: every epoch trains). A function of
+    the epoch alone, so a resumed run follows the uninterrupted run's schedule."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
+    if schedule == "constant":
+        return lambda epoch: 1.0
+    return lambda epoch: (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group.setdefault(BASE_LR, group["lr"])
+        group["lr"] = group[BASE_LR] * factor
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
@@ -84,6 +122,7 @@ def fit(
     first_epoch: int = 0,
     precision: Precision = "fp32",
     epoch_terms: list[dict[str, float]] | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
 ) -> list[float]:
     """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
     a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
@@ -93,7 +132,9 @@ def fit(
     ``"bf16"`` or ``"fp16"`` runs the forward under autocast (fp16 with a gradient scaler);
     the losses are computed in float32 either way. ``epoch_terms``, a list, gets each
     epoch's mean of every term of the loss (``task_loss``, ``flsa_loss``, each peer's,
-    ``pseudo_loss`` for ``L_u``), summed on the device and read once per epoch."""
+    ``pseudo_loss`` for ``L_u``), summed on the device and read once per epoch.
+    ``lr_schedule`` (e.g. :func:`lr_factor`) scales each param group's learning rate in
+    epoch ``first_epoch + k`` by ``lr_schedule(first_epoch + k)``."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = device_of(wrapper.model)
@@ -104,6 +145,8 @@ def fit(
     if pseudo_loader is not None and len(pseudo_loader) == 0:
         raise ValueError("pseudo_loader: expected pseudo-labelled batches, got an empty loader")
     for epoch in range(epochs):
+        if lr_schedule is not None:
+            _set_lr(optimizer, lr_schedule(first_epoch + epoch))
         for each in (loader, pseudo_loader):
             _set_epoch(getattr(each, "sampler", None), first_epoch + epoch)
             _set_epoch(getattr(each, "dataset", None), first_epoch + epoch)

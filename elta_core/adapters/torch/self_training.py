@@ -20,7 +20,8 @@ from elta_core import apds
 from elta_core.adapters.torch import rng
 from elta_core.adapters.torch.checkpoints import load_file, save_and_record
 from elta_core.adapters.torch.distributed import is_main, on_main
-from elta_core.adapters.torch.loop import Precision, fit, split_batch, training_loader
+from elta_core.adapters.torch.loop import (LR_SCHEDULES, Precision, fit, lr_factor, make_optimizer, split_batch,
+                                          training_loader)
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.adapters.torch.wrapper import ELTAWrapper
 from elta_core.io import atomic_write_text
@@ -74,6 +75,8 @@ class SelfTraining:
         tag: JSON-able settings of ``train``/``optimizer`` that the run directory cannot
             see (e.g. ``{"lr": 1e-3}``): a trained stage is reused only under the same tag.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the default ``train`` (:func:`fit`).
+        lr_schedule: ``"constant"`` or ``"cosine"`` over ``epochs`` for the default
+            ``train`` (:func:`~elta_core.adapters.torch.loop.lr_factor`).
         prediction_chunk: the calibration set and the pool are predicted this many images
             at a time, each chunk saved as done (in ``workdir/chunks``): a run killed in a
             large pool resumes at its chunk. Images are streamed, never all in memory.
@@ -104,6 +107,7 @@ class SelfTraining:
         tag: Any = None,
         precision: Precision = "fp32",
         prediction_chunk: int = DEFAULT_PREDICTION_CHUNK,
+        lr_schedule: str = "constant",
     ):
         if isinstance(prediction_chunk, bool) or not isinstance(prediction_chunk, int) or prediction_chunk < 1:
             raise ValueError(f"prediction_chunk: expected an int >= 1, got {prediction_chunk!r}")
@@ -113,7 +117,10 @@ class SelfTraining:
         self.workdir = Path(workdir)
         self.train_fn = train
         self.epochs = epochs
-        self.optimizer = optimizer or (lambda parameters: torch.optim.AdamW(parameters, lr=1e-3))
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
+        self.optimizer = optimizer or (lambda parameters: make_optimizer(torch.optim.AdamW, parameters, lr=1e-3))
         self.round2 = check_round2(round2)
         if max_pseudo_labels != "labelled" and max_pseudo_labels is not None and (
                 isinstance(max_pseudo_labels, bool) or not isinstance(max_pseudo_labels, int) or max_pseudo_labels < 0):
@@ -167,7 +174,8 @@ class SelfTraining:
         optimizer = self.optimizer(self.wrapper.parameters())
         terms: list[dict[str, float]] = []
         losses = fit(self.wrapper, labelled, optimizer, epochs=self.epochs, pseudo_loader=pseudo,
-                     progress=self.progress, desc=f"round {round_index}", precision=self.precision, epoch_terms=terms)
+                     progress=self.progress, desc=f"round {round_index}", precision=self.precision, epoch_terms=terms,
+                     lr_schedule=lr_factor(self.lr_schedule, self.epochs))
         self.epochs_log[round_index] = [{"loss": loss, **parts} for loss, parts in zip(losses, terms)]
 
     def _cached(self, stage: Stage, key: str, compute: Callable[[], dict], restore: Callable[[dict], Any]) -> Any:
@@ -239,7 +247,9 @@ class SelfTraining:
                 "architecture": fingerprint([(k, tuple(v.shape)) for k, v in self.wrapper.model.state_dict().items()]),
                 "labelled": dataset_fingerprint(labelled), "epochs": self.epochs, "batch_size": self.batch_size,
                 "train": getattr(train, "__qualname__", type(train).__name__), "tag": self.tag,
-                "precision": self.precision}
+                "precision": self.precision,
+                # a constant schedule is left out, so that stages saved before the option existed stay current
+                **({"lr_schedule": self.lr_schedule} if self.lr_schedule != "constant" else {})}
 
     def run(self, labelled: Dataset, calibration: Dataset, unlabelled: Dataset, *,
             stop_after: Stage | None = None, round1: Literal["train", "current"] = "train") -> dict[str, Any]:
