@@ -127,6 +127,8 @@ def test_bad_cli_inputs(folder_dataset, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert _train(labels, images, tmp_path / "y", "--backbone", "resnet_nope") == 2
     assert "backbone: unknown torchvision model 'resnet_nope'" in capsys.readouterr().err
+    assert _train(labels, images, tmp_path / "z", "--align-at", "layer4.9") == 2
+    assert "align_at: ResNet has no submodule 'layer4.9' (nearest names: layer4" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--labels", str(labels), "--format", "ava"]) == 2
     assert "checkpoint: no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -163,6 +165,42 @@ def test_resumed_train_is_bit_identical_to_the_uninterrupted_run(folder_dataset,
         assert torch.equal(straight[name], resumed[name]), name
     manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
     assert manifest["config"]["lr"] == 1e-4 and "checkpoint" in manifest["stages"] and manifest["inputs"]["labels"]
+
+
+def test_a_cosine_run_resumes_bit_identically_and_refuses_other_epochs(folder_dataset, tmp_path, capsys):
+    import csv
+    import math
+
+    labels, images = folder_dataset
+    cosine = ("--epochs", "3", "--lr-schedule", "cosine")
+    assert _train(labels, images, tmp_path / "straight", *cosine) == 0
+    assert _train(labels, images, tmp_path / "resumed", *cosine, "--stop-after-epoch", "1") == 0
+    assert _train(labels, images, tmp_path / "resumed", *cosine, "--resume") == 0
+    straight, resumed = _weights(tmp_path / "straight" / "checkpoint.pt"), _weights(tmp_path / "resumed" / "checkpoint.pt")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
+    assert [float(row["lr"]) for row in rows] == pytest.approx([1e-4 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
+    capsys.readouterr()
+    # the epochs already trained followed a 3-epoch schedule: a 4-epoch run is another run
+    assert _train(labels, images, tmp_path / "resumed", "--epochs", "4", "--lr-schedule", "cosine", "--resume") == 2
+    assert "another configuration (epochs: 3 -> 4)" in capsys.readouterr().err
+
+
+def test_flsa_aligns_where_align_at_says(folder_dataset, tmp_path, capsys, monkeypatch):
+    from elta_core.adapters.torch import ELTAWrapper
+
+    seen = []
+    capture = ELTAWrapper._capture_layer_output
+
+    def recording(self, module, args, output):
+        seen.append(tuple(output.shape[1:]))
+        return capture(self, module, args, output)
+
+    monkeypatch.setattr(ELTAWrapper, "_capture_layer_output", recording)
+    labels, images = folder_dataset
+    assert _train(labels, images, tmp_path / "run", "--epochs", "1", "--align-at", "layer4.1.bn2") == 0
+    assert seen and set(seen) == {(512, 1, 1)}  # layer4's last BatchNorm at 32 px, before the residual and the ReLU
 
 
 def test_run_directory_refuses_stale_state(folder_dataset, tmp_path, capsys):
@@ -219,6 +257,7 @@ def finished_run(folder_dataset, tmp_path_factory):
     ("--batch-size", "8", "batch_size"), ("--val-fraction", "0.5", "val_fraction"), ("--backbone", "resnet34", "backbone"),
     ("--no-tfa", None, "tfa"),
     ("--round2", "separate", "round2"), ("--betas", "2,3", "betas"), ("--pseudo-label", "prediction", "pseudo_label"),
+    ("--lr-schedule", "cosine", "lr_schedule"),
 ])
 def test_resume_refuses_each_changed_setting_by_name(folder_dataset, finished_run, tmp_path, capsys, flag, value, name):
     import shutil

@@ -376,3 +376,58 @@ def test_transformers_trainer_evaluate_and_predict_equal_a_plain_loop(tmp_path):
     assert predicted.predictions.shape == (64, 10) and predicted.label_ids.shape == (64, 10)
     np.testing.assert_allclose(predicted.predictions, logits.numpy(), rtol=1e-5, atol=1e-6)
     assert torch.equal(wrapper(items.x[:3], items.y[:3]), wrapper.model(items.x[:3]))  # positional labels: as before
+
+
+def test_make_optimizer_takes_the_fused_kernel_and_updates_as_the_default_does():
+    from elta_core.adapters.torch.loop import make_optimizer
+
+    torch.manual_seed(0)
+    fast, plain = TwoLayer(), TwoLayer()
+    plain.load_state_dict(fast.state_dict())
+    fused = make_optimizer(torch.optim.AdamW, fast.parameters(), lr=1e-2)
+    reference = torch.optim.AdamW(plain.parameters(), lr=1e-2)
+    assert fused.defaults["fused"] is True and not reference.defaults.get("fused")
+    x = torch.randn(16, 4)
+    for _ in range(10):
+        for model, optimizer in ((fast, fused), (plain, reference)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(fast.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not make_optimizer(torch.optim.AdamW, fast.parameters(), lr=1e-2, fused=False).defaults["fused"]
+    assert "fused" not in make_optimizer(torch.optim.RMSprop, fast.parameters(), lr=1e-2).defaults
+
+
+def test_make_optimizer_falls_back_where_the_fused_kernel_refuses_the_parameters():
+    from elta_core.adapters.torch.loop import make_optimizer
+
+    class NoFusedHere(torch.optim.AdamW):
+        def __init__(self, params, fused=None, **options):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+            super().__init__(params, **options)
+
+    optimizer = make_optimizer(NoFusedHere, TwoLayer().parameters(), lr=1e-3)
+    assert type(optimizer) is NoFusedHere and not optimizer.defaults.get("fused")
+
+
+def test_lr_schedule_cosine_decays_per_epoch_and_bad_values_are_named():
+    from elta_core.adapters.torch import fit
+    from elta_core.adapters.torch.loop import lr_factor
+
+    cosine = lr_factor("cosine", 4)
+    assert [cosine(e) for e in range(4)] == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
+    assert lr_factor("constant", 4)(3) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule: expected one of constant, cosine, got 'step'"):
+        lr_factor("step", 4)
+    with pytest.raises(ValueError, match="epochs: expected an int >= 1, got 0"):
+        lr_factor("cosine", 0)
+    wrapper = ELTAWrapper(TwoLayer(), "fc", num_pairs=2, seed=0)
+    optimizer = torch.optim.SGD(wrapper.parameters(), lr=0.1)
+    seen = []
+    loader = [(torch.randn(8, 4), torch.rand(8) * 9 + 1)]
+    for epoch in range(4):  # one epoch at a time, as elta train runs them: the schedule follows the epoch index
+        fit(wrapper, loader, optimizer, epochs=1, first_epoch=epoch, progress=False, lr_schedule=cosine)
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.1 * cosine(e) for e in range(4)])

@@ -249,6 +249,8 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     num_pairs: float | None = option(None, recipe_help("num_pairs", "TFA pairs: a count (>= 1) or a fraction of "
                                                                     "the batch"), type=float)
     flsa: float = option(DEFAULT_FLSA_WEIGHT, "FLSA weight gamma (0: off)", type=float, metavar="WEIGHT")
+    align_at: str | None = option(None, "the layer whose output FLSA aligns (e.g. layer4.1.bn2; default: the head's "
+                                  "input, the pooled features, as the paper)", metavar="LAYER")
     flsa_scope: str = option("global", "under torchrun: FLSA on the global batch (gathered from every process, the "
                              "same loss as one process on that batch) or on each process's own batch",
                              choices=("global", "local"))

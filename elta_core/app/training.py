@@ -33,7 +33,7 @@ from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.adapters.torch import distributed as ddp
 from elta_core.adapters.torch import peers, rng
 from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms, image_files
-from elta_core.adapters.torch.modules import device_of
+from elta_core.adapters.torch.modules import device_of, find_module
 from elta_core.adapters.torch.checkpoints import load_file, save_and_record
 from elta_core.adapters.torch.loop import lr_factor, make_optimizer, training_loader
 from elta_core.adapters.torch.prediction import predict_dataset
@@ -465,14 +465,17 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
                        settings.image_size, "", settings.head, settings.resize, settings.eval_transform == "crop")
     model, config.head, skipped = config.build(settings.weights)
     model.to(device, memory_format=torch.channels_last if settings.channels_last else torch.preserve_format)
+    if settings.align_at is not None:
+        find_module(model, settings.align_at, "align_at")  # the model's own names, before DDP or compile prefix them
     trained, head = model, config.head
     if ddp.is_distributed():
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         head = f"module.{head}"
     if settings.compile:
         trained, head = torch.compile(trained), f"_orig_mod.{head}"
+    align_at = None if settings.align_at is None else head[:len(head) - len(config.head)] + settings.align_at
     wrapper = ELTAWrapper(
-        trained, head, tfa=settings.tfa, num_pairs=settings.num_pairs, flsa_weight=settings.flsa,
+        trained, head, tfa=settings.tfa, num_pairs=settings.num_pairs, flsa_weight=settings.flsa, align_at=align_at,
         bin_values=config.bin_values, score_scale=score_scale_of(table), seed=settings.seed + ddp.rank(),
         flsa_scope=settings.flsa_scope if ddp.is_distributed() else "local",
         task_loss=ScaledScoreMSE(table.scale[1], config.bin_values) if settings.head == "sigmoid" else None,
