@@ -40,8 +40,30 @@ def _sync_directory(folder: Path) -> None:
         os.close(handle)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """Call ``write(stream)`` on a temporary file, then move it to ``path`` atomically."""
+class _Digesting:
+    """A write-only stream that feeds every byte it writes to ``digest`` too."""
+
+    def __init__(self, stream: BinaryIO, digest: Any):
+        self._stream, self._digest = stream, digest
+
+    def write(self, data: Any) -> int:
+        self._digest.update(data)
+        return self._stream.write(data)
+
+    def seek(self, *args: Any) -> int:  # a digest of the bytes in write order would no longer be the file's
+        raise OSError("this stream is written in order only")
+
+    def seekable(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], *, digest: Any = None) -> Path:
+    """Call ``write(stream)`` on a temporary file, then move it to ``path`` atomically.
+    ``digest`` (a ``hashlib`` object) is updated with the bytes written, so that a
+    caller who needs the file's hash does not read the file again."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory, expected a file path to write")
@@ -49,7 +71,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     try:
         with os.fdopen(handle, "wb") as stream:
-            write(stream)
+            write(stream if digest is None else _Digesting(stream, digest))
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600

@@ -130,8 +130,10 @@ class RunManifest:
             )
         return True
 
-    def record(self, stage: str, file: Path, key: str) -> None:
-        self.data["stages"][stage] = {"file": file.name, "key": key, "sha256": sha256_of_file(file)}
+    def record(self, stage: str, file: Path, key: str, sha256: str | None = None) -> None:
+        """Record ``stage`` as ``file`` under ``key``; ``sha256``: the file's hash, when
+        its writer took it on the way (else the file is read)."""
+        self.data["stages"][stage] = {"file": file.name, "key": key, "sha256": sha256 or sha256_of_file(file)}
         self.save()
 
     def forget(self, stage: str) -> None:

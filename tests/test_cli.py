@@ -40,7 +40,7 @@ def test_train_resume_evaluate_and_pseudo_label(folder_dataset, tmp_path, capsys
     result = json.loads((out / "metrics.json").read_text())
     assert {"plcc", "srcc", "accuracy", "mae_low", "mae_medium", "mae_high"} <= set(result)
     epochs = (out / "metrics.csv").read_text().splitlines()
-    assert epochs[0].startswith("epoch,loss") and [row.split(",")[0] for row in epochs[1:]] == ["1", "2"]
+    assert epochs[0].startswith("epoch,lr,loss") and [row.split(",")[0] for row in epochs[1:]] == ["1", "2"]
     assert (out / "predictions.csv").read_text().startswith("image,true_score,predicted_score,p_1,")
 
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--labels", str(labels), "--format", "ava",
@@ -164,7 +164,8 @@ def test_resumed_train_is_bit_identical_to_the_uninterrupted_run(folder_dataset,
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
-    assert manifest["config"]["lr"] == 1e-4 and "checkpoint" in manifest["stages"] and manifest["inputs"]["labels"]
+    assert manifest["config"]["lr"] == 1e-3 and manifest["config"]["lr_schedule"] == "cosine"  # from scratch
+    assert "checkpoint" in manifest["stages"] and manifest["inputs"]["labels"]
 
 
 def test_a_cosine_run_resumes_bit_identically_and_refuses_other_epochs(folder_dataset, tmp_path, capsys):
@@ -180,11 +181,12 @@ def test_a_cosine_run_resumes_bit_identically_and_refuses_other_epochs(folder_da
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
-    assert [float(row["lr"]) for row in rows] == pytest.approx([1e-4 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
+    assert [float(row["lr"]) for row in rows] == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
     capsys.readouterr()
     # the epochs already trained followed a 3-epoch schedule: a 4-epoch run is another run
     assert _train(labels, images, tmp_path / "resumed", "--epochs", "4", "--lr-schedule", "cosine", "--resume") == 2
-    assert "another configuration (epochs: 3 -> 4)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "epochs: the run's cosine schedule was set for 3 epochs, so it cannot resume with 4" in err, err
 
 
 def test_flsa_aligns_where_align_at_says(folder_dataset, tmp_path, capsys, monkeypatch):
@@ -206,19 +208,20 @@ def test_flsa_aligns_where_align_at_says(folder_dataset, tmp_path, capsys, monke
 def test_run_directory_refuses_stale_state(folder_dataset, tmp_path, capsys):
     labels, images = folder_dataset
     out = tmp_path / "run"
-    assert _train(labels, images, out, "--epochs", "1") == 0
+    constant = ("--lr-schedule", "constant")  # a constant rate, so that --resume may add epochs
+    assert _train(labels, images, out, *constant, "--epochs", "1") == 0
     capsys.readouterr()
-    assert _train(labels, images, out, "--epochs", "1") == 2
+    assert _train(labels, images, out, *constant, "--epochs", "1") == 2
     assert "is not empty (an earlier run?); pass --resume" in capsys.readouterr().err
-    assert _train(labels, images, out, "--epochs", "1", "--resume", "--lr", "0.01") == 2
+    assert _train(labels, images, out, *constant, "--epochs", "1", "--resume", "--lr", "0.01") == 2
     err = capsys.readouterr().err
-    assert "another configuration (lr: 0.0001 -> 0.01)" in err and "Traceback" not in err
-    assert _train(labels, images, out, "--epochs", "1", "--resume", "--seed", "5") == 2
+    assert "another configuration (lr: 0.001 -> 0.01)" in err and "Traceback" not in err
+    assert _train(labels, images, out, *constant, "--epochs", "1", "--resume", "--seed", "5") == 2
     assert "seed: 0 -> 5" in capsys.readouterr().err
-    assert _train(labels, images, out, "--epochs", "2", "--resume") == 0
+    assert _train(labels, images, out, *constant, "--epochs", "2", "--resume") == 0
     assert "resume: epochs changed from 1 to 2" in capsys.readouterr().out
     (out / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:1000])
-    assert _train(labels, images, out, "--epochs", "3", "--resume") == 2
+    assert _train(labels, images, out, *constant, "--epochs", "3", "--resume") == 2
     assert "checkpoint.pt: does not match the checksum" in capsys.readouterr().err
     file_out = tmp_path / "a_file"
     file_out.write_text("x")
@@ -257,7 +260,7 @@ def finished_run(folder_dataset, tmp_path_factory):
     ("--batch-size", "8", "batch_size"), ("--val-fraction", "0.5", "val_fraction"), ("--backbone", "resnet34", "backbone"),
     ("--no-tfa", None, "tfa"),
     ("--round2", "separate", "round2"), ("--betas", "2,3", "betas"), ("--pseudo-label", "prediction", "pseudo_label"),
-    ("--lr-schedule", "cosine", "lr_schedule"),
+    ("--lr-schedule", "constant", "lr_schedule"),
 ])
 def test_resume_refuses_each_changed_setting_by_name(folder_dataset, finished_run, tmp_path, capsys, flag, value, name):
     import shutil
@@ -308,7 +311,8 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "learning rate (constant) (default: 0.0001; --recipe paper: 1e-05)" in text
+    assert "learning rate (at the start of --lr-schedule) (default: 0.001 from scratch, 0.0001 with --weights; " \
+        "--recipe paper: 1e-05)" in text
     assert "the optimizer (default: adamw; --recipe paper: adam)" in text
     assert "(default: 8/7 of --image-size; --recipe paper: 300 (x 300))" in text
     assert "--thresholds" in text and "(default: auto)" in text
@@ -335,7 +339,7 @@ def test_synth_and_csv_columns(tmp_path, capsys):
 def test_a_finished_apds_run_resumes_with_more_epochs_like_the_longer_run(folder_dataset, tmp_path, capsys):
     labels, images = folder_dataset
     apds = ["--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2",
-            "--round2-epochs", "1"]
+            "--round2-epochs", "1", "--lr-schedule", "constant"]  # a constant rate: --resume may add epochs
     assert _train(labels, images, tmp_path / "long", "--epochs", "2", *apds) == 0
     assert _train(labels, images, tmp_path / "grown", "--epochs", "1", *apds) == 0
     assert _train(labels, images, tmp_path / "grown", "--epochs", "2", "--resume", *apds) == 0, capsys.readouterr().err
@@ -419,9 +423,9 @@ def test_a_run_shows_its_tails(folder_dataset, tmp_path, capsys):
     assert rows[0].endswith(",segment") and sum(r.endswith(",low") for r in rows[1:]) == 3
     epochs = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
     header = epochs[0]
-    assert header[:4] == ["epoch", "loss", "flsa_loss", "task_loss"] and header[-1] == "round"
+    assert header[:5] == ["epoch", "lr", "loss", "flsa_loss", "task_loss"] and header[-1] == "round"
     assert [(r[0], r[-1]) for r in epochs[1:]] == [("1", "1"), ("2", "2"), ("3", "2")]
-    assert all(float(r[3]) > 0 for r in epochs[1:])  # the task loss of every epoch, round 2 included
+    assert all(float(r[4]) > 0 for r in epochs[1:])  # the task loss of every epoch, round 2 included
 
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--images", str(images), "--out",
                  str(tmp_path / "eval"), "--quiet"]) == 0  # no --labels: the run's file and test split
@@ -465,9 +469,9 @@ def test_resume_after_an_image_changed_is_refused(folder_dataset, tmp_path, caps
     copied = tmp_path / "images"
     shutil.copytree(images, copied)
     out = tmp_path / "run"
-    assert _train(labels, copied, out, "--epochs", "1") == 0
+    assert _train(labels, copied, out, "--epochs", "1", "--lr-schedule", "constant") == 0
     target = copied / "5.jpg"
     target.write_bytes((copied / "6.jpg").read_bytes())  # other pixels under the same name
     os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
-    assert _train(labels, copied, out, "--epochs", "2", "--resume") == 2
+    assert _train(labels, copied, out, "--epochs", "2", "--lr-schedule", "constant", "--resume") == 2
     assert "the input data changed since the run started (images)" in capsys.readouterr().err

@@ -94,6 +94,20 @@ def test_a_flag_overrides_the_recipe(split_data, tmp_path):
     assert "best_val_plcc" in json.loads((out / "metrics.json").read_text())
 
 
+def test_the_default_recipe_trains_from_scratch_with_its_measured_rate_and_fine_tunes_with_the_earlier_one():
+    from elta_core.app.config import TrainConfig
+
+    base = TrainConfig(labels="x.csv", format="ava")
+    scratch = recipe.resolve(base, True)
+    assert (scratch.lr, scratch.lr_schedule) == (1e-3, "cosine")
+    tuned = recipe.resolve(base.replace(weights="w.pth"), True)
+    assert (tuned.lr, tuned.lr_schedule) == (1e-4, "constant")
+    assert recipe.resolve(base.replace(weights="w.pth", lr=3e-4), True).lr == 3e-4  # a flag wins
+    paper = recipe.resolve(base.replace(recipe="paper"), True)
+    assert (paper.lr, paper.lr_schedule) == (1e-5, "constant")
+    assert "default: 0.001 from scratch, 0.0001 with --weights" in recipe.recipe_help("lr", "learning rate")
+
+
 def _score_file(folder, tmp_path):
     """The synthetic votes as a score-only CSV (as TAD66K), with a split column."""
     lines = (folder / "labels.csv").read_text().splitlines()[1:]

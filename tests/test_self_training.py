@@ -131,6 +131,29 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["round1.pt"], "no temporary left behind"
 
 
+def test_a_checkpoint_is_hashed_as_it_is_written_and_the_hash_is_the_file_s(tmp_path):
+    import hashlib
+
+    from elta_core.adapters.torch.checkpoints import save_and_record
+    from elta_core.run_state import RunManifest, sha256_of_file
+
+    manifest = RunManifest(tmp_path)
+    state = {"model": torch.nn.Linear(64, 10).state_dict(), "epoch": 3}
+    save_and_record(state, tmp_path / "checkpoint.pt", manifest, "checkpoint", "key")
+    recorded = manifest.data["stages"]["checkpoint"]["sha256"]
+    assert recorded == sha256_of_file(tmp_path / "checkpoint.pt")
+    assert manifest.reusable("checkpoint", tmp_path / "checkpoint.pt", "key")
+    digest = hashlib.sha256()
+
+    def seeking(stream):  # a writer that goes back would make the in-order hash another file's
+        stream.write(b"abc")
+        stream.seek(0)
+
+    with pytest.raises(OSError, match="written in order only"):
+        atomic_write(tmp_path / "x.bin", seeking, digest=digest)
+    assert not (tmp_path / "x.bin").exists()
+
+
 def test_cap_keeps_the_most_confident():
     logits = torch.zeros(6, 10)
     logits[:, 5] = torch.tensor([1.0, 6.0, 2.0, 8.0, 3.0, 7.0])

@@ -29,7 +29,7 @@ from torch.utils.data import TensorDataset
 
 from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
-from elta_core.adapters.torch.loop import make_optimizer
+from elta_core.adapters.torch.loop import lr_factor, make_optimizer
 from elta_core.adapters.torch.peers import LDS, RankSim
 from elta_core.app.compare import RemainingTime, summarise
 from elta_core.app.methods import METHODS, uses_self_training
@@ -55,10 +55,11 @@ class DemoConfig:
     test: int = 2000
     image_size: int = 32
     epochs: int = 8
-    round2_epochs: int = 3
+    round2_epochs: int = 8  # round 2 as long as round 1, as elta train's default (10 = --epochs)
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 64
     lr: float = 2e-3
+    lr_schedule: str = "cosine"  # elta train's default from scratch; per round, over its epochs
     num_pairs: float = 0.25
     flsa_weight: float = 1.0
     # RankSim's authors weigh their per-row sum 100 beside an L1 loss in years of age; beside
@@ -71,7 +72,7 @@ class DemoConfig:
 
 
 FULL = DemoConfig()
-QUICK = replace(FULL, train=1200, calibration=400, unlabelled=1200, test=800, epochs=4, round2_epochs=2)
+QUICK = replace(FULL, train=1200, calibration=400, unlabelled=1200, test=800, epochs=4, round2_epochs=4)
 
 
 class SmallCNN(nn.Module):
@@ -131,7 +132,8 @@ def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: 
         optimizer = make_optimizer(torch.optim.AdamW, wrapper.parameters(),
                                    lr=config.lr if round_index == 1 else config.lr / 4)
         fit(wrapper, labelled_loader, optimizer, epochs=epochs, pseudo_loader=pseudo_loader,
-            progress=progress, desc=f"{row} seed {seed} round {round_index}")
+            progress=progress, desc=f"{row} seed {seed} round {round_index}",
+            lr_schedule=lr_factor(config.lr_schedule, epochs))
 
     labelled = _Flipped(*data["train"])
     round1_shared = settings["tfa"] and settings["flsa"] and not peers  # the rows that share ELTA's round 1

@@ -10,8 +10,10 @@ from typing import Any
 # name: (this library's default, the paper's setting)
 RECIPE_ITEMS: dict[str, tuple[Any, Any]] = {
     "optimizer": ("adamw", "adam"),
-    "lr": (1e-4, 1e-5),
-    "lr_schedule": ("constant", "constant"),
+    # from scratch (no --weights): lr 1e-3, cosine, measured (docs/design.md, "Defaults chosen by
+    # measurement"); from --weights the earlier 1e-4, constant (FROM_WEIGHTS: not measurable here)
+    "lr": (1e-3, 1e-5),
+    "lr_schedule": ("cosine", "constant"),
     "batch_size": (32, 48),
     "epochs": (10, 20),
     "image_size": (224, 256),
@@ -25,6 +27,8 @@ RECIPE_ITEMS: dict[str, tuple[Any, Any]] = {
     "round2_epochs": (10, None),  # the paper's: --epochs again; 10: docs/design.md, "Defaults chosen by measurement"
     "round2_resume_optimizer": (False, True),
 }
+# The default recipe's items for a run that starts from --weights (fine-tuning), where they differ.
+FROM_WEIGHTS: dict[str, Any] = {"lr": 1e-4, "lr_schedule": "constant"}
 RECIPES = ("default", "paper")
 PAPER_DESCRIPTION = {
     "resize": "300 (x 300)",
@@ -38,19 +42,22 @@ def recipe_help(name: str, text: str) -> str:
     """``text`` with both defaults, for ``--help``."""
     default, paper = RECIPE_ITEMS[name]
     shown = {None: "8/7 of --image-size"}.get(default, default) if name == "resize" else default
+    if name in FROM_WEIGHTS:
+        shown = f"{shown} from scratch, {FROM_WEIGHTS[name]} with --weights"
     return f"{text} (default: {shown}; --recipe paper: {PAPER_DESCRIPTION.get(name, paper)})"
 
 
 def resolve(config: Any, has_distributions: bool) -> Any:
     """``config`` with every recipe item it left unset (None) filled from ``config.recipe``
     (a :class:`~elta_core.app.config.TrainConfig`, returned anew; the given one is not
-    changed)."""
+    changed). The default recipe takes :data:`FROM_WEIGHTS`'s items for a run that starts
+    from ``--weights``."""
     paper = config.recipe == "paper"
     filled: dict[str, Any] = {}
     for name, (default, paper_value) in RECIPE_ITEMS.items():
         if getattr(config, name, None) is not None:
             continue
-        value = paper_value if paper else default
+        value = paper_value if paper else FROM_WEIGHTS.get(name, default) if config.weights else default
         if paper and name == "head":
             value = "emd-mlp" if has_distributions else "sigmoid"
         if paper and name == "round2_epochs":

@@ -43,7 +43,7 @@ from elta_core.app.models import build_model
 from elta_core.data.labels import LabelTable, load_labels
 from elta_core.io import atomic_write_json, atomic_write_text
 from elta_core.pseudo_labels import pseudo_label_round
-from elta_core.run_state import RunManifest, fingerprint, sha256_of_file
+from elta_core.run_state import RunManifest, StaleStateError, fingerprint, sha256_of_file
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -285,10 +285,8 @@ def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | Non
         _check_epochs_not_fewer(out / CHECKPOINT, settings.epochs)  # before the manifest takes the new setting
     config = run_identity(settings, world_size=world_size)  # the fields that decide reuse, marked in TrainConfig
     before = dict(manifest.data.get("config") or {})
-    may_change = may_change_on_resume(TrainConfig)
-    if settings.lr_schedule != "constant":  # the schedule of the epochs already trained depends on the epochs
-        may_change = tuple(name for name in may_change if name not in ("epochs", "round2_epochs"))
-    for name in manifest.check_config(config, may_change=may_change):
+    _check_schedule_unchanged(settings, before)
+    for name in manifest.check_config(config, may_change=may_change_on_resume(TrainConfig)):
         print(f"resume: {name} changed from {before.get(name)!r} to {config.get(name)!r}")
     inputs = {"labels": _path_fingerprint(settings.labels)}
     for name in ("weights", "val_labels", "test_labels"):
@@ -559,6 +557,21 @@ def _progress(settings: TrainConfig | EvaluateConfig | PseudoLabelConfig) -> boo
 
 
 CHECKPOINT_KEY = "epochs"  # the manifest key of checkpoint.pt: what it holds is resumable training
+
+
+def _check_schedule_unchanged(settings: TrainConfig, recorded: dict) -> None:
+    """Under a schedule other than ``constant``, the epochs already trained followed a
+    schedule set by ``--epochs`` (``--round2-epochs``): a resumed run may not change them."""
+    if settings.lr_schedule == "constant" or recorded.get("lr_schedule") != settings.lr_schedule:
+        return  # a changed schedule itself is refused by the configuration check
+    for name in ("epochs", "round2_epochs"):
+        if name in recorded and recorded[name] != getattr(settings, name):
+            flag = "--" + name.replace("_", "-")
+            raise StaleStateError(
+                f"{name}: the run's {settings.lr_schedule} schedule was set for {recorded[name]} epochs, so it cannot "
+                f"resume with {getattr(settings, name)} ({settings.out}); keep {flag} "
+                f"{recorded[name]}, or train a longer run in a new output directory (--lr-schedule constant runs "
+                "may be extended)")
 
 
 def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Module, data: ImageLabelDataset,

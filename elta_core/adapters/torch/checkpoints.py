@@ -5,6 +5,7 @@ that names the file and what to do."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,21 +18,24 @@ from elta_core.io import atomic_write, atomic_write_json
 from elta_core.run_state import RunManifest, StaleStateError
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`elta_core.io.atomic_write`: never half a file."""
-    return atomic_write(path, lambda stream: torch.save(obj, stream))
+def atomic_save(obj: Any, path: str | os.PathLike, digest: Any = None) -> Path:
+    """``torch.save`` through :func:`elta_core.io.atomic_write`: never half a file;
+    ``digest`` (a ``hashlib`` object) gets the bytes written."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream), digest=digest)
 
 
 def save_and_record(state: Any, path: Path, manifest: RunManifest, stage: str, key: str) -> None:
     """Rank 0 writes ``state`` atomically (JSON for a ``.json`` path, else ``torch.save``);
     every rank records it in ``manifest`` once it is there."""
+    digest = None
     if is_main():
         if path.suffix == ".json":
             atomic_write_json(path, state)
         else:
-            atomic_save(state, path)
+            digest = hashlib.sha256()  # hashed as it is written: a checkpoint is not read back to hash it
+            atomic_save(state, path, digest)
     barrier()
-    manifest.record(stage, path, key)
+    manifest.record(stage, path, key, digest.hexdigest() if digest is not None else None)
 
 
 def load_file(path: str | os.PathLike, map_location: Any = "cpu", *, name: str | None = None,
