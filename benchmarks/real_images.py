@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="elta_real_images")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=30, help="the measured table's length (docs/design.md)")
+    parser.add_argument("--epochs", type=int, default=60, help="the measured table's length (docs/design.md)")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--parallel", type=int, default=2, help="processes, one torch thread each")
     parser.add_argument("--write-only", action="store_true")
