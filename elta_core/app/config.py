@@ -264,7 +264,7 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
                                                        "round 2 too, over its epochs)"), choices=LR_SCHEDULES)
     batch_size: int | None = option(None, recipe_help("batch_size", "images per batch (per process under "
                                                                      "torchrun)"), type=at_least(1))
-    epochs: int | None = option(None, recipe_help("epochs", "training epochs (may change on --resume)"),
+    epochs: int | None = option(None, recipe_help("epochs", "training epochs (may grow on --resume under a constant --lr-schedule)"),
                                 type=at_least(1), on_resume="may_change")
     image_size: int | None = option(None, recipe_help("image_size", "input size in pixels (the training crop)"),
                                     type=at_least(8))
