@@ -43,7 +43,7 @@ def make_optimizer(optimizer_class: type[torch.optim.Optimizer], parameters: Ite
     """``optimizer_class(parameters, **options)`` with its fused kernel where the class has
     one and every parameter allows it (floating point, on a device the kernel supports),
     else its default implementation. The update is the same up to rounding; the fused
-    step of AdamW on resnet18 is 7 times faster on the CPU (``benchmarks/README.md``)."""
+    step of AdamW on resnet18 is about 8 times faster on the CPU (``benchmarks/README.md``)."""
     parameters = list(parameters)
     if "fused" in options or "fused" not in inspect.signature(optimizer_class).parameters:
         return optimizer_class(parameters, **options)
