@@ -391,7 +391,7 @@ class SynthConfig:
 class DemoCommand:
     """``elta demo``."""
 
-    quick: bool = option(False, "a smaller run (about 50 s on 2 idle cores; the full run about 5 minutes)",
+    quick: bool = option(False, "a smaller run (about a minute on 2 idle cores; the full run about 10 minutes)",
                          action="store_true")
     out: str = option("elta_demo", "where table.md, results.json and figure.png go")
     quiet: bool = option(False, "no progress (the results are the same)", action="store_true")
