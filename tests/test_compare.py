@@ -49,7 +49,7 @@ def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_argum
     # another setting for the same runs is refused by name, not reused
     capsys.readouterr()
     assert main([*command, "--lr", "0.01"]) == 2
-    assert "lr: 0.0001 -> 0.01" in capsys.readouterr().err
+    assert "lr: 0.001 -> 0.01" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [
