@@ -205,6 +205,20 @@ def test_flsa_aligns_where_align_at_says(folder_dataset, tmp_path, capsys, monke
     assert seen and set(seen) == {(512, 1, 1)}  # layer4's last BatchNorm at 32 px, before the residual and the ReLU
 
 
+def test_a_run_recorded_before_the_lr_schedule_existed_resumes_as_constant(folder_dataset, tmp_path, capsys):
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    old = ("--lr", "1e-4", "--lr-schedule", "constant")  # what every run did before the option
+    assert _train(labels, images, out, *old, "--epochs", "1") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["config"]["lr_schedule"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert _train(labels, images, out, "--lr", "1e-4", "--epochs", "2", "--resume") == 2  # the new default: cosine
+    assert "another configuration (lr_schedule: 'constant' -> 'cosine')" in capsys.readouterr().err
+    assert _train(labels, images, out, *old, "--epochs", "2", "--resume") == 0
+
+
 def test_run_directory_refuses_stale_state(folder_dataset, tmp_path, capsys):
     labels, images = folder_dataset
     out = tmp_path / "run"

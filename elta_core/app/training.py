@@ -48,6 +48,8 @@ from elta_core.run_state import RunManifest, StaleStateError, fingerprint, sha25
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+# What a run recorded before an option existed did, so that it resumes under that value.
+SETTINGS_BEFORE_RECORDED = {"lr_schedule": "constant"}
 
 
 @dataclass
@@ -284,6 +286,9 @@ def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | Non
     if settings.resume and "checkpoint" in manifest.data["stages"] and (out / CHECKPOINT).is_file():
         _check_epochs_not_fewer(out / CHECKPOINT, settings.epochs)  # before the manifest takes the new setting
     config = run_identity(settings, world_size=world_size)  # the fields that decide reuse, marked in TrainConfig
+    for name, value in SETTINGS_BEFORE_RECORDED.items():  # a run recorded before the option existed
+        if manifest.data.get("config"):
+            manifest.data["config"].setdefault(name, value)
     before = dict(manifest.data.get("config") or {})
     _check_schedule_unchanged(settings, before)
     for name in manifest.check_config(config, may_change=may_change_on_resume(TrainConfig)):
