@@ -58,14 +58,14 @@ def _install(fault: str) -> None:
 
         original = io.atomic_write
 
-        def killing(path, write):
+        def killing(path, write, **options):
             if os.path.basename(str(path)) == value:
                 def half(stream):
                     write(stream)
                     stream.flush()
                     _kill()
-                return original(path, half)
-            return original(path, write)
+                return original(path, half, **options)
+            return original(path, write, **options)
 
         from elta_core.adapters.torch import checkpoints
 
