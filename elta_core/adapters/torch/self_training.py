@@ -20,7 +20,7 @@ from elta_core import apds
 from elta_core.adapters.torch import rng
 from elta_core.adapters.torch.checkpoints import load_file, save_and_record
 from elta_core.adapters.torch.distributed import is_main, on_main
-from elta_core.adapters.torch.loop import (LR_SCHEDULES, Precision, fit, lr_factor, make_optimizer, split_batch,
+from elta_core.adapters.torch.loop import (Precision, check_lr_schedule, fit, lr_factor, make_optimizer, split_batch,
                                           training_loader)
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.adapters.torch.wrapper import ELTAWrapper
@@ -117,9 +117,7 @@ class SelfTraining:
         self.workdir = Path(workdir)
         self.train_fn = train
         self.epochs = epochs
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
-        self.lr_schedule = lr_schedule
+        self.lr_schedule = check_lr_schedule(lr_schedule)
         self.optimizer = optimizer or (lambda parameters: make_optimizer(torch.optim.AdamW, parameters, lr=1e-3))
         self.round2 = check_round2(round2)
         if max_pseudo_labels != "labelled" and max_pseudo_labels is not None and (
