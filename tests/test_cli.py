@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -187,6 +188,58 @@ def test_a_cosine_run_resumes_bit_identically_and_refuses_other_epochs(folder_da
     assert _train(labels, images, tmp_path / "resumed", "--epochs", "4", "--lr-schedule", "cosine", "--resume") == 2
     err = capsys.readouterr().err
     assert "epochs: the run's cosine schedule was set for 3 epochs, so it cannot resume with 4" in err, err
+
+
+def test_checkpoint_every_n_epochs_and_a_crash_after_it_resumes_bit_identically(folder_dataset, tmp_path, capsys,
+                                                                                monkeypatch):
+    """--checkpoint-every 2 writes epochs 2 and 4 (and the last, 5). A run that dies in
+    epoch 4 has metrics.csv rows for epochs 1..3 but a checkpoint of epoch 2: the resumed
+    run trains 3 and 4 again, equals the uninterrupted one, and lists each epoch once."""
+    import csv
+
+    from elta_core.adapters.torch import ELTAWrapper
+    from elta_core.app import training
+
+    labels, images = folder_dataset
+    saved = []
+    save = training.save_and_record
+
+    def recording(state, path, *args, **kwargs):
+        if Path(path).name == "checkpoint.pt":
+            saved.append(state["epoch"])
+        return save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_and_record", recording)
+    every = ("--epochs", "5", "--checkpoint-every", "2")
+    assert _train(labels, images, tmp_path / "straight", *every) == 0
+    assert saved == [2, 4, 5]
+
+    steps, forward = {"n": 0}, ELTAWrapper.forward
+
+    def crashing(self, x, y=None):
+        if y is not None and self.training:
+            steps["n"] += 1
+            if steps["n"] == 3 * 3 + 2:  # 3 steps an epoch (48 training images, batch 16): epoch 4's second
+                raise RuntimeError("injected crash")
+        return forward(self, x, y)
+
+    monkeypatch.setattr(ELTAWrapper, "forward", crashing)
+    saved.clear()
+    assert _train(labels, images, tmp_path / "crashed", *every) == 1
+    assert saved == [2]
+    rows = list(csv.DictReader((tmp_path / "crashed" / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    monkeypatch.setattr(ELTAWrapper, "forward", forward)
+    saved.clear()
+    assert _train(labels, images, tmp_path / "crashed", *every, "--resume") == 0
+    assert saved == [4, 5] and "resuming from" in capsys.readouterr().out
+    straight, resumed = _weights(tmp_path / "straight" / "checkpoint.pt"), _weights(tmp_path / "crashed" / "checkpoint.pt")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    rows = list(csv.DictReader((tmp_path / "crashed" / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "5"]
+    expected = list(csv.DictReader((tmp_path / "straight" / "metrics.csv").open()))
+    assert [row["loss"] for row in rows] == [row["loss"] for row in expected]
 
 
 def test_flsa_aligns_where_align_at_says(folder_dataset, tmp_path, capsys, monkeypatch):

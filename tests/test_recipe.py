@@ -235,8 +235,12 @@ def test_paper_recipe_with_apds_resumes_and_evaluate_reproduces(split_data, tmp_
     assert again["mse"] == pytest.approx(result["mse"], abs=1e-4)
 
 
-def test_select_best_resumed_equals_uninterrupted_and_a_damaged_best_is_refused(split_data, tmp_path, capsys):
-    common = ["train", *_files(split_data), "--backbone", "resnet18", "--recipe", "paper", *SMALL, "--lr", "1e-3"]
+@pytest.mark.parametrize("every", [[], ["--checkpoint-every", "100"]])
+def test_select_best_resumed_equals_uninterrupted_and_a_damaged_best_is_refused(split_data, tmp_path, capsys, every):
+    """With --checkpoint-every too: each new best.pt is checkpointed with it, so the run
+    resumed after epoch 2 knows which epoch best.pt holds."""
+    common = ["train", *_files(split_data), "--backbone", "resnet18", "--recipe", "paper", *SMALL, "--lr", "1e-3",
+              *every]
     assert cli.main([*common, "--out", str(tmp_path / "straight")]) == 0
     assert cli.main([*common, "--out", str(tmp_path / "resumed"), "--stop-after-epoch", "2"]) == 0
     assert cli.main([*common, "--out", str(tmp_path / "resumed"), "--resume"]) == 0

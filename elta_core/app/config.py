@@ -313,6 +313,10 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     out: str = option("elta_runs/train", "the run directory (must be new or empty unless --resume)", identity=False)
     resume: bool = option(False, "continue the run in --out (its settings must match)", action="store_true",
                           identity=False)
+    checkpoint_every: int = option(1, "write checkpoint.pt every N epochs of round 1, and after its last epoch and "
+                                   "each new --select-best epoch: on small data writing it costs more than the "
+                                   "epoch; --resume trains the epochs after it again, to the same result",
+                                   type=at_least(1), metavar="N", identity=False)
     stop_after_epoch: int = option(0, "", type=int, hidden=True, identity=False)
 
     command: ClassVar[str] = "train"

@@ -2,10 +2,10 @@
 
 A torchvision or timm backbone gets a head over the dataset's C rating levels (10, or 9
 for PARA; :mod:`elta_core.app.models`), is trained with TFA / FLSA switched on by flags
-under a recipe (:mod:`elta_core.app.recipe`), checkpointed every epoch (atomically;
-``--resume`` continues), validated every epoch when there is a validation set (the best
-epoch kept as ``best.pt``), and tested with :mod:`elta_core.metrics`. ``--apds`` adds one
-self-training round.
+under a recipe (:mod:`elta_core.app.recipe`), checkpointed every epoch or every
+``--checkpoint-every`` epochs (atomically; ``--resume`` continues), validated every epoch
+when there is a validation set (the best epoch kept as ``best.pt``), and tested with
+:mod:`elta_core.metrics`. ``--apds`` adds one self-training round.
 """
 
 from __future__ import annotations
@@ -583,10 +583,11 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
                   validation: ImageLabelDataset | None, optimizer, config: RunConfig,
                   manifest: RunManifest) -> dict | None:
     """Train (or resume) the epochs of ``model`` (``wrapper.model`` is it, or its DDP
-    wrapper), validating each when there is a validation set and checkpointing each with
-    the optimizer and every random generator's state (each rank's, under DDP), so that a
-    resumed run equals the uninterrupted one. The best epoch (``--select-best``) is saved
-    to ``best.pt`` before ``checkpoint.pt`` names it. Returns the last epoch's state (a
+    wrapper), validating each when there is a validation set. Every ``--checkpoint-every``-th
+    epoch, the last and each new best are checkpointed with the optimizer and every random
+    generator's state (each rank's, under DDP), so that a resumed run, which trains the
+    epochs after the checkpoint again, equals the uninterrupted one. The best epoch
+    (``--select-best``) is saved to ``best.pt`` before ``checkpoint.pt`` names it. Returns the last epoch's state (a
     copy: the state to resume from), None when stopped early. After an APDS round the
     checkpoint holds the round-2 model and, under ``"resume"``, this state."""
     path = manifest.folder / CHECKPOINT
@@ -600,6 +601,7 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
     generators = [wrapper.generator, order]
     key = manifest.stage_key("checkpoint", CHECKPOINT_KEY)
     first_epoch, state, history, best = 0, None, [], None
+    last_epoch = min(settings.epochs, settings.stop_after_epoch or settings.epochs)
     if settings.resume and manifest.reusable("checkpoint", path, key):
         state = load_checkpoint_file(path, device_of(model))
         state = state.get("resume", state)
@@ -612,6 +614,7 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
 
         if ddp.is_main():
             print(f"resuming from {path} after epoch {first_epoch}")
+    saved = first_epoch
     for epoch in range(first_epoch, settings.epochs):
         started = time.perf_counter()
         terms: list[dict[str, float]] = []
@@ -620,11 +623,11 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
                          desc=f"epoch {epoch + 1}/{settings.epochs}", first_epoch=epoch, precision=settings.precision,
                          epoch_terms=terms, lr_schedule=lr_factor(settings.lr_schedule, settings.epochs))
         except FloatingPointError as error:
-            kept = f"the last good checkpoint (epoch {epoch}) is kept at {path}" if epoch else "no checkpoint was written"
+            kept = f"the last good checkpoint (epoch {saved}) is kept at {path}" if saved else "no checkpoint was written"
             raise FloatingPointError(f"{error}; {kept}") from None
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise FloatingPointError(f"epoch {epoch + 1}/{settings.epochs}: the weights became NaN or Inf in the last "
-                                     f"step; the last good checkpoint (epoch {epoch}) is kept at {path}")
+                                     f"step; the last good checkpoint (epoch {saved}) is kept at {path}")
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": losses[-1], **terms[-1]}
         if validation is not None:
             scores = evaluate_model(wrapper, validation, validation.table, settings.batch_size, _progress(settings),
@@ -632,13 +635,17 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
             row.update({f"val_{name}": value for name, value in scores.items() if name not in ("num_images", "tail_images")})
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
+        previous_best = best
         best = _keep_best(settings, row, best, model, optimizer, config, manifest)
-        snapshots = ddp.gather_objects(rng.snapshot(generators))
-        state = {"model": model.state_dict(), "peers": wrapper.peers.state_dict(),
-                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                 "config": config.__dict__, "loss": losses[-1], "rng": snapshots[0], "rng_ranks": snapshots,
-                 "history": history, "best": best}
-        save_and_record(state, path, manifest, "checkpoint", key)
+        # a new best.pt is checkpointed with it: the run it resumes from must name that epoch
+        if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 >= last_epoch or best is not previous_best:
+            snapshots = ddp.gather_objects(rng.snapshot(generators))
+            state = {"model": model.state_dict(), "peers": wrapper.peers.state_dict(),
+                     "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                     "config": config.__dict__, "loss": losses[-1], "rng": snapshots[0], "rng_ranks": snapshots,
+                     "history": history, "best": best}
+            save_and_record(state, path, manifest, "checkpoint", key)
+            saved = epoch + 1
         _write_on_main(atomic_write_text, manifest.folder / "metrics.csv", _csv_text(history))
         if settings.stop_after_epoch and epoch + 1 >= settings.stop_after_epoch:
             if ddp.is_main():
