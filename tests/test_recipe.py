@@ -293,3 +293,11 @@ def test_weights_that_only_partly_fit_or_are_not_weights_are_refused(tmp_path):
     torch.save(state, tmp_path / "r18.pth")
     model, _, skipped = models.build_model("resnet18", 10, "linear", str(tmp_path / "r18.pth"))
     assert skipped == ["fc.bias", "fc.weight"]  # its own ImageNet head: replaced, counted
+
+
+def test_the_cli_offers_exactly_the_schedules_the_loop_runs():
+    """config keeps its own copy (it imports no framework, so ``elta --help`` stays fast)."""
+    from elta_core.adapters.torch import loop
+    from elta_core.app import config
+
+    assert config.LR_SCHEDULES == loop.LR_SCHEDULES
