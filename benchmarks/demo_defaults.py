@@ -1,0 +1,80 @@
+"""The demo's learning rate and length, measured on its own data: baseline and elta
+(TFA + FLSA) of ``elta demo``, trained as the demo trains them, scored on the demo's
+calibration split (1,000 images the demo never tests on; neither method reads it), mean
++- sample std over the seeds. The test split is not touched.
+
+``python -m benchmarks.demo_defaults --lr 1e-3,2e-3,4e-3 --epochs 8,16 [--parallel 2]``
+prints one markdown table (docs/design.md, "Defaults chosen by measurement").
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+
+METHODS = ("baseline", "elta")
+KEYS = (("plcc", "P"), ("mae_low", "L"), ("mae_high", "H"), ("mae", "MAE"))
+
+
+def _scores(job: tuple[str, float, int, int]) -> dict[str, float]:
+    """One method at one (lr, epochs, seed), scored on the calibration split."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from elta_core import metrics
+    from elta_core.app import demo
+
+    torch.set_num_threads(1)
+    method, lr, epochs, seed = job
+    config = replace(demo.FULL, lr=lr, epochs=epochs, seeds=(seed,))
+    sizes = [config.train, config.calibration, config.unlabelled, config.test]
+    dataset = demo.generate(sum(sizes), config.image_size, seed=config.data_seed)
+    bounds = np.cumsum([0] + sizes)
+    parts = {name: demo._tensors(dataset.subset(slice(bounds[k], bounds[k + 1])))
+             for k, name in enumerate(["train", "calibration", "unlabelled", "test"])}
+    parts["test"] = parts["calibration"]  # scored on the calibration split, which these methods never read
+    with tempfile.TemporaryDirectory() as workdir:
+        predicted, _ = demo._train_row(method, seed, parts, config, Path(workdir), progress=False)
+    return metrics.evaluate(predicted, dataset.scores[bounds[1]:bounds[2]])
+
+
+def table(lrs: list[float], lengths: list[int], seeds: list[int], parallel: int) -> str:
+    jobs = [(method, lr, epochs, seed) for lr, epochs in itertools.product(lrs, lengths)
+            for method in METHODS for seed in seeds]
+    with ProcessPoolExecutor(parallel) as pool:
+        results = dict(zip(jobs, pool.map(_scores, jobs)))
+    lines = ["| lr | epochs | method | " + " | ".join(short for _, short in KEYS) + " |",
+             "|---:|---:|---|" + "---:|" * len(KEYS)]
+    for lr, epochs in itertools.product(lrs, lengths):
+        for method in METHODS:
+            rows = [results[(method, lr, epochs, seed)] for seed in seeds]
+            cells = [f"{np.mean([r[k] for r in rows]):.3f} ± {np.std([r[k] for r in rows], ddof=1):.3f}"
+                     for k, _ in KEYS]
+            lines.append(f"| {lr:g} | {epochs} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lr", default="1e-3,2e-3,4e-3")
+    parser.add_argument("--epochs", default="8,16")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=2, help="processes, one torch thread each")
+    args = parser.parse_args(argv)
+    lrs = [float(value) for value in args.lr.split(",")]
+    lengths = [int(value) for value in args.epochs.split(",")]
+    if args.seeds < 2:
+        parser.error(f"--seeds: a standard deviation needs at least 2, got {args.seeds}")
+    print(table(lrs, lengths, list(range(args.seeds)), args.parallel))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
