@@ -33,6 +33,19 @@ def test_the_readme_has_code_blocks():
     assert len(BLOCKS) >= 6 and any(kind == "bash" for kind, _ in BLOCKS)
 
 
+@pytest.mark.parametrize("name", ["README.md", "benchmarks/README.md", "docs/design.md"])
+def test_no_table_is_pasted_into_a_sentence(name):
+    """Outside code blocks, a line with three or more cell separators is a table row and
+    starts with ``|``: a text replacement once pasted a whole table in place of a word."""
+    inside, pasted = False, []
+    for number, line in enumerate((ROOT / name).read_text(encoding="utf-8").splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            inside = not inside
+        elif not inside and not line.lstrip().startswith("|") and line.count(" | ") >= 3:
+            pasted.append(f"{name}:{number}: {line[:80]}")
+    assert not pasted, pasted
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs_as_written(index, tmp_path):
