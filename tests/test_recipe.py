@@ -50,6 +50,7 @@ def test_paper_recipe_with_timm_writes_epochs_best_and_predictions(split_data, t
     assert config["select_best"] == "srcc" and config["eval_transform"] == "resize"
     assert config["head"] == "emd-mlp"  # vote counts: the authors' EMD head
     assert config["num_pairs"] == paper["num_pairs"] == 1  # the authors' one TFA pair per batch
+    assert config["flsa"] == paper["flsa"] == 1.0  # the authors' FLSA weight
     assert (config["image_size"], config["resize"], config["batch_size"], config["epochs"]) == (32, 36, 8, 3)
 
     epochs = _rows(out / "metrics.csv")
@@ -301,3 +302,13 @@ def test_the_cli_offers_exactly_the_schedules_the_loop_runs():
     from elta_core.app import config
 
     assert config.LR_SCHEDULES == loop.LR_SCHEDULES
+
+
+def test_the_default_recipe_weighs_flsa_0_3_and_mixes_one_pair_and_a_flag_overrides_it():
+    from elta_core.app.cli import train_settings
+
+    common = ["--labels", "x.csv", "--format", "ava"]
+    default = recipe.resolve(train_settings(common), has_distributions=True)
+    assert (default.flsa, default.num_pairs) == (0.3, 1)  # docs/design.md, "Defaults chosen by measurement"
+    assert recipe.resolve(train_settings([*common, "--flsa", "0"]), True).flsa == 0.0  # off stays off
+    assert recipe.resolve(train_settings([*common, "--recipe", "paper"]), True).flsa == 1.0

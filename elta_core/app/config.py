@@ -22,7 +22,6 @@ from elta_core.app.recipe import RECIPES, recipe_help
 from elta_core.data.labels import FORMATS
 from elta_core.peer_names import PEER_NAMES
 from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
-from elta_core.step import DEFAULT_FLSA_WEIGHT
 
 OPTIMIZERS = ("adamw", "adam")
 LR_SCHEDULES = ("constant", "cosine")  # elta_core.adapters.torch.loop.LR_SCHEDULES (this module imports no framework)
@@ -248,7 +247,7 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     tfa: bool = option(True, "Tail Feature Augmentation (--no-tfa: off)", action="boolean")
     num_pairs: float | None = option(None, recipe_help("num_pairs", "TFA pairs: a count (>= 1) or a fraction of "
                                                                     "the batch"), type=float)
-    flsa: float = option(DEFAULT_FLSA_WEIGHT, "FLSA weight gamma (0: off)", type=float, metavar="WEIGHT")
+    flsa: float | None = option(None, recipe_help("flsa", "FLSA weight gamma (0: off)"), type=float, metavar="WEIGHT")
     align_at: str | None = option(None, "the layer whose output FLSA aligns (e.g. layer4.1.bn2; default: the head's "
                                   "input, the pooled features, as the paper)", metavar="LAYER")
     flsa_scope: str = option("global", "under torchrun: FLSA on the global batch (gathered from every process, the "

@@ -32,7 +32,7 @@ from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.adapters.torch.loop import lr_factor, make_optimizer
 from elta_core.adapters.torch.peers import LDS, RankSim
 from elta_core.app.compare import RemainingTime, summarise
-from elta_core.app.methods import METHODS, uses_self_training
+from elta_core.app.methods import FLSA_OFF, METHODS, uses_self_training
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
 from elta_core.io import atomic_write_json, atomic_write_text
@@ -123,7 +123,7 @@ def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: 
     peers = [PEER_FACTORIES[name](config, data["train"][1]) for name in settings.get("peers", ())]
     wrapper = ELTAWrapper(
         SmallCNN(), "head", tfa=settings["tfa"], num_pairs=config.num_pairs,
-        flsa_weight=config.flsa_weight * settings["flsa"], seed=seed, peers=peers,
+        flsa_weight=0.0 if settings["flsa"] == FLSA_OFF else config.flsa_weight, seed=seed, peers=peers,
     )
     generator = torch.Generator().manual_seed(seed)
 
@@ -136,7 +136,7 @@ def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: 
             lr_schedule=lr_factor(config.lr_schedule, epochs))
 
     labelled = _Flipped(*data["train"])
-    round1_shared = settings["tfa"] and settings["flsa"] and not peers  # the rows that share ELTA's round 1
+    round1_shared = settings["tfa"] and settings["flsa"] != FLSA_OFF and not peers  # the rows that share ELTA's round 1
     if round1_shared:
         trainer = SelfTraining(
             wrapper, workdir / f"seed{seed}", train=train, betas=config.betas, thresholds=config.thresholds,

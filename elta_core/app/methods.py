@@ -8,11 +8,13 @@ from typing import Any
 
 from elta_core.peer_names import PEER_NAMES
 
-_ELTA = {"tfa": True, "flsa": 1.0}
+# FLSA on at the recipe's weight (None: elta train's recipe fills it), or off (0).
+FLSA_ON, FLSA_OFF = None, 0.0
+_ELTA = {"tfa": True, "flsa": FLSA_ON}
 METHODS: dict[str, dict[str, Any]] = {
-    "baseline": {"tfa": False, "flsa": 0.0},
-    "tfa": {"tfa": True, "flsa": 0.0},
-    "flsa": {"tfa": False, "flsa": 1.0},
+    "baseline": {"tfa": False, "flsa": FLSA_OFF},
+    "tfa": {"tfa": True, "flsa": FLSA_OFF},
+    "flsa": {"tfa": False, "flsa": FLSA_ON},
     "elta": dict(_ELTA),
     "elta+apds": {**_ELTA, "apds": True},
     # APDS ablations: the authors' unsharpened pseudo-labels; no sharpening at all (beta 0:
@@ -23,7 +25,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "elta+apds-whole-pool": {**_ELTA, "apds": True, "thresholds": (1e-9,), "max_pseudo_labels": "none"},
     "elta+round2-control": {**_ELTA, "apds": True, "max_pseudo_labels": 0},
     # The established methods, each alone (elta_core.adapters.torch.peers).
-    **{name: {"tfa": False, "flsa": 0.0, "peers": (name,)} for name in PEER_NAMES},
+    **{name: {"tfa": False, "flsa": FLSA_OFF, "peers": (name,)} for name in PEER_NAMES},
 }
 DEFAULT_METHODS = ("baseline", "tfa", "flsa", "elta")
 # What the methods set, and what compare sets per run: not to be given in the shared arguments.
