@@ -58,7 +58,7 @@ class DemoConfig:
     round2_epochs: int = 8  # round 2 as long as round 1, as elta train's default (10 = --epochs)
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 4e-3  # measured on the calibration split (benchmarks/demo_defaults.py, docs/design.md)
     lr_schedule: str = "cosine"  # elta train's default from scratch; per round, over its epochs
     num_pairs: float = 0.25
     flsa_weight: float = 1.0
