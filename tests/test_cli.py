@@ -384,7 +384,7 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
     assert "(default: 8/7 of --image-size; --recipe paper: 300 (x 300))" in text
     assert "--thresholds" in text and "(default: auto)" in text
     assert "--tfa, --no-tfa Tail Feature Augmentation (--no-tfa: off) (default: True)" in text
-    assert "FLSA weight gamma (0: off) (default: 1.0)" in text
+    assert "FLSA weight gamma (0: off) (default: 0.3; --recipe paper: 1.0)" in text
     version = subprocess.run([sys.executable, "-m", "elta_core", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.strip() == f"elta {__version__}"
 

@@ -90,7 +90,7 @@ def test_every_method_is_a_valid_set_of_train_settings():
         assert made.tfa == settings["tfa"] and set(settings) <= set(SET_PER_RUN), method
     assert base.replace(**METHODS["ranksim"]).peers == ("ranksim",)
     # the settings a method fixes are what its flags set on the command line
-    flags = ["--labels", "x.csv", "--format", "ava", "--tfa", "--flsa", "1", "--apds", "--thresholds", "1e-9",
+    flags = ["--labels", "x.csv", "--format", "ava", "--tfa", "--apds", "--thresholds", "1e-9",  # FLSA: the recipe's
              "--max-pseudo-labels", "none"]
     assert train_settings(flags) == base.replace(**METHODS["elta+apds-whole-pool"])
 
