@@ -420,6 +420,40 @@ def test_a_finished_apds_run_resumes_with_more_epochs_like_the_longer_run(folder
     assert torch.load(tmp_path / "grown" / "checkpoint.pt", weights_only=True)["round"] == 2
 
 
+@pytest.mark.parametrize("resume_optimizer", ["--no-round2-resume-optimizer", "--round2-resume-optimizer"])
+def test_round2_lr_sets_round_2s_rate_and_a_resume_with_another_retrains_round_2_only(folder_dataset, tmp_path, capsys,
+                                                                                      monkeypatch, resume_optimizer):
+    from elta_core.adapters.torch import self_training
+
+    labels, images = folder_dataset
+    apds = ["--epochs", "1", "--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2",
+            "--round2-epochs", "1", "--lr-schedule", "constant", resume_optimizer]
+    rates = []
+    fit = self_training.fit
+
+    def recording(wrapper, loader, optimizer, *args, **kwargs):
+        losses = fit(wrapper, loader, optimizer, *args, **kwargs)
+        rates.append({group["lr"] for group in optimizer.param_groups})  # after: the schedule sets it from its base
+        return losses
+
+    monkeypatch.setattr(self_training, "fit", recording)  # round 2's fit (round 1's is elta train's own)
+    assert _train(labels, images, tmp_path / "run", *apds, "--round2-lr", "2e-5") == 0, capsys.readouterr().err
+    assert rates == [{2e-5}]
+    rates.clear()
+    assert _train(labels, images, tmp_path / "other", *apds, "--round2-lr", "7e-5") == 0
+    other = _weights(tmp_path / "other" / "checkpoint.pt")
+    rates.clear()
+    assert _train(labels, images, tmp_path / "run", *apds, "--round2-lr", "7e-5", "--resume") == 0
+    assert rates == [{7e-5}], "round 2 trained again at the new rate"
+    resumed = _weights(tmp_path / "run" / "checkpoint.pt")
+    for name in other:
+        assert torch.equal(other[name], resumed[name]), f"{name}: not the run trained at 7e-5 from the start"
+    capsys.readouterr()
+    for bad in ("0", "-1e-3", "nan"):
+        assert _train(labels, images, tmp_path / f"bad{bad}", *apds, f"--round2-lr={bad}") == 2
+        assert f"round2_lr: expected a finite learning rate > 0, got {float(bad)}" in capsys.readouterr().err
+
+
 def test_peers_resume_with_their_state(folder_dataset, tmp_path, capsys):
     """FDS's running statistics and Balanced MSE's noise scale are part of the checkpoint:
     a run stopped after epoch 1 and resumed equals the uninterrupted one, and another

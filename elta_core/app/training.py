@@ -35,7 +35,7 @@ from elta_core.adapters.torch import peers, rng
 from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms, image_files
 from elta_core.adapters.torch.modules import device_of, find_module
 from elta_core.adapters.torch.checkpoints import load_file, save_and_record
-from elta_core.adapters.torch.loop import lr_factor, make_optimizer, training_loader
+from elta_core.adapters.torch.loop import BASE_LR, lr_factor, make_optimizer, training_loader
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.app import recipe
 from elta_core.app.config import EvaluateConfig, PseudoLabelConfig, TrainConfig, may_change_on_resume, run_identity
@@ -390,6 +390,8 @@ def _check_splits(table: LabelTable, splits: DataSplits) -> None:
 def _check_train_args(settings: TrainConfig) -> None:
     if settings.lr is None or not (math.isfinite(settings.lr) and settings.lr > 0):
         raise ValueError(f"lr: expected a finite learning rate > 0, got {settings.lr}")
+    if settings.round2_lr is not None and not (math.isfinite(settings.round2_lr) and settings.round2_lr > 0):
+        raise ValueError(f"round2_lr: expected a finite learning rate > 0, got {settings.round2_lr}")
     if settings.head == "sigmoid" and settings.apds:
         raise ValueError("apds: needs a distribution head (--head linear or emd-mlp); --head sigmoid predicts one "
                          "score per image, which APDS cannot sharpen")
@@ -701,12 +703,16 @@ def _round2_optimizer(settings: TrainConfig, round1: dict):
     the authors resume), else a fresh one at a quarter of the learning rate."""
     optimizer_class = OPTIMIZERS[settings.optimizer]
     if not settings.round2_resume_optimizer:
-        return lambda parameters: make_optimizer(optimizer_class, parameters, lr=settings.lr / 4)
+        lr = settings.lr / 4 if settings.round2_lr is None else settings.round2_lr
+        return lambda parameters: make_optimizer(optimizer_class, parameters, lr=lr)
     saved = round1.get("round2_optimizer") or round1["optimizer"]
 
     def resumed(parameters):
         optimizer = make_optimizer(optimizer_class, parameters, lr=settings.lr)
         optimizer.load_state_dict(copy.deepcopy(saved))
+        if settings.round2_lr is not None:  # load_state_dict brought round 1's rate (and schedule base) back
+            for group in optimizer.param_groups:
+                group["lr"] = group[BASE_LR] = settings.round2_lr
         return optimizer
 
     return resumed
@@ -727,7 +733,9 @@ def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: tor
         optimizer=_round2_optimizer(settings, round1), batch_size=settings.batch_size, progress=_progress(settings),
         precision=settings.precision, lr_schedule=settings.lr_schedule, loader_kwargs=loader_options(settings.workers, device_of(model), settings.threads),
         tag={"lr": settings.lr, "optimizer": settings.optimizer, "resume_optimizer": settings.round2_resume_optimizer,
-             "select_best": settings.select_best},
+             "select_best": settings.select_best,
+             # only when given, so that the rounds trained before the option existed stay current
+             **({"round2_lr": settings.round2_lr} if settings.round2_lr is not None else {})},
     )
     calibration, calibrated_on = calibration
     if settings.calibration:
