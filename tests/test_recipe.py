@@ -202,7 +202,7 @@ def test_round2_resumes_a_copy_of_the_optimizer_state():
     before = saved["state"][0]["exp_avg"].clone()
 
     class Args:
-        optimizer, lr, round2_resume_optimizer = "adam", 0.1, True
+        optimizer, lr, round2_resume_optimizer, round2_lr = "adam", 0.1, True, None
 
     resumed = _round2_optimizer(Args, {"optimizer": saved})([parameter])
     assert resumed.state_dict()["state"][0]["step"] == 1
