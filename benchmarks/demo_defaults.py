@@ -35,15 +35,11 @@ def _scores(job: tuple[str, float, int, int, dict]) -> dict[str, float]:
     torch.set_num_threads(1)
     method, lr, epochs, seed, settings = job
     config = replace(demo.FULL, lr=lr, epochs=epochs, seeds=(seed,), **settings)
-    sizes = [config.train, config.calibration, config.unlabelled, config.test]
-    dataset = demo.generate(sum(sizes), config.image_size, seed=config.data_seed)
-    bounds = np.cumsum([0] + sizes)
-    parts = {name: demo._tensors(dataset.subset(slice(bounds[k], bounds[k + 1])))
-             for k, name in enumerate(["train", "calibration", "unlabelled", "test"])}
+    parts, scores = demo.demo_splits(config)
     parts["test"] = parts["calibration"]  # scored on the calibration split, which these methods never read
     with tempfile.TemporaryDirectory() as workdir:
         predicted, _ = demo._train_row(method, seed, parts, config, Path(workdir), progress=False)
-    return metrics.evaluate(predicted, dataset.scores[bounds[1]:bounds[2]])
+    return metrics.evaluate(predicted, scores["calibration"])
 
 
 def table(lrs: list[float], lengths: list[int], seeds: list[int], parallel: int, methods=METHODS,

@@ -199,16 +199,23 @@ def run_demo(config: DemoConfig = FULL, out_dir: str | Path = "elta_demo", progr
         torch.set_num_threads(before)
 
 
-def _run_demo(config: DemoConfig, out: Path, progress: bool) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+def demo_splits(config: DemoConfig) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, np.ndarray]]:
+    """The demo's seeded dataset cut into its train, calibration, unlabelled and test
+    splits: each split's (images, distributions) tensors, and each split's true scores."""
     sizes = [config.train, config.calibration, config.unlabelled, config.test]
     dataset = generate(sum(sizes), config.image_size, seed=config.data_seed)
     bounds = np.cumsum([0] + sizes)
-    parts = {name: _tensors(dataset.subset(slice(bounds[k], bounds[k + 1])))
-             for k, name in enumerate(["train", "calibration", "unlabelled", "test"])}
-    test_scores = dataset.scores[bounds[3]:]
-    train_scores = dataset.scores[: bounds[1]]
+    names = ["train", "calibration", "unlabelled", "test"]
+    parts = {name: _tensors(dataset.subset(slice(bounds[k], bounds[k + 1]))) for k, name in enumerate(names)}
+    scores = {name: dataset.scores[bounds[k]:bounds[k + 1]] for k, name in enumerate(names)}
+    return parts, scores
+
+
+def _run_demo(config: DemoConfig, out: Path, progress: bool) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    parts, scores = demo_splits(config)
+    test_scores, train_scores = scores["test"], scores["train"]
 
     results: dict[str, list[dict]] = {row: [] for row in ROWS}
     grids, predictions = [], {row: [] for row in ROWS}
