@@ -229,9 +229,10 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str, str, str]] = {
     "train": (config.TrainConfig, _train, "train a torchvision or timm backbone with TFA / FLSA / APDS",
               "Trains a torchvision or timm model with a distribution (or score) head on a label file and\n"
               "its images, with TFA and FLSA on by default (--no-tfa --flsa 0 for the baseline),\n"
-              "checkpointing every epoch (--checkpoint-every) into --out (resumable with --resume), validating every epoch when\n"
-              "there is a validation set, then evaluating on the test set (metrics.json, metrics.csv,\n"
-              "predictions.csv). --recipe paper sets the authors' training recipe; any flag overrides it.",
+              "checkpointing every epoch (--checkpoint-every) into --out (resumable with --resume),\n"
+              "validating every epoch when there is a validation set, then evaluating on the test set\n"
+              "(metrics.json, metrics.csv, predictions.csv). --recipe paper sets the authors' training\n"
+              "recipe; any flag overrides it.",
               "elta train --labels data/labels.csv --format ava --images data/images --out runs/r18"),
     "evaluate": (config.EvaluateConfig, _evaluate, "P, S, accuracy, L, M, H of a checkpoint",
                  "Evaluates a checkpoint written by elta train on a label file (or one split of it).",

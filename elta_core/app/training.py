@@ -589,9 +589,10 @@ def _train_epochs(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.M
     epoch, the last and each new best are checkpointed with the optimizer and every random
     generator's state (each rank's, under DDP), so that a resumed run, which trains the
     epochs after the checkpoint again, equals the uninterrupted one. The best epoch
-    (``--select-best``) is saved to ``best.pt`` before ``checkpoint.pt`` names it. Returns the last epoch's state (a
-    copy: the state to resume from), None when stopped early. After an APDS round the
-    checkpoint holds the round-2 model and, under ``"resume"``, this state."""
+    (``--select-best``) is saved to ``best.pt`` before ``checkpoint.pt`` names it. Returns
+    the last epoch's state (a copy: the state to resume from), None when stopped early.
+    After an APDS round the checkpoint holds the round-2 model and, under ``"resume"``,
+    this state."""
     path = manifest.folder / CHECKPOINT
     if len(data) < 2 * ddp.world_size():
         per_process = f" (2 per process, {ddp.world_size()} processes)" if ddp.is_distributed() else ""
