@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 from elta_core import apds
-from elta_core.app.recipe import RECIPES, recipe_help
+from elta_core.app.recipe import RECIPES, ROUND2_LR_DIVISOR, recipe_help
 from elta_core.data.labels import FORMATS
 from elta_core.peer_names import PEER_NAMES
 from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
@@ -299,12 +299,13 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
                                           "confident first: labelled (as many as labelled images), none (no cap) "
                                           "or a count; 0 is the control run: round 2 without pseudo-labels",
                                           type=max_pseudo_labels)
-    round2_lr: float | None = option(None, "learning rate of the APDS round (default: --lr / 4 for a fresh "
+    round2_lr: float | None = option(None, "learning rate of the APDS round (default: --lr / "
+                                     f"{ROUND2_LR_DIVISOR:g} for a fresh "
                                      "optimizer, --lr with --round2-resume-optimizer); --resume may change it, and "
                                      "trains round 2 again from round 1", type=float, on_resume="may_change")
     round2_resume_optimizer: bool | None = option(None, recipe_help(
         "round2_resume_optimizer", "round 2 continues round 1's optimizer and its state at --lr (off: a fresh "
-        "optimizer at --lr / 4)"), action="boolean")
+        f"optimizer at --lr / {ROUND2_LR_DIVISOR:g})"), action="boolean")
     precision: str = option("fp32", "training forward under autocast (fp16 with a gradient scaler); evaluation "
                             "stays fp32", choices=("fp32", "bf16", "fp16"))
     channels_last: bool = option(False, "channels-last memory format (faster convolutions on recent GPUs)",

@@ -31,6 +31,9 @@ RECIPE_ITEMS: dict[str, tuple[Any, Any]] = {
     "round2_epochs": (10, None),  # the paper's: --epochs again; 10: docs/design.md, "Defaults chosen by measurement"
     "round2_resume_optimizer": (False, True),
 }
+# Round 2's learning rate with a fresh optimizer (no --round2-resume-optimizer, no --round2-lr):
+# round 1's divided by this, in elta train and in elta demo (docs/design.md, "Round 2's rate").
+ROUND2_LR_DIVISOR = 4
 # The default recipe's items for a run that starts from --weights (fine-tuning), where they differ.
 FROM_WEIGHTS: dict[str, Any] = {"lr": 1e-4, "lr_schedule": "constant"}
 RECIPES = ("default", "paper")

@@ -701,10 +701,11 @@ def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
 
 def _round2_optimizer(settings: TrainConfig, round1: dict):
     """Round 2's optimizer: round 1's, state included (``--round2-resume-optimizer``, as
-    the authors resume), else a fresh one at a quarter of the learning rate."""
+    the authors resume), else a fresh one at ``--round2-lr`` (default: the learning rate
+    over :data:`~elta_core.app.recipe.ROUND2_LR_DIVISOR`)."""
     optimizer_class = OPTIMIZERS[settings.optimizer]
     if not settings.round2_resume_optimizer:
-        lr = settings.lr / 4 if settings.round2_lr is None else settings.round2_lr
+        lr = settings.lr / recipe.ROUND2_LR_DIVISOR if settings.round2_lr is None else settings.round2_lr
         return lambda parameters: make_optimizer(optimizer_class, parameters, lr=lr)
     saved = round1.get("round2_optimizer") or round1["optimizer"]
 
