@@ -55,10 +55,10 @@ def _scores(job: tuple[str, float, int, float, int, dict]) -> dict[str, float]:
 def table(lrs: list[float], lengths: list[int], seeds: list[int], parallel: int, methods=METHODS,
           settings: dict | None = None, divisors: list[float] | None = None) -> str:
     """``settings``: :class:`~elta_core.app.demo.DemoConfig` fields other than the demo's;
-    ``divisors``: round 2's learning rates as lr / divisor (default: the demo's)."""
-    from elta_core.app.recipe import ROUND2_LR_DIVISOR
+    ``divisors``: round 2's learning rates as lr / divisor (default: the demo's ratio)."""
+    from elta_core.app.demo import FULL
 
-    settings, divisors = settings or {}, divisors or [ROUND2_LR_DIVISOR]
+    settings, divisors = settings or {}, divisors or [FULL.lr / FULL.round2_lr]
     grid = list(itertools.product(lrs, lengths, divisors))
     jobs = [(method, *point, seed, settings) for point in grid for method in methods for seed in seeds]
     with ProcessPoolExecutor(parallel) as pool:

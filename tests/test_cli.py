@@ -454,6 +454,36 @@ def test_round2_lr_sets_round_2s_rate_and_a_resume_with_another_retrains_round_2
         assert f"round2_lr: expected a finite learning rate > 0, got {float(bad)}" in capsys.readouterr().err
 
 
+def test_a_round_2_trained_under_another_default_rate_is_trained_again_on_resume(folder_dataset, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """Round 2's default rate is the learning rate over recipe.ROUND2_LR_DIVISOR. A run
+    whose round 2 was trained under another divisor (the old default, 4) is not current
+    when resumed under the new one: round 2 is trained again, at the new rate."""
+    from elta_core.adapters.torch import self_training
+    from elta_core.app import recipe
+
+    labels, images = folder_dataset
+    apds = ["--epochs", "1", "--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2",
+            "--round2-epochs", "1", "--lr-schedule", "constant", "--lr", "1e-3"]
+    rates = []
+    fit = self_training.fit
+
+    def recording(wrapper, loader, optimizer, *args, **kwargs):
+        rates.append(tuple({group["lr"] for group in optimizer.param_groups}))
+        return fit(wrapper, loader, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(self_training, "fit", recording)
+    monkeypatch.setattr(recipe, "ROUND2_LR_DIVISOR", 4)
+    assert _train(labels, images, tmp_path / "run", *apds) == 0, capsys.readouterr().err
+    assert rates == [pytest.approx((1e-3 / 4,))]
+    rates.clear()
+    assert _train(labels, images, tmp_path / "run", *apds, "--resume") == 0
+    assert rates == [], "the same default: round 2 reused"
+    monkeypatch.setattr(recipe, "ROUND2_LR_DIVISOR", 40)
+    assert _train(labels, images, tmp_path / "run", *apds, "--resume") == 0
+    assert rates == [pytest.approx((1e-3 / 40,))], "round 2 trained again at the new default"
+
+
 def test_peers_resume_with_their_state(folder_dataset, tmp_path, capsys):
     """FDS's running statistics and Balanced MSE's noise scale are part of the checkpoint:
     a run stopped after epoch 1 and resumed equals the uninterrupted one, and another

@@ -211,7 +211,8 @@ def test_round2_resumes_a_copy_of_the_optimizer_state():
     assert torch.equal(saved["state"][0]["exp_avg"], before)  # the saved round-1 state is untouched
     Args.round2_resume_optimizer = False
     fresh = _round2_optimizer(Args, {"optimizer": saved})([parameter])
-    assert not fresh.state_dict()["state"] and fresh.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert not fresh.state_dict()["state"]
+    assert fresh.param_groups[0]["lr"] == pytest.approx(0.1 / recipe.ROUND2_LR_DIVISOR)
 
 
 def test_paper_recipe_with_apds_resumes_and_evaluate_reproduces(split_data, tmp_path, capsys):

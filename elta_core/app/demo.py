@@ -33,7 +33,6 @@ from elta_core.adapters.torch.loop import lr_factor, make_optimizer
 from elta_core.adapters.torch.peers import LDS, RankSim
 from elta_core.app.compare import RemainingTime, summarise
 from elta_core.app.methods import FLSA_OFF, METHODS, uses_self_training
-from elta_core.app.recipe import ROUND2_LR_DIVISOR
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
 from elta_core.io import atomic_write_json, atomic_write_text
@@ -61,7 +60,9 @@ class DemoConfig:
     batch_size: int = 64
     lr: float = 4e-3  # measured on the calibration split (benchmarks/demo_defaults.py, docs/design.md)
     lr_schedule: str = "cosine"  # elta train's default from scratch; per round, over its epochs
-    round2_lr: float | None = None  # None: lr / ROUND2_LR_DIVISOR, as elta train's fresh round-2 optimizer
+    # lr / 4 after 8 epochs of round 1, better here than lr / 12 and lr / 40 (elta train's default
+    # after a converged round 1); docs/design.md, "Round 2's rate"
+    round2_lr: float = 1e-3
     num_pairs: float = 0.25
     flsa_weight: float = 1.0
     # RankSim's authors weigh their per-row sum 100 beside an L1 loss in years of age; beside
@@ -118,11 +119,6 @@ def _predicted_scores(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     return apds.predicted_scores(logits).numpy()
 
 
-def round2_lr(config: DemoConfig) -> float:
-    """The learning rate of the demo's round 2 (the APDS round and its control)."""
-    return config.lr / ROUND2_LR_DIVISOR if config.round2_lr is None else config.round2_lr
-
-
 def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: Path, progress: bool):
     """Train one method's row; for the APDS rows the +TFA+FLSA round 1 is resumed from disk."""
     torch.manual_seed(seed)
@@ -137,7 +133,7 @@ def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: 
     def train(wrapper, labelled_loader, pseudo_loader, round_index):
         epochs = config.epochs if round_index == 1 else config.round2_epochs
         optimizer = make_optimizer(torch.optim.AdamW, wrapper.parameters(),
-                                   lr=config.lr if round_index == 1 else round2_lr(config))
+                                   lr=config.lr if round_index == 1 else config.round2_lr)
         fit(wrapper, labelled_loader, optimizer, epochs=epochs, pseudo_loader=pseudo_loader,
             progress=progress, desc=f"{row} seed {seed} round {round_index}",
             lr_schedule=lr_factor(config.lr_schedule, epochs))

@@ -32,8 +32,8 @@ RECIPE_ITEMS: dict[str, tuple[Any, Any]] = {
     "round2_resume_optimizer": (False, True),
 }
 # Round 2's learning rate with a fresh optimizer (no --round2-resume-optimizer, no --round2-lr):
-# round 1's divided by this, in elta train and in elta demo (docs/design.md, "Round 2's rate").
-ROUND2_LR_DIVISOR = 4
+# round 1's divided by this. 40 after a converged round 1; was 4 (docs/design.md, "Round 2's rate").
+ROUND2_LR_DIVISOR = 40
 # The default recipe's items for a run that starts from --weights (fine-tuning), where they differ.
 FROM_WEIGHTS: dict[str, Any] = {"lr": 1e-4, "lr_schedule": "constant"}
 RECIPES = ("default", "paper")

@@ -699,14 +699,21 @@ def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
     return state
 
 
+def round2_lr(settings: TrainConfig) -> float:
+    """Round 2's learning rate: ``--round2-lr``; else round 1's with
+    ``--round2-resume-optimizer``, or round 1's over
+    :data:`~elta_core.app.recipe.ROUND2_LR_DIVISOR` for a fresh optimizer."""
+    if settings.round2_lr is not None:
+        return settings.round2_lr
+    return settings.lr if settings.round2_resume_optimizer else settings.lr / recipe.ROUND2_LR_DIVISOR
+
+
 def _round2_optimizer(settings: TrainConfig, round1: dict):
-    """Round 2's optimizer: round 1's, state included (``--round2-resume-optimizer``, as
-    the authors resume), else a fresh one at ``--round2-lr`` (default: the learning rate
-    over :data:`~elta_core.app.recipe.ROUND2_LR_DIVISOR`)."""
+    """Round 2's optimizer at :func:`round2_lr`: round 1's, state included
+    (``--round2-resume-optimizer``, as the authors resume), else a fresh one."""
     optimizer_class = OPTIMIZERS[settings.optimizer]
     if not settings.round2_resume_optimizer:
-        lr = settings.lr / recipe.ROUND2_LR_DIVISOR if settings.round2_lr is None else settings.round2_lr
-        return lambda parameters: make_optimizer(optimizer_class, parameters, lr=lr)
+        return lambda parameters: make_optimizer(optimizer_class, parameters, lr=round2_lr(settings))
     saved = round1.get("round2_optimizer") or round1["optimizer"]
 
     def resumed(parameters):
@@ -734,10 +741,9 @@ def _self_training_round(settings: TrainConfig, wrapper: ELTAWrapper, model: tor
         max_pseudo_labels=None if settings.max_pseudo_labels == "none" else settings.max_pseudo_labels,
         optimizer=_round2_optimizer(settings, round1), batch_size=settings.batch_size, progress=_progress(settings),
         precision=settings.precision, lr_schedule=settings.lr_schedule, loader_kwargs=loader_options(settings.workers, device_of(model), settings.threads),
+        # the resolved rate: a round 2 trained under another default is not reused
         tag={"lr": settings.lr, "optimizer": settings.optimizer, "resume_optimizer": settings.round2_resume_optimizer,
-             "select_best": settings.select_best,
-             # only when given, so that the rounds trained before the option existed stay current
-             **({"round2_lr": settings.round2_lr} if settings.round2_lr is not None else {})},
+             "select_best": settings.select_best, "round2_lr": round2_lr(settings)},
     )
     calibration, calibrated_on = calibration
     if settings.calibration:
