@@ -299,10 +299,10 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
                                           "confident first: labelled (as many as labelled images), none (no cap) "
                                           "or a count; 0 is the control run: round 2 without pseudo-labels",
                                           type=max_pseudo_labels)
-    round2_lr: float | None = option(None, "learning rate of the APDS round (default: --lr / "
-                                     f"{ROUND2_LR_DIVISOR:g} for a fresh "
-                                     "optimizer, --lr with --round2-resume-optimizer); --resume may change it, and "
-                                     "trains round 2 again from round 1", type=float, on_resume="may_change")
+    round2_lr: float | None = option(None, f"learning rate of the APDS round (default: --lr / {ROUND2_LR_DIVISOR:g} "
+                                     "for a fresh optimizer, --lr with --round2-resume-optimizer); --resume may "
+                                     "change it, and trains round 2 again from round 1", type=float,
+                                     on_resume="may_change")
     round2_resume_optimizer: bool | None = option(None, recipe_help(
         "round2_resume_optimizer", "round 2 continues round 1's optimizer and its state at --lr (off: a fresh "
         f"optimizer at --lr / {ROUND2_LR_DIVISOR:g})"), action="boolean")
