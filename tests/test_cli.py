@@ -420,23 +420,34 @@ def test_a_finished_apds_run_resumes_with_more_epochs_like_the_longer_run(folder
     assert torch.load(tmp_path / "grown" / "checkpoint.pt", weights_only=True)["round"] == 2
 
 
-@pytest.mark.parametrize("resume_optimizer", ["--no-round2-resume-optimizer", "--round2-resume-optimizer"])
-def test_round2_lr_sets_round_2s_rate_and_a_resume_with_another_retrains_round_2_only(folder_dataset, tmp_path, capsys,
-                                                                                      monkeypatch, resume_optimizer):
+def _round2_run(images, *extra) -> list[str]:
+    """``elta train`` arguments for one epoch of round 1 and one of round 2, at a constant rate."""
+    return ["--epochs", "1", "--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2",
+            "--round2-epochs", "1", "--lr-schedule", "constant", *extra]
+
+
+def _record_round2_rates(monkeypatch) -> list[set[float]]:
+    """The learning rates of each round-2 fit from now on, read after it (the schedule sets
+    them from its base); round 1's fit is elta train's own and is not recorded."""
     from elta_core.adapters.torch import self_training
 
-    labels, images = folder_dataset
-    apds = ["--epochs", "1", "--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2",
-            "--round2-epochs", "1", "--lr-schedule", "constant", resume_optimizer]
-    rates = []
-    fit = self_training.fit
+    rates, fit = [], self_training.fit
 
     def recording(wrapper, loader, optimizer, *args, **kwargs):
         losses = fit(wrapper, loader, optimizer, *args, **kwargs)
-        rates.append({group["lr"] for group in optimizer.param_groups})  # after: the schedule sets it from its base
+        rates.append({group["lr"] for group in optimizer.param_groups})
         return losses
 
-    monkeypatch.setattr(self_training, "fit", recording)  # round 2's fit (round 1's is elta train's own)
+    monkeypatch.setattr(self_training, "fit", recording)
+    return rates
+
+
+@pytest.mark.parametrize("resume_optimizer", ["--no-round2-resume-optimizer", "--round2-resume-optimizer"])
+def test_round2_lr_sets_round_2s_rate_and_a_resume_with_another_retrains_round_2_only(folder_dataset, tmp_path, capsys,
+                                                                                      monkeypatch, resume_optimizer):
+    labels, images = folder_dataset
+    apds = _round2_run(images, resume_optimizer)
+    rates = _record_round2_rates(monkeypatch)
     assert _train(labels, images, tmp_path / "run", *apds, "--round2-lr", "2e-5") == 0, capsys.readouterr().err
     assert rates == [{2e-5}]
     rates.clear()
@@ -459,29 +470,20 @@ def test_a_round_2_trained_under_another_default_rate_is_trained_again_on_resume
     """Round 2's default rate is the learning rate over recipe.ROUND2_LR_DIVISOR. A run
     whose round 2 was trained under another divisor (the old default, 4) is not current
     when resumed under the new one: round 2 is trained again, at the new rate."""
-    from elta_core.adapters.torch import self_training
     from elta_core.app import recipe
 
     labels, images = folder_dataset
-    apds = ["--epochs", "1", "--apds", "--unlabelled", str(images), "--thresholds", "0.05,0.1", "--min-selected", "2",
-            "--round2-epochs", "1", "--lr-schedule", "constant", "--lr", "1e-3"]
-    rates = []
-    fit = self_training.fit
-
-    def recording(wrapper, loader, optimizer, *args, **kwargs):
-        rates.append(tuple({group["lr"] for group in optimizer.param_groups}))
-        return fit(wrapper, loader, optimizer, *args, **kwargs)
-
-    monkeypatch.setattr(self_training, "fit", recording)
+    apds = _round2_run(images, "--lr", "1e-3")
+    rates = _record_round2_rates(monkeypatch)
     monkeypatch.setattr(recipe, "ROUND2_LR_DIVISOR", 4)
     assert _train(labels, images, tmp_path / "run", *apds) == 0, capsys.readouterr().err
-    assert rates == [pytest.approx((1e-3 / 4,))]
+    assert rates == [{1e-3 / 4}]
     rates.clear()
     assert _train(labels, images, tmp_path / "run", *apds, "--resume") == 0
     assert rates == [], "the same default: round 2 reused"
     monkeypatch.setattr(recipe, "ROUND2_LR_DIVISOR", 40)
     assert _train(labels, images, tmp_path / "run", *apds, "--resume") == 0
-    assert rates == [pytest.approx((1e-3 / 40,))], "round 2 trained again at the new default"
+    assert rates == [{1e-3 / 40}], "round 2 trained again at the new default"
 
 
 def test_peers_resume_with_their_state(folder_dataset, tmp_path, capsys):
