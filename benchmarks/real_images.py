@@ -11,15 +11,18 @@ scale, few at its ends), seeded, and disjoint:
 - ``test.csv``: tail-heavy, 30 per score, so the 20 % tails L and H hold 60 images each.
 
 ``python -m benchmarks.real_images --out DIR`` writes the data and runs ``elta compare``
-on it, two runs at a time on two cores (each with one torch thread), then writes the
-table (``DIR/compare.md``, ``.json``, ``.png``). ``--write-only`` writes the data alone.
+on it: each (method, seed) run in a pool of two processes on two cores (one torch thread
+each), the runs that train round 1 first, each APDS run from its seed's ``elta`` round 1
+(``--round1-from``) once that is done; each run is evaluated on the validation split in
+its process. Then it writes the tables (``DIR/compare/compare.md``, ``.json``, ``.png``,
+``validation.md``). A killed benchmark resumes run by run. ``--write-only`` writes the
+data alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -99,9 +102,9 @@ def _read_json(path: Path):
         return None
 
 
-def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
-    """Each run's final checkpoint on ``val.csv``, mean +- sample std over the seeds: the
-    numbers settings are chosen on (the test split is only reported)."""
+def validate_run(out: Path, method: str, seed: int) -> dict:
+    """The run's final checkpoint on ``val.csv`` (``elta evaluate``, kept beside the run and
+    done again only for another checkpoint)."""
     import contextlib
     import io
     import json
@@ -110,27 +113,77 @@ def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
     from elta_core.io import atomic_write_json
     from elta_core.run_state import sha256_of_file
 
-    data, keys = out / "data", (("plcc", "P"), ("mae_low", "L"), ("mae_high", "H"), ("mae", "MAE"))
+    data, run = out / "data", out / "compare" / "runs" / method / f"seed{seed}"
+    target, checkpoint = run / "validation", run / "checkpoint.pt"
+    source = {"checkpoint_sha256": sha256_of_file(checkpoint)}  # a run resumed for more epochs is evaluated anew
+    if not (target / "evaluation.json").exists() or _read_json(target / "source.json") != source:
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(["evaluate", "--checkpoint", str(checkpoint), "--labels", str(data / "val.csv"),
+                             "--format", "ava", "--images", str(data / "images"), "--out", str(target),
+                             "--quiet", "--threads", "1"])
+        if code:
+            raise RuntimeError(f"elta evaluate failed on {checkpoint} (exit {code})")
+        atomic_write_json(target / "source.json", source)
+    return json.loads((target / "evaluation.json").read_text())
+
+
+def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
+    """Each run's final checkpoint on ``val.csv``, mean +- sample std over the seeds: the
+    numbers settings are chosen on (the test split is only reported)."""
+    keys = (("plcc", "P"), ("mae_low", "L"), ("mae_high", "H"), ("mae", "MAE"))
     lines = ["| method (validation split) | " + " | ".join(short for _, short in keys) + " |",
              "|---|" + "---:|" * len(keys)]
     for method in methods:
-        rows = []
-        for seed in seeds:
-            run = out / "compare" / "runs" / method / f"seed{seed}"
-            target, checkpoint = run / "validation", run / "checkpoint.pt"
-            source = {"checkpoint_sha256": sha256_of_file(checkpoint)}  # a run resumed for more epochs is evaluated anew
-            if not (target / "evaluation.json").exists() or _read_json(target / "source.json") != source:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    code = cli.main(["evaluate", "--checkpoint", str(checkpoint), "--labels", str(data / "val.csv"),
-                                     "--format", "ava", "--images", str(data / "images"), "--out", str(target),
-                                     "--quiet", "--threads", "1"])
-                if code:
-                    raise RuntimeError(f"elta evaluate failed on {checkpoint} (exit {code})")
-                atomic_write_json(target / "source.json", source)
-            rows.append(json.loads((target / "evaluation.json").read_text()))
+        rows = [validate_run(out, method, seed) for seed in seeds]
         cells = [f"{np.mean([r[k] for r in rows]):.3f} ± {np.std([r[k] for r in rows], ddof=1):.3f}" for k, _ in keys]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def train_and_validate(arguments: list[str], method: str, seed: int, out: str, methods: list[str]) -> dict:
+    """One pool process's task: the (method, seed) run of the comparison, and its
+    validation-split evaluation; returns its test metrics."""
+    from elta_core.app.cli import train_settings
+    from elta_core.app.compare import train_run
+
+    metrics = train_run(train_settings(arguments).replace(threads=1), method, seed, Path(out) / "compare", methods)
+    validate_run(Path(out), method, seed)
+    return metrics
+
+
+def run_all(arguments: list[str], out: Path, methods: list[str], seeds: list[int], parallel: int) -> dict:
+    """Every (method, seed) run in a pool of ``parallel`` processes: the runs that train
+    round 1 first (``elta`` first in each seed), then each APDS run, short, once its
+    round-1 donor is done; the metrics per method in seed order."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    from elta_core.app.compare import RemainingTime
+    from elta_core.app.methods import round1_donor
+
+    donors = {m: round1_donor(m, methods) for m in methods}
+    order = lambda run: (donors[run[0]] is not None, run[1], run[0] not in donors.values())  # noqa: E731
+    waiting = sorted(((m, s) for s in seeds for m in methods), key=order)
+    done: dict[tuple[str, int], dict] = {}
+    clock = RemainingTime(len(waiting))
+    with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
+        running: dict = {}
+        while waiting or running:
+            ready = [r for r in waiting if donors[r[0]] is None or (donors[r[0]], r[1]) in done]
+            for run in ready[:parallel - len(running)]:
+                waiting.remove(run)
+                running[pool.submit(train_and_validate, arguments, *run, str(out), methods)] = run
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                method, seed = running.pop(future)
+                try:
+                    done[method, seed] = future.result()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+                clock.done()
+                print(f"real_images: {method}, seed {seed} done{clock.line()}", flush=True)
+    return {m: [done[m, s] for s in seeds] for m in methods}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,11 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--parallel", type=int, default=2, help="processes, one torch thread each")
     parser.add_argument("--write-only", action="store_true")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("extra", nargs="*", help="more elta train arguments, after --")
     args = parser.parse_args(argv)
     from elta_core.app.cli import train_settings
-    from elta_core.app.compare import check_train_arguments, compare, train_runs
+    from elta_core.app.compare import check_train_arguments, compare
     from elta_core.app.methods import parse_methods
 
     check_train_arguments(args.extra)  # a method's own setting (--flsa, --num-pairs ...) would be overridden
@@ -157,21 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     arguments = train_arguments(data, args.epochs, data / "pool.csv") + [a for a in args.extra if a != "--"]
+    methods, seeds = parse_methods(args.methods), list(range(args.seeds))
+    results = run_all(arguments, out, methods, seeds, args.parallel)
     base = train_settings(arguments).replace(threads=1)
-    methods = parse_methods(args.methods)
-    seeds = list(range(args.seeds))
-    runs = [(method, seed) for seed in seeds for method in methods]
-    if args.worker is not None:  # one process's share: every --parallel-th run
-        for method, seed in runs[args.worker::args.parallel]:
-            train_runs(base, [method], [seed], out / "compare")
-        return 0
-    own = list(argv if argv is not None else sys.argv[1:])
-    split = own.index("--") if "--" in own else len(own)
-    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.real_images", *own[:split], "--worker", str(k),
-                                 *own[split:]]) for k in range(min(args.parallel, len(runs)))]
-    if any(worker.wait() for worker in workers):
-        return 1
-    report = compare(base, methods, seeds, out / "compare", progress=False, train_arguments=arguments)
+    report = compare(base, methods, seeds, out / "compare", progress=False, train_arguments=arguments,
+                     results=results)
     validation = validation_table(out, methods, seeds)
     atomic_write_text(out / "compare" / "validation.md", validation + "\n")
     print(report["markdown"] + "\n\n" + validation)

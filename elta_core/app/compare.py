@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from elta_core.app.methods import METHODS, SET_PER_RUN
+from elta_core.app.methods import METHODS, SET_PER_RUN, round1_donor
 from elta_core.comparison import paired_difference
 from elta_core.io import atomic_write_json, atomic_write_text
 
@@ -63,17 +63,23 @@ def check_train_arguments(train_arguments: Sequence[str]) -> None:
 
 
 def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | Path, progress: bool = True,
-            train_arguments: Sequence[str] = ()) -> dict[str, Any]:
+            train_arguments: Sequence[str] = (), results: dict[str, list[dict[str, Any]]] | None = None
+            ) -> dict[str, Any]:
     """Train every method with every seed: :func:`elta_core.app.training.train` with the
     shared settings ``base`` (a :class:`~elta_core.app.config.TrainConfig`) and the
     method's (:data:`elta_core.app.methods.METHODS`), in this process; then write
     ``compare.md``, ``compare.json`` and ``compare.png`` to ``out``. The first method is
-    the reference of the paired differences (``baseline`` when it is there)."""
+    the reference of the paired differences (``baseline`` when it is there). ``results``:
+    the runs' metrics where the caller trained them (:func:`train_run`), per method in
+    seed order."""
     methods = list(methods)
     if len(seeds) < 2:
         raise ValueError(f"seeds: a paired interval needs at least 2 seeds, got {len(seeds)}")
     out = Path(out)
-    results = train_runs(base, methods, seeds, out, progress)
+    if results is None:
+        results = train_runs(base, methods, seeds, out, progress)
+    elif [len(results.get(m, ())) for m in methods] != [len(seeds)] * len(methods):
+        raise ValueError(f"results: expected {len(seeds)} runs of each of {', '.join(methods)}")
     report = summarise(results, methods[0])
     report.update(methods=methods, seeds=list(seeds), train_arguments=list(train_arguments))
     out.mkdir(parents=True, exist_ok=True)
@@ -87,28 +93,39 @@ def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | 
 
 def train_runs(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
                progress: bool = True) -> dict[str, list[dict[str, Any]]]:
-    """The metrics of every (method, seed) run under ``out/runs/METHOD/seedS``, seeds in
-    order; a finished run is read back, not trained again, so several processes can share
-    the runs of one comparison out (each its own (method, seed) runs) before
-    :func:`compare` reads them."""
-    from elta_core.app.training import train
-
-    out = Path(out)
+    """The metrics of every (method, seed) run (:func:`train_run`), seeds in order."""
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     runs = [(m, s) for s in seeds for m in methods]
     clock = RemainingTime(len(runs))
     for k, (method, seed) in enumerate(runs, start=1):
-        folder = out / "runs" / method / f"seed{seed}"
         if progress:
+            folder = Path(out) / "runs" / method / f"seed{seed}"
             print(f"compare: run {k}/{len(runs)}: {method}, seed {seed} -> {folder}{clock.line()}", flush=True)
-        settings = base.replace(**METHODS[method], seed=seed, out=str(folder), resume=True, quiet=True)
-        try:
-            train(settings)
-        except (ValueError, OSError, FloatingPointError) as error:
-            raise type(error)(f"{method}, seed {seed}: {error} (its run directory is {folder})") from None
-        results[method].append(json.loads((folder / "metrics.json").read_text()))
+        results[method].append(train_run(base, method, seed, out, methods))
         clock.done()
     return results
+
+
+def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Sequence[str] = ()) -> dict[str, Any]:
+    """The test metrics of the run of ``method`` with ``seed`` under ``out/runs/METHOD/seedS``,
+    trained or continued there; a finished run is read back, not trained again, so several
+    processes can share the runs of one comparison (each its own) before :func:`compare`
+    reads them. An APDS method takes its round 1 from the finished run of its
+    :func:`~elta_core.app.methods.round1_donor` among ``methods`` (``--round1-from``),
+    where there is one."""
+    from elta_core.app.training import train
+
+    out = Path(out)
+    folder = out / "runs" / method / f"seed{seed}"
+    donor = round1_donor(method, methods)
+    donor_run = out / "runs" / str(donor) / f"seed{seed}"
+    shared = {"round1_from": str(donor_run)} if donor and (donor_run / "metrics.json").is_file() else {}
+    settings = base.replace(**METHODS[method], **shared, seed=seed, out=str(folder), resume=True, quiet=True)
+    try:
+        train(settings)
+    except (ValueError, OSError, FloatingPointError) as error:
+        raise type(error)(f"{method}, seed {seed}: {error} (its run directory is {folder})") from None
+    return json.loads((folder / "metrics.json").read_text())
 
 
 def _finite(run: dict[str, Any]) -> dict[str, Any]:

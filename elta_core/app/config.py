@@ -226,6 +226,14 @@ class APDSSettings:
             object.__setattr__(self, "min_selected", int(self.min_selected))
 
 
+# Settings that only the APDS round reads: a run that differs from another in these alone
+# trains the same round 1 (--round1-from). --round2-resume-optimizer is not one of them:
+# with --select-best it makes round 1 keep the best epoch's optimizer.
+ROUND2_ONLY = ("apds", "unlabelled", "unlabelled_format", "calibration", "calibration_format", "calibrate_on",
+               "round2", "round2_epochs", "round2_lr", "max_pseudo_labels", "betas", "thresholds", "min_selected",
+               "pseudo_label")
+
+
 # -- the commands ----------------------------------------------------------------------------
 
 
@@ -303,6 +311,10 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
                                      "for a fresh optimizer, --lr with --round2-resume-optimizer); --resume may "
                                      "change it, and trains round 2 again from round 1", type=float,
                                      on_resume="may_change")
+    round1_from: str | None = option(None, "for --apds: take round 1 from another run directory (e.g. the same "
+                                     "run without --apds) instead of training it again; its settings and data must be "
+                                     "this run's but for APDS's own, its round 1 finished", metavar="DIR",
+                                     identity=False)
     round2_resume_optimizer: bool | None = option(None, recipe_help(
         "round2_resume_optimizer", "round 2 continues round 1's optimizer and its state at --lr (off: a fresh "
         f"optimizer at --lr / {ROUND2_LR_DIVISOR:g})"), action="boolean")

@@ -4,8 +4,9 @@ names come from :data:`elta_core.peer_names.PEER_NAMES`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+from elta_core.app.config import ROUND2_ONLY
 from elta_core.peer_names import PEER_NAMES
 
 # FLSA on at the recipe's weight (None: elta train's recipe fills it), or off (0).
@@ -29,7 +30,8 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_METHODS = ("baseline", "tfa", "flsa", "elta")
 # What the methods set, and what compare sets per run: not to be given in the shared arguments.
-SET_PER_RUN = tuple(sorted({key for settings in METHODS.values() for key in settings} | {"seed", "out", "resume"}))
+SET_PER_RUN = tuple(sorted({key for settings in METHODS.values() for key in settings}
+                          | {"seed", "out", "resume", "round1_from"}))
 
 
 def parse_methods(text: str) -> list[str]:
@@ -44,3 +46,17 @@ def parse_methods(text: str) -> list[str]:
 
 def uses_self_training(method: str) -> bool:
     return bool(METHODS[method].get("apds"))
+
+
+def round1_donor(method: str, methods: Sequence[str]) -> str | None:
+    """The method of ``methods`` (those before ``method``, where it is listed) whose run
+    trains ``method``'s round 1 (the same settings but for APDS's own), a run without APDS
+    first: ``elta`` for ``elta+apds``. None for a method without APDS, or where there is
+    no such method."""
+    if not uses_self_training(method):
+        return None
+    listed = list(methods)
+    round1 = lambda name: {k: v for k, v in METHODS[name].items() if k not in ROUND2_ONLY}  # noqa: E731
+    before = listed[:listed.index(method)] if method in listed else listed
+    same = [m for m in before if round1(m) == round1(method)]
+    return min(same, key=uses_self_training, default=None)  # stable: the first plain one, else the first

@@ -14,10 +14,12 @@ import contextlib
 import copy
 import dataclasses
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +40,11 @@ from elta_core.adapters.torch.checkpoints import load_file, save_and_record
 from elta_core.adapters.torch.loop import BASE_LR, lr_factor, make_optimizer, training_loader
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.app import recipe
-from elta_core.app.config import EvaluateConfig, PseudoLabelConfig, TrainConfig, may_change_on_resume, run_identity
+from elta_core.app.config import (ROUND2_ONLY, EvaluateConfig, PseudoLabelConfig, TrainConfig, may_change_on_resume,
+                                  run_identity)
 from elta_core.app.models import build_model
 from elta_core.data.labels import LabelTable, load_labels
-from elta_core.io import atomic_write_json, atomic_write_text
+from elta_core.io import atomic_write, atomic_write_json, atomic_write_text
 from elta_core.pseudo_labels import pseudo_label_round
 from elta_core.run_state import RunManifest, StaleStateError, fingerprint, sha256_of_file
 
@@ -490,6 +493,9 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
     pool = unlabelled_pool(settings, table, config) if settings.apds else None  # its errors before round 1
     _check_splits(table, splits)
     optimizer = make_optimizer(OPTIMIZERS[settings.optimizer], wrapper.parameters(), lr=settings.lr)
+    if settings.round1_from:
+        _adopt_round1(settings, manifest, splits)
+        settings = settings.replace(resume=True)  # round 1 resumes from the checkpoint taken
     round1 = _train_epochs(settings, wrapper, model, train_data, val_data, optimizer, config, manifest)
     if round1 is None:
         return {}
@@ -690,6 +696,76 @@ def _load_best(manifest: RunManifest, best: dict | None, device: torch.device) -
     return state
 
 
+def _adopt_round1(settings: TrainConfig, manifest: RunManifest, splits: DataSplits) -> None:
+    """``--round1-from DIR``: DIR's finished round 1 (``checkpoint.pt``, and ``best.pt``
+    under ``--select-best``) becomes this run's, so that only the APDS round trains. It is
+    taken only where DIR trained the round 1 this run would (:func:`_check_same_round1`);
+    round 1 is then bit-identical (``tests/test_round1_from.py``). A run whose own
+    checkpoint is already there resumes it instead."""
+    out, key = manifest.folder, manifest.stage_key("checkpoint", CHECKPOINT_KEY)
+    if manifest.reusable("checkpoint", out / CHECKPOINT, key):
+        return
+    folder = Path(settings.round1_from)
+    donor = _check_same_round1(settings, manifest, splits, folder)
+    if not donor.reusable("checkpoint", folder / CHECKPOINT, key):
+        raise ValueError(f"round1_from: {folder} has no finished checkpoint; train it first "
+                         f"(elta train --resume --out {folder})")
+    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)
+    trained = int((state.get("resume") or state).get("epoch", 0))
+    if trained != settings.epochs:
+        raise ValueError(f"round1_from: {folder} has trained {trained} of round 1's {settings.epochs} epochs; "
+                         f"finish it first (elta train --resume --out {folder})")
+    stages = [("checkpoint", CHECKPOINT)] + ([("best", BEST)] if settings.select_best != "none" else [])
+    for stage, name in stages:
+        stage_key = manifest.stage_key(stage, CHECKPOINT_KEY)
+        if not donor.reusable(stage, folder / name, stage_key):
+            raise ValueError(f"round1_from: {folder / name} is missing or does not match its run; train round 1 "
+                             "here (leave out --round1-from)")
+        expected = donor.data["stages"][stage]["sha256"]
+        if ddp.is_main():
+            digest = hashlib.sha256()
+            with open(folder / name, "rb") as source:
+                atomic_write(out / name, lambda target: shutil.copyfileobj(source, target, 1 << 20), digest=digest)
+            if digest.hexdigest() != expected:  # recorded only once it is the file the donor recorded
+                raise StaleStateError(f"round1_from: {folder / name} changed while it was copied; run again")
+        ddp.barrier()
+        manifest.record(stage, out / name, stage_key, expected)
+    if ddp.is_main():
+        print(f"round 1: taken from {folder}, trained to epoch {trained}; training the APDS round")
+
+
+def _check_same_round1(settings: TrainConfig, manifest: RunManifest, splits: DataSplits, folder: Path) -> RunManifest:
+    """The manifest of run directory ``folder``, when it trains the round 1 this run would:
+    the same settings but for :data:`~elta_core.app.config.ROUND2_ONLY`, the same label,
+    image, weight and validation inputs, and the same training and validation rows."""
+    if not settings.apds:
+        raise ValueError("round1_from: only with --apds (it skips round 1 and trains the APDS round)")
+    if folder.resolve() == manifest.folder.resolve():
+        raise ValueError(f"round1_from: {folder} is this run's own --out; give another run's directory")
+    if not (folder / "manifest.json").is_file():
+        raise ValueError(f"round1_from: {folder} is not an elta train run directory (no manifest.json)")
+    donor = RunManifest(folder, writer=False)
+    theirs = {**SETTINGS_BEFORE_RECORDED, **(donor.data.get("config") or {})}
+    mine = manifest.data["config"]
+    differ = sorted(k for k in set(mine) | set(theirs) if k not in ROUND2_ONLY and mine.get(k) != theirs.get(k))
+    if differ:
+        details = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
+        raise StaleStateError(f"round1_from: {folder} trained another round 1 ({details}); train round 1 here "
+                              "(leave out --round1-from), or give a run with these settings")
+    changed = [name for name in ("labels", "images", "weights", "val_labels")
+               if manifest.data["inputs"].get(name) != donor.data["inputs"].get(name)]
+    rows = lambda split: sorted(split.get("train", [])) + sorted(split.get("validation", []))  # noqa: E731
+    mine_split = {"train": list(splits.train.images)} | ({} if splits.validation is None else
+                                                          {"validation": list(splits.validation.images)})
+    if not changed and not (folder / SPLIT_FILE).is_file():
+        changed = [f"it has no {SPLIT_FILE}"]
+    if changed or rows(_split_rows(folder / SPLIT_FILE)) != rows(mine_split):
+        what = ", ".join(changed) or f"the training or validation rows of its {SPLIT_FILE}"
+        raise StaleStateError(f"round1_from: {folder} trained on other data ({what}); train round 1 here "
+                              "(leave out --round1-from), or give a run on this data")
+    return donor
+
+
 def load_checkpoint_file(path: str | Path, device: torch.device) -> dict:
     """A checkpoint written by ``elta train``, or an error that names the file and what to do."""
     state = load_file(path, device, name="checkpoint",
@@ -800,14 +876,22 @@ def _write_split(out: Path, splits: DataSplits) -> None:
     atomic_write_text(out / SPLIT_FILE, buffer.getvalue())
 
 
+def _split_rows(path: Path) -> dict[str, list[str]]:
+    """A run's ``split.csv``: the images of each split, in the file's order."""
+    rows: dict[str, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as stream:
+        for row in csv.DictReader(stream):
+            rows.setdefault(row["split"], []).append(row["image"])
+    return rows
+
+
 def _run_split(checkpoint: Path, table: LabelTable, name: str) -> LabelTable:
     """The rows of ``table`` that the run of ``checkpoint`` put in split ``name``."""
     path = checkpoint.parent / SPLIT_FILE
     if not path.is_file():
         raise ValueError(f"split: {table.source} has no split column and {path} is missing (a run of an older "
                          "version?); give --labels a file with a split column, or the test file itself")
-    with open(path, newline="", encoding="utf-8") as stream:
-        wanted = {row["image"] for row in csv.DictReader(stream) if row["split"] == name}
+    wanted = set(_split_rows(path).get(name, []))
     if not wanted:
         raise ValueError(f"split: the run in {checkpoint.parent} has no {name!r} split (its {path.name} lists train, "
                          "validation, calibration and test)")
