@@ -102,41 +102,45 @@ def _read_json(path: Path):
         return None
 
 
-def validate_run(out: Path, method: str, seed: int) -> dict:
-    """The run's final checkpoint on ``val.csv`` (``elta evaluate``, kept beside the run and
-    done again only for another checkpoint)."""
-    import contextlib
-    import io
+VALIDATION_KEYS = (("plcc", "P"), ("mae_low", "L"), ("mae_high", "H"), ("mae", "MAE"))
+
+
+def validate_run(data: Path, run: Path) -> dict:
+    """The final checkpoint of the run in ``run`` on ``data/val.csv``: ``elta evaluate``'s
+    metrics, without its per-image files, in one process (no loader workers) and one torch
+    thread; kept in ``run/validation`` and computed again only for another checkpoint."""
     import json
 
-    from elta_core.app import cli
+    from elta_core.app import training
+    from elta_core.app.config import EvaluateConfig
     from elta_core.io import atomic_write_json
     from elta_core.run_state import sha256_of_file
 
-    data, run = out / "data", out / "compare" / "runs" / method / f"seed{seed}"
     target, checkpoint = run / "validation", run / "checkpoint.pt"
     source = {"checkpoint_sha256": sha256_of_file(checkpoint)}  # a run resumed for more epochs is evaluated anew
     if not (target / "evaluation.json").exists() or _read_json(target / "source.json") != source:
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = cli.main(["evaluate", "--checkpoint", str(checkpoint), "--labels", str(data / "val.csv"),
-                             "--format", "ava", "--images", str(data / "images"), "--out", str(target),
-                             "--quiet", "--threads", "1"])
-        if code:
-            raise RuntimeError(f"elta evaluate failed on {checkpoint} (exit {code})")
+        metrics = training.evaluate(EvaluateConfig(checkpoint=str(checkpoint), labels=str(data / "val.csv"),
+                                                   format="ava", images=str(data / "images"), quiet=True,
+                                                   workers=0, threads=1))
+        atomic_write_json(target / "evaluation.json", training.json_ready(metrics))
         atomic_write_json(target / "source.json", source)
     return json.loads((target / "evaluation.json").read_text())
+
+
+def mean_std_cells(rows: list[dict]) -> list[str]:
+    """:data:`VALIDATION_KEYS` of ``rows`` (one per seed) as mean ± sample std."""
+    return [f"{np.mean([r[k] for r in rows]):.3f} ± {np.std([r[k] for r in rows], ddof=1):.3f}"
+            for k, _ in VALIDATION_KEYS]
 
 
 def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
     """Each run's final checkpoint on ``val.csv``, mean +- sample std over the seeds: the
     numbers settings are chosen on (the test split is only reported)."""
-    keys = (("plcc", "P"), ("mae_low", "L"), ("mae_high", "H"), ("mae", "MAE"))
-    lines = ["| method (validation split) | " + " | ".join(short for _, short in keys) + " |",
-             "|---|" + "---:|" * len(keys)]
+    lines = ["| method (validation split) | " + " | ".join(short for _, short in VALIDATION_KEYS) + " |",
+             "|---|" + "---:|" * len(VALIDATION_KEYS)]
     for method in methods:
-        rows = [validate_run(out, method, seed) for seed in seeds]
-        cells = [f"{np.mean([r[k] for r in rows]):.3f} ± {np.std([r[k] for r in rows], ddof=1):.3f}" for k, _ in keys]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        rows = [validate_run(out / "data", out / "compare" / "runs" / method / f"seed{seed}") for seed in seeds]
+        lines.append(f"| {method} | " + " | ".join(mean_std_cells(rows)) + " |")
     return "\n".join(lines)
 
 
@@ -147,7 +151,7 @@ def train_and_validate(arguments: list[str], method: str, seed: int, out: str, m
     from elta_core.app.compare import train_run
 
     metrics = train_run(train_settings(arguments).replace(threads=1), method, seed, Path(out) / "compare", methods)
-    validate_run(Path(out), method, seed)
+    validate_run(Path(out) / "data", Path(out) / "compare" / "runs" / method / f"seed{seed}")
     return metrics
 
 

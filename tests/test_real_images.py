@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("PIL")
 
-from benchmarks import real_images  # noqa: E402
+from benchmarks import real_images, round2_probe  # noqa: E402
 from elta_core.data import load_labels  # noqa: E402
 
 
@@ -55,21 +55,16 @@ def test_a_setting_that_the_methods_set_is_refused_not_silently_overridden(tmp_p
 def test_the_validation_table_evaluates_a_changed_checkpoint_again(tmp_path, monkeypatch):
     """A run resumed for more epochs has a new checkpoint: its cached validation metrics
     described the old one (they were reused before, keyed by the file's existence alone)."""
-    import json
-
-    from elta_core.app import cli
+    pytest.importorskip("torch")
+    from elta_core.app import training
 
     calls = []
 
-    def evaluate(argv):
-        out = argv[argv.index("--out") + 1]
-        calls.append(out)
-        metrics = {key: float(len(calls)) for key in ("plcc", "mae_low", "mae_high", "mae")}
-        (tmp_path / out).mkdir(parents=True, exist_ok=True)
-        (tmp_path / out / "evaluation.json").write_text(json.dumps(metrics))
-        return 0
+    def evaluate(settings):
+        calls.append(settings.checkpoint)
+        return {key: float(len(calls)) for key in ("plcc", "mae_low", "mae_high", "mae")}
 
-    monkeypatch.setattr(cli, "main", evaluate)
+    monkeypatch.setattr(training, "evaluate", evaluate)
     for seed in (0, 1):
         run = tmp_path / "compare" / "runs" / "elta" / f"seed{seed}"
         run.mkdir(parents=True)
@@ -79,5 +74,54 @@ def test_the_validation_table_evaluates_a_changed_checkpoint_again(tmp_path, mon
     assert len(calls) == 2, "an unchanged checkpoint is not evaluated twice"
     (tmp_path / "compare" / "runs" / "elta" / "seed1" / "checkpoint.pt").write_bytes(b"epoch 40")
     table = real_images.validation_table(tmp_path, ["elta"], [0, 1])
-    assert len(calls) == 3 and calls[-1].endswith("seed1/validation")
+    assert len(calls) == 3 and calls[-1].endswith("seed1/checkpoint.pt")
     assert "| elta | 2.000 ± 1.414 |" in table, "seed 1's new metrics (3), not its old ones (2)"
+
+
+@pytest.mark.slow
+def test_the_benchmark_trains_each_round_1_once_and_resumes_run_by_run(tmp_path):
+    """The pool trains each seed's elta round 1 once: the APDS runs take it (their round-1
+    rows are elta's, wall times included); run again, every run is read back; the round-2
+    probe trains only round 2, from the benchmark's elta runs."""
+    import json
+
+    pytest.importorskip("torchvision")
+    out = tmp_path / "bench"
+    argv = ["--out", str(out), "--seeds", "2", "--epochs", "1", "--methods", "baseline,elta,elta+apds", "--",
+            "--round2-epochs", "1"]
+    assert real_images.main(argv) == 0
+    runs = out / "compare" / "runs"
+    for seed in (0, 1):
+        elta = (runs / "elta" / f"seed{seed}" / "metrics.csv").read_text().splitlines()[1:]
+        apds = (runs / "elta+apds" / f"seed{seed}" / "metrics.csv").read_text().splitlines()[1:]
+        assert apds[:1] == [line + ",1" for line in elta] and len(apds) == 2
+        assert (runs / "elta+apds" / f"seed{seed}" / "validation" / "evaluation.json").is_file()
+    report = json.loads((out / "compare" / "compare.json").read_text())
+    assert report["methods"] == ["baseline", "elta", "elta+apds"]
+    assert (out / "compare" / "validation.md").read_text().startswith("| method (validation split) |")
+
+    trained = {path: path.stat().st_mtime_ns for path in runs.glob("baseline/seed*/checkpoint.pt")}
+    assert real_images.main(argv) == 0
+    assert {path: path.stat().st_mtime_ns for path in trained} == trained
+    assert json.loads((out / "compare" / "compare.json").read_text())["means"] == report["means"]
+
+    probe = tmp_path / "probe"
+    assert round2_probe.main(["--benchmark", str(out), "--out", str(probe), "--variants", "separate:1,concat:2",
+                              "--seeds", "2", "--epochs", "1"]) == 0
+    table = (probe / "round2.md").read_text()
+    assert "| separate, 1 epoch | elta+apds |" in table and "| concat, 2 epochs | elta+round2-control |" in table
+    assert (probe / "concat1" / "elta+round2-control" / "seed1").is_dir(), "the control runs once, as concat"
+    assert not (probe / "separate1" / "elta+round2-control").exists()
+    rows = (probe / "separate1" / "elta+apds" / "seed0" / "metrics.csv").read_text().splitlines()[1:]
+    elta = (runs / "elta" / "seed0" / "metrics.csv").read_text().splitlines()[1:]
+    # (separate's round-2 rows add a column, which round 1's leave empty)
+    assert rows[0].startswith(elta[0] + ",1"), "round 1 is the benchmark's, not trained again"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("concat", "expected MODE:EPOCHS items"), ("sideways:3", "expected MODE:EPOCHS items"),
+    ("concat:0", "EPOCHS >= 1"), (",", "at least one MODE:EPOCHS item"),
+])
+def test_round2_probe_variants_are_checked(text, message):
+    with pytest.raises(ValueError, match=message):
+        round2_probe.parse_variants(text)

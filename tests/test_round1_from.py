@@ -74,6 +74,17 @@ def test_an_apds_run_may_take_round_1_from_another_apds_run(data, runs, tmp_path
     assert _rows(out)[:3] == _rows(runs / "straight")[:3]
 
 
+def test_the_best_epoch_is_taken_with_round_1_under_select_best(data, tmp_path):
+    """Under --select-best round 2 starts from best.pt, which is taken too."""
+    best = ["--select-best", "srcc", "--epochs", "3"]
+    assert _train(data, tmp_path / "elta", *best) == 0
+    assert _train(data, tmp_path / "straight", *best, *_apds(data)) == 0
+    assert _train(data, tmp_path / "adopted", *best, *_apds(data), "--round1-from", str(tmp_path / "elta")) == 0
+    assert (tmp_path / "adopted" / "best.pt").read_bytes() == (tmp_path / "elta" / "best.pt").read_bytes()
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("straight", "adopted")]
+    assert metrics[0] == metrics[1]
+
+
 def test_round_1_is_taken_only_from_a_run_that_trained_it(data, runs, tmp_path, capsys):
     """Each refusal names --round1-from and what differs; nothing is recorded in the run."""
     other = tmp_path / "other"

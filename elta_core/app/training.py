@@ -722,16 +722,19 @@ def _adopt_round1(settings: TrainConfig, manifest: RunManifest, splits: DataSpli
             raise ValueError(f"round1_from: {folder / name} is missing or does not match its run; train round 1 "
                              "here (leave out --round1-from)")
         expected = donor.data["stages"][stage]["sha256"]
-        if ddp.is_main():
-            digest = hashlib.sha256()
-            with open(folder / name, "rb") as source:
-                atomic_write(out / name, lambda target: shutil.copyfileobj(source, target, 1 << 20), digest=digest)
-            if digest.hexdigest() != expected:  # recorded only once it is the file the donor recorded
-                raise StaleStateError(f"round1_from: {folder / name} changed while it was copied; run again")
-        ddp.barrier()
+        ddp.on_main(lambda: _copy_verified(folder / name, out / name, expected))  # an error stops every rank
         manifest.record(stage, out / name, stage_key, expected)
     if ddp.is_main():
         print(f"round 1: taken from {folder}, trained to epoch {trained}; training the APDS round")
+
+
+def _copy_verified(source: Path, target: Path, sha256: str) -> None:
+    """``source`` copied to ``target`` atomically, refused unless its bytes have ``sha256``."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as stream:
+        atomic_write(target, lambda copy: shutil.copyfileobj(stream, copy, 1 << 20), digest=digest)
+    if digest.hexdigest() != sha256:  # only the file the donor recorded is recorded here
+        raise StaleStateError(f"round1_from: {source} changed while it was copied; run again")
 
 
 def _check_same_round1(settings: TrainConfig, manifest: RunManifest, splits: DataSplits, folder: Path) -> RunManifest:
