@@ -22,6 +22,7 @@ data alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -155,6 +156,27 @@ def train_and_validate(arguments: list[str], method: str, seed: int, out: str, m
     return metrics
 
 
+# glibc settings for the pool's processes: keep freed memory in the heap (no mmap, no trim)
+# instead of returning the step's large buffers to the system and faulting them in again.
+# An epoch took 5 to 10 % less, to the same bits (benchmarks/README.md).
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    """``variables`` set in ``os.environ`` (for processes started meanwhile), then restored."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_all(arguments: list[str], out: Path, methods: list[str], seeds: list[int], parallel: int) -> dict:
     """Every (method, seed) run in a pool of ``parallel`` processes: the runs that train
     round 1 first (``elta`` first in each seed), then each APDS run, short, once its
@@ -170,10 +192,12 @@ def run_all(arguments: list[str], out: Path, methods: list[str], seeds: list[int
     waiting = sorted(((m, s) for s in seeds for m in methods), key=order)
     done: dict[tuple[str, int], dict] = {}
     clock = RemainingTime(len(waiting))
-    with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
+    with _environment(WORKER_MALLOC), ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
         running: dict = {}
         while waiting or running:
             ready = [r for r in waiting if donors[r[0]] is None or (donors[r[0]], r[1]) in done]
+            if not ready and not running:
+                raise RuntimeError(f"runs {waiting} wait for round-1 donors that are not scheduled")
             for run in ready[:parallel - len(running)]:
                 waiting.remove(run)
                 running[pool.submit(train_and_validate, arguments, *run, str(out), methods)] = run
@@ -205,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     from elta_core.app.methods import parse_methods
 
     check_train_arguments(args.extra)  # a method's own setting (--flsa, --num-pairs ...) would be overridden
+    for name, least in (("seeds", 2), ("epochs", 1), ("parallel", 1)):  # refused now, not after the training
+        if getattr(args, name) < least:
+            raise ValueError(f"{name}: expected at least {least}, got {getattr(args, name)}")
     out = Path(args.out)
     data = out / "data"
     if not (data / "test.csv").exists():

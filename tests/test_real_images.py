@@ -46,6 +46,14 @@ def test_the_data_is_seeded(written, tmp_path):
     assert other["train"].read_text() != paths["train"].read_text()
 
 
+@pytest.mark.parametrize("argv,message", [(["--seeds", "1"], "seeds: expected at least 2, got 1"),
+                                          (["--parallel", "0"], "parallel: expected at least 1, got 0")])
+def test_bad_benchmark_arguments_are_refused_before_any_training(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        real_images.main(["--out", str(tmp_path), *argv])
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_setting_that_the_methods_set_is_refused_not_silently_overridden(tmp_path):
     with pytest.raises(ValueError, match="--flsa are set by elta compare per method"):
         real_images.main(["--out", str(tmp_path), "--", "--flsa", "10"])
@@ -84,12 +92,15 @@ def test_the_benchmark_trains_each_round_1_once_and_resumes_run_by_run(tmp_path)
     rows are elta's, wall times included); run again, every run is read back; the round-2
     probe trains only round 2, from the benchmark's elta runs."""
     import json
+    import os
 
     pytest.importorskip("torchvision")
     out = tmp_path / "bench"
     argv = ["--out", str(out), "--seeds", "2", "--epochs", "1", "--methods", "baseline,elta,elta+apds", "--",
             "--round2-epochs", "1"]
+    before = dict(os.environ)
     assert real_images.main(argv) == 0
+    assert dict(os.environ) == before, "the pool's allocator settings are its processes' alone"
     runs = out / "compare" / "runs"
     for seed in (0, 1):
         elta = (runs / "elta" / f"seed{seed}" / "metrics.csv").read_text().splitlines()[1:]
