@@ -158,7 +158,8 @@ def train_and_validate(arguments: list[str], method: str, seed: int, out: str, m
 
 # glibc settings for the pool's processes: keep freed memory in the heap (no mmap, no trim)
 # instead of returning the step's large buffers to the system and faulting them in again.
-# An epoch took 5 to 10 % less, to the same bits (benchmarks/README.md).
+# An epoch took about a sixth less (1.85 s to 1.55 s in the pool), to the same bits
+# (benchmarks/README.md).
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 
 
