@@ -137,10 +137,12 @@ def mean_std_cells(rows: list[dict]) -> list[str]:
 def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
     """Each run's final checkpoint on ``val.csv``, mean +- sample std over the seeds: the
     numbers settings are chosen on (the test split is only reported)."""
+    from elta_core.app.compare import run_folder
+
     lines = ["| method (validation split) | " + " | ".join(short for _, short in VALIDATION_KEYS) + " |",
              "|---|" + "---:|" * len(VALIDATION_KEYS)]
     for method in methods:
-        rows = [validate_run(out / "data", out / "compare" / "runs" / method / f"seed{seed}") for seed in seeds]
+        rows = [validate_run(out / "data", run_folder(out / "compare", method, seed)) for seed in seeds]
         lines.append(f"| {method} | " + " | ".join(mean_std_cells(rows)) + " |")
     return "\n".join(lines)
 
@@ -149,10 +151,10 @@ def train_and_validate(arguments: list[str], method: str, seed: int, out: str, m
     """One pool process's task: the (method, seed) run of the comparison, and its
     validation-split evaluation; returns its test metrics."""
     from elta_core.app.cli import train_settings
-    from elta_core.app.compare import train_run
+    from elta_core.app.compare import run_folder, train_run
 
     metrics = train_run(train_settings(arguments).replace(threads=1), method, seed, Path(out) / "compare", methods)
-    validate_run(Path(out) / "data", Path(out) / "compare" / "runs" / method / f"seed{seed}")
+    validate_run(Path(out) / "data", run_folder(Path(out) / "compare", method, seed))
     return metrics
 
 

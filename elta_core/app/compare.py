@@ -99,11 +99,16 @@ def train_runs(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str
     clock = RemainingTime(len(runs))
     for k, (method, seed) in enumerate(runs, start=1):
         if progress:
-            folder = Path(out) / "runs" / method / f"seed{seed}"
-            print(f"compare: run {k}/{len(runs)}: {method}, seed {seed} -> {folder}{clock.line()}", flush=True)
+            print(f"compare: run {k}/{len(runs)}: {method}, seed {seed} -> {run_folder(out, method, seed)}"
+                  f"{clock.line()}", flush=True)
         results[method].append(train_run(base, method, seed, out, methods))
         clock.done()
     return results
+
+
+def run_folder(out: str | Path, method: str, seed: int) -> Path:
+    """The run directory of ``method`` with ``seed`` in the comparison ``out``."""
+    return Path(out) / "runs" / method / f"seed{seed}"
 
 
 def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Sequence[str] = ()) -> dict[str, Any]:
@@ -115,11 +120,9 @@ def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Seque
     where there is one."""
     from elta_core.app.training import train
 
-    out = Path(out)
-    folder = out / "runs" / method / f"seed{seed}"
-    donor = round1_donor(method, methods)
-    donor_run = out / "runs" / str(donor) / f"seed{seed}"
-    shared = {"round1_from": str(donor_run)} if donor and (donor_run / "metrics.json").is_file() else {}
+    folder, donor = run_folder(out, method, seed), round1_donor(method, methods)
+    donor_run = run_folder(out, donor, seed) if donor else None
+    shared = {"round1_from": str(donor_run)} if donor_run and (donor_run / "metrics.json").is_file() else {}
     settings = base.replace(**METHODS[method], **shared, seed=seed, out=str(folder), resume=True, quiet=True)
     try:
         train(settings)

@@ -707,7 +707,7 @@ def _adopt_round1(settings: TrainConfig, manifest: RunManifest, splits: DataSpli
         return
     folder = Path(settings.round1_from)
     donor = _check_same_round1(settings, manifest, splits, folder)
-    if not donor.reusable("checkpoint", folder / CHECKPOINT, key):
+    if not donor.reusable("checkpoint", folder / CHECKPOINT, key):  # hashes it: a damaged file is refused here
         raise ValueError(f"round1_from: {folder} has no finished checkpoint; train it first "
                          f"(elta train --resume --out {folder})")
     state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)
@@ -715,12 +715,14 @@ def _adopt_round1(settings: TrainConfig, manifest: RunManifest, splits: DataSpli
     if trained != settings.epochs:
         raise ValueError(f"round1_from: {folder} has trained {trained} of round 1's {settings.epochs} epochs; "
                          f"finish it first (elta train --resume --out {folder})")
-    stages = [("checkpoint", CHECKPOINT)] + ([("best", BEST)] if settings.select_best != "none" else [])
+    stages = [("checkpoint", CHECKPOINT)]
+    if settings.select_best != "none":
+        if not donor.reusable("best", folder / BEST, manifest.stage_key("best", CHECKPOINT_KEY)):
+            raise ValueError(f"round1_from: {folder / BEST} is missing or does not match its run; train round 1 "
+                             "here (leave out --round1-from)")
+        stages.append(("best", BEST))
     for stage, name in stages:
         stage_key = manifest.stage_key(stage, CHECKPOINT_KEY)
-        if not donor.reusable(stage, folder / name, stage_key):
-            raise ValueError(f"round1_from: {folder / name} is missing or does not match its run; train round 1 "
-                             "here (leave out --round1-from)")
         expected = donor.data["stages"][stage]["sha256"]
         ddp.on_main(lambda: _copy_verified(folder / name, out / name, expected))  # an error stops every rank
         manifest.record(stage, out / name, stage_key, expected)
@@ -757,12 +759,10 @@ def _check_same_round1(settings: TrainConfig, manifest: RunManifest, splits: Dat
                               "(leave out --round1-from), or give a run with these settings")
     changed = [name for name in ("labels", "images", "weights", "val_labels")
                if manifest.data["inputs"].get(name) != donor.data["inputs"].get(name)]
-    rows = lambda split: sorted(split.get("train", [])) + sorted(split.get("validation", []))  # noqa: E731
-    mine_split = {"train": list(splits.train.images)} | ({} if splits.validation is None else
-                                                          {"validation": list(splits.validation.images)})
+    round1_rows = lambda split: [sorted(split.get(name, [])) for name in ("train", "validation")]  # noqa: E731
     if not changed and not (folder / SPLIT_FILE).is_file():
         changed = [f"it has no {SPLIT_FILE}"]
-    if changed or rows(_split_rows(folder / SPLIT_FILE)) != rows(mine_split):
+    if changed or round1_rows(_split_rows(folder / SPLIT_FILE)) != round1_rows(_split_images(splits)):
         what = ", ".join(changed) or f"the training or validation rows of its {SPLIT_FILE}"
         raise StaleStateError(f"round1_from: {folder} trained on other data ({what}); train round 1 here "
                               "(leave out --round1-from), or give a run on this data")
@@ -870,10 +870,15 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunCo
 SPLIT_FILE = "split.csv"  # image, split: the rows a run trained, validated, calibrated and tested on
 
 
+def _split_images(splits: DataSplits) -> dict[str, list[str]]:
+    """The images of each split a run uses, by the names ``split.csv`` gives them."""
+    return {name: list(part.images) for name, part in (("train", splits.train), ("validation", splits.validation),
+                                                       ("calibration", splits.calibration), ("test", splits.test))
+            if part is not None}
+
+
 def _write_split(out: Path, splits: DataSplits) -> None:
-    rows = [(image, name) for name, part in (("train", splits.train), ("validation", splits.validation),
-                                             ("calibration", splits.calibration), ("test", splits.test))
-            if part is not None for image in part.images]
+    rows = [(image, name) for name, images in _split_images(splits).items() for image in images]
     buffer = io.StringIO()
     csv.writer(buffer).writerows([("image", "split"), *rows])
     atomic_write_text(out / SPLIT_FILE, buffer.getvalue())
