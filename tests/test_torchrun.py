@@ -183,3 +183,50 @@ def test_apds_and_pseudo_labelling_on_two_ranks_select_what_one_selects(data, tm
     _elta(*evaluate, "--out", tmp_path / "eval1")
     _elta(*evaluate, "--out", tmp_path / "eval2", processes=2)
     _assert_same_table(tmp_path / "eval1" / "predictions.csv", tmp_path / "eval2" / "predictions.csv")
+
+
+# Runs an elta command as torchrun's worker with the garbage collector off (so that nothing
+# but the command itself frees the DDP module) and records, when the interpreter starts
+# to shut down, which threads the process still has.
+THREADS_AT_EXIT = '''
+import atexit, gc, os, sys
+gc.disable()
+from elta_core.app.cli import main
+
+def record():
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{task}/comm").read().strip())
+        except OSError:
+            pass
+    with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"] + ".txt"), "w") as out:
+        out.write("\\n".join(sorted(names)))
+
+atexit.register(record)  # registered last, so it runs first: right after the command returned
+sys.exit(main(sys.argv[2:]))
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the threads from /proc")
+def test_no_rank_reaches_the_interpreters_teardown_with_the_process_groups_threads(data, tmp_path):
+    """A rank whose process group outlived the command (held by the DDP module in a
+    reference cycle) tore gloo's threads down with the interpreter, and now and then
+    aborted there (``terminate called without an active exception``, exit -6). The
+    command must leave with the group and its threads gone, whether or not the garbage
+    collector happened to run."""
+    script, threads = tmp_path / "worker.py", tmp_path / "threads"
+    script.write_text(THREADS_AT_EXIT)
+    threads.mkdir()
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for k in range(9):
+        (pool / f"{k}.jpg").write_bytes((data / "images" / f"{k}.jpg").read_bytes())
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+               str(threads), "train", *_labels(data), *MODEL, "--epochs", "1", "--batch-size", "8", "--apds",
+               "--unlabelled", str(pool), "--min-selected", "1", "--round2-epochs", "1", "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for rank in (0, 1):
+        names = (threads / f"rank{rank}.txt").read_text().split()
+        assert not [name for name in names if "gloo" in name], (rank, names)

@@ -4,6 +4,7 @@ is the identity in a single process."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -162,6 +163,16 @@ def init_from_environment(device: torch.device) -> torch.device:
 
 
 def shutdown() -> None:
-    """Leave the process group joined by :func:`init_from_environment`."""
+    """Leave the process group joined by :func:`init_from_environment`, and end its threads
+    here, while the interpreter is whole.
+
+    ``destroy_process_group`` only unregisters the group: a ``DistributedDataParallel``
+    module that still holds it (an ``ELTAWrapper``'s hooks make a reference cycle, which
+    only the garbage collector frees) keeps gloo's threads running until the interpreter's
+    own teardown, where a rank aborted now and then (``terminate called without an active
+    exception``). So the cycles are collected first, and the group is destroyed with no
+    other reference left (docs/design.md, "Leaving the process group")."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
