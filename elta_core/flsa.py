@@ -13,7 +13,8 @@ Two exact forms, picked by shape (``form="auto"``):
 
 Both are written in backend operations and return the loss with its exact gradient
 (first order), attached to the features through the backend, so no autograd graph of
-intermediates is kept. Both accumulate in float32 at least (bf16/fp16 are upcast).
+intermediates is kept. Both accumulate in float32 at least (bf16/fp16 are upcast; the
+Triton kernel takes them as they are and accumulates in float32).
 """
 
 from __future__ import annotations
@@ -128,35 +129,45 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple
 
     order = backend.argsort(u, axis=0)
     u_sorted = backend.take(u, order)
+
+    # The totals T0 = sum_j z_j and T1 = sum_j u_j z_j, then the walk over the rows in
+    # score order (a native kernel on the CPU where one is built).
+    total = backend.sum(zh, axis=0, keepdims=True)
+    weighted_total = backend.matmul(backend.reshape(u, (1, -1)), zh)
+    from elta_core.kernels import dispatch
+
+    def native(gram_walk) -> tuple[Tensor, Tensor | None]:
+        gradient = backend.matmul(zh, gram) if with_grad else None  # Zh G, then 4 (Zh G - M Zh) in place
+        walked = gram_walk(zh, order, u_sorted, total, weighted_total, gradient)
+        return backend.constant(walked, sum_c2), gradient
+
+    def reference() -> tuple[Tensor, Tensor | None]:
+        return _gram_walk(backend, zh, gram, order, u_sorted, total, weighted_total, with_grad)
+
+    width = backend.shape(zh)[1]
+    sum_cm, gradient = dispatch.run(dispatch.kernel("gram_walk", backend.name, zh, rows=size, width=width),
+                                    native, reference)
+    return sum_c2 - 2 * sum_cm + sum_similarity_squared(backend, u, u_sorted), gradient
+
+
+def _gram_walk(backend, zh: Tensor, gram: Tensor, order: Tensor, u_sorted: Tensor, total: Tensor,
+               weighted_total: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """``sum_k zh_k . (M Zh)_k`` from the prefix sums ``P0_k = sum_{m<=k} zh_m`` and ``P1_k =
+    sum_{m<=k} u_m zh_m`` over the rows in score order, carried from chunk to chunk, and
+    (when asked) the gradient ``4 (Zh G - M Zh)`` in input order."""
+    size = backend.shape(zh)[0]
     chunks = _chunks(size)
-
-    def prefixes(start: int, stop: int, carry: tuple | None):
-        """The chunk's rows in score order, their scores, and the prefix sums P0_k =
-        sum_{m<=k} z_m and P1_k = sum_{m<=k} u_m z_m, carried over the chunks before."""
-        rows = order[start:stop]
-        z_sorted = backend.take(zh, rows, axis=0)
-        u_column = backend.reshape(u_sorted[start:stop], (-1, 1))
-        prefix = backend.cumsum(z_sorted, axis=0)
-        weighted_prefix = backend.cumsum(u_column * z_sorted, axis=0)
-        if carry is not None:
-            prefix, weighted_prefix = prefix + carry[0], weighted_prefix + carry[1]
-        return rows, z_sorted, u_column, prefix, weighted_prefix
-
-    # The totals T0, T1 are the prefix sums' last row; one chunk (any batch of up to
-    # CHUNK_ROWS rows) computes its prefix sums once, more chunks walk them twice.
-    carry, walked = None, []
-    for start, stop in chunks:
-        walked = [prefixes(start, stop, carry)]
-        carry = (walked[0][3][-1:], walked[0][4][-1:])
-    total, weighted_total = carry
     similar = zh * 0 if with_grad else None  # (M Zh)_k = sum_j (1 - |u_k - u_j|) z_j, in input order
     sum_cm, carry = 0, None
     for start, stop in chunks:
-        if len(chunks) == 1:
-            rows, z_sorted, u_column, prefix, weighted_prefix = walked[0]
-        else:
-            rows, z_sorted, u_column, prefix, weighted_prefix = prefixes(start, stop, carry)
-            carry = (prefix[-1:], weighted_prefix[-1:])
+        rows = order[start:stop]
+        z_sorted = backend.take(zh, rows, axis=0)
+        u_column = backend.reshape(u_sorted[start:stop], (-1, 1))
+        prefix = _prefix_sums(backend, z_sorted)
+        weighted_prefix = _prefix_sums(backend, u_column * z_sorted)
+        if carry is not None:
+            prefix, weighted_prefix = prefix + carry[0], weighted_prefix + carry[1]
+        carry = (prefix[-1:], weighted_prefix[-1:])
         # A_k = sum_j |u_k - u_j| z_j = 2 (u_k P0_k - P1_k) + T1 - u_k T0; tied scores add 0
         # on either side, so inclusive prefixes are exact.
         spread = 2 * (u_column * prefix - weighted_prefix) + weighted_total - u_column * total
@@ -164,15 +175,36 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple
         sum_cm = sum_cm + backend.sum(z_sorted * similar_sorted)
         if with_grad:
             similar = backend.put_rows(similar, rows, similar_sorted)
-
-    total_sum = sum_c2 - 2 * sum_cm + sum_similarity_squared(backend, u, u_sorted)
     if not with_grad:
-        return total_sum, None
+        return sum_cm, None
     positions = backend.arange(size, order)
     for start, stop in chunks:  # the gradient, written over (M Zh) row by row
         gradient = 4 * (backend.matmul(zh[start:stop], gram) - similar[start:stop])
         similar = backend.put_rows(similar, positions[start:stop], gradient)
-    return total_sum, similar
+    return sum_cm, similar
+
+
+PREFIX_BLOCK = 64  # rows of the triangular matmul that replaces a running sum
+
+
+def _prefix_sums(backend, x: Tensor) -> Tensor:
+    """Running sums of the rows of ``x`` (n, D): ``cumsum`` along the rows is a slow strided
+    walk on the CPU, so whole blocks of ``PREFIX_BLOCK`` rows are summed by one batched
+    matmul with a lower-triangular matrix of ones, and the blocks' totals carried by a
+    ``cumsum`` over n / PREFIX_BLOCK rows (the same sums, in another order)."""
+    rows, width = backend.shape(x)
+    whole = rows - rows % PREFIX_BLOCK
+    if whole < 2 * PREFIX_BLOCK:
+        return backend.cumsum(x, axis=0)
+    import numpy as np
+
+    lower = backend.cast_like(backend.from_numpy(np.tril(np.ones((PREFIX_BLOCK, PREFIX_BLOCK))), x), x)
+    blocks = backend.matmul(lower, backend.reshape(x[:whole], (whole // PREFIX_BLOCK, PREFIX_BLOCK, width)))
+    carried = backend.cumsum(blocks[:, -1, :], axis=0) - blocks[:, -1, :]  # the blocks before each block
+    summed = backend.reshape(blocks + backend.reshape(carried, (-1, 1, width)), (whole, width))
+    if whole == rows:
+        return summed
+    return backend.concat([summed, backend.cumsum(x[whole:], axis=0) + summed[-1:]], axis=0)
 
 
 def sum_similarity_squared(backend, u: Tensor, u_sorted: Tensor | None = None) -> Tensor:
@@ -200,7 +232,9 @@ def _normalize_backward(backend, zh: Tensor, squared: Tensor, norm: Tensor, grad
         along = backend.sum(z * g, axis=1, keepdims=True)
         # Where the norm was floored, zh = z / floor is linear in z: no projection.
         along = backend.where(squared[start:stop] >= NORM_FLOOR**2, along, backend.constant(0.0, along))
-        rows = backend.where(has_range, (g - z * along) / norm[start:stop] / (size * size), zero)
+        # one factor a row (1 / (norm B^2), or 0), so that the (rows, D) arithmetic is two passes
+        factor = backend.where(has_range, 1 / (norm[start:stop] * (size * size)), zero)
+        rows = (g - z * along) * factor
         grad_zh = backend.put_rows(grad_zh, positions[start:stop], rows)
     return grad_zh
 
@@ -243,7 +277,10 @@ def alignment_loss(
 
     resolved = dispatch.flsa_form(size, width) if form == "auto" else form
     chosen = dispatch.kernel("flsa", backend.name, z, rows=size, width=width, form=form)
-    return dispatch.run(chosen, lambda flsa_loss: flsa_loss(z, backend.cast_like(s, z), resolved),
+    # Half features reach the Triton kernel as they are (its tiles run on the tensor cores,
+    # accumulating in float32); everything else gets them at float32 at least.
+    kernel_z = backend.reshape(features, (size, width)) if chosen is not None and chosen.impl == "triton" else z
+    return dispatch.run(chosen, lambda flsa_loss: flsa_loss(kernel_z, backend.cast_like(s, z), resolved),
                         lambda: _reference_loss(backend, z, s, resolved))
 
 

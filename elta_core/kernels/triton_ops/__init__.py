@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["compute_dtype", "cpu_tensors_under_interpreter"]
+__all__ = ["compute_dtype", "cpu_tensors_under_interpreter", "device_scalars"]
 
 
 def compute_dtype(dtype):
@@ -16,6 +16,15 @@ def compute_dtype(dtype):
     import torch
 
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def device_scalars(like, dtype, *values: float):
+    """``values`` as a 1-D tensor of ``dtype`` on ``like``'s device, one fill each (no copy
+    from the host, so no synchronisation). The kernels read their float scalars from it: a
+    Python float argument reaches a kernel as float32, even a float64 one."""
+    import torch
+
+    return torch.cat([torch.full((1,), float(value), device=like.device, dtype=dtype) for value in values])
 
 
 @contextmanager

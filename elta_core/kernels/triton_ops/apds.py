@@ -9,7 +9,9 @@
   threshold at once. Partial sums per block are reduced afterwards (deterministic, no
   atomics), so a whole grid search is four launches and one copy to the host.
 
-The rows are computed in float32 (float64 for float64 logits), as the reference.
+The rows are computed in float32 (float64 for float64 logits), as the reference; float
+scalars (beta, the score scale, the threshold) are read from a tensor of that dtype, and
+offsets into (N, C) arrays are int64.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import torch
 import triton
 import triton.language as tl
 
-from elta_core.kernels.triton_ops import compute_dtype
+from elta_core.kernels.triton_ops import compute_dtype, device_scalars
 
 
 @triton.jit
 def _softmax_and_score(logits_ptr, values_ptr, rows, row_ok, num_bins, compute: tl.constexpr, BLOCK_C: tl.constexpr):
     cols = tl.arange(0, BLOCK_C)
     col_ok = cols < num_bins
-    z = tl.load(logits_ptr + rows[:, None] * num_bins + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+    z = tl.load(logits_ptr + rows.to(tl.int64)[:, None] * num_bins + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
                 other=0.0).to(compute)
     z = tl.where(col_ok[None, :], z, float("-inf"))
     shifted = z - tl.max(z, axis=1)[:, None]
@@ -53,11 +55,12 @@ def _scores_kernel(logits_ptr, values_ptr, scores_ptr, size, num_bins, BLOCK_N: 
 
 
 @triton.jit
-def _sharpen_kernel(logits_ptr, values_ptr, centre_ptr, sharpened_ptr, maximum_ptr, kept_ptr, size, num_bins, beta,
-                    score_scale, threshold, STRICT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+def _sharpen_kernel(logits_ptr, values_ptr, centre_ptr, scalars_ptr, sharpened_ptr, maximum_ptr, kept_ptr, size,
+                    num_bins, STRICT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < size
     compute = sharpened_ptr.dtype.element_ty
+    beta, score_scale, threshold = tl.load(scalars_ptr), tl.load(scalars_ptr + 1), tl.load(scalars_ptr + 2)
     shifted, _, _, scores = _softmax_and_score(logits_ptr, values_ptr, rows, row_ok, num_bins, compute, BLOCK_C)
     gap = tl.abs(scores - tl.load(centre_ptr)) / score_scale
     # z / tau_i = z * exp(beta * gap) [Eq. 8], on max-shifted logits as the reference
@@ -65,7 +68,7 @@ def _sharpen_kernel(logits_ptr, values_ptr, centre_ptr, sharpened_ptr, maximum_p
     total = tl.sum(e, axis=1)
     maximum = 1.0 / total
     cols = tl.arange(0, BLOCK_C)
-    tl.store(sharpened_ptr + rows[:, None] * num_bins + cols[None, :], e / total[:, None],
+    tl.store(sharpened_ptr + rows.to(tl.int64)[:, None] * num_bins + cols[None, :], e / total[:, None],
              mask=row_ok[:, None] & (cols < num_bins)[None, :])
     tl.store(maximum_ptr + rows, maximum, mask=row_ok)
     kept = maximum > threshold if STRICT else maximum >= threshold
@@ -73,8 +76,8 @@ def _sharpen_kernel(logits_ptr, values_ptr, centre_ptr, sharpened_ptr, maximum_p
 
 
 @triton.jit
-def _grid_kernel(logits_ptr, values_ptr, true_ptr, centre_ptr, betas_ptr, thresholds_ptr, counts_ptr, sums_ptr,
-                 size, num_bins, num_betas, num_thresholds, score_scale, STRICT: tl.constexpr,
+def _grid_kernel(logits_ptr, values_ptr, true_ptr, centre_ptr, scale_ptr, betas_ptr, thresholds_ptr, counts_ptr,
+                 sums_ptr, size, num_bins, num_betas, num_thresholds, STRICT: tl.constexpr,
                  SHARPENED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
     block = tl.program_id(0)
     rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -82,11 +85,11 @@ def _grid_kernel(logits_ptr, values_ptr, true_ptr, centre_ptr, betas_ptr, thresh
     compute = sums_ptr.dtype.element_ty
     shifted, _, values, scores = _softmax_and_score(logits_ptr, values_ptr, rows, row_ok, num_bins, compute, BLOCK_C)
     truth = tl.load(true_ptr + rows, mask=row_ok, other=0.0).to(compute)
-    gap = tl.abs(scores - tl.load(centre_ptr)) / score_scale
+    gap = tl.abs(scores - tl.load(centre_ptr)) / tl.load(scale_ptr)
     slots = tl.arange(0, BLOCK_T)
     slot_ok = slots < num_thresholds
     thresholds = tl.load(thresholds_ptr + slots, mask=slot_ok, other=2.0).to(compute)  # 2 is never reached
-    out = block * num_betas * num_thresholds
+    out = block.to(tl.int64) * num_betas * num_thresholds  # this block's (betas, thresholds) table
     for b in range(0, num_betas):
         beta = tl.load(betas_ptr + b).to(compute)
         e = _sharpened_exp(shifted, tl.exp(beta * gap))
@@ -103,8 +106,9 @@ def _grid_kernel(logits_ptr, values_ptr, true_ptr, centre_ptr, betas_ptr, thresh
         passing = passing & row_ok[:, None]
         count = tl.sum(passing.to(compute), axis=0)
         error_sum = tl.sum(tl.where(passing, error[:, None], 0.0), axis=0)
-        tl.store(counts_ptr + out + b * num_thresholds + slots, count, mask=slot_ok)
-        tl.store(sums_ptr + out + b * num_thresholds + slots, error_sum, mask=slot_ok)
+        tl.store(counts_ptr + out + slots, count, mask=slot_ok)
+        tl.store(sums_ptr + out + slots, error_sum, mask=slot_ok)
+        out += num_thresholds
 
 
 def _blocks(num_bins: int) -> tuple[int, int]:
@@ -141,9 +145,10 @@ def sharpen_rows(logits: torch.Tensor, values: torch.Tensor, beta: float, mean_s
     maximum = torch.empty(size, device=logits.device, dtype=compute)
     kept = torch.empty(size, device=logits.device, dtype=torch.int8)
     block_n, block_c = _blocks(num_bins)
+    scalars = device_scalars(logits, compute, beta, score_scale, threshold)
     _sharpen_kernel[(triton.cdiv(size, block_n),)](
-        logits, values, centre, sharpened, maximum, kept, size, num_bins, float(beta), float(score_scale),
-        float(threshold), STRICT=bool(strict), BLOCK_N=block_n, BLOCK_C=block_c,
+        logits, values, centre, scalars, sharpened, maximum, kept, size, num_bins,
+        STRICT=bool(strict), BLOCK_N=block_n, BLOCK_C=block_c,
     )
     return sharpened, maximum, kept.bool()
 
@@ -163,8 +168,9 @@ def grid_accumulate(logits: torch.Tensor, true_scores: torch.Tensor, values: tor
     sums = torch.empty_like(counts)
     _grid_kernel[(blocks,)](
         logits, values, true_scores.detach().to(compute).contiguous(), centre,
+        device_scalars(logits, compute, score_scale),
         torch.tensor(betas, dtype=compute).to(device), torch.tensor(thresholds, dtype=compute).to(device),
-        counts, sums, size, num_bins, len(betas), len(thresholds), float(score_scale),
+        counts, sums, size, num_bins, len(betas), len(thresholds),
         STRICT=bool(strict), SHARPENED=bool(pseudo_sharpened), BLOCK_N=block_n, BLOCK_C=block_c,
         BLOCK_T=triton.next_power_of_2(len(thresholds)),
     )
