@@ -168,3 +168,41 @@ def test_environment_switch_forces_the_reference():
         "print(f.alignment_loss(np.eye(4), np.arange(4.0)))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ELTA_NATIVE": "0"})
+
+
+@needs_native
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+@pytest.mark.parametrize("size", [300, 1500])  # 1500 rows: the walk runs on both threads' ranges
+def test_the_native_gram_walk_equals_the_backend_neutral_walk(backend_name, size, rng):
+    """The Gram form on the CPU: the native walk over the rows in score order against the
+    walk in backend operations, float64, scores 1..10 in steps of 0.5 (ties across every
+    range), with and without the gradient."""
+    z = rng.normal(size=(size, 24))
+    s = np.round(rng.uniform(1, 10, size) * 2) / 2
+    results = {}
+    for native_on in (True, False):
+        kernels.set_native_enabled(native_on)
+        try:
+            if backend_name == "numpy":
+                results[native_on] = (float(flsa.alignment_loss(z, s, form="gram")), None)
+            else:
+                torch = pytest.importorskip("torch")
+                leaf = torch.tensor(z, requires_grad=True)
+                loss = flsa.alignment_loss(leaf, torch.tensor(s), form="gram")
+                loss.backward()
+                results[native_on] = (loss.item(), leaf.grad.numpy())
+        finally:
+            kernels.set_native_enabled(True)
+    assert dispatch.select_impl("gram_walk", backend_name, z if backend_name == "numpy" else leaf, rows=size) == "native"
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-12)
+    assert results[True][0] == pytest.approx(float(flsa.alignment_loss(z, s, form="direct")), rel=1e-10)
+    if backend_name == "torch":
+        np.testing.assert_allclose(results[True][1], results[False][1], rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 128, 129, 700])
+def test_blocked_prefix_sums_equal_a_running_sum(rows, rng):
+    from elta_core.backends import get_backend
+
+    x = rng.normal(size=(rows, 5))
+    np.testing.assert_allclose(flsa._prefix_sums(get_backend(x), x), np.cumsum(x, axis=0), rtol=1e-12, atol=1e-12)

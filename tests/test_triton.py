@@ -452,3 +452,50 @@ def test_the_kernels_label_side_equals_the_cores_definitions():
         torch.testing.assert_close(flsa_kernels.label_similarity_squared_sum(u),
                                    flsa.sum_similarity_squared(torch_backend, u))
     assert flsa_kernels.NORM_FLOOR == flsa.NORM_FLOOR
+
+
+@needs_interpreter
+def test_gram_scan_over_many_row_blocks_with_ties_across_them():
+    """The blocked scan: 200 rows are four row blocks of the prefix sums, and scores 1..5
+    tie across the blocks' edges."""
+    from elta_core.kernels.triton_ops.flsa import GRAM_BLOCK_ROWS
+
+    generator = torch.Generator().manual_seed(5)
+    z = torch.randn(200, 10, generator=generator)
+    scores = torch.randint(1, 6, (200,), generator=generator).double()
+    assert 200 > 3 * GRAM_BLOCK_ROWS
+    expected_loss, expected_grad = _reference_loss_and_grad(z, scores, "gram")
+    loss, grad = _kernel_loss_and_grad(z, scores, "gram")
+    _close(loss.item(), expected_loss, torch.float32, "loss")
+    scale = np.abs(expected_grad).max()
+    _close(grad.numpy() / scale, expected_grad / scale, torch.float32, "gradient")
+
+
+def test_float32_tiles_follow_torchs_matmul_precision():
+    from elta_core.kernels.triton_ops.flsa import dot_precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        for setting, expected in (("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")):
+            torch.set_float32_matmul_precision(setting)
+            assert dot_precision(torch.float32) == expected
+            assert dot_precision(torch.float64) == dot_precision(torch.bfloat16) == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_features_reach_the_kernel_as_they_are(monkeypatch, dtype):
+    """The core upcasts half features for the reference, not for the Triton kernel (its
+    tiles run on the tensor cores); the gradient comes back in the features' dtype."""
+    from elta_core.kernels.triton_ops import flsa as flsa_kernels
+
+    seen = []
+    original = flsa_kernels.loss_and_grad
+    monkeypatch.setattr(flsa_kernels, "loss_and_grad",
+                        lambda features, *args, **kwargs: seen.append(features.dtype) or original(features, *args,
+                                                                                                   **kwargs))
+    z = torch.randn(40, 12).to(dtype)  # B > D: the Gram form (no half tl.dot needed by the interpreter)
+    loss, grad = _kernel_loss_and_grad(z, torch.rand(40) * 9 + 1)
+    assert seen == [dtype] and loss.dtype == torch.float32 and grad.dtype == dtype

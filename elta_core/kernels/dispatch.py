@@ -7,6 +7,7 @@ operation      Triton (GPU)                             native (CPU)            
 =============  =======================================  ========================================  =========
 ``flsa``       torch CUDA tensor; both forms            NumPy or torch CPU; form ``"auto"`` or    otherwise
                                                         ``"direct"``; ``B*B*D <= 131,072``
+``gram_walk``  never (inside the Triton FLSA kernels)    NumPy or torch CPU                        otherwise
 ``apds_rows``  torch CUDA tensor with rows              never (the reference is as fast)          otherwise
 ``apds_grid``  torch CUDA tensor with rows              NumPy or torch CPU; ``N >= 2,048``        otherwise
 =============  =======================================  ========================================  =========
@@ -43,19 +44,21 @@ from typing import Any, Callable, Literal, NamedTuple, TypeVar
 __all__ = ["Impl", "Kernel", "TRITON_BY_DEFAULT", "flsa_form", "kernel", "run", "select_impl"]
 
 Impl = Literal["triton", "native", "reference"]
-Operation = Literal["flsa", "apds_rows", "apds_grid"]
+Operation = Literal["flsa", "gram_walk", "apds_rows", "apds_grid"]
 
 TRITON_BY_DEFAULT = os.environ.get("ELTA_TRITON_DEFAULT", "1").strip().lower() not in ("0", "false", "no", "off")
 NATIVE_FLSA_MAX_PAIR_WORK = 131_072  # B * B * D; past this BLAS wins (benchmarks/README.md)
 NATIVE_GRID_MIN_ROWS = 2048
-_NATIVE_FORMS = {"flsa": ("auto", "direct"), "apds_grid": ("auto",)}
+_NATIVE_FORMS = {"flsa": ("auto", "direct"), "gram_walk": ("auto",), "apds_grid": ("auto",)}
 # (operation, implementation) -> "module:function"; the signatures are the core's contract:
 #   flsa(features (B, D), scores (B,), form) -> loss, differentiable w.r.t. the features
+#   gram_walk(zh, order, u_sorted, total, weighted_total, grad or None) -> sum_k zh_k . (M Zh)_k, grad in place
 #   apds_rows(logits, values, beta, mean_score, score_scale, threshold=1, strict=False) -> (sharpened, max, kept)
 #   apds_grid(logits, true, values, betas, thresholds, mean_score, score_scale, strict, sharpened) -> (counts, sums)
 _KERNELS: dict[tuple[str, str], str] = {
     ("flsa", "triton"): "elta_core.kernels.triton_ops.flsa:flsa_loss",
     ("flsa", "native"): "elta_core.kernels.native:flsa_loss",
+    ("gram_walk", "native"): "elta_core.kernels.native:gram_walk",
     ("apds_rows", "triton"): "elta_core.kernels.triton_ops.apds:sharpen_rows",
     ("apds_grid", "triton"): "elta_core.kernels.triton_ops.apds:grid_accumulate",
     ("apds_grid", "native"): "elta_core.kernels.native:grid_accumulate",
@@ -89,7 +92,7 @@ def _device_type(backend_name: str, tensor: Any) -> str:
 def _triton_allowed(op: Operation, backend_name: str, tensor: Any, rows: int) -> bool:
     from elta_core.kernels import triton_enabled
 
-    if backend_name != "torch" or rows == 0 or (op, "triton") in _broken:
+    if backend_name != "torch" or rows == 0 or (op, "triton") in _broken or (op, "triton") not in _KERNELS:
         return False
     device = _device_type(backend_name, tensor)
     if not (device == "cuda" and TRITON_BY_DEFAULT) and not (device == "cpu" and _cpu_under_interpreter):
@@ -106,6 +109,8 @@ def _native_allowed(op: Operation, backend_name: str, tensor: Any, rows: int, wi
         return False
     if op == "flsa":
         return rows * rows * width <= NATIVE_FLSA_MAX_PAIR_WORK
+    if op == "gram_walk":
+        return True
     return rows >= NATIVE_GRID_MIN_ROWS
 
 

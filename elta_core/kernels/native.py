@@ -71,6 +71,21 @@ def _native_flsa_function():
     return _FUNCTION
 
 
+def gram_walk(zh: Any, order: Any, u_sorted: Any, total: Any, weighted_total: Any, grad: Any | None) -> float:
+    """The Gram form's walk over the rows in score order: ``sum_k zh_k . (M Zh)_k``, and,
+    where ``grad`` (B, D) holds ``Zh G``, ``4 (Zh G - M Zh)`` written over it in place. CPU
+    arrays or tensors of one float dtype; ``order`` int64."""
+    zh = _host(zh)
+    dtype = np.float64 if zh.dtype == np.float64 else np.float32
+    target = _host(grad) if grad is not None else np.empty((1, zh.shape[1]), dtype=dtype)
+    if target.dtype != dtype or not target.flags.c_contiguous:
+        raise ValueError("grad: expected a C-contiguous buffer of the features' dtype")  # written in place
+    return native_module().flsa_gram_walk(
+        _float_array(zh, dtype), _float_array(_host(order), np.int64), _float_array(_host(u_sorted), dtype),
+        _float_array(_host(total).reshape(-1), dtype), _float_array(_host(weighted_total).reshape(-1), dtype), target,
+        grad is not None)
+
+
 def grid_accumulate(logits: Any, true_scores: Any, bin_values: Any, betas: Sequence[float],
                     thresholds: Sequence[float], mean_score: float | None, score_scale: float, strict: bool,
                     pseudo_sharpened: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -149,6 +149,90 @@ double flsa_forward_backward(Matrix<T> z, Vector<T> s, OutMatrix<T> grad) {
   return total / (double(rows) * double(rows));
 }
 
+// The Gram form's walk over the rows in score order [docs/design.md, "The Gram form"]:
+// with P0_k = sum_{m<=k} zh_m and P1_k = sum_{m<=k} u_m zh_m carried, the row
+// (M Zh)_k = T0 - (2 (u_k P0_k - P1_k) + T1 - u_k T0). Returns sum_k zh_k . (M Zh)_k, and
+// where grad holds Zh G (rows in input order) overwrites each row with 4 (Zh G - M Zh)_k:
+// one read of each row and one read-write of its gradient, where the reference makes a
+// dozen passes. Threads take contiguous ranges of the sorted rows: their ranges' sums first,
+// then each walks its range from the sums of the ranges before it.
+// One row of the walk: carry the prefix sums, return zh_k . (M Zh)_k, and (kGrad) write
+// 4 (Zh G - M Zh)_k over Zh G.
+template <typename T, bool kGrad>
+inline T gram_walk_row(const T* z, T* g, T u, T* p0, T* p1, const T* t0, const T* t1, int64_t width) {
+  T dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t d = 0; d < width; ++d) {
+    p0[d] += z[d];
+    p1[d] += u * z[d];
+    const T similar = t0[d] - (T(2) * (u * p0[d] - p1[d]) + t1[d] - u * t0[d]);
+    dot += z[d] * similar;
+    if constexpr (kGrad) g[d] = T(4) * (g[d] - similar);
+  }
+  return dot;
+}
+
+template <typename T>
+double flsa_gram_walk(Matrix<T> zh, nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> order,
+                      Vector<T> u_sorted, Vector<T> total, Vector<T> weighted_total, OutMatrix<T> grad,
+                      bool with_grad) {
+  const int64_t rows = static_cast<int64_t>(zh.shape(0));
+  const int64_t width = static_cast<int64_t>(zh.shape(1));
+  const T* zp = zh.data();
+  const int64_t* op = order.data();
+  const T* up = u_sorted.data();
+  const T* t0 = total.data();
+  const T* t1 = weighted_total.data();
+  T* gp = grad.data();
+  int threads = 1;
+#ifdef _OPENMP
+  threads = std::max<int>(1, std::min<int64_t>(omp_get_max_threads(), rows / 256));
+#endif
+  std::vector<T> carry0(static_cast<size_t>(threads + 1) * width, T(0)), carry1(carry0.size(), T(0));
+  double summed = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : summed)
+  {
+    int thread = 0;
+#ifdef _OPENMP
+    thread = omp_get_thread_num();
+#endif
+    const int64_t first = rows * thread / threads, last = rows * (thread + 1) / threads;
+    T* p0 = carry0.data() + static_cast<size_t>(thread + 1) * width;
+    T* p1 = carry1.data() + static_cast<size_t>(thread + 1) * width;
+    if (threads > 1) {
+      for (int64_t k = first; k < last; ++k) {  // this range's sums
+        const T* z = zp + op[k] * width;
+        const T u = up[k];
+#pragma omp simd
+        for (int64_t d = 0; d < width; ++d) {
+          p0[d] += z[d];
+          p1[d] += u * z[d];
+        }
+      }
+#pragma omp barrier
+#pragma omp single
+      for (int t = 1; t <= threads; ++t) {  // inclusive scan of the ranges' sums
+        for (int64_t d = 0; d < width; ++d) {
+          carry0[t * width + d] += carry0[(t - 1) * width + d];
+          carry1[t * width + d] += carry1[(t - 1) * width + d];
+        }
+      }
+      std::vector<T> start0(carry0.begin() + thread * width, carry0.begin() + (thread + 1) * width);
+      std::vector<T> start1(carry1.begin() + thread * width, carry1.begin() + (thread + 1) * width);
+#pragma omp barrier
+      std::copy(start0.begin(), start0.end(), p0);
+      std::copy(start1.begin(), start1.end(), p1);
+    }
+    for (int64_t k = first; k < last; ++k) {
+      const int64_t row = op[k];
+      const T* z = zp + row * width;
+      summed += double(with_grad ? gram_walk_row<T, true>(z, gp + row * width, up[k], p0, p1, t0, t1, width)
+                                 : gram_walk_row<T, false>(z, nullptr, up[k], p0, p1, t0, t1, width));
+    }
+  }
+  return summed;
+}
+
 // Softmax of one row into probs; returns the row maximum of the logits.
 template <typename T>
 double softmax_row(const T* logits, int64_t levels, double* probs) {
@@ -306,6 +390,8 @@ NB_MODULE(_native, m) {
         nb::call_guard<nb::gil_scoped_release>());
   m.def("flsa_forward_backward", &flsa_forward_backward<double>, nb::arg("z"), nb::arg("s"), nb::arg("grad"),
         nb::call_guard<nb::gil_scoped_release>());
+  m.def("flsa_gram_walk", &flsa_gram_walk<float>, nb::call_guard<nb::gil_scoped_release>());
+  m.def("flsa_gram_walk", &flsa_gram_walk<double>, nb::call_guard<nb::gil_scoped_release>());
   m.def("grid_accumulate", &grid_accumulate<float>, nb::call_guard<nb::gil_scoped_release>());
   m.def("grid_accumulate", &grid_accumulate<double>, nb::call_guard<nb::gil_scoped_release>());
 }
