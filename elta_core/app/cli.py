@@ -1,5 +1,5 @@
 """The ``elta`` command: ``demo``, ``synth``, ``stats``, ``prepare``, ``train``, ``evaluate``, ``pseudo-label``,
-``compare``.
+``doctor``, ``compare``.
 
 Each command's settings are a dataclass of :mod:`elta_core.app.config`, and its options
 are generated from that dataclass's fields. Frameworks are imported by the command that
@@ -81,6 +81,35 @@ def _demo(settings: config.DemoCommand) -> int:
                       threads=settings.threads)
     print(describe(report))
     return 0
+
+
+def _doctor(settings: config.DoctorConfig) -> int:
+    from elta_core.optional import require
+
+    require("torch", "torch")
+    import torch
+
+    from elta_core.app import doctor
+    from elta_core.app.training import _device
+
+    devices = [_device(settings.device)] if settings.device else \
+        [torch.device("cpu")] + [torch.device("cuda", k) for k in range(torch.cuda.device_count())]
+    backend = None if settings.compile_backend == "none" else settings.compile_backend
+    checks = doctor.run_checks(devices, quick=settings.quick, compile_backend=backend,
+                               progress=(lambda _: None) if settings.quiet else (lambda line: print(line, flush=True)))
+    if not checks:
+        print("elta doctor: no fused kernel runs on " + ", ".join(map(str, devices)) + " (the reference runs "
+              "everywhere): build the native kernels (a C++ compiler at install time) or use a CUDA GPU with Triton")
+        return 0
+    print(doctor.table(checks))
+    if settings.json:
+        from elta_core.io import atomic_write_json
+
+        atomic_write_json(settings.json, doctor.as_json(checks))
+    failed = [c for c in checks if not c.ok]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed" + (
+        "; the failures above run the reference instead if you set ELTA_TRITON=0 / ELTA_NATIVE=0" if failed else ""))
+    return 1 if failed else 0
 
 
 def _is_main() -> bool:
@@ -244,6 +273,12 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str, str, str]] = {
                      "score, p_1..p_C) for the confident images of an unlabelled pool.",
                      "elta pseudo-label --checkpoint runs/r18/checkpoint.pt --calibration data/labels.csv "
                      "--format ava --images data/images --unlabelled data/images"),
+    "doctor": (config.DoctorConfig, _doctor, "check the fused kernels on this machine against the reference",
+               "Runs every kernel that runs here (Triton on a CUDA GPU, native on the CPU) against the\n"
+               "float64 reference at representative shapes, times it against the reference eager and\n"
+               "under torch.compile, and on a GPU checks that a training step never waits for the host.\n"
+               "Exits 1 on any mismatch.",
+               "elta doctor --json doctor.json"),
     "compare": (config.CompareConfig, _compare, "the same model trained with each method and seed, compared honestly",
                 "Runs elta train once per method and seed (same data, splits and seeds; each run resumable\n"
                 "in OUT/runs/METHOD/seedN), then writes compare.md, compare.json and compare.png: P, S,\n"

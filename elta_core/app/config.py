@@ -419,6 +419,18 @@ class DemoCommand:
 
 
 @dataclass(frozen=True)
+class DoctorConfig:
+    """``elta doctor``."""
+
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: the CPU and every CUDA device)")
+    quick: bool = option(False, "fewer shapes and repeats", action="store_true")
+    compile_backend: str = option("inductor", "torch.compile backend of the reference timed beside the kernels "
+                                  "('none': not timed)")
+    json: str | None = option(None, "also write every check here", metavar="FILE.json")
+    quiet: bool = option(False, "no progress lines", action="store_true")
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """``elta compare``: ``train_arguments`` are ``elta train`` arguments (after ``--``)."""
 
