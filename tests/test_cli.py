@@ -370,7 +370,7 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
 
     from elta_core import __version__
 
-    for command in ("demo", "synth", "stats", "prepare", "train", "evaluate", "pseudo-label", "compare"):
+    for command in ("demo", "synth", "stats", "prepare", "train", "evaluate", "pseudo-label", "doctor", "compare"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = capsys.readouterr().out
@@ -608,3 +608,22 @@ def test_resume_after_an_image_changed_is_refused(folder_dataset, tmp_path, caps
     os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
     assert _train(labels, copied, out, "--epochs", "2", "--lr-schedule", "constant", "--resume") == 2
     assert "the input data changed since the run started (images)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("choice", [["--select-best", "srcc"], ["--apds", "--unlabelled", "POOL"]])
+def test_a_validation_file_that_is_the_test_file_is_refused_where_it_chooses(folder_dataset, tmp_path, capsys, choice):
+    """With --select-best the best epoch, with --apds the (beta, t), would be chosen on the
+    test set: refused before training, naming --val-labels."""
+    labels, images = folder_dataset
+    rows = labels.read_text().splitlines()
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("\n".join([rows[0]] + rows[1:40]) + "\n")
+    test.write_text("\n".join([rows[0]] + rows[40:]) + "\n")
+    choice = [str(images) if arg == "POOL" else arg for arg in choice]
+    out = tmp_path / "run"
+    assert main(["train", "--labels", str(train), "--format", "ava", "--images", str(images), "--test-labels", str(test),
+                 "--val-labels", str(test), "--backbone", "resnet18", "--image-size", "32", "--epochs", "1", "--quiet",
+                 "--out", str(out), *choice]) == 2
+    error = capsys.readouterr().err
+    assert "val_labels: 25 of the 25 validation images are also test images" in error and "--val-labels" in error
+    assert not (out / "checkpoint.pt").exists()

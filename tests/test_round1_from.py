@@ -171,3 +171,17 @@ def test_compare_trains_round_1_once_for_the_apds_methods(data, tmp_path):
         for method in ("elta+apds", "elta+round2-control"):
             rows = (out / "runs" / method / f"seed{seed}" / "metrics.csv").read_text().splitlines()[1:3]
             assert rows == [line + ",1" for line in elta]  # elta's round 1, wall times included
+
+
+def test_round_2_resumes_the_best_epochs_optimizer_from_another_runs_round_1(data, tmp_path):
+    """``--select-best`` with ``--round2-resume-optimizer`` (``--recipe paper``): the donor
+    ran without APDS, and its ``best.pt`` must still keep the best epoch's optimizer, or
+    round 2 resumes the last epoch's optimizer on the best epoch's weights."""
+    best = ["--select-best", "srcc", "--round2-resume-optimizer", "--epochs", "3"]
+    assert _train(data, tmp_path / "donor", *best) == 0
+    saved = torch.load(tmp_path / "donor" / "best.pt", weights_only=True)
+    assert "optimizer" in saved and saved["optimizer"]["state"]
+    assert _train(data, tmp_path / "straight", *best, *_apds(data)) == 0
+    assert _train(data, tmp_path / "adopted", *best, *_apds(data), "--round1-from", str(tmp_path / "donor")) == 0
+    assert json.loads((tmp_path / "adopted" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "straight" / "metrics.json").read_text())

@@ -390,6 +390,28 @@ def _check_splits(table: LabelTable, splits: DataSplits) -> None:
                          "(give --test-labels, or a larger --val-fraction)")
 
 
+def _check_choices_not_on_test(settings: TrainConfig, splits: DataSplits) -> None:
+    """Refuse a validation split or ``--calibration`` file that shares images with the test
+    split where it chooses something: the best epoch (``--select-best``) or APDS's
+    (beta, t); the choice would be made on the test set (``--calibrate-on test`` is the
+    way to ask for that)."""
+    tested = set(splits.test.images)
+    uses = []
+    if splits.validation is not None and (settings.select_best != "none" or (settings.apds and not settings.calibration)):
+        what = "the best epoch" if settings.select_best != "none" else "APDS's (beta, t)"
+        uses.append(("val_labels", "validation", list(splits.validation.images), what))
+    if settings.apds and settings.calibration:
+        calibration = load_labels(settings.calibration, settings.calibration_format or settings.format,
+                                  image_root=settings.images)
+        uses.append(("calibration", "calibration", list(calibration.images), "APDS's (beta, t)"))
+    for argument, name, images, what in uses:
+        shared = [image for image in images if image in tested]
+        if shared:
+            raise ValueError(f"{argument}: {len(shared)} of the {len(images)} {name} images are also test images (e.g. "
+                             f"{Path(shared[0]).name}), so {what} would be chosen on the test set: give --"
+                             f"{argument.replace('_', '-')} a file disjoint from the test split")
+
+
 def _check_train_args(settings: TrainConfig) -> None:
     if settings.lr is None or not (math.isfinite(settings.lr) and settings.lr > 0):
         raise ValueError(f"lr: expected a finite learning rate > 0, got {settings.lr}")
@@ -492,6 +514,7 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
     train_data, val_data, test_data, held_out = _datasets(settings, splits, config)
     pool = unlabelled_pool(settings, table, config) if settings.apds else None  # its errors before round 1
     _check_splits(table, splits)
+    _check_choices_not_on_test(settings, splits)
     optimizer = make_optimizer(OPTIMIZERS[settings.optimizer], wrapper.parameters(), lr=settings.lr)
     if settings.round1_from:
         _adopt_round1(settings, manifest, splits)
@@ -505,7 +528,11 @@ def _train(settings: TrainConfig) -> dict[str, Any]:
         model.load_state_dict(best_state["model"])
         evaluated = BEST
         if settings.round2_resume_optimizer:
-            round1 = {**round1, "round2_optimizer": best_state.get("optimizer")}
+            if settings.apds and "optimizer" not in best_state:  # never the last epoch's state on the best weights
+                raise StaleStateError(f"round2_resume_optimizer: {manifest.folder / BEST} keeps no optimizer state "
+                                      "(written by an older elta), so round 2 cannot resume the best epoch's; train "
+                                      "round 1 again, or leave out --round2-resume-optimizer")
+            round1 = {**round1, "round2_optimizer": best_state["optimizer"]}
     if settings.apds:
         calibration = next((data, name) for data, name in (
             (held_out, f"{len(held_out or ())} training images held out for it"), (val_data, "the validation set"),
@@ -674,7 +701,7 @@ def _keep_best(settings: TrainConfig, row: dict[str, Any], best: dict | None, mo
         return best
     best = {"epoch": row["epoch"], "value": value, "metric": settings.select_best}
     state = {"model": model.state_dict(), "epoch": row["epoch"], "config": config.__dict__, "validation": row}
-    if settings.apds and settings.round2_resume_optimizer:
+    if settings.round2_resume_optimizer:  # also without --apds: an APDS run may take this round 1 (--round1-from)
         state["optimizer"] = optimizer.state_dict()
     save_and_record(state, manifest.folder / BEST, manifest, "best", manifest.stage_key("best", CHECKPOINT_KEY))
     return best
