@@ -170,3 +170,35 @@ def test_a_header_of_another_format_is_named(tmp_path):
     path.write_text("image,score\na.jpg,5.5\n")
     with pytest.raises(ValueError, match="This header looks like --format tad66k"):
         load_labels(path, "ava")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tad66k"])
+def test_a_space_after_the_commas_is_not_part_of_the_names_or_values(tmp_path, fmt):
+    table = load_labels(_write(tmp_path / "s.csv", "image, score\na.jpg, 2.5\nb.jpg, 7\n"), fmt)
+    assert table.distributions is None and table.scores.tolist() == [2.5, 7.0]
+    assert [name.endswith("a.jpg") and not name.endswith(" a.jpg") for name in table.images][0]
+
+
+@pytest.mark.parametrize("column", ["rating", "mos"])
+def test_one_numeric_column_not_named_score_is_refused_not_read_as_votes(tmp_path, column):
+    """One vote-count column would make every score the scale's lowest (1.0): refused,
+    naming the column and --score-column; with it, the column is the scores."""
+    path = _write(tmp_path / "s.csv", f"image,{column}\na.jpg,2.5\nb.jpg,7\n")
+    with pytest.raises(LabelFileError, match=f"one column next to 'image', '{column}'.*--score-column {column}"):
+        load_labels(path, "csv")
+    assert load_labels(path, "csv", score_column=column).scores.tolist() == [2.5, 7.0]
+
+
+def test_elta_stats_refuses_a_rating_column_in_one_line(tmp_path):
+    path = _write(tmp_path / "s.csv", "image, rating\na.jpg, 2.5\nb.jpg, 7\n")
+    done = subprocess.run([sys.executable, "-m", "elta_core", "stats", str(path), "--format", "csv"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--score-column rating" in done.stderr
+
+
+@pytest.mark.parametrize("split", ["nan,0.5,0.5", "0.5,nan,0.5", "inf,0.5,0.5", "0.2,0.3,0.4"])
+def test_synth_refuses_split_fractions_that_are_not_three_positive_numbers_summing_to_1(tmp_path, split):
+    done = subprocess.run([sys.executable, "-m", "elta_core", "synth", "--out", str(tmp_path / "d"), "--count", "20",
+                           "--split", split], capture_output=True, text=True)
+    assert done.returncode == 2 and "splits: expected three positive fractions" in done.stderr
+    assert not (tmp_path / "d" / "train.csv").exists()

@@ -121,7 +121,11 @@ def _text(path: Path) -> str:
 
 def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and (line number, row) pairs; a missing required column is an error."""
-    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    # "image, score" (a space after each comma) is common in hand-written files: the
+    # spaces are not part of the names or the values
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""), skipinitialspace=True)
+    if reader.fieldnames:
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
     header = reader.fieldnames or []
     if not header:
         raise LabelFileError(f"{path}: the file is empty; expected a header line and one row per image")
@@ -328,6 +332,11 @@ def read_csv(
             count_columns = [c for c in header if c not in (image_column, split_column)]
             if not count_columns:
                 raise LabelFileError(f"{path}: line 1: no score column and no count columns next to {image_column!r}")
+            if len(count_columns) == 1:  # one vote-count column would make every score the scale's lowest
+                raise LabelFileError(f"{path}: line 1: one column next to {image_column!r}, {count_columns[0]!r}, and "
+                                     f"no 'score' column; if {count_columns[0]!r} holds the scores, pass "
+                                     f"--score-column {count_columns[0]} (score_column={count_columns[0]!r}), or "
+                                     "name it 'score'; vote counts need one column per rating level")
     required = [image_column] + ([score_column] if score_column else list(count_columns)) + ([split_column] if split_column else [])
     _, rows = _read_csv(path, required)
     lines = [line for line, _ in rows]

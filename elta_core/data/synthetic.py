@@ -175,7 +175,8 @@ def export(data: SyntheticAesthetics, folder: str | Path, suffix: str = ".jpg",
     Image = require("PIL.Image", "vision")
     if splits is not None:
         fractions = np.asarray(splits, dtype=float)
-        if fractions.shape != (3,) or (fractions <= 0).any() or abs(fractions.sum() - 1) > 1e-6:
+        if fractions.shape != (3,) or not (np.isfinite(fractions).all() and (fractions > 0).all()) or \
+                abs(fractions.sum() - 1) > 1e-6:  # NaN passes every comparison: checked first
             raise ValueError(f"splits: expected three positive fractions TRAIN,VAL,TEST summing to 1, got {splits}")
         if min(fractions) * len(data.counts) < 2:
             raise ValueError(f"splits: {splits} of {len(data.counts)} images leaves a split with fewer than 2 images")
