@@ -459,3 +459,14 @@ def test_fds_refuses_features_of_another_width():
     fds.end_epoch()
     with pytest.raises(ValueError, match="fds: the features entering the head changed width, from 3 to 5"):
         fds.calibrate(torch.randn(20, 5, dtype=torch.float64), scores)
+
+
+def test_a_score_on_a_bin_edge_starts_the_bin_above_it():
+    """Range 1..8 in 100 bins of 0.07: 2.75, 4.5 and 6.25 are the edges of bins 25, 50 and
+    75 (dividing by the width 0.07 put them in 24, 49 and 74)."""
+    from elta_core.adapters.torch.peers import bin_index
+
+    edges = torch.tensor([1.0, 2.75, 4.5, 6.25, 8.0])
+    assert bin_index(edges, 1.0, 8.0, 100).tolist() == [0, 25, 50, 75, 99]
+    inside = torch.tensor([2.7499, 2.7501])
+    assert bin_index(inside, 1.0, 8.0, 100).tolist() == [24, 25]

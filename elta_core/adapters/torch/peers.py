@@ -95,8 +95,11 @@ def smooth_bins(values: torch.Tensor, window: torch.Tensor, edges: str = "consta
 def bin_index(scores: torch.Tensor, low: float, high: float, num_bins: int) -> torch.Tensor:
     """The bin of each score among ``num_bins`` equal bins over ``[low, high]``; scores
     outside fall in the first or last bin."""
-    width = (high - low) / num_bins
-    return ((scores.detach().double() - low) / width).floor().clamp(0, num_bins - 1).long()
+    position = (scores.detach().double() - low) * num_bins / (high - low)  # not / width: 1.75 / 0.07 < 25
+    nearest = position.round()
+    # a score on an edge (up to rounding) starts the bin above it, as on paper
+    position = torch.where((position - nearest).abs() <= 1e-9 * max(num_bins, 1), nearest, position)
+    return position.floor().clamp(0, num_bins - 1).long()
 
 
 LDS_REWEIGHTS = ("sqrt_inv", "inverse")
