@@ -45,8 +45,8 @@ def _features_2d(backend, features: Tensor, validate: bool) -> Tensor:
 def normalized_features(features: Tensor, *, validate: bool = True) -> Tensor:
     """Rows scaled to unit L2 norm, trailing dimensions flattened (B, D).
 
-    The squared norm is floored at ``NORM_FLOOR**2`` before the root, so a zero vector
-    stays zero and has a zero (not NaN) gradient.
+    The norm is floored at ``NORM_FLOOR``, so a zero vector stays zero and has a zero (not
+    NaN) gradient.
     """
     backend, features = _checks.tensor(features, "features")
     return _normalize(backend, _features_2d(backend, features, validate))
@@ -57,10 +57,14 @@ def _normalize(backend, z: Tensor) -> Tensor:
 
 
 def _normalize_with_norms(backend, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``zh``, the squared row norms and the floored norms (kept for the backward)."""
-    squared = backend.sum(z * z, axis=1, keepdims=True)
-    norm = backend.sqrt(backend.maximum(squared, NORM_FLOOR**2))
-    return z / norm, squared, norm
+    """``zh``, the row norms and the floored norms (kept for the backward). Each row is
+    divided by its largest entry before it is squared: the square of a float32 row of norm
+    1e20 overflows (every such row would count as zero), and that of 1e-25 underflows."""
+    largest = backend.max(backend.abs(z), axis=1, keepdims=True)
+    scale = backend.where(largest > 0, largest, backend.constant(1.0, largest))
+    scaled = z / scale
+    norm = backend.sqrt(backend.sum(scaled * scaled, axis=1, keepdims=True)) * scale
+    return z / backend.maximum(norm, NORM_FLOOR), norm, backend.maximum(norm, NORM_FLOOR)
 
 
 def unit_scores(backend, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -220,7 +224,7 @@ def sum_similarity_squared(backend, u: Tensor, u_sorted: Tensor | None = None) -
     return size * size - 2 * sum_abs + 2 * size * backend.sum(centred * centred)
 
 
-def _normalize_backward(backend, zh: Tensor, squared: Tensor, norm: Tensor, grad_zh: Tensor,
+def _normalize_backward(backend, zh: Tensor, row_norm: Tensor, norm: Tensor, grad_zh: Tensor,
                         has_range: Tensor) -> Tensor:
     """Chain ``dL/dZh`` through ``zh = z / max(|z|, floor)`` to ``dL/dz``, divided by B^2
     (0 where the scores have no range), chunk by chunk, written over ``grad_zh``."""
@@ -231,7 +235,7 @@ def _normalize_backward(backend, zh: Tensor, squared: Tensor, norm: Tensor, grad
         z, g = zh[start:stop], grad_zh[start:stop]
         along = backend.sum(z * g, axis=1, keepdims=True)
         # Where the norm was floored, zh = z / floor is linear in z: no projection.
-        along = backend.where(squared[start:stop] >= NORM_FLOOR**2, along, backend.constant(0.0, along))
+        along = backend.where(row_norm[start:stop] >= NORM_FLOOR, along, backend.constant(0.0, along))
         # one factor a row (1 / (norm B^2), or 0), so that the (rows, D) arithmetic is two passes
         factor = backend.where(has_range, 1 / (norm[start:stop] * (size * size)), zero)
         rows = (g - z * along) * factor
@@ -290,7 +294,7 @@ def _reference_loss(backend, z: Tensor, s: Tensor, form: str) -> Tensor:
     skipped when nothing will ask for it (NumPy, no_grad, features without grad)."""
     size = backend.shape(z)[0]
     with_grad = backend.needs_gradient(z)
-    zh, squared, norm = _normalize_with_norms(backend, backend.stop_gradient(z))
+    zh, row_norm, norm = _normalize_with_norms(backend, backend.stop_gradient(z))
     u, has_range = unit_scores(backend, backend.cast_like(backend.stop_gradient(s), zh))
     sum_and_grad = _gram_sum_and_grad if form == "gram" else _direct_sum_and_grad
     total, grad_zh = sum_and_grad(backend, zh, u, with_grad)
@@ -298,4 +302,4 @@ def _reference_loss(backend, z: Tensor, s: Tensor, form: str) -> Tensor:
     loss = backend.where(has_range, total / (size * size), zero)
     if not with_grad:
         return loss
-    return backend.with_gradient(loss, z, _normalize_backward(backend, zh, squared, norm, grad_zh, has_range))
+    return backend.with_gradient(loss, z, _normalize_backward(backend, zh, row_norm, norm, grad_zh, has_range))

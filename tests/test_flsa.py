@@ -174,3 +174,21 @@ def test_the_chunked_gram_form_equals_the_direct_form(size):
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-15)
     numpy_loss = flsa.alignment_loss(features.numpy(), scores.numpy(), form="gram")
     assert float(numpy_loss) == pytest.approx(results[1][0], rel=1e-10)
+
+
+@pytest.mark.parametrize("size", [40, 300])  # 40: the native kernel's domain; 300: the reference's Gram form
+@pytest.mark.parametrize("magnitude", [1e20, 1e-25])
+def test_float32_features_far_from_unit_norm_give_the_same_loss_at_any_batch_size(size, magnitude):
+    """A float32 row of norm 1e20 squares past float32's range (and one of 1e-25 to 0): the
+    cosine similarities do not depend on the scale, so neither does the loss."""
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(size)
+    z = torch.randn(size, 24, generator=generator)
+    scores = torch.rand(size, generator=generator) * 9 + 1
+    expected = flsa.alignment_loss(z.double(), scores.double())
+    leaf = (z * magnitude).requires_grad_(True)
+    loss = flsa.alignment_loss(leaf, scores)
+    loss.backward()
+    if magnitude > 1:  # (a row of norm 1e-25 is below the floor 1e-8: it counts as zero, by design)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert torch.isfinite(leaf.grad).all()

@@ -499,3 +499,17 @@ def test_half_features_reach_the_kernel_as_they_are(monkeypatch, dtype):
     z = torch.randn(40, 12).to(dtype)  # B > D: the Gram form (no half tl.dot needed by the interpreter)
     loss, grad = _kernel_loss_and_grad(z, torch.rand(40) * 9 + 1)
     assert seen == [dtype] and loss.dtype == torch.float32 and grad.dtype == dtype
+
+
+@needs_interpreter
+@pytest.mark.parametrize("size,width", [(24, 40), (40, 12)])
+def test_flsa_kernel_on_float32_features_of_norm_1e20(size, width):
+    """The row norms are summed relative to each row's largest entry: plain float32 squares
+    of a norm-1e20 row overflow, and every row would count as zero."""
+    generator = torch.Generator().manual_seed(size)
+    z = torch.randn(size, width, generator=generator)
+    scores = torch.rand(size, generator=generator, dtype=torch.float64) * 9 + 1
+    expected_loss, _ = _reference_loss_and_grad(z, scores)
+    loss, grad = _kernel_loss_and_grad(z * 1e20, scores)
+    _close(loss.item(), expected_loss, torch.float32, "loss")
+    assert torch.isfinite(grad).all()

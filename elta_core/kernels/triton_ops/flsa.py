@@ -53,20 +53,27 @@ def _row_tile(rows, row_ok, start, width, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _normalize_kernel(z_ptr, zh_ptr, squared_ptr, norm_ptr, floor_ptr, rows_total, width,
+def _normalize_kernel(z_ptr, zh_ptr, row_norm_ptr, norm_ptr, floor_ptr, rows_total, width,
                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < rows_total
     compute = zh_ptr.dtype.element_ty
-    floor_squared = tl.load(floor_ptr)
-    total = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
+    # The squares are summed relative to the row's largest entry so far, rescaled when it
+    # grows (one pass): a float32 row of norm 1e20 would overflow its plain squares.
+    largest = tl.zeros([BLOCK_R], dtype=compute)
+    total = tl.zeros([BLOCK_R], dtype=compute)
     for start in range(0, width, BLOCK_D):
         offsets, mask = _row_tile(rows, row_ok, start, width, BLOCK_D)
         x = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(compute)
-        total += x * x
-    squared = tl.sum(total, axis=1)
-    norm = tl.sqrt(tl.maximum(squared, floor_squared))
-    tl.store(squared_ptr + rows, squared, mask=row_ok)
+        grown = tl.maximum(largest, tl.max(tl.abs(x), axis=1))
+        safe = tl.where(grown > 0, grown, 1.0)
+        ratio = largest / safe
+        scaled = x / safe[:, None]
+        total = total * ratio * ratio + tl.sum(scaled * scaled, axis=1)
+        largest = grown
+    row_norm = tl.sqrt(total) * largest
+    norm = tl.maximum(row_norm, tl.load(floor_ptr))
+    tl.store(row_norm_ptr + rows, row_norm, mask=row_ok)
     tl.store(norm_ptr + rows, norm, mask=row_ok)
     for start in range(0, width, BLOCK_D):  # second pass: the norm needs the whole row
         offsets, mask = _row_tile(rows, row_ok, start, width, BLOCK_D)
@@ -181,22 +188,22 @@ def _summed_splits(grad_zh_ptr, offsets, mask, splits, split_stride, compute: tl
 
 
 @triton.jit
-def _normalize_backward_kernel(zh_ptr, squared_ptr, norm_ptr, grad_zh_ptr, scale_ptr, floor_ptr, out_ptr, rows_total,
+def _normalize_backward_kernel(zh_ptr, row_norm_ptr, norm_ptr, grad_zh_ptr, scale_ptr, floor_ptr, out_ptr, rows_total,
                                width, splits, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """out = scale * (g - zh <zh, g>) / norm, with g summed over the column splits."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < rows_total
     compute = zh_ptr.dtype.element_ty
     split_stride = rows_total.to(tl.int64) * width
-    floor_squared = tl.load(floor_ptr)
+    floor = tl.load(floor_ptr)
     along = tl.zeros([BLOCK_R, BLOCK_D], dtype=compute)
     for start in range(0, width, BLOCK_D):
         offsets, mask = _row_tile(rows, row_ok, start, width, BLOCK_D)
         g = _summed_splits(grad_zh_ptr, offsets, mask, splits, split_stride, compute, BLOCK_R, BLOCK_D)
         along += tl.load(zh_ptr + offsets, mask=mask, other=0.0) * g
-    squared = tl.load(squared_ptr + rows, mask=row_ok, other=0.0)
+    row_norm = tl.load(row_norm_ptr + rows, mask=row_ok, other=0.0)
     # Where the norm was floored, zh = z / floor is linear in z: no projection.
-    projection = tl.where(squared >= floor_squared, tl.sum(along, axis=1), 0.0)
+    projection = tl.where(row_norm >= floor, tl.sum(along, axis=1), 0.0)
     scale = tl.load(scale_ptr) / tl.load(norm_ptr + rows, mask=row_ok, other=1.0)
     for start in range(0, width, BLOCK_D):  # second pass: the projection needs the whole row
         offsets, mask = _row_tile(rows, row_ok, start, width, BLOCK_D)
@@ -275,12 +282,12 @@ def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, form: str,
     size, width = z.shape
     compute = compute_dtype(z.dtype)
     device = z.device
-    floor_squared = device_scalars(z, compute, NORM_FLOOR**2)
+    floor = device_scalars(z, compute, NORM_FLOOR)
     zh = torch.empty((size, width), device=device, dtype=compute)
-    squared = torch.empty(size, device=device, dtype=compute)
+    row_norm = torch.empty(size, device=device, dtype=compute)
     norm = torch.empty(size, device=device, dtype=compute)
     block_rows, block_width = 32, min(128, triton.next_power_of_2(width))
-    _normalize_kernel[(triton.cdiv(size, block_rows),)](z, zh, squared, norm, floor_squared, size, width,
+    _normalize_kernel[(triton.cdiv(size, block_rows),)](z, zh, row_norm, norm, floor, size, width,
                                                          BLOCK_R=block_rows, BLOCK_D=block_width)
     u, has_range = unit_scores(scores.detach().to(compute))
 
@@ -310,7 +317,7 @@ def loss_and_grad(features: torch.Tensor, scores: torch.Tensor, form: str,
     scale = torch.where(has_range, torch.full((), 1.0 / (size * size), device=device, dtype=compute), zero)
     grad = torch.empty_like(z)
     _normalize_backward_kernel[(triton.cdiv(size, block_rows),)](
-        zh, squared, norm, grad_zh, scale, floor_squared, grad, size, width, splits,
+        zh, row_norm, norm, grad_zh, scale, floor, grad, size, width, splits,
         BLOCK_R=block_rows, BLOCK_D=block_width,
     )
     return loss, grad
