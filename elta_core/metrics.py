@@ -30,6 +30,9 @@ def _pair(pred: Tensor, true: Tensor, bin_values: Any = None) -> tuple[np.ndarra
     return arrays[0], arrays[1]
 
 
+MIN_SAMPLES = 3  # evaluate's least: the three segments need a sample each
+
+
 def _need(count: int, size: int, what: str) -> None:
     if size < count:
         raise ValueError(f"pred: {what} needs at least {count} samples, got {size}")
@@ -159,7 +162,7 @@ def evaluate(pred: Tensor, true: Tensor, threshold: float = 5.0, *, bin_values: 
     ``mae_medium``, ``mae_high`` (the paper's P, S, L, M, H and accuracy) and the squared
     errors ``mse``, ``mse_low``, ``mse_medium``, ``mse_high`` (the authors' code reports MSE)."""
     p, t = _pair(pred, true, bin_values)
-    _need(3, p.size, "evaluate")
+    _need(MIN_SAMPLES, p.size, "evaluate")
     errors, weights = p - t, _segment_weights(t)
     low, medium, high = _by_segment(np.abs(errors), weights)
     squared = _by_segment(errors * errors, weights)

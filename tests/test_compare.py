@@ -56,6 +56,13 @@ def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_argum
     (["--methods", "baseline,conr"], "methods: expected a comma-separated list of baseline"),
     (["--methods", "elta,elta"], "names a method twice"),
     (["--", "--labels", "x.csv", "--format", "ava", "--seed", "3"], "--seed are set by elta compare"),
+    # argparse's abbreviations of the per-run flags, which would override compare's settings
+    (["--", "--labels", "x.csv", "--format", "ava", "--see", "3"], "--seed are set by elta compare"),
+    (["--", "--labels", "x.csv", "--format", "ava", "--see=3"], "--seed are set by elta compare"),
+    (["--", "--labels", "x.csv", "--format", "ava", "--pee", "lds"], "--peers are set by elta compare"),
+    (["--", "--labels", "x.csv", "--format", "ava", "--thresh", "0.5"], "--thresholds are set by elta compare"),
+    (["--", "--labels", "x.csv", "--format", "ava", "--round1", "x"], "--round1-from are set by elta compare"),
+    (["--methods", ""], "methods: expected a comma-separated list of baseline"),
 ])
 def test_bad_compare_arguments_are_named(tmp_path, capsys, argv, message):
     assert main(["compare", "--out", str(tmp_path), *argv]) == 2

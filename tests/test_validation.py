@@ -176,3 +176,22 @@ def test_results_that_depend_on_values_refuse_meta_tensors_by_name():
             call()
     with pytest.raises(ValueError, match="^labels: a tensor on the meta device"):
         apds.grid_search(torch.randn(8, 10), torch.rand(8, 10, device="meta"))
+
+
+def test_aesthetics_metrics_called_on_a_last_batch_of_two_does_not_stop_training():
+    """Lightning's ``self.log('plcc', metric(p, y))`` calls the metric on every batch: a last
+    batch of 2 has no value of its own (NaN, said once) and still counts in compute()."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchmetrics")
+    from elta_core import metrics as core_metrics
+    from elta_core.adapters.torch.metrics import AestheticsMetrics
+
+    metric = AestheticsMetrics(key="plcc")
+    pred, true = torch.tensor([3.0, 6.0, 4.5, 8.0, 2.0]), torch.tensor([2.5, 7.0, 5.0, 7.5, 1.5])
+    assert torch.isfinite(metric(pred[:3], true[:3]))
+    with pytest.warns(UserWarning, match="a batch of 2 sample"):
+        assert torch.isnan(metric(pred[3:], true[3:]))
+    assert metric.compute().item() == pytest.approx(core_metrics.evaluate(pred, true)["plcc"])
+    with pytest.warns(UserWarning):
+        everything = AestheticsMetrics()(pred[3:], true[3:])
+    assert all(torch.isnan(value) for value in everything.values())

@@ -168,7 +168,7 @@ def _compare(settings: config.CompareConfig) -> int:
     _needs_vision()
     from elta_core.app.compare import check_train_arguments, compare
 
-    methods = parse_methods(settings.methods or ",".join(DEFAULT_METHODS))
+    methods = parse_methods(",".join(DEFAULT_METHODS) if settings.methods is None else settings.methods)
     arguments = [a for a in settings.train_arguments if a != "--"]
     check_train_arguments(arguments)
     if not arguments:  # the built-in dataset, written once under --out

@@ -53,10 +53,21 @@ def _duration(seconds: float) -> str:
 
 def check_train_arguments(train_arguments: Sequence[str]) -> None:
     """Refuse shared ``elta train`` arguments that compare sets per method and run."""
-    from elta_core.app.config import TrainConfig, flags_of
+    import argparse
 
-    spelled = [flag for flags in flags_of(TrainConfig, SET_PER_RUN).values() for flag in flags]
-    given = [flag for flag in spelled if any(a == flag or a.startswith(flag + "=") for a in train_arguments)]
+    from elta_core.app.config import TrainConfig, add_options, flags_of
+
+    # parsed as elta train parses them, so that an abbreviation (--see for --seed) is caught too
+    parser = argparse.ArgumentParser(add_help=False)
+    add_options(parser, TrainConfig)
+    unset = object()
+    parser.set_defaults(**{name: unset for name in SET_PER_RUN})
+    try:
+        namespace, _ = parser.parse_known_args(list(train_arguments))
+    except SystemExit:  # a malformed value: elta train's own parsing says which
+        return
+    spelled = flags_of(TrainConfig, SET_PER_RUN)
+    given = [spelled[name][0] for name in SET_PER_RUN if getattr(namespace, name, unset) is not unset]
     if given:
         raise ValueError(f"train arguments: {', '.join(given)} are set by elta compare per method and seed; "
                          "leave them out")

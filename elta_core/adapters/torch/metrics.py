@@ -4,6 +4,8 @@ Lightning and other torchmetrics users: ``update`` per batch, ``compute`` at the
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import torch
@@ -42,6 +44,20 @@ class AestheticsMetrics(torchmetrics.Metric):
         state = accumulator.state_dict()
         self.pred.append(torch.from_numpy(state["pred"]).to(self.device))
         self.true.append(torch.from_numpy(state["true"]).to(self.device))
+
+    def forward(self, pred: torch.Tensor, true: torch.Tensor):
+        """The batch's metrics, its samples added to the epoch's. A batch of fewer than 3
+        samples (a last batch) has no segments and no correlation of its own: its value is
+        NaN, said once, and its samples still count in :meth:`compute`."""
+        if len(pred) >= metrics.MIN_SAMPLES:
+            return super().forward(pred, true)
+        self.update(pred, true)
+        if not getattr(self, "_warned_small_batch", False):
+            self._warned_small_batch = True
+            warnings.warn(f"AestheticsMetrics: a batch of {len(pred)} sample(s) has no metrics of its own (they need "
+                          f"{metrics.MIN_SAMPLES}); its value is NaN, and its samples count in compute()", stacklevel=2)
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        return nan if self.key is not None else {name: nan.clone() for name in METRIC_KEYS}
 
     def compute(self):
         pred = torchmetrics.utilities.dim_zero_cat(self.pred)
