@@ -199,3 +199,35 @@ def test_prepare_knows_its_copies_by_content_not_by_modification_time(png_data, 
     assert images_fingerprint(prepared, str(copies)) != second
     assert prepare_module.prepare(table, str(images), out, 24, progress=False)["written"] == 1
     assert images_fingerprint(prepared, str(copies)) == second
+
+
+def test_a_photo_with_an_exif_orientation_is_read_upright(tmp_path):
+    """A phone stores a portrait photo sideways with EXIF orientation 6 (rotate 90 degrees
+    clockwise to view): it is read as a person sees it, as torchvision users expect."""
+    from PIL import Image
+
+    from elta_core.adapters.torch.data import open_image
+
+    upright = np.zeros((40, 20, 3), dtype=np.uint8)  # portrait: 40 high, 20 wide
+    upright[:10] = 255  # a white top
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as the sensor wrote it: 20 x 40
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    pixels = np.asarray(open_image(str(tmp_path / "phone.jpg")))
+    assert pixels.shape == (40, 20, 3)
+    assert pixels[:8].mean() > 200 and pixels[12:].mean() < 50
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_unreadable_and_skipped(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from elta_core.adapters.torch.data import UnreadableImageError, open_image
+
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: over twice the limit, an error
+    with pytest.raises(UnreadableImageError, match="decompression-bomb limit.*--skip-unreadable"):
+        open_image(str(tmp_path / "big.png"))
+    (tmp_path / "labels.csv").write_text("image,score\nbig.png,5\n")
+    table = load_labels(tmp_path / "labels.csv", "csv", image_root=tmp_path)
+    assert ImageLabelDataset(table, skip_unreadable=True).skipped == [str(tmp_path / "big.png")]

@@ -43,7 +43,10 @@ def iaa_transforms(train: bool, image_size: int = 224, resize: int | None = None
 
 
 def open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+    """The image at ``path`` as RGB, turned upright as its EXIF orientation says (a phone
+    stores a portrait photo sideways and says so; for aesthetics the orientation is part
+    of the label), or :class:`UnreadableImageError` naming the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not Path(path).is_file():
         raise UnreadableImageError(f"image: no such file: {path} (is --images the folder the label file's names are "
@@ -51,9 +54,14 @@ def open_image(path: str):
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode.startswith("I"):  # 16-bit (or 32-bit integer) grayscale: convert("RGB") would clip it
-                return _high_bit_depth_to_rgb(image, Image)
-            return image.convert("RGB")
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode.startswith("I"):  # 16-bit (or 32-bit integer) grayscale: convert("RGB") would clip it
+                return _high_bit_depth_to_rgb(upright, Image)
+            return upright.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(f"image: {path} is over Pillow's decompression-bomb limit ({error}); if the file "
+                                   "is trusted, raise PIL.Image.MAX_IMAGE_PIXELS, else --skip-unreadable drops "
+                                   "it") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UnreadableImageError(f"image: cannot decode {path}: {error} (--skip-unreadable drops missing and "
                                    "corrupt images)") from None
