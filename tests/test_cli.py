@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -627,3 +628,19 @@ def test_a_validation_file_that_is_the_test_file_is_refused_where_it_chooses(fol
     error = capsys.readouterr().err
     assert "val_labels: 25 of the 25 validation images are also test images" in error and "--val-labels" in error
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_resume_accepts_the_same_folders_spelled_another_way(folder_dataset, tmp_path, capsys, monkeypatch):
+    """``--images DIR/``, ``./DIR`` and a relative path name the folder the run started with."""
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    assert _train(labels, images, out, "--epochs", "1") == 0
+    monkeypatch.chdir(images.parent)
+    for spelling in (f"{images}/", f"./{images.name}", f"../{images.parent.name}/{images.name}"):
+        assert _train(f"./{labels.name}", spelling, out, "--epochs", "1", "--resume") == 0, capsys.readouterr().err
+    assert "another configuration" not in capsys.readouterr().err
+    other = tmp_path / "other_images"
+    shutil.copytree(images, other)
+    (other / "0.jpg").write_bytes((other / "1.jpg").read_bytes())  # another folder, other images: refused
+    assert _train(labels, other, out, "--epochs", "1", "--resume") == 2
+    assert "images" in capsys.readouterr().err

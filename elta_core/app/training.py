@@ -293,6 +293,7 @@ def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | Non
         if manifest.data.get("config"):
             manifest.data["config"].setdefault(name, value)
     before = dict(manifest.data.get("config") or {})
+    _keep_recorded_spelling(config, before)
     _check_schedule_unchanged(settings, before)
     for name in manifest.check_config(config, may_change=may_change_on_resume(TrainConfig)):
         print(f"resume: {name} changed from {before.get(name)!r} to {config.get(name)!r}")
@@ -302,8 +303,33 @@ def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | Non
             inputs[name] = _path_fingerprint(getattr(settings, name))
     if images is not None:
         inputs["images"] = images_fingerprint(images, settings.images)
+        recorded = (manifest.data.get("inputs") or {}).get("images")
+        if recorded not in (None, inputs["images"]) and recorded == images_fingerprint(images, settings.images,
+                                                                                          relative=False):
+            manifest.data["inputs"]["images"] = inputs["images"]  # recorded before the names were relative
     manifest.check_inputs(inputs)
     return manifest
+
+
+PATH_SETTINGS = ("labels", "images", "weights", "val_labels", "test_labels", "unlabelled", "calibration",
+                 "round1_from")
+
+
+def _same_location(a: Any, b: Any) -> bool:
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
+def _keep_recorded_spelling(config: dict[str, Any], recorded: dict[str, Any]) -> None:
+    """A path setting that names the recorded file or folder in another spelling (``DIR/``,
+    ``./DIR``, relative or absolute) is the same setting: the recorded spelling is kept."""
+    for name in PATH_SETTINGS:
+        if name in config and config[name] != recorded.get(name) and _same_location(config[name], recorded.get(name)):
+            config[name] = recorded[name]
 
 
 def _check_epochs_not_fewer(path: Path, epochs: int) -> None:
@@ -333,25 +359,28 @@ def _never_trained(out: Path) -> bool:
     return not stages
 
 
-def images_fingerprint(paths: list[str], images_root: str | None = None) -> str:
+def images_fingerprint(paths: list[str], images_root: str | None = None, relative: bool = True) -> str:
     """A cheap fingerprint of image files, so that a resumed run notices images that
     changed under it: each one's name, size and modification time (a stat, no read); the
     copies in a folder that ``elta prepare`` wrote count by the content it recorded, while
     their stat is the recorded one (so preparing them again, to the same bytes, changes
-    nothing)."""
+    nothing). Names are taken relative to ``images_root`` (``relative=False``: as given,
+    the fingerprint of runs recorded before), so its spelling does not matter."""
     from elta_core.app.prepare import recorded_contents
 
     records = recorded_contents(images_root)
+    named = (lambda path: os.path.relpath(path, images_root)) if relative and images_root else (lambda path: path)  # noqa: E731
 
     def identity(path: str) -> list:
         try:
             info = os.stat(path)
         except OSError:
-            return [path, None, None]
+            return [named(path), None, None]
+        name = named(path)
         record = records.get(str(Path(path).resolve()))
         if record is not None and record.get("stat") == [info.st_size, info.st_mtime_ns]:
-            return [path, record.get("sha256")]
-        return [path, info.st_size, info.st_mtime_ns]
+            return [name, record.get("sha256")]
+        return [name, info.st_size, info.st_mtime_ns]
 
     return fingerprint([identity(path) for path in paths])
 
