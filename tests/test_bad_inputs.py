@@ -201,3 +201,41 @@ def test_worker_errors_are_one_line(tiny_dataset, tmp_path):
     code, err = _cli("train", "--labels", labels, "--format", "ava", "--images", broken, "--quiet", "--image-size", "16",
                      "--epochs", "1", "--batch-size", "4", "--workers", "1", "--out", tmp_path / "run")
     assert code == 2 and "Traceback" not in err and "no such file" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--num-pairs", "nan"], "--num-pairs: expected a count >= 1 or a fraction of the batch in (0, 1), got nan"),
+    (["--num-pairs", "inf"], "--num-pairs: expected a count >= 1 or a fraction of the batch in (0, 1), got inf"),
+    (["--num-pairs", "2.5"], "--num-pairs: expected a count >= 1"),
+    (["--flsa", "inf"], "--flsa: expected a finite weight >= 0, got inf"),
+    (["--flsa", "-1"], "--flsa: expected a finite weight >= 0, got -1.0"),
+    (["--min-selected", "nan"], "--min-selected: expected a count >= 1 or a fraction in (0, 1), got nan"),
+    (["--min-selected", "inf"], "--min-selected: expected a count >= 1 or a fraction in (0, 1), got inf"),
+    (["--min-selected", "0"], "--min-selected: expected a count >= 1 or a fraction in (0, 1), got 0.0"),
+    (["--betas", "nan"], "--betas: expected comma-separated finite numbers >= 0"),
+    (["--betas", "-1"], "--betas: expected comma-separated finite numbers >= 0"),
+    (["--thresholds", "1.5"], "--thresholds: expected auto, paper, quantiles or comma-separated numbers in (0, 1]"),
+    (["--seed", "-1"], "--seed: expected an int in [0, 4294967295], got -1"),
+    (["--seed", "18446744073709551616"], "--seed: expected an int in [0, 4294967295]"),
+    (["--image-size", "100000"], "--image-size: expected a side in [8, 4096] pixels, got 100000"),
+])
+def test_bad_numbers_are_refused_by_their_option_before_anything_is_written(tmp_path, capsys, arguments, message):
+    from elta_core.app.cli import main
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,score\n" + "".join(f"{k}.jpg,{1 + k % 9}\n" for k in range(20)))
+    out = tmp_path / "run"
+    assert main(["train", "--labels", str(labels), "--format", "csv", "--out", str(out), "--apds", "--unlabelled",
+                 str(tmp_path), *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and "manifest" not in error
+    assert not out.exists()
+
+
+def test_a_scale_with_an_infinity_is_refused_by_name(tmp_path, capsys):
+    from elta_core.app.cli import main
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,score\na.jpg,5\n")
+    assert main(["stats", str(labels), "--format", "csv", "--scale", "1,inf"]) == 2
+    assert "--scale: expected LOW,HIGH: two finite numbers with LOW < HIGH" in capsys.readouterr().err

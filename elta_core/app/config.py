@@ -80,6 +80,23 @@ def peer_list(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def check_number(value: Any, flag: str, expected: str, ok: Callable[[float], bool]) -> None:
+    """Refuse a NaN, an infinity or a value outside ``ok``, naming the option, before
+    anything is trained or recorded (a NaN would otherwise surface as an unwritable
+    manifest.json, an infinity as a bare OverflowError)."""
+    import math
+
+    numbers = value if isinstance(value, (tuple, list)) else [value]
+    for number in numbers:
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or \
+                not ok(number):
+            raise ValueError(f"{flag}: expected {expected}, got {value if len(numbers) > 1 else number!r}")
+
+
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
+MAX_IMAGE_SIZE = 4096
+
+
 # -- fields as options -------------------------------------------------------------------
 
 
@@ -185,6 +202,7 @@ class LabelFile:
         """The --format csv options, for :func:`elta_core.data.load_labels`."""
         if self.format != "csv":
             return {}
+        check_number(self.scale, "--scale", "LOW,HIGH: two finite numbers with LOW < HIGH", lambda _: True)
         if len(self.scale) != 2 or not self.scale[0] < self.scale[1]:
             raise ValueError(f"scale: expected LOW,HIGH with LOW < HIGH, got {self.scale}")
         return {"image_column": self.image_column, "score_column": self.score_column, "scale": tuple(self.scale),
@@ -222,6 +240,13 @@ class APDSSettings:
                                "unsharpened prediction (the authors' code)", choices=("sharpened", "prediction"))
 
     def __post_init__(self) -> None:
+        check_number(self.betas, "--betas", "comma-separated finite numbers >= 0", lambda b: b >= 0)
+        if not isinstance(self.thresholds, str):
+            check_number(self.thresholds, "--thresholds", "auto, paper, quantiles or comma-separated numbers in (0, 1]",
+                         lambda t: 0 < t <= 1)
+        if self.min_selected is not None:
+            check_number(self.min_selected, "--min-selected", "a count >= 1 or a fraction in (0, 1)",
+                         lambda m: 0 < m < 1 or (m >= 1 and m == int(m)))
         if self.min_selected is not None and self.min_selected >= 1:  # a count; below 1, a fraction
             object.__setattr__(self, "min_selected", int(self.min_selected))
 
@@ -338,6 +363,15 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.num_pairs is not None:
+            check_number(self.num_pairs, "--num-pairs", "a count >= 1 or a fraction of the batch in (0, 1)",
+                         lambda n: 0 < n < 1 or (n >= 1 and n == int(n)))
+        if self.flsa is not None:
+            check_number(self.flsa, "--flsa", "a finite weight >= 0", lambda w: w >= 0)
+        check_number(self.seed, "--seed", f"an int in [0, {MAX_SEED}]", lambda n: 0 <= n <= MAX_SEED)
+        if self.image_size is not None:
+            check_number(self.image_size, "--image-size", f"a side in [8, {MAX_IMAGE_SIZE}] pixels",
+                         lambda n: 8 <= n <= MAX_IMAGE_SIZE)
         if self.num_pairs is not None and self.num_pairs >= 1:  # a count; below 1, a fraction of the batch
             object.__setattr__(self, "num_pairs", int(self.num_pairs))
         object.__setattr__(self, "peers", tuple(self.peers))
