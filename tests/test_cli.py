@@ -644,3 +644,22 @@ def test_resume_accepts_the_same_folders_spelled_another_way(folder_dataset, tmp
     (other / "0.jpg").write_bytes((other / "1.jpg").read_bytes())  # another folder, other images: refused
     assert _train(labels, other, out, "--epochs", "1", "--resume") == 2
     assert "images" in capsys.readouterr().err
+
+
+def test_a_second_train_on_the_same_out_is_refused_while_the_first_runs(folder_dataset, tmp_path, capsys):
+    """Two runs started at once on one --out both finished and both wrote it."""
+    import fcntl
+    import os
+
+    labels, images = folder_dataset
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = os.open(out, os.O_RDONLY)  # what a running elta train holds
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert _train(labels, images, out, "--epochs", "1") == 2
+        assert "out: another elta train is running in" in capsys.readouterr().err
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(holder)
+    assert _train(labels, images, out, "--epochs", "1") == 0  # free again: it runs

@@ -506,8 +506,38 @@ def train(settings: TrainConfig) -> dict[str, Any]:
     ``--select-best``, the round-2 model with ``--apds``). Under ``torchrun`` every process
     runs this: the model is wrapped in DistributedDataParallel, FLSA sees the global batch
     (``--flsa-scope global``), and rank 0 writes every file."""
-    with _threads(settings):
+    with _threads(settings), _run_lock(settings.out):
         return _train(settings)
+
+
+@contextlib.contextmanager
+def _run_lock(out: str) -> Iterator[None]:
+    """Hold ``--out`` for this run alone (rank 0 under torchrun): a second ``elta train`` on
+    the same directory is refused while this one runs, instead of both writing it. An
+    advisory lock on the directory itself, so nothing is added to it and a killed run
+    leaves no stale lock."""
+    if not ddp.is_main_by_environment():
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out: {folder} is a file; give a directory for the run")
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"out: another elta train is running in {folder}; wait for it to finish (then "
+                             "--resume), or give another --out") from None
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
 
 
 def _train(settings: TrainConfig) -> dict[str, Any]:

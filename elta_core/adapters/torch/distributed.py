@@ -137,6 +137,13 @@ def gather_objects(value: Any) -> list[Any]:
     return gathered
 
 
+def is_main_by_environment() -> bool:
+    """Rank 0 as torchrun's environment says (``RANK``), before the process group exists."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several started by ``torchrun`` (its environment)."""
     import os
