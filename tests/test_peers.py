@@ -470,3 +470,36 @@ def test_a_score_on_a_bin_edge_starts_the_bin_above_it():
     assert bin_index(edges, 1.0, 8.0, 100).tolist() == [0, 25, 50, 75, 99]
     inside = torch.tensor([2.7499, 2.7501])
     assert bin_index(inside, 1.0, 8.0, 100).tolist() == [24, 25]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_peers_regularisers_and_statistics_run_in_float32_under_autocast(dtype):
+    """Under autocast RankSim's similarity matrix ran in half precision, whose ties reorder
+    its ranks (LDS + RankSim + C-Mixup: 9 % off float32); the peers now compute in float32
+    under autocast, as FLSA and EMD do. The head's input here is the batch itself (a
+    Flatten), so float32 and autocast give the peers the same features."""
+    x, labels, scores = _batch(64)
+    x = x * 1e-3 + 1.0  # features close together: half precision ties their similarities
+    results = []
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(6, 10))
+        wrapper = ELTAWrapper(model, "1", tfa=False, flsa_weight=0, seed=0, peers=[P.LDS(scores), P.RankSim()])
+        with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            out = wrapper(x, labels)
+        results.append(out.peer_losses["ranksim"])
+    assert results[1].dtype == torch.float32
+    assert results[1].item() == results[0].item()
+
+
+def test_the_cores_label_scores_and_flsa_under_autocast_equal_float32():
+    """The distribution's score (a matmul) and FLSA's similarities ran in bf16 under
+    autocast: FLSA's label matrix then came from rounded scores."""
+    x, labels, _ = _batch(64)
+    results = []
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        wrapper = ELTAWrapper(nn.Sequential(nn.Flatten(), nn.Linear(6, 10)), "1", tfa=False, flsa_weight=1.0, seed=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            results.append(wrapper(x, labels).flsa_loss)
+    assert results[1].dtype == torch.float32 and results[1].item() == pytest.approx(results[0].item(), rel=1e-6)

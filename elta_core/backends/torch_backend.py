@@ -163,6 +163,11 @@ class TorchBackend(Backend):
         return torch.argsort(x, dim=axis, descending=descending, stable=True)
 
     def matmul(self, x, y):
+        # The core's matmuls are loss arithmetic (label scores, FLSA's similarities): in the
+        # inputs' own precision, never autocast's half one (the model's forward keeps it).
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return torch.matmul(x, y)
         return torch.matmul(x, y)
 
     def arange(self, n, like):

@@ -18,6 +18,17 @@ from elta_core.adapters.torch.output import EvaluationOutput
 from elta_core.adapters.torch.peers import Peer
 
 
+def _float32(like: torch.Tensor):
+    """No autocast inside: the peers' sums and ranks run in float32 whatever the training
+    precision (a bf16 similarity matrix ties and reorders RankSim's ranks)."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def _widened(tensor: torch.Tensor) -> torch.Tensor:
+    """Half tensors as float32; float32 and float64 as they are."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 class PeerSteps:
     """The peer hooks of the wrapper (a mixin: the wrapper has ``peers``, ``elta_config``,
     ``generator``, ``task_loss_fn``, ``output_kind`` and the current ``_batch``)."""
@@ -26,7 +37,8 @@ class PeerSteps:
         return [p for p in self.peers if p.stage == stage]
 
     def _scores(self, labels: torch.Tensor) -> torch.Tensor:
-        return core_losses.label_scores(labels, self.elta_config.bin_values, validate=False)
+        with _float32(labels):  # a distribution's score is a matmul: half precision under autocast otherwise
+            return core_losses.label_scores(labels, self.elta_config.bin_values, validate=False)
 
     def _peers_on_head_input(self, module, args):
         step = self._batch
@@ -34,7 +46,9 @@ class PeerSteps:
             return None
         features = args[0]
         for peer in self._peers_at("head"):
-            features = peer.calibrate(features, self._scores(step.labels))
+            with _float32(features):  # FDS's statistics: float32 under autocast, as FLSA
+                calibrated = peer.calibrate(_widened(features), _widened(self._scores(step.labels)))
+            features = calibrated.to(features.dtype)
             if not step.peer_mixed:  # once, should the head run twice
                 features, step.labels = peer.mix(features, step.labels, self._scores(step.labels), self.generator)
         step.peer_mixed = True
@@ -80,8 +94,9 @@ class PeerSteps:
         regularising = [p for p in self.peers if p.needs_features]
         if not regularising or result.features is None:
             return {}
-        scores = self._scores(result.feature_labels)
-        return {p.name: p.regulariser(result.features, scores, self.generator) for p in regularising}
+        scores = _widened(self._scores(result.feature_labels))
+        with _float32(result.features):  # RankSim's similarities and ranks: float32 under autocast, as FLSA
+            return {p.name: p.regulariser(_widened(result.features), scores, self.generator) for p in regularising}
 
     def end_epoch(self) -> None:
         """Tell the peers that an epoch ended (FDS folds the epoch's feature statistics
