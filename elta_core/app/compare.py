@@ -58,14 +58,16 @@ def check_train_arguments(train_arguments: Sequence[str]) -> None:
     from elta_core.app.config import TrainConfig, add_options, flags_of
 
     # parsed as elta train parses them, so that an abbreviation (--see for --seed) is caught too
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     add_options(parser, TrainConfig)
+    for action in parser._actions:
+        action.required = False  # --labels may come from the caller (the built-in dataset, a benchmark)
     unset = object()
     parser.set_defaults(**{name: unset for name in SET_PER_RUN})
     try:
-        namespace, _ = parser.parse_known_args(list(train_arguments))
-    except SystemExit:  # a malformed value: elta train's own parsing says which
-        return
+        namespace, _ = parser.parse_known_args([a for a in train_arguments if a != "--"])
+    except (argparse.ArgumentError, SystemExit):  # a malformed value: elta train's own parsing names it
+        namespace = argparse.Namespace()
     spelled = flags_of(TrainConfig, SET_PER_RUN)
     given = [spelled[name][0] for name in SET_PER_RUN if getattr(namespace, name, unset) is not unset]
     if given:
