@@ -420,25 +420,18 @@ def _check_splits(table: LabelTable, splits: DataSplits) -> None:
 
 
 def _check_choices_not_on_test(settings: TrainConfig, splits: DataSplits) -> None:
-    """Refuse a validation split or ``--calibration`` file that shares images with the test
-    split where it chooses something: the best epoch (``--select-best``) or APDS's
-    (beta, t); the choice would be made on the test set (``--calibrate-on test`` is the
-    way to ask for that)."""
+    """Refuse a validation split that shares images with the test split where it chooses
+    something: the best epoch (``--select-best``) or APDS's (beta, t); the choice would be
+    made on the test set (``--calibrate-on test`` is the way to ask for that)."""
+    if splits.validation is None or not (settings.select_best != "none" or (settings.apds and not settings.calibration)):
+        return
     tested = set(splits.test.images)
-    uses = []
-    if splits.validation is not None and (settings.select_best != "none" or (settings.apds and not settings.calibration)):
+    shared = [image for image in splits.validation.images if image in tested]
+    if shared:
         what = "the best epoch" if settings.select_best != "none" else "APDS's (beta, t)"
-        uses.append(("val_labels", "validation", list(splits.validation.images), what))
-    if settings.apds and settings.calibration:
-        calibration = load_labels(settings.calibration, settings.calibration_format or settings.format,
-                                  image_root=settings.images)
-        uses.append(("calibration", "calibration", list(calibration.images), "APDS's (beta, t)"))
-    for argument, name, images, what in uses:
-        shared = [image for image in images if image in tested]
-        if shared:
-            raise ValueError(f"{argument}: {len(shared)} of the {len(images)} {name} images are also test images (e.g. "
-                             f"{Path(shared[0]).name}), so {what} would be chosen on the test set: give --"
-                             f"{argument.replace('_', '-')} a file disjoint from the test split")
+        raise ValueError(f"val_labels: {len(shared)} of the {len(splits.validation)} validation images are also test "
+                         f"images (e.g. {Path(shared[0]).name}), so {what} would be chosen on the test set: give "
+                         "--val-labels a file disjoint from the test split")
 
 
 def _check_train_args(settings: TrainConfig) -> None:
