@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -499,15 +499,16 @@ def train(settings: TrainConfig) -> dict[str, Any]:
     ``--select-best``, the round-2 model with ``--apds``). Under ``torchrun`` every process
     runs this: the model is wrapped in DistributedDataParallel, FLSA sees the global batch
     (``--flsa-scope global``), and rank 0 writes every file."""
-    with _threads(settings), _run_lock(settings.out):
-        return _train(settings)
+    with _threads(settings), contextlib.ExitStack() as held:
+        return _train(settings, hold_out=lambda: held.enter_context(_run_lock(settings.out)))
 
 
 @contextlib.contextmanager
 def _run_lock(out: str) -> Iterator[None]:
-    """Hold ``--out`` for this run alone (rank 0 under torchrun): a second ``elta train`` on
-    the same directory is refused while this one runs, instead of both writing it. An
-    advisory lock on the directory itself, so nothing is added to it and a killed run
+    """Hold ``--out`` for this run alone (rank 0 under torchrun; the folder is made if need
+    be): a second ``elta train`` on the same directory is refused while this one runs,
+    instead of both writing it. An advisory lock on the directory itself, so nothing is
+    added to it and a killed run
     leaves no stale lock."""
     if not ddp.is_main_by_environment():
         yield
@@ -533,11 +534,12 @@ def _run_lock(out: str) -> Iterator[None]:
         os.close(handle)  # closing releases the lock
 
 
-def _train(settings: TrainConfig) -> dict[str, Any]:
+def _train(settings: TrainConfig, hold_out: Callable[[], Any] = lambda: None) -> dict[str, Any]:
     table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
     settings = recipe.resolve(settings, table.distributions is not None)
     _check_train_args(settings)
     device = ddp.init_from_environment(_device(settings.device))
+    hold_out()  # --out is this run's alone from here (the arguments were checked: a refused run leaves no folder)
     manifest = _open_run_everywhere(settings, list(table.images))
     out = Path(settings.out)
     torch.manual_seed(settings.seed)
