@@ -508,8 +508,7 @@ def _run_lock(out: str) -> Iterator[None]:
     """Hold ``--out`` for this run alone (rank 0 under torchrun; the folder is made if need
     be): a second ``elta train`` on the same directory is refused while this one runs,
     instead of both writing it. An advisory lock on the directory itself, so nothing is
-    added to it and a killed run
-    leaves no stale lock."""
+    added to it and a killed run leaves no stale lock."""
     if not ddp.is_main_by_environment():
         yield
         return
