@@ -171,3 +171,16 @@ def test_loader_workers_and_threads_share_the_cores(monkeypatch):
     with training._threads(settings):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_an_apds_method_without_a_validation_set_trains_its_own_round_1(train_arguments, tmp_path, capsys):
+    """Without a validation set the APDS run holds training images out to calibrate on, so
+    the elta run trained on other rows: its round 1 is not taken (it was, and refused)."""
+    images = train_arguments[train_arguments.index("--images") + 1]
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "elta,elta+apds", "--seeds", "2", "--out", str(out), "--quiet", "--",
+                 *train_arguments, "--unlabelled", images, "--min-selected", "1"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "| elta+apds |" in printed
+    manifest = json.loads((out / "runs" / "elta+apds" / "seed0" / "manifest.json").read_text())
+    assert manifest["config"].get("round1_from") in (None, "")

@@ -133,10 +133,15 @@ def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Seque
     where there is one."""
     from elta_core.app.training import train
 
+    from elta_core.app.training import holds_out_calibration
+
     folder, donor = run_folder(out, method, seed), round1_donor(method, methods)
     donor_run = run_folder(out, donor, seed) if donor else None
-    shared = {"round1_from": str(donor_run)} if donor_run and (donor_run / "metrics.json").is_file() else {}
-    settings = base.replace(**METHODS[method], **shared, seed=seed, out=str(folder), resume=True, quiet=True)
+    settings = base.replace(**METHODS[method], seed=seed, out=str(folder), resume=True, quiet=True)
+    # an APDS run that holds training images out to calibrate on trains on other rows than
+    # its donor: it trains its own round 1
+    if donor_run and (donor_run / "metrics.json").is_file() and not holds_out_calibration(settings):
+        settings = settings.replace(round1_from=str(donor_run))
     try:
         train(settings)
     except (ValueError, OSError, FloatingPointError) as error:

@@ -154,6 +154,19 @@ def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
     return DataSplits(train_rows, validation, test, calibration)
 
 
+def holds_out_calibration(settings: TrainConfig) -> bool:
+    """Whether an ``--apds`` run holds training images out to calibrate (beta, t) on (no
+    validation set, no ``--calibration``): its round 1 then trains on fewer rows than the
+    same run without APDS (:func:`data_splits`)."""
+    if not settings.apds or settings.calibration or settings.calibrate_on != "auto" or settings.val_labels:
+        return False
+    table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
+    if recipe.resolve(settings, table.distributions is not None).select_best != "none":
+        return False  # its validation hold-out calibrates
+    split = set(table.split) if table.split is not None else set()
+    return not (split & {"test", "testnew"} and split & {"validation", "val"})
+
+
 def _device(name: str | None) -> torch.device:
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
