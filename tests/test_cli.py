@@ -663,3 +663,21 @@ def test_a_second_train_on_the_same_out_is_refused_while_the_first_runs(folder_d
     finally:
         os.close(holder)
     assert _train(labels, images, out, "--epochs", "1") == 0  # free again: it runs
+
+
+def test_evaluate_without_labels_uses_the_runs_test_labels_file(folder_dataset, tmp_path, capsys):
+    """A run trained with --test-labels: ``elta evaluate --checkpoint`` alone evaluates on
+    that file (it read the training file's rows as a test split that came from elsewhere)."""
+    labels, images = folder_dataset
+    rows = labels.read_text().splitlines()
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("\n".join([rows[0]] + rows[1:45]) + "\n")
+    test.write_text("\n".join([rows[0]] + rows[45:]) + "\n")
+    out = tmp_path / "run"
+    assert _train(train, images, out, "--test-labels", str(test), "--epochs", "1") == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "eval"),
+                 "--quiet"]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluated["num_images"] == 20 == trained["num_images"]  # the test file's 20 images
+    assert evaluated["plcc"] == pytest.approx(trained["plcc"], abs=1e-6)

@@ -1021,8 +1021,11 @@ def _evaluate(settings: EvaluateConfig) -> dict[str, float]:
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"labels: give --labels and --format; {manifest} (the run's settings) cannot be "
                              "read") from None
-        settings = dataclasses.replace(settings, labels=run["labels"], format=run["format"],
-                                       images=settings.images or run.get("images"), split=settings.split or "test",
+        # the run's test split: its --test-labels file where it had one, else the test rows of its file
+        test_file = run.get("test_labels") if settings.split in (None, "test") else None
+        settings = dataclasses.replace(settings, labels=test_file or run["labels"], format=run["format"],
+                                       images=settings.images or run.get("images"),
+                                       split=None if test_file else settings.split or "test",
                                        **{k: run[k] for k in ("image_column", "score_column", "split_column")
                                           if k in run}, scale=tuple(run.get("scale", settings.scale)))
     elif settings.format is None:
