@@ -1,7 +1,7 @@
 """The Triton kernels compiled for real GPU targets (A100 sm_80, H100 sm_90, B200 sm_100)
 without a GPU, from the launches the public API makes: every configuration compiles, fits
 the target's shared memory, computes no address offset as a 32-bit product, and a float64
-kernel takes no float32 scalar (:mod:`elta_core.kernels.triton_ops.aot`). The compilation
+kernel takes no float32 scalar (:mod:`elta_core.app.aot`). The compilation
 runs in subprocesses without ``TRITON_INTERPRET`` (the suite's own process interprets)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from elta_core.kernels.triton_ops.aot import narrow_offset_products  # noqa: E402
+from elta_core.app.aot import narrow_offset_products  # noqa: E402
 
 KERNELS = {"flsa._normalize_kernel", "flsa._direct_kernel", "flsa._block_sums_kernel", "flsa._prefix_kernel",
            "flsa._normalize_backward_kernel", "apds._scores_kernel", "apds._sharpen_kernel", "apds._grid_kernel"}
@@ -39,7 +39,7 @@ def test_every_kernel_configuration_compiles_for_a100_h100_and_b200(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")  # compiled here, not taken from an earlier run's cache
     # two processes, one per core: sm_80, and sm_90 with sm_100
-    runs = {targets: subprocess.Popen([sys.executable, "-m", "elta_core.kernels.triton_ops.aot", "--targets", targets,
+    runs = {targets: subprocess.Popen([sys.executable, "-m", "elta_core.app.aot", "--targets", targets,
                                        "--quiet", "--json", str(tmp_path / f"{targets}.json")],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for targets in ("80", "90,100")}

@@ -165,7 +165,7 @@ class TorchBackend(Backend):
     def matmul(self, x, y):
         # The core's matmuls are loss arithmetic (label scores, FLSA's similarities): in the
         # inputs' own precision, never autocast's half one (the model's forward keeps it).
-        if torch.is_autocast_enabled(x.device.type):
+        if _autocast_on(x.device.type):
             with torch.autocast(x.device.type, enabled=False):
                 return torch.matmul(x, y)
         return torch.matmul(x, y)
@@ -197,3 +197,10 @@ class TorchBackend(Backend):
         u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
         u = u.clamp(min=torch.finfo(torch.float64).tiny, max=1.0 - 2**-53)
         return (-torch.log(-torch.log(u))).to(device=like.device, dtype=dtype)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device autocast does not know (meta): it casts nothing there
+        return False

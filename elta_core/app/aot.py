@@ -1,4 +1,6 @@
-"""The Triton kernels compiled ahead of time for GPU targets, on a machine without a GPU.
+"""The Triton kernels compiled ahead of time for GPU targets, on a machine without a GPU
+(an application-layer tool: it drives the core's public API, which the kernel modules
+may not import).
 
 The launches come from the public API itself (:func:`record_launches` runs
 ``alignment_loss``, ``sharpen``, ``select`` and ``grid_search`` on CPU tensors with every
@@ -15,7 +17,7 @@ checked where the interpreter cannot see (docs/design.md, "Kernels on a GPU"):
 
 Registers, spills (local memory) and shared memory come from the cubin
 (``cuobjdump -res-usage``, bundled with Triton). Runs only without ``TRITON_INTERPRET``
-(the kernels must be ``JITFunction`` objects): ``python -m elta_core.kernels.triton_ops.aot``.
+(the kernels must be ``JITFunction`` objects): ``python -m elta_core.app.aot``.
 """
 
 from __future__ import annotations
@@ -334,7 +336,7 @@ def markdown(results: Sequence[Compiled]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m elta_core.kernels.triton_ops.aot", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m elta_core.app.aot", description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", action="store_true", help="every shape of the sweep (default: the CI subset)")
     parser.add_argument("--targets", default="80,90,100", help="compute capabilities (default 80,90,100)")
     parser.add_argument("--json", help="write every result here")
