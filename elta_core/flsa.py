@@ -57,14 +57,30 @@ def _normalize(backend, z: Tensor) -> Tensor:
 
 
 def _normalize_with_norms(backend, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``zh``, the row norms and the floored norms (kept for the backward). Each row is
-    divided by its largest entry before it is squared: the square of a float32 row of norm
-    1e20 overflows (every such row would count as zero), and that of 1e-25 underflows."""
-    largest = backend.max(backend.abs(z), axis=1, keepdims=True)
-    scale = backend.where(largest > 0, largest, backend.constant(1.0, largest))
-    scaled = z / scale
-    norm = backend.sqrt(backend.sum(scaled * scaled, axis=1, keepdims=True)) * scale
-    return z / backend.maximum(norm, NORM_FLOOR), norm, backend.maximum(norm, NORM_FLOOR)
+    """``zh``, the row norms and the floored norms (kept for the backward).
+
+    The square of a float32 row of norm past about 1.8e19 overflows, and every such row
+    would count as zero: then each row is divided by its largest entry before it is
+    squared. Where looking at the squares costs nothing (NumPy, the CPU, outside
+    ``torch.compile``) that happens only when one overflowed; elsewhere always (a look
+    would wait for the device, or break the compiled graph). Squares too small for the
+    dtype belong to rows below the floor, which count as zero either way."""
+    squared = backend.sum(z * z, axis=1, keepdims=True)
+    if _looking_is_free(backend, z) and backend.all_finite_host(squared):
+        norm = backend.sqrt(squared)
+    else:
+        largest = backend.max(backend.abs(z), axis=1, keepdims=True)
+        scale = backend.where(largest > 0, largest, backend.constant(1.0, largest))
+        scaled = z / scale
+        norm = backend.sqrt(backend.sum(scaled * scaled, axis=1, keepdims=True)) * scale
+    floored = backend.maximum(norm, NORM_FLOOR)
+    return z / floored, norm, floored
+
+
+def _looking_is_free(backend, z: Tensor) -> bool:
+    from elta_core.kernels import dispatch
+
+    return dispatch._device_type(backend.name, z) == "cpu" and not dispatch._compiling(backend.name)
 
 
 def unit_scores(backend, s: Tensor) -> tuple[Tensor, Tensor]:

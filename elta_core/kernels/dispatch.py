@@ -7,7 +7,7 @@ operation      Triton (GPU)                             native (CPU)            
 =============  =======================================  ========================================  =========
 ``flsa``       torch CUDA tensor; both forms            NumPy or torch CPU; form ``"auto"`` or    otherwise
                                                         ``"direct"``; ``B*B*D <= 131,072``
-``gram_walk``  never (inside the Triton FLSA kernels)    NumPy or torch CPU                        otherwise
+``gram_walk``  never (inside the Triton FLSA kernel)     NumPy or torch CPU                        otherwise
 ``apds_rows``  torch CUDA tensor with rows              never (the reference is as fast)          otherwise
 ``apds_grid``  torch CUDA tensor with rows              NumPy or torch CPU; ``N >= 2,048``        otherwise
 =============  =======================================  ========================================  =========
