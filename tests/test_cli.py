@@ -384,6 +384,10 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
     assert "the optimizer (default: adamw; --recipe paper: adam)" in text
     assert "(default: 8/7 of --image-size; --recipe paper: 300 (x 300))" in text
     assert "--thresholds" in text and "(default: auto)" in text
+    # help that agrees with the run: a default of 0 is shown, and the defaults say what the run does
+    assert "seeds the split, the model, the data order and TFA (default: 0)" in text
+    assert "less this process's --threads" in text
+    assert "(default: as --calibrate-on says: the validation set, else training images held out for it" in text
     assert "--tfa, --no-tfa Tail Feature Augmentation (--no-tfa: off) (default: True)" in text
     assert "FLSA weight gamma (0: off) (default: 0.3; --recipe paper: 1.0)" in text
     version = subprocess.run([sys.executable, "-m", "elta_core", "--version"], capture_output=True, text=True)

@@ -229,7 +229,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     as written."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, (), []) or action.required:
+        # "is": a default of 0 (--seed) is a default worth showing, False and None are not
+        if action.default is None or action.default is False or action.default in ((), []) or action.required:
             return action.help
         return super()._get_help_string(action)
 

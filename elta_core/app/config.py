@@ -215,9 +215,9 @@ class Loading:
 
     images: str | None = option(None, "folder the label file's image names are relative to")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)", identity=False)
-    workers: int | None = option(None, "DataLoader worker processes per process (default: this machine's cores, "
-                                       "divided among the processes torchrun starts on it; 0: load in the main "
-                                       "process)", type=at_least(0), identity=False)
+    workers: int | None = option(None, "DataLoader worker processes per process (default: the machine's cores "
+                                       "divided among the processes torchrun starts on it, less this process's "
+                                       "--threads; 0: load in the main process)", type=at_least(0), identity=False)
     skip_unreadable: bool = option(False, "skip missing or corrupt images and report how many", action="store_true")
     quiet: bool = option(False, "no progress bars", action="store_true", identity=False)
     threads: int | None = option(None, "torch threads in each process (default: the cores the loader workers leave "
@@ -317,8 +317,9 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     apds: bool = option(False, "one APDS self-training round after training", action="store_true")
     unlabelled: str | None = option(None, "for --apds: a folder of images or a label file (labels ignored)")
     unlabelled_format: str | None = option(None, "format of --unlabelled (default: --format)", choices=FORMATS)
-    calibration: str | None = option(None, "for --apds: a labelled file for the grid search (default: the "
-                                           "validation set, else the test split)")
+    calibration: str | None = option(None, "for --apds: a labelled file for the grid search (default: as "
+                                           "--calibrate-on says: the validation set, else training images held out "
+                                           "for it, or the test split)")
     calibration_format: str | None = option(None, "format of --calibration (default: --format)", choices=FORMATS)
     calibrate_on: str = option("auto", "for --apds without --calibration: auto (the validation set, else a seeded "
                                "--val-fraction of the training images, held out before training) or test (the test "
