@@ -185,3 +185,19 @@ def test_round_2_resumes_the_best_epochs_optimizer_from_another_runs_round_1(dat
     assert _train(data, tmp_path / "adopted", *best, *_apds(data), "--round1-from", str(tmp_path / "donor")) == 0
     assert json.loads((tmp_path / "adopted" / "metrics.json").read_text()) == \
         json.loads((tmp_path / "straight" / "metrics.json").read_text())
+
+
+def test_a_run_without_apds_reads_a_best_pt_without_optimizer_state(data, tmp_path, monkeypatch):
+    """A ``best.pt`` written before it kept the optimizer (an older elta): a run without
+    --apds never resumes round 2 from it, so it finishes (only an APDS run refuses it)."""
+    from elta_core.app import training
+
+    written = training.load_checkpoint_file
+
+    def without_optimizer(path, device):
+        state = written(path, device)
+        return {k: v for k, v in state.items() if k != "optimizer"} if path.name == "best.pt" else state
+
+    monkeypatch.setattr(training, "load_checkpoint_file", without_optimizer)
+    assert _train(data, tmp_path / "plain", "--select-best", "srcc", "--round2-resume-optimizer") == 0
+    assert _train(data, tmp_path / "apds", "--select-best", "srcc", "--round2-resume-optimizer", *_apds(data)) == 2

@@ -598,7 +598,7 @@ def _train(settings: TrainConfig, hold_out: Callable[[], Any] = lambda: None) ->
                 raise StaleStateError(f"round2_resume_optimizer: {manifest.folder / BEST} keeps no optimizer state "
                                       "(written by an older elta), so round 2 cannot resume the best epoch's; train "
                                       "round 1 again, or leave out --round2-resume-optimizer")
-            round1 = {**round1, "round2_optimizer": best_state["optimizer"]}
+            round1 = {**round1, "round2_optimizer": best_state.get("optimizer")}  # (no round 2 reads it without --apds)
     if settings.apds:
         calibration = next((data, name) for data, name in (
             (held_out, f"{len(held_out or ())} training images held out for it"), (val_data, "the validation set"),
