@@ -65,11 +65,6 @@ class Launch:
         return f"{self.kernel}|{self.target}|{sorted(self.signature.items())}|{sorted(self.constexprs.items(), key=str)}" \
                f"|{self.attrs}"
 
-    def label(self) -> str:
-        pointers = sorted({t[1:] for t in self.signature.values() if t.startswith("*")})
-        shown = {k: v for k, v in self.constexprs.items() if isinstance(k, tuple) is False}
-        return f"{self.kernel} [{','.join(pointers)}] {shown}"
-
 
 @dataclass
 class Compiled:
@@ -103,11 +98,15 @@ def record_launches(targets: Sequence[int]) -> Iterator[list[Launch]]:
     from elta_core.kernels import dispatch
 
     backends = {cc: make_backend(GPUTarget("cuda", cc, 32)) for cc in targets}
+    binders: dict[tuple[int, int], Callable] = {}  # (kernel, target): Triton's argument binder, made once
     recorded: list[Launch] = []
 
     def run(self, *args, grid, warmup, **kwargs):
         for cc, backend in backends.items():
-            binder = create_function_from_signature(self.signature, self.params, backend)
+            binder = binders.get((id(self), cc))
+            if binder is None:
+                binder = binders[(id(self), cc)] = create_function_from_signature(self.signature, self.params,
+                                                                                   backend)
             bound, specialization, options = binder(*args, **kwargs)
             options, signature, constexprs, attrs = self._pack_args(backend, dict(kwargs), bound, specialization,
                                                                     options)
@@ -205,7 +204,7 @@ def narrow_offset_products(ttir: str) -> list[str]:
     splats and broadcasts) are not run-time values; function arguments, program ids and
     loop variables are."""
     definitions: dict[str, tuple[str, list[str], str]] = {}
-    addptrs: list[tuple[list[str], str]] = []
+    offsets: list[str] = []  # the i32 offsets of tt.addptr
     for line in ttir.splitlines():
         match = _SSA.match(line)
         if not match:
@@ -216,7 +215,7 @@ def narrow_offset_products(ttir: str) -> list[str]:
         definitions[name] = (op, operands, line.strip())
         offset_type = types.split(" loc(")[0].rsplit(",", 1)[-1].strip()  # "i32" or "tensor<...xi32>"
         if op == "tt.addptr" and (offset_type == "i32" or offset_type.endswith("xi32>")):
-            addptrs.append((operands[1:2], line.strip()))
+            offsets += operands[1:2]
 
     constant: dict[str, bool] = {}
 
@@ -242,9 +241,8 @@ def narrow_offset_products(ttir: str) -> list[str]:
         for operand in operands:
             visit(operand, seen)
 
-    for offsets, _ in addptrs:
-        for offset in offsets:
-            visit(offset, set())
+    for offset in offsets:
+        visit(offset, set())
     return sorted(set(found))
 
 
@@ -319,9 +317,11 @@ def markdown(results: Sequence[Compiled]) -> str:
     any configuration of that kernel and dtype needs."""
     rows: dict[tuple[str, str, int], Compiled] = {}
     counts: dict[tuple[str, str, int], int] = {}
+    problems: dict[tuple[str, str, int], int] = {}
     for r in results:
         key = (r.kernel, r.dtypes, r.target)
         counts[key] = counts.get(key, 0) + 1
+        problems[key] = problems.get(key, 0) + len(r.problems)
         best = rows.get(key)
         if best is None or (r.registers or 0) > (best.registers or 0) or (r.spill_bytes or 0) > (best.spill_bytes or 0):
             rows[key] = r
@@ -329,16 +329,17 @@ def markdown(results: Sequence[Compiled]) -> str:
              "shared memory (bytes) | problems |", "|---|---|---|---:|---:|---:|---:|---|"]
     for key in sorted(rows):
         r = rows[key]
-        problems = sum(len(x.problems) for x in results if (x.kernel, x.dtypes, x.target) == key)
         lines.append(f"| {r.kernel} | {r.dtypes} | sm_{r.target} | {counts[key]} | {r.registers} | {r.spill_bytes} | "
-                     f"{r.shared_bytes} | {problems} |")
+                     f"{r.shared_bytes} | {problems[key]} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m elta_core.app.aot", description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", action="store_true", help="every shape of the sweep (default: the CI subset)")
-    parser.add_argument("--targets", default="80,90,100", help="compute capabilities (default 80,90,100)")
+    every = ",".join(str(cc) for cc in TARGETS.values())
+    parser.add_argument("--targets", default=every, help=f"compute capabilities (default {every}: "
+                        + ", ".join(f"{name} {cc}" for name, cc in TARGETS.items()) + ")")
     parser.add_argument("--json", help="write every result here")
     parser.add_argument("--markdown", help="write the resource table here")
     parser.add_argument("--quiet", action="store_true")
@@ -347,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         targets = [int(t) for t in args.targets.split(",")]
     except ValueError:
         parser.error(f"--targets: expected comma-separated compute capabilities like 80,90, got {args.targets!r}")
-    unknown = [t for t in targets if t not in SHARED_MEMORY_LIMIT]
+    unknown = [t for t in targets if t not in TARGETS.values()]
     if unknown:
-        parser.error(f"--targets: expected some of {sorted(SHARED_MEMORY_LIMIT)}, got {unknown}")
+        parser.error(f"--targets: expected some of {every}, got {unknown}")
     import torch
 
     torch.set_num_threads(1)

@@ -131,9 +131,7 @@ def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Seque
     reads them. An APDS method takes its round 1 from the finished run of its
     :func:`~elta_core.app.methods.round1_donor` among ``methods`` (``--round1-from``),
     where there is one."""
-    from elta_core.app.training import train
-
-    from elta_core.app.training import holds_out_calibration
+    from elta_core.app.training import holds_out_calibration, train
 
     folder, donor = run_folder(out, method, seed), round1_donor(method, methods)
     donor_run = run_folder(out, donor, seed) if donor else None

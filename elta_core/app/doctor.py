@@ -105,6 +105,11 @@ def _tolerance(dtype: torch.dtype, impl: str) -> float:
     return TOLERANCE[dtype]
 
 
+def _scores_for(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The scores in the dtype FLSA computes features of ``dtype`` in."""
+    return scores if dtype == torch.float64 else scores.float()
+
+
 def check_flsa(device: torch.device, impl: str, size: int, width: int, dtype: torch.dtype, measure,
                compile_backend: str | None) -> Check:
     generator = torch.Generator(device=device).manual_seed(size + width)
@@ -115,8 +120,7 @@ def check_flsa(device: torch.device, impl: str, size: int, width: int, dtype: to
 
     def loss_and_grad(z: torch.Tensor):
         leaf = z.detach().clone().requires_grad_(True)
-        loss = flsa.alignment_loss(leaf, scores.to(z.dtype if z.dtype == torch.float64 else torch.float32),
-                                   validate=False)
+        loss = flsa.alignment_loss(leaf, _scores_for(scores, z.dtype), validate=False)
         loss.backward()
         return loss, leaf.grad
 
@@ -135,14 +139,12 @@ def check_flsa(device: torch.device, impl: str, size: int, width: int, dtype: to
         if compile_backend:
             compiled = torch.compile(lambda z, s: flsa.alignment_loss(z, s, validate=False), dynamic=False,
                                      backend=compile_backend)
-            leaf = features.detach().clone().requires_grad_(True)
-            compiled_scores = scores.to(torch.float64 if dtype == torch.float64 else torch.float32)
+            leaf, compiled_scores = features.detach().clone().requires_grad_(True), _scores_for(scores, dtype)
             result.compiled_ms = measure(lambda: compiled(leaf, compiled_scores).backward())
     return result
 
 
-def check_grid(device: torch.device, impl: str, rows: int, dtype: torch.dtype, measure,
-               compile_backend: str | None) -> Check:
+def check_grid(device: torch.device, impl: str, rows: int, dtype: torch.dtype, measure) -> Check:
     generator = torch.Generator(device=device).manual_seed(rows)
     logits = (torch.randn(rows, 10, device=device, generator=generator) * 2).to(dtype)
     labels = torch.rand(rows, device=device, generator=generator, dtype=torch.float64) * 9 + 1
@@ -260,7 +262,7 @@ def run_checks(devices: list[torch.device], *, quick: bool = False, compile_back
                     add(check_flsa(device, impl, size, width, dtype, measure, backend))
                 for rows in grid_rows:
                     if dtype in (torch.float32, torch.float64):
-                        add(check_grid(device, impl, rows, dtype, measure, backend))
+                        add(check_grid(device, impl, rows, dtype, measure))
             if impl == "triton" and device.type == "cuda":
                 resources = kernel_resources(device)
                 for check in checks:

@@ -137,8 +137,7 @@ def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
     validation = None
     if settings.val_labels:
         validation = load(settings.val_labels)
-    elif table.split is not None and any(s in ("test", "testnew") for s in table.split) \
-            and any(s in ("validation", "val") for s in table.split):
+    elif _has_own_validation_split(table):
         validation = table.subset(_rows(table, ("validation", "val")))
     elif settings.select_best != "none":
         train_rows, validation = _hold_out(train_rows, settings.val_fraction, settings.seed + 1)
@@ -163,8 +162,14 @@ def holds_out_calibration(settings: TrainConfig) -> bool:
     table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
     if recipe.resolve(settings, table.distributions is not None).select_best != "none":
         return False  # its validation hold-out calibrates
+    return not _has_own_validation_split(table)
+
+
+def _has_own_validation_split(table: LabelTable) -> bool:
+    """Whether the label file names validation rows beside its test rows (then they are the
+    validation set; :func:`data_splits`)."""
     split = set(table.split) if table.split is not None else set()
-    return not (split & {"test", "testnew"} and split & {"validation", "val"})
+    return bool(split & {"test", "testnew"} and split & {"validation", "val"})
 
 
 def _device(name: str | None) -> torch.device:
@@ -289,9 +294,7 @@ def write_predictions(evaluation: Evaluation, out: Path, title: str) -> None:
 def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | None = None) -> RunManifest:
     """The run directory ``--out``: a new or empty one, or with ``--resume`` one whose
     manifest matches this run's settings and inputs (``--epochs`` may change)."""
-    out = Path(settings.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} is a file; give a directory for the run")
+    out = _check_out_folder(settings.out)
     if _never_trained(out):  # a start that failed before its first epoch is not an earlier run
         for name in ("manifest.json", SPLIT_FILE):
             (out / name).unlink(missing_ok=True)
@@ -356,6 +359,14 @@ def _check_epochs_not_fewer(path: Path, epochs: int) -> None:
         raise ValueError(f"epochs: the run in {path.parent} has trained {trained} epochs; --epochs {epochs} would "
                          f"report that {trained}-epoch model as a {epochs}-epoch one: give --epochs {trained} or "
                          "more, or a new --out")
+
+
+def _check_out_folder(out: str) -> Path:
+    """``--out`` as a path, refused where it names a file."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out: {folder} is a file; give a directory for the run")
+    return folder
 
 
 def _never_trained(out: Path) -> bool:
@@ -530,9 +541,7 @@ def _run_lock(out: str) -> Iterator[None]:
     except ImportError:  # not POSIX: no lock
         yield
         return
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"out: {folder} is a file; give a directory for the run")
+    folder = _check_out_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     handle = os.open(folder, os.O_RDONLY)
     try:

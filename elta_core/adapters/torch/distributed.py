@@ -182,4 +182,3 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
-        gc.collect()

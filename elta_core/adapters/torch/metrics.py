@@ -35,6 +35,7 @@ class AestheticsMetrics(torchmetrics.Metric):
         if key is not None and key not in METRIC_KEYS:
             raise ValueError(f"key: expected None or one of {', '.join(METRIC_KEYS)}, got {key!r}")
         self.threshold, self.bin_values, self.key = threshold, bin_values, key
+        self._warned_small_batch = False
         self.add_state("pred", default=[], dist_reduce_fx="cat")
         self.add_state("true", default=[], dist_reduce_fx="cat")
 
@@ -52,7 +53,7 @@ class AestheticsMetrics(torchmetrics.Metric):
         if len(pred) >= metrics.MIN_SAMPLES:
             return super().forward(pred, true)
         self.update(pred, true)
-        if not getattr(self, "_warned_small_batch", False):
+        if not self._warned_small_batch:
             self._warned_small_batch = True
             warnings.warn(f"AestheticsMetrics: a batch of {len(pred)} sample(s) has no metrics of its own (they need "
                           f"{metrics.MIN_SAMPLES}); its value is NaN, and its samples count in compute()", stacklevel=2)

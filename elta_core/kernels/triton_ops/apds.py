@@ -119,7 +119,7 @@ def _blocks(num_bins: int) -> tuple[int, int]:
 def _centre(logits: torch.Tensor, values: torch.Tensor, mean_score: float | None, compute: torch.dtype) -> torch.Tensor:
     """``s_bar`` as a 1-element device tensor: the given value, or the mean predicted score."""
     if mean_score is not None:
-        return torch.full((1,), float(mean_score), device=logits.device, dtype=compute)
+        return device_scalars(logits, compute, mean_score)
     size, num_bins = logits.shape
     scores = torch.empty(size, device=logits.device, dtype=compute)
     block_n, block_c = _blocks(num_bins)
