@@ -37,7 +37,7 @@ import torch
 
 from elta_core import losses
 from elta_core.adapters.torch.data import ImageLabelDataset, iaa_transforms
-from elta_core.app.training import loader_options
+from elta_core.app.run.resources import loader_options
 from elta_core.data import load_labels
 
 work, gpus, backbone = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].removeprefix("timm/")

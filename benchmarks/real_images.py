@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from elta_core.io import atomic_write_text
+from elta_core.peer_names import PEER_NAMES
 
 LEVELS = 10
 VOTERS = 60
@@ -41,7 +42,8 @@ VALIDATION = (15,) * LEVELS
 POOL = (10, 15, 25, 40, 33, 33, 40, 25, 15, 10)
 TEST = (30,) * LEVELS
 SPLITS = {"train": TRAIN, "val": VALIDATION, "pool": POOL, "test": TEST}
-METHODS = ("baseline,tfa,flsa,elta,elta+apds,elta+round2-control,lds,fds,ranksim,cmixup,bmse")
+# ELTA, its parts, its APDS round and that round's control, then every registered peer (elta_core.peer_names).
+METHODS = ",".join(("baseline", "tfa", "flsa", "elta", "elta+apds", "elta+round2-control", *PEER_NAMES))
 
 
 def vote_counts(digit: int, rng: np.random.Generator) -> np.ndarray:
@@ -112,7 +114,7 @@ def validate_run(data: Path, run: Path) -> dict:
     thread; kept in ``run/validation`` and computed again only for another checkpoint."""
     import json
 
-    from elta_core.app import training
+    from elta_core.app import evaluate, run
     from elta_core.app.config import EvaluateConfig
     from elta_core.io import atomic_write_json
     from elta_core.run_state import sha256_of_file
@@ -120,10 +122,10 @@ def validate_run(data: Path, run: Path) -> dict:
     target, checkpoint = run / "validation", run / "checkpoint.pt"
     source = {"checkpoint_sha256": sha256_of_file(checkpoint)}  # a run resumed for more epochs is evaluated anew
     if not (target / "evaluation.json").exists() or _read_json(target / "source.json") != source:
-        metrics = training.evaluate(EvaluateConfig(checkpoint=str(checkpoint), labels=str(data / "val.csv"),
+        metrics = evaluate.evaluate(EvaluateConfig(checkpoint=str(checkpoint), labels=str(data / "val.csv"),
                                                    format="ava", images=str(data / "images"), quiet=True,
                                                    workers=0, threads=1))
-        atomic_write_json(target / "evaluation.json", training.json_ready(metrics))
+        atomic_write_json(target / "evaluation.json", run.json_ready(metrics))
         atomic_write_json(target / "source.json", source)
     return json.loads((target / "evaluation.json").read_text())
 
@@ -150,7 +152,7 @@ def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
 def train_and_validate(arguments: list[str], method: str, seed: int, out: str, methods: list[str]) -> dict:
     """One pool process's task: the (method, seed) run of the comparison, and its
     validation-split evaluation; returns its test metrics."""
-    from elta_core.app.cli import train_settings
+    from elta_core.app.config import train_settings
     from elta_core.app.compare import run_folder, train_run
 
     metrics = train_run(train_settings(arguments).replace(threads=1), method, seed, Path(out) / "compare", methods)
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-only", action="store_true")
     parser.add_argument("extra", nargs="*", help="more elta train arguments, after --")
     args = parser.parse_args(argv)
-    from elta_core.app.cli import train_settings
+    from elta_core.app.config import train_settings
     from elta_core.app.compare import check_train_arguments, compare
     from elta_core.app.methods import parse_methods
 

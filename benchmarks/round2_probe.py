@@ -50,9 +50,9 @@ def train_variant(arguments: list[str], benchmark: str, out: str, mode: str, epo
                   seed: int) -> dict:
     """One pool process's task: the APDS round of ``method`` with ``seed`` from the
     benchmark's ``elta`` round 1, and its validation-split metrics."""
-    from elta_core.app.cli import train_settings
+    from elta_core.app.config import train_settings
     from elta_core.app.methods import METHODS as SETTINGS
-    from elta_core.app.training import train
+    from elta_core.app.run import train
 
     folder = Path(out) / f"{mode}{epochs}" / method / f"seed{seed}"
     donor = Path(benchmark) / "compare" / "runs" / "elta" / f"seed{seed}"

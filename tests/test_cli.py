@@ -199,18 +199,18 @@ def test_checkpoint_every_n_epochs_and_a_crash_after_it_resumes_bit_identically(
     import csv
 
     from elta_core.adapters.torch import ELTAWrapper
-    from elta_core.app import training
+    from elta_core.app.run import round1
 
     labels, images = folder_dataset
     saved = []
-    save = training.save_and_record
+    save = round1.save_and_record
 
     def recording(state, path, *args, **kwargs):
         if Path(path).name == "checkpoint.pt":
             saved.append(state["epoch"])
         return save(state, path, *args, **kwargs)
 
-    monkeypatch.setattr(training, "save_and_record", recording)
+    monkeypatch.setattr(round1, "save_and_record", recording)
     every = ("--epochs", "5", "--checkpoint-every", "2")
     assert _train(labels, images, tmp_path / "straight", *every) == 0
     assert saved == [2, 4, 5]

@@ -88,7 +88,7 @@ def test_apds_ablations_and_the_control_run_through_elta_train(train_arguments, 
 
 
 def test_every_method_is_a_valid_set_of_train_settings():
-    from elta_core.app.cli import train_settings
+    from elta_core.app.config import train_settings
     from elta_core.app.methods import METHODS, SET_PER_RUN
 
     base = train_settings(["--labels", "x.csv", "--format", "ava"])
@@ -103,7 +103,7 @@ def test_every_method_is_a_valid_set_of_train_settings():
 
 
 def test_compare_runs_training_in_process_not_through_the_command_line(monkeypatch, tmp_path):
-    from elta_core.app import cli, compare, training
+    from elta_core.app import cli, compare, config, run
 
     seen = []
     monkeypatch.setattr(cli, "main", lambda *a, **k: pytest.fail("compare went through the command line"))
@@ -117,8 +117,8 @@ def test_compare_runs_training_in_process_not_through_the_command_line(monkeypat
                                                          "mae_high": 1.0}))
         return {}
 
-    monkeypatch.setattr(training, "train", fake_train)
-    base = cli.train_settings(["--labels", "x.csv", "--format", "ava", "--epochs", "3"])
+    monkeypatch.setattr(run, "train", fake_train)
+    base = config.train_settings(["--labels", "x.csv", "--format", "ava", "--epochs", "3"])
     compare.compare(base, ["baseline", "lds"], [0, 1], tmp_path, progress=False)
     assert [(s.peers, s.seed, s.epochs, s.resume) for s in seen] == [
         ((), 0, 3, True), (("lds",), 0, 3, True), ((), 1, 3, True), (("lds",), 1, 3, True)]
@@ -140,7 +140,7 @@ def test_the_spread_is_the_sample_std_and_two_seeds_get_no_interval():
 
 
 def test_one_progress_line_per_run_with_the_time_left(monkeypatch, tmp_path, capsys):
-    from elta_core.app import cli, compare, training
+    from elta_core.app import compare, config, run
 
     def fake_train(settings):
         assert settings.quiet  # no epoch bars inside the runs: the compare line says where it is
@@ -149,8 +149,8 @@ def test_one_progress_line_per_run_with_the_time_left(monkeypatch, tmp_path, cap
         (folder / "metrics.json").write_text(json.dumps({k: 0.5 + settings.seed for k in (
             "plcc", "srcc", "accuracy", "mse", "mae_low", "mae_medium", "mae_high")}))
 
-    monkeypatch.setattr(training, "train", fake_train)
-    compare.compare(cli.train_settings(["--labels", "x.csv", "--format", "ava"]), ["baseline", "tfa"], [0, 1, 2],
+    monkeypatch.setattr(run, "train", fake_train)
+    compare.compare(config.train_settings(["--labels", "x.csv", "--format", "ava"]), ["baseline", "tfa"], [0, 1, 2],
                     tmp_path, progress=True)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("compare: run")]
     assert len(lines) == 6 and "left)" not in lines[0] and "(5 done in" in lines[-1] and "left)" in lines[-1]
@@ -159,16 +159,17 @@ def test_one_progress_line_per_run_with_the_time_left(monkeypatch, tmp_path, cap
 def test_loader_workers_and_threads_share_the_cores(monkeypatch):
     import torch
 
-    from elta_core.app import cli, training
+    from elta_core.app import config
+    from elta_core.app.run import resources
 
-    monkeypatch.setattr(training, "default_workers", lambda: 8)
-    assert training.cpu_budget(None, None) == (4, 4)
-    assert training.cpu_budget(0, None) == (0, 4) and training.cpu_budget(None, 2) == (6, 2)  # threads: not by workers
-    monkeypatch.setattr(training, "default_workers", lambda: 1)
-    assert training.cpu_budget(None, None) == (0, 1)
+    monkeypatch.setattr(resources, "default_workers", lambda: 8)
+    assert resources.cpu_budget(None, None) == (4, 4)
+    assert resources.cpu_budget(0, None) == (0, 4) and resources.cpu_budget(None, 2) == (6, 2)  # threads: not by workers
+    monkeypatch.setattr(resources, "default_workers", lambda: 1)
+    assert resources.cpu_budget(None, None) == (0, 1)
     before = torch.get_num_threads()
-    settings = cli.train_settings(["--labels", "x.csv", "--format", "ava", "--threads", "1", "--workers", "0"])
-    with training._threads(settings):
+    settings = config.train_settings(["--labels", "x.csv", "--format", "ava", "--threads", "1", "--workers", "0"])
+    with resources.torch_threads(settings):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 

@@ -156,7 +156,7 @@ def test_prepare_knows_its_copies_by_content_not_by_modification_time(png_data, 
     import os
     import shutil
 
-    from elta_core.app.training import images_fingerprint
+    from elta_core.app.run.directory import images_fingerprint
 
     images = tmp_path / "src" / "images"
     shutil.copytree(png_data / "images", images)

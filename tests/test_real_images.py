@@ -64,7 +64,7 @@ def test_the_validation_table_evaluates_a_changed_checkpoint_again(tmp_path, mon
     """A run resumed for more epochs has a new checkpoint: its cached validation metrics
     described the old one (they were reused before, keyed by the file's existence alone)."""
     pytest.importorskip("torch")
-    from elta_core.app import training
+    from elta_core.app import evaluate as evaluate_command
 
     calls = []
 
@@ -72,7 +72,7 @@ def test_the_validation_table_evaluates_a_changed_checkpoint_again(tmp_path, mon
         calls.append(settings.checkpoint)
         return {key: float(len(calls)) for key in ("plcc", "mae_low", "mae_high", "mae")}
 
-    monkeypatch.setattr(training, "evaluate", evaluate)
+    monkeypatch.setattr(evaluate_command, "evaluate", evaluate)
     for seed in (0, 1):
         run = tmp_path / "compare" / "runs" / "elta" / f"seed{seed}"
         run.mkdir(parents=True)

@@ -15,7 +15,7 @@ pytest.importorskip("torchvision")
 pytest.importorskip("timm")
 
 from elta_core.app import cli, models, recipe  # noqa: E402
-from elta_core.app.training import _round2_optimizer  # noqa: E402
+from elta_core.app.run.round2 import round2_optimizer  # noqa: E402
 from elta_core.data.synthetic import export, generate  # noqa: E402
 
 SMALL = ["--image-size", "32", "--resize", "36", "--batch-size", "8", "--epochs", "3", "--quiet"]
@@ -204,13 +204,13 @@ def test_round2_resumes_a_copy_of_the_optimizer_state():
     class Args:
         optimizer, lr, round2_resume_optimizer, round2_lr = "adam", 0.1, True, None
 
-    resumed = _round2_optimizer(Args, {"optimizer": saved})([parameter])
+    resumed = round2_optimizer(Args, {"optimizer": saved})([parameter])
     assert resumed.state_dict()["state"][0]["step"] == 1
     parameter.grad = torch.ones(3)
     resumed.step()
     assert torch.equal(saved["state"][0]["exp_avg"], before)  # the saved round-1 state is untouched
     Args.round2_resume_optimizer = False
-    fresh = _round2_optimizer(Args, {"optimizer": saved})([parameter])
+    fresh = round2_optimizer(Args, {"optimizer": saved})([parameter])
     assert not fresh.state_dict()["state"]
     assert fresh.param_groups[0]["lr"] == pytest.approx(0.1 / recipe.ROUND2_LR_DIVISOR)
 
@@ -263,11 +263,11 @@ def test_select_best_resumed_equals_uninterrupted_and_a_damaged_best_is_refused(
 
 
 def test_undefined_metrics_are_null_in_json_and_named_never_nan(tmp_path):
-    from elta_core.app.training import _write_metrics, format_metrics
+    from elta_core.app.run.reports import format_metrics, write_metrics
 
     result = {"plcc": float("nan"), "srcc": float("nan"), "accuracy": 0.5, "mse": 8.5, "mae_low": 3.5,
               "mae_medium": 1.5, "mae_high": 4.5}
-    _write_metrics(result, tmp_path, "evaluation")  # before: 'refusing to write NaN' after a whole run
+    write_metrics(result, tmp_path, "evaluation")  # before: 'refusing to write NaN' after a whole run
     written = json.loads((tmp_path / "evaluation.json").read_text())
     assert written["plcc"] is None and written["undefined_metrics"] == ["plcc", "srcc"] and written["mse"] == 8.5
     assert (tmp_path / "evaluation.csv").read_text().splitlines()[1].startswith("undefined,undefined,0.5")
@@ -298,15 +298,18 @@ def test_weights_that_only_partly_fit_or_are_not_weights_are_refused(tmp_path):
 
 
 def test_the_cli_offers_exactly_the_schedules_the_loop_runs():
-    """config keeps its own copy (it imports no framework, so ``elta --help`` stays fast)."""
-    from elta_core.adapters.torch import loop
+    """One tuple, in a module that imports no framework (so ``elta --help`` stays fast),
+    and every schedule in it runs."""
+    from elta_core import training_options
     from elta_core.app import config
 
-    assert config.LR_SCHEDULES == loop.LR_SCHEDULES
+    assert config.LR_SCHEDULES is training_options.LR_SCHEDULES
+    for schedule in config.LR_SCHEDULES:
+        assert training_options.lr_factor(schedule, 3)(0) == 1.0
 
 
 def test_the_default_recipe_weighs_flsa_0_3_and_mixes_one_pair_and_a_flag_overrides_it():
-    from elta_core.app.cli import train_settings
+    from elta_core.app.config import train_settings
 
     common = ["--labels", "x.csv", "--format", "ava"]
     default = recipe.resolve(train_settings(common), has_distributions=True)

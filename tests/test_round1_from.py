@@ -136,7 +136,7 @@ def test_a_damaged_donor_checkpoint_is_refused(data, runs, tmp_path, capsys):
 ])
 def test_a_copy_that_fails_is_not_recorded_and_the_run_is_taken_again(data, runs, tmp_path, capsys, monkeypatch,
                                                                        fault, message):
-    from elta_core.app import training
+    from elta_core.app.run import adopt
 
     copy = shutil.copyfileobj
 
@@ -147,14 +147,14 @@ def test_a_copy_that_fails_is_not_recorded_and_the_run_is_taken_again(data, runs
         copy(source, target, length)
         target.write(b"!")
 
-    monkeypatch.setattr(training.shutil, "copyfileobj", failing)
+    monkeypatch.setattr(adopt.shutil, "copyfileobj", failing)
     out = tmp_path / "run"
     assert _train(data, out, *_apds(data), "--round1-from", str(runs / "elta")) == 2
     assert message in capsys.readouterr().err
     assert "checkpoint" not in json.loads((out / "manifest.json").read_text())["stages"]
     assert not [p for p in out.iterdir() if p.name.startswith(".checkpoint.pt")]  # no temporary file left
 
-    monkeypatch.setattr(training.shutil, "copyfileobj", copy)
+    monkeypatch.setattr(adopt.shutil, "copyfileobj", copy)
     assert _train(data, out, *_apds(data), "--round1-from", str(runs / "elta"), "--resume") == 0
     assert json.loads((out / "metrics.json").read_text()) == json.loads((runs / "straight" / "metrics.json").read_text())
 
@@ -190,14 +190,14 @@ def test_round_2_resumes_the_best_epochs_optimizer_from_another_runs_round_1(dat
 def test_a_run_without_apds_reads_a_best_pt_without_optimizer_state(data, tmp_path, monkeypatch):
     """A ``best.pt`` written before it kept the optimizer (an older elta): a run without
     --apds never resumes round 2 from it, so it finishes (only an APDS run refuses it)."""
-    from elta_core.app import training
+    from elta_core.app.run import round1
 
-    written = training.load_checkpoint_file
+    written = round1.load_checkpoint_file
 
     def without_optimizer(path, device):
         state = written(path, device)
         return {k: v for k, v in state.items() if k != "optimizer"} if path.name == "best.pt" else state
 
-    monkeypatch.setattr(training, "load_checkpoint_file", without_optimizer)
+    monkeypatch.setattr(round1, "load_checkpoint_file", without_optimizer)
     assert _train(data, tmp_path / "plain", "--select-best", "srcc", "--round2-resume-optimizer") == 0
     assert _train(data, tmp_path / "apds", "--select-best", "srcc", "--round2-resume-optimizer", *_apds(data)) == 2

@@ -414,7 +414,7 @@ def test_make_optimizer_falls_back_where_the_fused_kernel_refuses_the_parameters
 
 def test_lr_schedule_cosine_decays_per_epoch_and_bad_values_are_named():
     from elta_core.adapters.torch import fit
-    from elta_core.adapters.torch.loop import lr_factor
+    from elta_core.training_options import lr_factor
 
     cosine = lr_factor("cosine", 4)
     assert [cosine(e) for e in range(4)] == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from elta_core.app.aot import narrow_offset_products  # noqa: E402
+from elta_core.app.compiled_code import narrow_offset_products  # noqa: E402
 
 KERNELS = {"flsa._normalize_kernel", "flsa._direct_kernel", "flsa._block_sums_kernel", "flsa._prefix_kernel",
            "flsa._normalize_backward_kernel", "apds._scores_kernel", "apds._sharpen_kernel", "apds._grid_kernel"}

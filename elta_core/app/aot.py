@@ -25,15 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
+
+from elta_core.app.compiled_code import cubin_resources, narrow_offset_products, resource_table
+from elta_core.io import atomic_write_json, atomic_write_text
 
 # name: compute capability; max shared memory a block may use (bytes, opt-in).
 TARGETS = {"A100": 80, "H100": 90, "B200": 100}
@@ -194,74 +194,6 @@ def distinct(launches: Sequence[Launch]) -> list[Launch]:
     return list(seen.values())
 
 
-_SSA = re.compile(r"^\s*(%[\w.#]+)(?::\d+)?\s*=\s*([\w.]+)\s*(.*)$")
-_OPERAND = re.compile(r"%[\w.#]+")
-
-
-def narrow_offset_products(ttir: str) -> list[str]:
-    """The TTIR lines of 32-bit ``arith.muli`` of two run-time values that an address
-    offset (``tt.addptr`` with an i32 offset) is computed from. Constants (and their
-    splats and broadcasts) are not run-time values; function arguments, program ids and
-    loop variables are."""
-    definitions: dict[str, tuple[str, list[str], str]] = {}
-    offsets: list[str] = []  # the i32 offsets of tt.addptr
-    for line in ttir.splitlines():
-        match = _SSA.match(line)
-        if not match:
-            continue
-        name, op, rest = match.groups()
-        operands_text, _, types = rest.partition(" : ")
-        operands = _OPERAND.findall(operands_text.split(" loc(")[0])
-        definitions[name] = (op, operands, line.strip())
-        offset_type = types.split(" loc(")[0].rsplit(",", 1)[-1].strip()  # "i32" or "tensor<...xi32>"
-        if op == "tt.addptr" and (offset_type == "i32" or offset_type.endswith("xi32>")):
-            offsets += operands[1:2]
-
-    constant: dict[str, bool] = {}
-
-    def is_constant(value: str) -> bool:
-        if value not in constant:
-            op, operands, _ = definitions.get(value, ("argument", [], ""))
-            constant[value] = op == "arith.constant" or (
-                op in ("tt.splat", "tt.broadcast", "tt.expand_dims") and all(map(is_constant, operands)))
-        return constant[value]
-
-    found: list[str] = []
-
-    def visit(value: str, seen: set[str]) -> None:
-        if value in seen or value not in definitions:
-            return
-        seen.add(value)
-        op, operands, line = definitions[value]
-        if op in ("arith.extsi", "arith.extui"):
-            return  # widened: 64-bit from here on
-        if op == "arith.muli" and "i32" in line.rsplit(":", 1)[-1] and len(operands) == 2 and \
-                not any(map(is_constant, operands)):
-            found.append(line.split(" loc(")[0])
-        for operand in operands:
-            visit(operand, seen)
-
-    for offset in offsets:
-        visit(offset, set())
-    return sorted(set(found))
-
-
-def _resources(cubin: bytes) -> tuple[int | None, int | None]:
-    """(registers, local-memory bytes a thread: spills and stack) from ``cuobjdump -res-usage``."""
-    from triton.backends.nvidia import compiler as nvidia
-
-    tool = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-        handle.write(cubin)
-        handle.flush()
-        try:
-            text = subprocess.run([tool, "-res-usage", handle.name], capture_output=True, text=True, timeout=60).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None, None
-    registers, local = re.search(r"REG:(\d+)", text), re.search(r"LOCAL:(\d+)", text)
-    return (int(registers.group(1)) if registers else None, int(local.group(1)) if local else None)
-
-
 def compile_launch(launch: Launch) -> Compiled:
     """Compile one configuration for its target and check it."""
     import triton
@@ -290,7 +222,7 @@ def compile_launch(launch: Launch) -> Compiled:
         narrow = [name for name, kind in launch.signature.items() if kind == "fp32"]
         if narrow:
             result.problems.append(f"float64 kernel with float32 scalar argument(s): {', '.join(narrow)}")
-    result.registers, result.spill_bytes = _resources(compiled.asm["cubin"])
+    result.registers, result.spill_bytes = cubin_resources(compiled.asm["cubin"])
     return result
 
 
@@ -310,28 +242,6 @@ def compile_all(flsa_shapes, apds_shapes, dtypes, targets: Sequence[int],
         progress(f"[{k}/{len(configurations)}] sm_{launch.target} {launch.kernel} {results[-1].dtypes} "
                  f"{results[-1].seconds:.1f} s {'; '.join(results[-1].problems) or 'ok'}")
     return results, failures
-
-
-def markdown(results: Sequence[Compiled]) -> str:
-    """Registers, local memory (spills) and shared memory per kernel and target: the most
-    any configuration of that kernel and dtype needs."""
-    rows: dict[tuple[str, str, int], Compiled] = {}
-    counts: dict[tuple[str, str, int], int] = {}
-    problems: dict[tuple[str, str, int], int] = {}
-    for r in results:
-        key = (r.kernel, r.dtypes, r.target)
-        counts[key] = counts.get(key, 0) + 1
-        problems[key] = problems.get(key, 0) + len(r.problems)
-        best = rows.get(key)
-        if best is None or (r.registers or 0) > (best.registers or 0) or (r.spill_bytes or 0) > (best.spill_bytes or 0):
-            rows[key] = r
-    lines = ["| kernel | pointer dtypes | target | configurations | registers (max) | local memory / thread (bytes) | "
-             "shared memory (bytes) | problems |", "|---|---|---|---:|---:|---:|---:|---|"]
-    for key in sorted(rows):
-        r = rows[key]
-        lines.append(f"| {r.kernel} | {r.dtypes} | sm_{r.target} | {counts[key]} | {r.registers} | {r.spill_bytes} | "
-                     f"{r.shared_bytes} | {problems[key]} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,13 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         (CI_FLSA_SHAPES, CI_APDS_SHAPES, CI_DTYPES)
     say = (lambda _: None) if args.quiet else (lambda text: print(text, flush=True))
     results, failures = compile_all(*shapes, targets, progress=say)
-    table = markdown(results)
+    table = resource_table(results)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"results": [asdict(r) for r in results], "failures": failures}, handle, indent=1)
+        atomic_write_json(args.json, {"results": [asdict(r) for r in results], "failures": failures})
     if args.markdown:
-        with open(args.markdown, "w") as handle:
-            handle.write(table + "\n")
+        atomic_write_text(args.markdown, table + "\n")
     print(table)
     problems = [f"sm_{r.target} {r.kernel} {r.dtypes} {r.constexprs}: {p}" for r in results for p in r.problems]
     for line in failures + problems:

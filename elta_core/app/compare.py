@@ -55,7 +55,8 @@ def check_train_arguments(train_arguments: Sequence[str]) -> None:
     """Refuse shared ``elta train`` arguments that compare sets per method and run."""
     import argparse
 
-    from elta_core.app.config import TrainConfig, add_options, flags_of
+    from elta_core.app.config import TrainConfig
+    from elta_core.app.options import add_options, flags_of
 
     # parsed as elta train parses them, so that an abbreviation (--see for --seed) is caught too
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
@@ -78,7 +79,7 @@ def check_train_arguments(train_arguments: Sequence[str]) -> None:
 def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | Path, progress: bool = True,
             train_arguments: Sequence[str] = (), results: dict[str, list[dict[str, Any]]] | None = None
             ) -> dict[str, Any]:
-    """Train every method with every seed: :func:`elta_core.app.training.train` with the
+    """Train every method with every seed: :func:`elta_core.app.run.train` with the
     shared settings ``base`` (a :class:`~elta_core.app.config.TrainConfig`) and the
     method's (:data:`elta_core.app.methods.METHODS`), in this process; then write
     ``compare.md``, ``compare.json`` and ``compare.png`` to ``out``. The first method is
@@ -131,7 +132,7 @@ def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Seque
     reads them. An APDS method takes its round 1 from the finished run of its
     :func:`~elta_core.app.methods.round1_donor` among ``methods`` (``--round1-from``),
     where there is one."""
-    from elta_core.app.training import holds_out_calibration, train
+    from elta_core.app.run import holds_out_calibration, train
 
     folder, donor = run_folder(out, method, seed), round1_donor(method, methods)
     donor_run = run_folder(out, donor, seed) if donor else None

@@ -29,13 +29,14 @@ from torch.utils.data import TensorDataset
 
 from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
-from elta_core.adapters.torch.loop import lr_factor, make_optimizer
+from elta_core.adapters.torch.loop import make_optimizer
 from elta_core.adapters.torch.peers import LDS, RankSim
 from elta_core.app.compare import RemainingTime, summarise
 from elta_core.app.methods import FLSA_OFF, METHODS, uses_self_training
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
 from elta_core.io import atomic_write_json, atomic_write_text
+from elta_core.training_options import lr_factor
 
 # The demo's rows: methods of elta compare's table (elta_core.app.methods), by their Table 4 names.
 ROW_NAMES = {"baseline": "baseline", "tfa": "+TFA", "flsa": "+FLSA", "elta": "+TFA+FLSA",

@@ -13,7 +13,8 @@ require("torch", "torch")
 from elta_core.adapters.torch.modules import to_distribution_head  # noqa: E402
 from elta_core.adapters.torch.loop import fit  # noqa: E402
 from elta_core.adapters.torch.prediction import predict  # noqa: E402
-from elta_core.adapters.torch.self_training import PseudoLabelledDataset, SelfTraining  # noqa: E402
+from elta_core.adapters.torch.pseudo_labelled import PseudoLabelledDataset  # noqa: E402
+from elta_core.adapters.torch.self_training import SelfTraining  # noqa: E402
 from elta_core.adapters.torch.wrapper import ELTAOutput, ELTAWrapper  # noqa: E402
 
 __all__ = [

@@ -20,10 +20,9 @@ from torch.utils.data.distributed import DistributedSampler
 from elta_core.adapters.torch.distributed import communication_device, is_distributed, is_main, rank, world_size
 from elta_core.adapters.torch.modules import device_of
 from elta_core.adapters.torch.wrapper import ELTAWrapper
+from elta_core.training_options import PRECISIONS
 
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 BASE_LR = "elta_base_lr"  # the param group's learning rate before the schedule (kept in its state_dict)
 
 
@@ -51,26 +50,6 @@ def make_optimizer(optimizer_class: type[torch.optim.Optimizer], parameters: Ite
         return optimizer_class(parameters, fused=True, **options)
     except RuntimeError:  # a parameter on a device or of a dtype the fused kernel does not take
         return optimizer_class(parameters, **options)
-
-
-def check_lr_schedule(schedule: str) -> str:
-    """``schedule`` if it is one of :data:`LR_SCHEDULES`, else a ``ValueError`` naming it."""
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
-    return schedule
-
-
-def lr_factor(schedule: str, epochs: int) -> Callable[[int], float]:
-    """The factor of the base learning rate in each epoch (0-based) of ``epochs``:
-    ``"constant"`` 1; ``"cosine"`` ``(1 + cos(pi * epoch / epochs)) / 2``, from 1 in the
-    first epoch down to near 0 in the last (never 0: every epoch trains). A function of
-    the epoch alone, so a resumed run follows the uninterrupted run's schedule."""
-    check_lr_schedule(schedule)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
-    if schedule == "constant":
-        return lambda epoch: 1.0
-    return lambda epoch: (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

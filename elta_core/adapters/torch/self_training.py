@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, Union
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from elta_core import apds
-from elta_core.adapters.torch import rng
-from elta_core.adapters.torch.checkpoints import load_file, save_and_record
 from elta_core.adapters.torch.distributed import is_main, on_main
-from elta_core.adapters.torch.loop import (Precision, check_lr_schedule, fit, lr_factor, make_optimizer, split_batch,
-                                          training_loader)
+from elta_core.adapters.torch.loop import Precision, fit, make_optimizer, training_loader
 from elta_core.adapters.torch.prediction import predict_dataset
+from elta_core.adapters.torch.pseudo_labelled import PseudoLabelledDataset, dataset_fingerprint, is_score_label
+from elta_core.adapters.torch.stages import StageStore
 from elta_core.adapters.torch.wrapper import ELTAWrapper
 from elta_core.io import atomic_write_text
 from elta_core.pseudo_labels import DEFAULT_ROUND2, Round2, check_round2, pseudo_label_round
-from elta_core.run_state import RunManifest, fingerprint
+from elta_core.run_state import fingerprint
+from elta_core.training_options import check_lr_schedule, lr_factor
 
 Stage = Literal["round1", "calibration", "unlabelled", "grid", "selection", "round2"]
 STAGES: tuple[Stage, ...] = ("round1", "calibration", "unlabelled", "grid", "selection", "round2")
@@ -34,23 +34,6 @@ CHUNKS = "chunks"  # the folder of the predictions saved chunk by chunk
 DEFAULT_PREDICTION_CHUNK = 50_000
 TrainFn = Callable[[ELTAWrapper, DataLoader, "DataLoader | None", int], Any]
 MaxPseudoLabels = Union[int, Literal["labelled"], None]
-
-
-class PseudoLabelledDataset(Dataset):
-    """Items ``(x, pseudo_label)`` for the selected ``indices`` of an unlabelled dataset."""
-
-    def __init__(self, unlabelled: Dataset, indices: Sequence[int] | torch.Tensor, labels: torch.Tensor):
-        indices = torch.as_tensor(indices, dtype=torch.long)
-        if len(indices) != len(labels):
-            raise ValueError(f"labels: expected {len(indices)} pseudo-labels to match indices, got {len(labels)}")
-        self.unlabelled, self.indices, self.labels = unlabelled, indices, labels
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int):
-        x, _ = split_batch(self.unlabelled[int(self.indices[k])])
-        return x, self.labels[k]
 
 
 class SelfTraining:
@@ -76,7 +59,7 @@ class SelfTraining:
             see (e.g. ``{"lr": 1e-3}``): a trained stage is reused only under the same tag.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the default ``train`` (:func:`fit`).
         lr_schedule: ``"constant"`` or ``"cosine"`` over ``epochs`` for the default
-            ``train`` (:func:`~elta_core.adapters.torch.loop.lr_factor`).
+            ``train`` (:func:`~elta_core.training_options.lr_factor`).
         prediction_chunk: the calibration set and the pool are predicted this many images
             at a time, each chunk saved as done (in ``workdir/chunks``): a run killed in a
             large pool resumes at its chunk. Images are streamed, never all in memory.
@@ -132,32 +115,17 @@ class SelfTraining:
         self.batch_size, self.loader_kwargs = batch_size, dict(loader_kwargs or {})
         self.progress = progress
         self.tag = tag
-        self.manifest: RunManifest | None = None
+        self.stages = StageStore(self.workdir, self._generators, {"grid": "grid.json"})
         # per round: each epoch's mean loss and terms (the default train only), kept with the stage
         self.epochs_log: dict[int, list[dict[str, float]]] = {}
 
     def path(self, stage: Stage) -> Path:
-        names = {"grid": "grid.json"}
-        return self.workdir / names.get(stage, f"{stage}.pt")
+        return self.stages.path(stage)
 
     def done(self, stage: Stage) -> bool:
         """Whether ``stage``'s file is there, recorded in the manifest (it is reused only if
         it also matches this run's settings and inputs)."""
-        return self.path(stage).exists() and stage in self._manifest().data["stages"]
-
-    def _manifest(self) -> RunManifest:
-        if self.manifest is None:
-            self.manifest = RunManifest(self.workdir, writer=is_main())
-        return self.manifest
-
-    def _save(self, stage: str, record: Any, key: str, path: Path | None = None) -> None:
-        save_and_record(record, path or self.path(stage), self._manifest(), stage, key)
-
-    def _load(self, stage: Stage) -> Any:
-        return self._load_file(self.path(stage))
-
-    def _load_file(self, path: Path) -> Any:
-        return load_file(path, what="delete it to recompute this stage, or restore it")
+        return self.stages.done(stage)
 
     def _generators(self) -> list[torch.Generator | None]:
         return [self.wrapper.generator, self.loader_kwargs.get("generator")]
@@ -176,21 +144,6 @@ class SelfTraining:
                      lr_schedule=lr_factor(self.lr_schedule, self.epochs))
         self.epochs_log[round_index] = [{"loss": loss, **parts} for loss, parts in zip(losses, terms)]
 
-    def _cached(self, stage: Stage, key: str, compute: Callable[[], dict], restore: Callable[[dict], Any]) -> Any:
-        """The stage's record: loaded when the manifest says it is current (its RNG
-        snapshot restored, so that what follows draws the same numbers as an
-        uninterrupted run), else computed, saved with a snapshot and recorded."""
-        manifest, path = self._manifest(), self.path(stage)
-        if manifest.reusable(stage, path, key):
-            record = self._load(stage)
-            rng.restore(record["rng"], self._generators())
-            return restore(record)
-        manifest.forget(stage)
-        record = compute()
-        record["rng"] = rng.snapshot(self._generators())
-        self._save(stage, record, key)
-        return restore(record)
-
     def _weights(self, stage: Stage, key: str, train: Callable[[], None]) -> None:
         round_index = int(stage[-1])
 
@@ -202,13 +155,13 @@ class SelfTraining:
             self.wrapper.model.load_state_dict(record["model"])
             self.epochs_log[round_index] = list(record.get("epochs", []))
 
-        self._cached(stage, key, compute, restore)
+        self.stages.cached(stage, key, compute, restore)
 
     def _predictions(self, stage: Stage, dataset: Dataset) -> dict[str, torch.Tensor]:
         """The model's logits (and labels) on ``dataset``, predicted ``prediction_chunk``
         images at a time; each chunk is saved as it is done, so a run killed in a long pool
         resumes at the chunk it was in. The chunks give way to the stage's file."""
-        manifest = self._manifest()
+        manifest = self.stages.manifest
         key = manifest.stage_key(stage, {"data": dataset_fingerprint(dataset)}, ["round1"])
         starts = range(0, len(dataset), self.prediction_chunk)
         names = [f"{stage}.{k:05d}" for k in range(len(starts))]
@@ -217,12 +170,12 @@ class SelfTraining:
             rows = range(start, min(start + self.prediction_chunk, len(dataset)))
             path, chunk_key = self.workdir / CHUNKS / f"{name}.pt", fingerprint({"stage": key, "rows": [rows.start, rows.stop]})
             if manifest.reusable(name, path, chunk_key):
-                return self._load_file(path)
+                return self.stages.load(name, path)
             logits, labels = predict_dataset(self.wrapper, Subset(dataset, rows), batch_size=self.batch_size,
                                              progress=self.progress, desc=f"predict {stage} {name[-5:]}",
                                              loader_kwargs=self.loader_kwargs)
             record = {"logits": logits} if labels is None else {"logits": logits, "labels": labels}
-            self._save(name, record, chunk_key, path)
+            self.stages.save(name, record, chunk_key, path)
             return record
 
         def compute() -> dict:
@@ -231,7 +184,7 @@ class SelfTraining:
                 return {"logits": torch.zeros(0, 0)}
             return {field: torch.cat([r[field] for r in records]) for field in records[0]}
 
-        record = self._cached(stage, key, compute, lambda record: record)
+        record = self.stages.cached(stage, key, compute, lambda record: record)
         for name in names:  # the stage's file holds them all now
             if is_main():
                 (self.workdir / CHUNKS / f"{name}.pt").unlink(missing_ok=True)
@@ -276,7 +229,7 @@ class SelfTraining:
 
     def _stage_round1(self, state: dict, summary: dict) -> None:
         settings = {**state["training"], "weights": state["initial_weights"], "mode": state["round1"]}
-        key = self._manifest().stage_key("round1", settings)
+        key = self.stages.manifest.stage_key("round1", settings)
         if state["round1"] == "current":
             self._weights("round1", key, lambda: None)
         else:
@@ -298,11 +251,11 @@ class SelfTraining:
     def _stage_grid(self, state: dict, summary: dict) -> None:
         """The grid search and the selection come from one core round; both are reused
         only together."""
-        manifest, settings = self._manifest(), self._round_settings(state["labelled"])
+        manifest, settings = self.stages.manifest, self._round_settings(state["labelled"])
         grid_key = manifest.stage_key("grid", settings, ["calibration", "unlabelled"])
         if manifest.reusable("grid", self.path("grid"), grid_key) and manifest.reusable(
                 "selection", self.path("selection"), manifest.stage_key("selection", settings, ["grid", "unlabelled"])):
-            summary["grid"] = self._load("grid")
+            summary["grid"] = self.stages.load("grid")
             return
         manifest.forget("grid")
         record, pool = state["calibration_record"], state["pool"]
@@ -315,19 +268,19 @@ class SelfTraining:
         summary["grid"] = result.grid.as_dict()
         if is_main():
             atomic_write_text(self.workdir / "grid.md", result.grid.to_markdown() + "\n")
-        self._save("grid", summary["grid"], grid_key)
+        self.stages.save("grid", summary["grid"], grid_key)
         state["round"] = result
 
     def _stage_selection(self, state: dict, summary: dict) -> None:
-        manifest = self._manifest()
+        manifest = self.stages.manifest
         key = manifest.stage_key("selection", self._round_settings(state["labelled"]), ["grid", "unlabelled"])
         if "round" in state:
             result = state["round"]
             selection = {"indices": result.indices, "labels": result.labels,
                          "num_selected": torch.tensor(result.num_selected)}
-            self._save("selection", selection, key)
+            self.stages.save("selection", selection, key)
         else:
-            selection = self._load("selection")
+            selection = self.stages.load("selection")
         state["selection"] = selection
         summary["num_selected"] = int(selection["num_selected"])
         summary["num_kept"] = len(selection["indices"])
@@ -336,7 +289,7 @@ class SelfTraining:
         selection = state["selection"]
         labelled = state["labelled"]
         labels = selection["labels"]
-        if self.round2 == "concat" and len(labels) and len(labelled) and _is_score_label(labelled[0]):
+        if self.round2 == "concat" and len(labels) and len(labelled) and is_score_label(labelled[0]):
             values = torch.as_tensor(self.wrapper.bin_values or range(1, labels.shape[1] + 1), dtype=labels.dtype)
             labels = labels @ values  # join a score-labelled set with the pseudo-labels' scores
         pseudo = PseudoLabelledDataset(state["unlabelled"], selection["indices"], labels)
@@ -345,25 +298,5 @@ class SelfTraining:
         else:
             loaders = (self._loader(labelled), self._loader(pseudo) if len(pseudo) else None)
         settings = {**state["training"], "round2": self.round2}
-        key = self._manifest().stage_key("round2", settings, ["round1", "selection"])
+        key = self.stages.manifest.stage_key("round2", settings, ["round1", "selection"])
         self._weights("round2", key, lambda: self._train(*loaders, 2))
-
-
-def dataset_fingerprint(dataset: Dataset) -> str:
-    """A fingerprint of a data set, to tell whether a stage computed from it is current:
-    its own ``fingerprint()`` where it has one (the image datasets hash their label table),
-    the tensors of a ``TensorDataset``, and otherwise its length and up to 64 evenly spaced
-    items (a heuristic: give your dataset a ``fingerprint()`` method to be exact)."""
-    own = getattr(dataset, "fingerprint", None)
-    if callable(own):
-        return str(own())
-    if isinstance(dataset, TensorDataset):
-        return fingerprint(list(dataset.tensors))
-    size = len(dataset)
-    rows = sorted(set(int(k) for k in torch.linspace(0, max(size - 1, 0), min(size, 64)).round().tolist()))
-    return fingerprint([type(dataset).__qualname__, size] + [list(split_batch(dataset[k])) for k in rows])
-
-
-def _is_score_label(item: Any) -> bool:
-    _, label = split_batch(item)
-    return label is not None and torch.as_tensor(label).numel() == 1
