@@ -99,6 +99,23 @@ def test_bf16_channels_last_and_fp16_train(png_data, tmp_path):
         assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
+def test_an_fp16_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(png_data, tmp_path, monkeypatch):
+    """fp16's gradient scaler carries its scale from epoch to epoch, so the checkpoint keeps
+    it: a scaler that starts far too high (its first steps overflow and are skipped while
+    the scale comes down) would otherwise start high again on --resume, skip those steps
+    again and train another model."""
+    scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *args, **kwargs: scaler(*args, init_scale=2.0 ** 24, **kwargs))
+    fp16 = ("--precision", "fp16", "--epochs", "3", "--workers", "0", "--lr-schedule", "constant")
+    assert _train(png_data, tmp_path / "straight", *fp16) == 0
+    assert _train(png_data, tmp_path / "resumed", *fp16, "--stop-after-epoch", "2") == 0
+    saved = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["grad_scaler"]
+    assert saved["scale"] < 2.0 ** 24  # it came down, and the checkpoint says so
+    assert _train(png_data, tmp_path / "resumed", *fp16, "--resume") == 0
+    a, b = _weights(tmp_path / "straight" / "checkpoint.pt"), _weights(tmp_path / "resumed" / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_compile_finds_the_head_through_the_compiled_module(png_data, tmp_path, monkeypatch):
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="eager"))  # no C++ build in CI

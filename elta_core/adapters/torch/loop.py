@@ -108,6 +108,8 @@ def fit(
     precision: Precision = "fp32",
     epoch_terms: list[dict[str, float]] | None = None,
     lr_schedule: Callable[[int], float] | None = None,
+    epoch_end: Callable[[int, float], bool | None] | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> list[float]:
     """A plain training loop: ``L = L_s`` per labelled batch, plus ``L_u`` (the task loss on
     a pseudo-labelled batch, Eq. 10) when ``pseudo_loader`` is given. Returns the mean loss
@@ -118,18 +120,22 @@ def fit(
     the losses are computed in float32 either way. ``epoch_terms``, a list, gets each
     epoch's mean of every term of the loss (``task_loss``, ``flsa_loss``, each peer's,
     ``pseudo_loss`` for ``L_u``), summed on the device and read once per epoch.
-    ``lr_schedule`` (e.g. :func:`lr_factor`) scales each param group's learning rate in
-    epoch ``first_epoch + k`` by ``lr_schedule(first_epoch + k)``."""
+    ``lr_schedule`` (e.g. :func:`~elta_core.training_options.lr_factor`) scales each param
+    group's learning rate in epoch ``first_epoch + k`` by ``lr_schedule(first_epoch + k)``.
+    ``epoch_end(epochs_done, mean_loss)`` runs after each epoch (``epochs_done`` counts
+    from 0 before ``first_epoch``; it may validate, keep the best, checkpoint) and stops the
+    training by returning True. ``grad_scaler``: fp16's gradient scaler, to carry its scale
+    across calls or keep it in a checkpoint (default: a new one for this call)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = device_of(wrapper.model)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    wrapper.train()
+    scaler = grad_scaler or torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history = []
     if pseudo_loader is not None and len(pseudo_loader) == 0:
         raise ValueError("pseudo_loader: expected pseudo-labelled batches, got an empty loader")
     for epoch in range(epochs):
+        wrapper.train()  # again each epoch: epoch_end may have evaluated
         if lr_schedule is not None:
             _set_lr(optimizer, lr_schedule(first_epoch + epoch))
         for each in (loader, pseudo_loader):
@@ -137,7 +143,7 @@ def fit(
             _set_epoch(getattr(each, "dataset", None), first_epoch + epoch)
         pseudo_batches = iter(pseudo_loader) if pseudo_loader is not None else None
         total, steps, terms = 0.0, 0, {}
-        label = f"{desc} epoch {epoch + 1}/{epochs}" if epochs > 1 else desc
+        label = f"{desc} epoch {first_epoch + epoch + 1}/{first_epoch + epochs}" if epochs > 1 or first_epoch else desc
         for batch in progress_bar(loader, progress and is_main(), desc=label, unit="batch"):
             x, y = split_batch(batch)
             if y is None:
@@ -179,6 +185,8 @@ def fit(
         history.append(total / max(steps, 1))
         if epoch_terms is not None:
             epoch_terms.append({name: float(sums[2 + k]) / max(steps, 1) for k, name in enumerate(names)})
+        if epoch_end is not None and epoch_end(first_epoch + epoch + 1, history[-1]):
+            break
     return history
 
 

@@ -32,14 +32,15 @@ def train_round1(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Mo
                  validation: ImageLabelDataset | None, optimizer, config: RunConfig,
                  manifest: RunManifest) -> dict | None:
     """Train (or resume) the epochs of ``model`` (``wrapper.model`` is it, or its DDP
-    wrapper), validating each when there is a validation set. Every ``--checkpoint-every``-th
-    epoch, the last and each new best are checkpointed with the optimizer and every random
-    generator's state (each rank's, under DDP), so that a resumed run, which trains the
-    epochs after the checkpoint again, equals the uninterrupted one. The best epoch
-    (``--select-best``) is saved to ``best.pt`` before ``checkpoint.pt`` names it. Returns
-    the last epoch's state (a copy: the state to resume from), None when stopped early.
-    After an APDS round the checkpoint holds the round-2 model and, under ``"resume"``,
-    this state."""
+    wrapper) in one :func:`~elta_core.adapters.torch.fit`, whose ``epoch_end`` is an
+    :class:`EpochEnd`: it validates each epoch when there is a validation set, keeps the
+    best (``--select-best``: ``best.pt``, saved before ``checkpoint.pt`` names it), and
+    every ``--checkpoint-every``-th epoch, the last and each new best checkpoints the
+    model with the optimizer, fp16's gradient scaler and every random generator's state
+    (each rank's, under DDP), so that a resumed run, which trains the epochs after the
+    checkpoint again, equals the uninterrupted one. Returns the last epoch's state (a
+    copy: the state to resume from), None when stopped early. After an APDS round the
+    checkpoint holds the round-2 model and, under ``"resume"``, this state."""
     path = manifest.folder / CHECKPOINT
     if len(data) < 2 * ddp.world_size():
         per_process = f" (2 per process, {ddp.world_size()} processes)" if ddp.is_distributed() else ""
@@ -48,60 +49,96 @@ def train_round1(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Mo
     order = torch.Generator().manual_seed(settings.seed)
     loader = training_loader(data, settings.batch_size, seed=settings.seed, generator=order,
                              **loader_options(settings.workers, device_of(model), settings.threads))
-    generators = [wrapper.generator, order]
-    key = manifest.stage_key("checkpoint", CHECKPOINT_KEY)
-    first_epoch, state, history, best = 0, None, [], None
-    last_epoch = min(settings.epochs, settings.stop_after_epoch or settings.epochs)
-    if settings.resume and manifest.reusable("checkpoint", path, key):
-        state = load_checkpoint_file(path, device_of(model))
-        state = state.get("resume", state)
-        model.load_state_dict(state["model"])
-        wrapper.peers.load_state_dict(state.get("peers", {}))
-        optimizer.load_state_dict(state["optimizer"])
-        per_rank = state.get("rng_ranks") or [state["rng"]]
-        rng.restore(per_rank[ddp.rank()] if len(per_rank) == ddp.world_size() else state["rng"], generators)
-        first_epoch, history, best = int(state["epoch"]), list(state.get("history", [])), state.get("best")
-
-        if ddp.is_main():
-            print(f"resuming from {path} after epoch {first_epoch}")
-    saved = first_epoch
-    for epoch in range(first_epoch, settings.epochs):
-        started = time.perf_counter()
-        terms: list[dict[str, float]] = []
+    scaler = torch.amp.GradScaler(device_of(model).type, enabled=settings.precision == "fp16")
+    epoch_end = EpochEnd(settings, wrapper, model, validation, optimizer, scaler, config, manifest, [wrapper.generator, order])
+    first_epoch = epoch_end.resume() if settings.resume else 0
+    if first_epoch < settings.epochs:
         try:
-            losses = fit(wrapper, loader, optimizer, epochs=1, progress=shows_progress(settings),
-                         desc=f"epoch {epoch + 1}/{settings.epochs}", first_epoch=epoch, precision=settings.precision,
-                         epoch_terms=terms, lr_schedule=lr_factor(settings.lr_schedule, settings.epochs))
+            fit(wrapper, loader, optimizer, epochs=settings.epochs - first_epoch, first_epoch=first_epoch,
+                progress=shows_progress(settings), desc="train", precision=settings.precision,
+                epoch_terms=epoch_end.terms, lr_schedule=lr_factor(settings.lr_schedule, settings.epochs),
+                epoch_end=epoch_end, grad_scaler=scaler)
         except FloatingPointError as error:
+            saved = epoch_end.saved
             kept = f"the last good checkpoint (epoch {saved}) is kept at {path}" if saved else "no checkpoint was written"
             raise FloatingPointError(f"{error}; {kept}") from None
+    if epoch_end.stopped:
+        return None
+    return copy.deepcopy(epoch_end.state)
+
+
+class EpochEnd:
+    """What round 1 does after each epoch (:func:`train_round1`); ``resume()`` loads the
+    run's checkpoint into the model, the optimizer, the scaler and the generators."""
+
+    def __init__(self, settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Module,
+                 validation: ImageLabelDataset | None, optimizer, scaler: torch.amp.GradScaler, config: RunConfig,
+                 manifest: RunManifest, generators: list):
+        self.settings, self.wrapper, self.model, self.validation = settings, wrapper, model, validation
+        self.optimizer, self.scaler, self.config, self.manifest, self.generators = (optimizer, scaler, config, manifest,
+                                                                                   generators)
+        self.path, self.key = manifest.folder / CHECKPOINT, manifest.stage_key("checkpoint", CHECKPOINT_KEY)
+        self.state: dict | None = None
+        self.history: list[dict[str, Any]] = []
+        self.best: dict | None = None
+        self.terms: list[dict[str, float]] = []
+        self.saved, self.stopped = 0, False
+        self.last_epoch = min(settings.epochs, settings.stop_after_epoch or settings.epochs)
+        self.started = time.perf_counter()
+
+    def resume(self) -> int:
+        """The epochs the run's checkpoint has trained (0 without one), its state loaded."""
+        if not self.manifest.reusable("checkpoint", self.path, self.key):
+            return 0
+        state = load_checkpoint_file(self.path, device_of(self.model))
+        state = state.get("resume", state)
+        self.model.load_state_dict(state["model"])
+        self.wrapper.peers.load_state_dict(state.get("peers", {}))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        per_rank = state.get("rng_ranks") or [state["rng"]]
+        rng.restore(per_rank[ddp.rank()] if len(per_rank) == ddp.world_size() else state["rng"], self.generators)
+        self.state, self.history, self.best = state, list(state.get("history", [])), state.get("best")
+        self.saved = int(state["epoch"])
+        if ddp.is_main():
+            print(f"resuming from {self.path} after epoch {self.saved}")
+        return self.saved
+
+    def __call__(self, epoch: int, loss: float) -> bool:
+        settings, model = self.settings, self.model
         if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise FloatingPointError(f"epoch {epoch + 1}/{settings.epochs}: the weights became NaN or Inf in the last "
-                                     f"step; the last good checkpoint (epoch {saved}) is kept at {path}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": losses[-1], **terms[-1]}
-        if validation is not None:
-            scores = evaluate_model(wrapper, validation, validation.table, settings.batch_size, shows_progress(settings),
-                                    desc="validate", loader_kwargs=loader_options(settings.workers, device_of(model), settings.threads)).metrics
-            row.update({f"val_{name}": value for name, value in scores.items() if name not in ("num_images", "tail_images")})
-        row["seconds"] = round(time.perf_counter() - started, 3)
-        history.append(row)
-        previous_best = best
-        best = _keep_best(settings, row, best, model, optimizer, config, manifest)
+            raise FloatingPointError(f"epoch {epoch}/{settings.epochs}: the weights became NaN or Inf in the last "
+                                     "step")  # train_round1 names the last good checkpoint
+        row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "loss": loss,
+                               **self.terms[-1]}
+        if self.validation is not None:
+            scores = evaluate_model(self.wrapper, self.validation, self.validation.table, settings.batch_size,
+                                    shows_progress(settings), desc="validate",
+                                    loader_kwargs=loader_options(settings.workers, device_of(model),
+                                                                 settings.threads)).metrics
+            row.update({f"val_{name}": value for name, value in scores.items()
+                        if name not in ("num_images", "tail_images")})
+        row["seconds"] = round(time.perf_counter() - self.started, 3)
+        self.history.append(row)
+        previous_best = self.best
+        self.best = _keep_best(settings, row, self.best, model, self.optimizer, self.config, self.manifest)
         # a new best.pt is checkpointed with it: the run it resumes from must name that epoch
-        if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 >= last_epoch or best is not previous_best:
-            snapshots = ddp.gather_objects(rng.snapshot(generators))
-            state = {"model": model.state_dict(), "peers": wrapper.peers.state_dict(),
-                     "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                     "config": config.__dict__, "loss": losses[-1], "rng": snapshots[0], "rng_ranks": snapshots,
-                     "history": history, "best": best}
-            save_and_record(state, path, manifest, "checkpoint", key)
-            saved = epoch + 1
-        write_on_main(atomic_write_text, manifest.folder / "metrics.csv", csv_text(history))
-        if settings.stop_after_epoch and epoch + 1 >= settings.stop_after_epoch:
+        if epoch % settings.checkpoint_every == 0 or epoch >= self.last_epoch or self.best is not previous_best:
+            snapshots = ddp.gather_objects(rng.snapshot(self.generators))
+            self.state = {"model": model.state_dict(), "peers": self.wrapper.peers.state_dict(),
+                          "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict(),
+                          "epoch": epoch, "config": self.config.__dict__, "loss": loss, "rng": snapshots[0],
+                          "rng_ranks": snapshots, "history": self.history, "best": self.best}
+            save_and_record(self.state, self.path, self.manifest, "checkpoint", self.key)
+            self.saved = epoch
+        write_on_main(atomic_write_text, self.manifest.folder / "metrics.csv", csv_text(self.history))
+        self.started = time.perf_counter()
+        if settings.stop_after_epoch and epoch >= settings.stop_after_epoch:
             if ddp.is_main():
-                print(f"stopped after epoch {epoch + 1} (--stop-after-epoch); rerun with --resume to continue")
-            return None
-    return copy.deepcopy(state)
+                print(f"stopped after epoch {epoch} (--stop-after-epoch); rerun with --resume to continue")
+            self.stopped = True
+        return self.stopped
 
 
 def _keep_best(settings: TrainConfig, row: dict[str, Any], best: dict | None, model, optimizer, config: RunConfig,
