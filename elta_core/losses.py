@@ -37,6 +37,19 @@ def scores_from_distribution(dist: Tensor, bin_values: Any = None, *, validate: 
     return backend.matmul(dist, values)
 
 
+def score_std(dist: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
+    """Standard deviation of the score under each distribution,
+    ``sqrt(sum_j y[j] (bin_values[j] - s)^2)`` with ``s`` its mean score (NIMA's second
+    output: how much raters would disagree). Shapes as :func:`scores_from_distribution`.
+    For reporting: its gradient at a one-hot distribution is infinite."""
+    backend, dist = _checks.tensor(dist, "dist")
+    dist = _checks.distribution(backend, dist, "dist", validate)
+    values = _checks.bin_values_for(backend, bin_values, backend.shape(dist)[1], dist)
+    mean = backend.matmul(dist, values)
+    centred = backend.reshape(values, (1, -1)) - backend.reshape(mean, (-1, 1))
+    return backend.sqrt(backend.sum(dist * centred * centred, axis=1))
+
+
 def label_scores(labels: Tensor, bin_values: Any = None, *, validate: bool = True) -> Tensor:
     """Scores (N,) from labels that are scores (N,) / (N, 1) or distributions (N, C)."""
     backend, labels = _checks.tensor(labels, "labels")

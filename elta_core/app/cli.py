@@ -1,5 +1,5 @@
-"""The ``elta`` command: ``demo``, ``synth``, ``stats``, ``prepare``, ``train``, ``evaluate``, ``pseudo-label``,
-``doctor``, ``compare``.
+"""The ``elta`` command: ``demo``, ``synth``, ``stats``, ``prepare``, ``train``, ``evaluate``, ``predict``,
+``pseudo-label``, ``export``, ``doctor``, ``compare``.
 
 Each command's settings are a dataclass of :mod:`elta_core.app.config`, and its options
 are generated from that dataclass's fields; what it runs is in :mod:`elta_core.app.commands`.
@@ -51,6 +51,11 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str, str, str]] = {
                  "Evaluates a checkpoint written by elta train on a label file (or one split of it).",
                  "elta evaluate --checkpoint runs/r18/checkpoint.pt --labels data/labels.csv --format ava "
                  "--images data/images"),
+    "predict": (config.PredictConfig, commands.run_predict, "score a folder of photos with a trained checkpoint",
+                "Writes each image's predicted score (the mean of the predicted distribution over the rating\n"
+                "levels, its standard deviation and the distribution itself) to a CSV, with the checkpoint's own\n"
+                "evaluation preprocessing. Images: a folder (recursively, sorted) or a label file's list.",
+                "elta predict --checkpoint runs/r18/checkpoint.pt --images photos/ --out scores.csv"),
     "pseudo-label": (config.PseudoLabelConfig, commands.run_pseudo_label, "APDS grid search and pseudo-labels for "
                      "an unlabelled pool",
                      "Picks (beta, t) on a labelled calibration file, then writes pseudo_labels.csv\n(image, "

@@ -198,6 +198,21 @@ def run_prepare(settings: config.PrepareConfig) -> int:
     return 0
 
 
+def run_predict(settings: config.PredictConfig) -> int:
+    needs_vision()
+    from elta_core.app.predict import predict
+    from elta_core.io import atomic_write_text
+
+    result = predict(settings)
+    print(f"{result['scored']} image(s) scored -> {result['path']}")
+    if result["skipped"]:
+        listed = Path(result["path"]).with_suffix(".skipped.txt")
+        atomic_write_text(listed, "\n".join(result["skipped"]) + "\n")
+        print(f"{len(result['skipped'])} unreadable image(s) skipped (--skip-unreadable), e.g. {result['skipped'][0]}; "
+              f"all listed in {listed}")
+    return 0
+
+
 def run_pseudo_label(settings: config.PseudoLabelConfig) -> int:
     needs_vision()
     from elta_core.app.pseudo_label import pseudo_label

@@ -39,6 +39,12 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
                            "timm/swinv2_base_window8_256; needs elta-core[timm])")
     weights: str | None = option(None, "local weights to start from: a .pth/.pt state dict or a .safetensors file "
                                        "(no downloads; the head may differ)")
+    pretrained: str | None = option(None, "start from the backbone's published ImageNet weights, downloaded once into "
+                                    "the cache: timm models through the Hugging Face hub (HF_HOME, HF_HUB_OFFLINE; "
+                                    "alone: the model's default tag, or the tag in --backbone timm/NAME.TAG; with a "
+                                    "value: that tag), torchvision models through their weights enum (alone: DEFAULT; "
+                                    "with a value: e.g. IMAGENET1K_V2; TORCH_HOME). The head is replaced for the "
+                                    "rating scale", bare="default", metavar="TAG")
     head: str | None = option(None, recipe_help("head", "linear: Linear(F, C); emd-mlp: Linear(F, 64), ReLU, "
                               "Linear(64, C); sigmoid: Dropout(0.75), Linear(F, 1), sigmoid scaled to the rating "
                               "scale (a score, MSE loss; no APDS)"), choices=HEADS)
@@ -180,6 +186,18 @@ class EvaluateConfig(Loading, LabelFile):
     split: str | None = option(None, "evaluate only this split (e.g. test): the file's split column, else the split "
                                      "the run used (split.csv beside the checkpoint)")
     out: str | None = option(None, "write evaluation.json and evaluation.csv here")
+    batch_size: int = option(32, "images per batch", type=at_least(1))
+
+
+@dataclass(frozen=True)
+class PredictConfig(Loading, LabelFile):
+    """``elta predict``: the images of ``--images`` (a folder), or of a label file."""
+
+    checkpoint: str = option(None, "a checkpoint.pt written by elta train", required=True)
+    labels: str | None = option(None, "score the images this label file names instead of a folder (--images: the "
+                                      "folder its names are relative to)")
+    format: str | None = option(None, FORMAT_HELP + " (with --labels)", choices=FORMATS)
+    out: str = option("scores.csv", "the CSV to write: image, score, and for a distribution head std and p_1..p_C")
     batch_size: int = option(32, "images per batch", type=at_least(1))
 
 

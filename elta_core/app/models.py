@@ -1,6 +1,6 @@
 """The models ``elta train`` builds: a torchvision or timm backbone with one of three heads,
-and weights from a local file only (``.pth`` / ``.pt`` or ``.safetensors``; nothing is
-downloaded)."""
+and weights from a local file (``.pth`` / ``.pt`` or ``.safetensors``) or the backbone's
+published ones (``--pretrained``: timm's hub, torchvision's weights enums, each cached)."""
 
 from __future__ import annotations
 
@@ -48,39 +48,104 @@ def make_head(kind: str, in_features: int, num_bins: int, top: float) -> nn.Modu
     raise ValueError(f"head: expected one of {', '.join(HEADS)}, got {kind!r}")
 
 
-def create_backbone(backbone: str, num_bins: int) -> nn.Module:
-    """``timm/<name>`` (any timm model) or a torchvision model name, randomly initialised,
-    with a ``num_bins``-way classifier."""
+def create_backbone(backbone: str, num_bins: int, pretrained: str | None = None) -> nn.Module:
+    """``timm/<name>`` (any timm model, ``timm/<name>.<tag>`` naming its weights) or a
+    torchvision model name, randomly initialised with a ``num_bins``-way classifier, or
+    with ``pretrained`` ("default", or a timm tag or torchvision weights name) from its
+    published weights (:func:`pretrained_timm`, :func:`pretrained_torchvision`)."""
     if backbone.startswith(TIMM_PREFIX):
         timm = require("timm", "timm")
         name = backbone[len(TIMM_PREFIX):]
-        if name not in timm.list_models():
-            nearest = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+        architecture = name.split(".", 1)[0]
+        if architecture not in timm.list_models():
+            nearest = difflib.get_close_matches(architecture, timm.list_models(), n=5, cutoff=0.5)
             hint = f"; nearest: {', '.join(nearest)}" if nearest else ""
-            raise ValueError(f"backbone: timm has no model {name!r}{hint}")
+            raise ValueError(f"backbone: timm has no model {architecture!r}{hint}")
+        if pretrained:
+            return pretrained_timm(name, pretrained, num_bins)
         return timm.create_model(name, pretrained=False, num_classes=num_bins)
     import torchvision
 
     try:
+        if pretrained:
+            return pretrained_torchvision(backbone, pretrained)
         return torchvision.models.get_model(backbone, weights=None, num_classes=num_bins)
-    except ValueError:
+    except ValueError as error:
+        if pretrained and str(error).startswith("pretrained:"):
+            raise
         names = sorted(torchvision.models.list_models(module=torchvision.models))
         nearest = difflib.get_close_matches(backbone, names, n=5, cutoff=0.5) or names[:8]
         raise ValueError(f"backbone: unknown torchvision model {backbone!r} (e.g. {', '.join(nearest)}; "
                          "timm models as timm/<name>)") from None
 
 
+def pretrained_timm(name: str, tag: str, num_bins: int) -> nn.Module:
+    """timm's ``create_model(pretrained=True)``: the weights come from the Hugging Face hub's
+    cache (``HF_HOME``), downloaded once with a progress bar unless ``HF_HUB_OFFLINE`` is
+    set; ``tag`` "default" keeps the tag of ``name`` (or timm's default one)."""
+    import timm
+    from huggingface_hub import constants
+
+    architecture = name.split(".", 1)[0]
+    tagged = name if tag == "default" else f"{architecture}.{tag}"
+    available = timm.list_pretrained(f"{architecture}.*")
+    if not available or ("." in tagged and tagged not in available):
+        tags = ", ".join(t.split(".", 1)[1] for t in available) or "none"
+        raise ValueError(f"pretrained: timm has no published weights {tagged!r} (tags of {architecture}: {tags})")
+    try:
+        return timm.create_model(tagged, pretrained=True, num_classes=num_bins)
+    except Exception as error:  # noqa: BLE001 - the hub's errors (offline, no network, not found) differ
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise ValueError(f"pretrained: the weights of timm/{tagged} are not in the cache {constants.HF_HUB_CACHE} "
+                         f"and could not be downloaded{offline}: {type(error).__name__}; download them once with a "
+                         "network, or give the file with --weights") from None
+
+
+def pretrained_torchvision(backbone: str, tag: str) -> nn.Module:
+    """``backbone`` with the torchvision weights ``tag`` names ("default": its DEFAULT), from
+    torch's hub cache (``TORCH_HOME``), downloaded once with a progress bar; with
+    ``HF_HUB_OFFLINE`` set (this library's offline switch), only from the cache."""
+    import os
+
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(backbone)  # ValueError: an unknown model, named by the caller
+    try:
+        weights = enum.DEFAULT if tag == "default" else enum[tag]
+    except KeyError:
+        raise ValueError(f"pretrained: {backbone} has no weights {tag!r} (torchvision's: "
+                         f"{', '.join(w.name for w in enum)})") from None
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = (cache / os.path.basename(weights.url)).is_file()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if not cached and offline:
+        raise ValueError(f"pretrained: the weights {backbone}:{weights.name} are not in the cache {cache} "
+                         "(HF_HUB_OFFLINE is set); download them once with a network, or give the file with --weights")
+    try:
+        return torchvision.models.get_model(backbone, weights=weights)
+    except Exception as error:  # noqa: BLE001 - urllib's and torch.hub's errors differ
+        raise ValueError(f"pretrained: the weights {backbone}:{weights.name} are not in the cache {cache} and "
+                         f"could not be downloaded: {type(error).__name__}; download them once with a network, or "
+                         "give the file with --weights") from None
+
+
 def build_model(backbone: str, num_bins: int, head: str = "linear", weights: str | None = None,
-                top: float = 10.0) -> tuple[nn.Module, str, list[str]]:
+                top: float = 10.0, pretrained: str | None = None) -> tuple[nn.Module, str, list[str]]:
     """The backbone with a ``head`` (see :func:`make_head`) in place of its classifier's last
-    ``nn.Linear``, and ``weights`` loaded from a local file. Returns the model, the name of
-    its head module (where TFA mixes) and the head tensors left at their initial values."""
-    model = create_backbone(backbone, num_bins)
+    ``nn.Linear``, and ``weights`` loaded from a local file or its ``pretrained`` weights
+    (:func:`create_backbone`). Returns the model, the name of its head module (where TFA
+    mixes) and the head tensors left at their initial values."""
+    if weights and pretrained:
+        raise ValueError("pretrained: give --pretrained or --weights, not both")
+    model = create_backbone(backbone, num_bins, pretrained)
     head_name = auto_head(model)
     head_module = find_module(model, head_name, "head")
     inner, linear = ("", head_module) if isinstance(head_module, nn.Linear) else last_linear(head_module)
     replace_module(model, f"{head_name}.{inner}" if inner else head_name, make_head(head, linear.in_features, num_bins, top))
-    skipped = load_weights(model, weights, head_name) if weights else []
+    if weights:
+        skipped = load_weights(model, weights, head_name)
+    else:  # from scratch every tensor is new; from --pretrained the head's are
+        skipped = sorted(k for k in model.state_dict() if k == head_name or k.startswith(head_name + ".")) if pretrained else []
     return model, head_name, skipped
 
 

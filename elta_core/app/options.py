@@ -89,16 +89,17 @@ def check_number(value: Any, flag: str, expected: str, ok: Callable[[float], boo
 def option(default: Any = None, help: str = "", *, flag: str | None = None, type: Callable | None = None,
            choices: Sequence[str] | None = None, action: str | None = None, metavar: str | None = None,
            required: bool = False, positional: bool = False, hidden: bool = False, identity: bool = True,
-           on_resume: str = "fixed", reaches: Sequence[str] = (), round2_only: bool = False) -> Any:
+           on_resume: str = "fixed", reaches: Sequence[str] = (), round2_only: bool = False, bare: Any = None) -> Any:
     """A dataclass field that is also a command-line option. ``action``: ``"store_true"``
     or ``"boolean"`` (``--x`` / ``--no-x``); ``identity=False``: the setting does not
     change a run's result; ``on_resume="may_change"``: ``--resume`` may change it;
     ``reaches``: the ``"object.parameter"`` arguments it is passed as, unchanged
     (:func:`arguments_for`; objects: :data:`CONFIGURED`); ``round2_only``: only the APDS
-    round reads it (:data:`ROUND2_ONLY`)."""
+    round reads it (:data:`ROUND2_ONLY`); ``bare``: the value of the flag given without one
+    (``--pretrained`` alone: ``"default"``)."""
     metadata = {"help": help, "flag": flag, "type": type, "choices": choices, "action": action, "metavar": metavar,
                 "required": required, "positional": positional, "hidden": hidden, "identity": identity,
-                "on_resume": on_resume, "reaches": tuple(reaches), "round2_only": round2_only}
+                "on_resume": on_resume, "reaches": tuple(reaches), "round2_only": round2_only, "bare": bare}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -135,6 +136,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs["metavar"] = meta["metavar"]
             if meta["required"]:
                 kwargs["required"] = True
+            if meta["bare"] is not None:
+                kwargs.update(nargs="?", const=meta["bare"])
         parser.add_argument(flag, **kwargs)
 
 

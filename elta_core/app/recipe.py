@@ -50,7 +50,7 @@ def recipe_help(name: str, text: str) -> str:
     default, paper = RECIPE_ITEMS[name]
     shown = {None: "8/7 of --image-size"}.get(default, default) if name == "resize" else default
     if name in FROM_WEIGHTS:
-        shown = f"{shown} from scratch, {FROM_WEIGHTS[name]} with --weights"
+        shown = f"{shown} from scratch, {FROM_WEIGHTS[name]} with --weights or --pretrained"
     return f"{text} (default: {shown}; --recipe paper: {PAPER_DESCRIPTION.get(name, paper)})"
 
 
@@ -58,13 +58,14 @@ def resolve(config: Any, has_distributions: bool) -> Any:
     """``config`` with every recipe item it left unset (None) filled from ``config.recipe``
     (a :class:`~elta_core.app.config.TrainConfig`, returned anew; the given one is not
     changed). The default recipe takes :data:`FROM_WEIGHTS`'s items for a run that starts
-    from ``--weights``."""
+    from ``--weights`` or ``--pretrained``."""
     paper = config.recipe == "paper"
+    fine_tuning = config.weights or getattr(config, "pretrained", None)
     filled: dict[str, Any] = {}
     for name, (default, paper_value) in RECIPE_ITEMS.items():
         if getattr(config, name, None) is not None:
             continue
-        value = paper_value if paper else FROM_WEIGHTS.get(name, default) if config.weights else default
+        value = paper_value if paper else FROM_WEIGHTS.get(name, default) if fine_tuning else default
         if paper and name == "head":
             value = "emd-mlp" if has_distributions else "sigmoid"
         if paper and name == "round2_epochs":

@@ -21,7 +21,7 @@ from elta_core.run_state import RunManifest, StaleStateError, fingerprint, sha25
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 # What a run recorded before an option existed did, so that it resumes under that value.
-SETTINGS_BEFORE_RECORDED = {"lr_schedule": "constant"}
+SETTINGS_BEFORE_RECORDED = {"lr_schedule": "constant", "pretrained": None}
 
 
 def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | None = None) -> RunManifest:

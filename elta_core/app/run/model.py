@@ -40,8 +40,9 @@ class RunConfig:
     def transform(self, train: bool):
         return iaa_transforms(train, self.image_size, self.resize, self.eval_crop)
 
-    def build(self, weights: str | None = None):
-        return build_model(self.backbone, self.num_bins, self.head_type, weights, top=self.scale[1])
+    def build(self, weights: str | None = None, pretrained: str | None = None):
+        return build_model(self.backbone, self.num_bins, self.head_type, weights, top=self.scale[1],
+                           pretrained=pretrained)
 
 
 class ScaledScoreMSE:

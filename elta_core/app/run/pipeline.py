@@ -40,6 +40,8 @@ def _check_train_args(settings: TrainConfig) -> None:
         raise ValueError(f"lr: expected a finite learning rate > 0, got {settings.lr}")
     if settings.round2_lr is not None and not (math.isfinite(settings.round2_lr) and settings.round2_lr > 0):
         raise ValueError(f"round2_lr: expected a finite learning rate > 0, got {settings.round2_lr}")
+    if settings.weights and settings.pretrained:
+        raise ValueError("pretrained: give --pretrained or --weights, not both")
     if settings.head == "sigmoid" and settings.apds:
         raise ValueError("apds: needs a distribution head (--head linear or emd-mlp); --head sigmoid predicts one "
                          "score per image, which APDS cannot sharpen")
@@ -88,7 +90,7 @@ def _train(settings: TrainConfig, hold_out: Callable[[], Any] = lambda: None) ->
     write_on_main(write_split, out, splits)
     config = RunConfig(settings.backbone, len(table.bin_values), table.bin_values.tolist(), list(table.scale),
                        settings.image_size, "", settings.head, settings.resize, settings.eval_transform == "crop")
-    model, config.head, skipped = config.build(settings.weights)
+    model, config.head, skipped = config.build(settings.weights, settings.pretrained)
     model.to(device, memory_format=torch.channels_last if settings.channels_last else torch.preserve_format)
     if settings.align_at is not None:
         find_module(model, settings.align_at, "align_at")  # the model's own names, before DDP or compile prefix them
