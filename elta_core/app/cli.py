@@ -62,6 +62,11 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str, str, str]] = {
                      "score, p_1..p_C) for the confident images of an unlabelled pool.",
                      "elta pseudo-label --checkpoint runs/r18/checkpoint.pt --calibration data/labels.csv "
                      "--format ava --images data/images --unlabelled data/images"),
+    "export": (config.ExportConfig, commands.run_export, "a checkpoint as a model that loads without elta_core",
+               "Writes the weights as safetensors, elta_model.json (the backbone's timm or torchvision name,\n"
+               "the head, the rating scale, the evaluation transform) and load_elta_model.py, a loader that\n"
+               "needs only torch, torchvision and safetensors (and timm for a timm backbone).",
+               "elta export --checkpoint runs/r18/checkpoint.pt --out r18_export"),
     "doctor": (config.DoctorConfig, commands.run_doctor, "check the fused kernels on this machine against the "
                "reference",
                "Runs every kernel that runs here (Triton on a CUDA GPU, native on the CPU) against the\n"

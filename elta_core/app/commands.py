@@ -213,6 +213,20 @@ def run_predict(settings: config.PredictConfig) -> int:
     return 0
 
 
+def run_export(settings: config.ExportConfig) -> int:
+    needs_vision()
+    from elta_core.optional import require
+
+    require("safetensors", "timm")
+    from elta_core.app.export import export
+
+    paths = export(settings)
+    print(f"exported to {settings.out}: " + ", ".join(Path(path).name for path in paths.values()))
+    print(f"load it without elta_core: import sys; sys.path.insert(0, {settings.out!r}); "
+          "from load_elta_model import load; model, transform, spec = load(" + repr(settings.out) + ")")
+    return 0
+
+
 def run_pseudo_label(settings: config.PseudoLabelConfig) -> int:
     needs_vision()
     from elta_core.app.pseudo_label import pseudo_label

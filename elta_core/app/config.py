@@ -202,6 +202,17 @@ class PredictConfig(Loading, LabelFile):
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """``elta export``."""
+
+    checkpoint: str = option(None, "a checkpoint.pt written by elta train", required=True)
+    out: str = option(None, "the folder to write model.safetensors, elta_model.json and load_elta_model.py to",
+                      required=True)
+    torch_export: bool = option(False, "also write model.pt2, the model as a torch.export program (torch.export.load "
+                                "runs it without the model's code)", action="store_true")
+
+
+@dataclass(frozen=True)
 class PseudoLabelConfig(APDSSettings, Loading, LabelFile):
     """``elta pseudo-label``: ``labels`` is the calibration file (``--calibration``)."""
 

@@ -138,15 +138,24 @@ def build_model(backbone: str, num_bins: int, head: str = "linear", weights: str
     if weights and pretrained:
         raise ValueError("pretrained: give --pretrained or --weights, not both")
     model = create_backbone(backbone, num_bins, pretrained)
-    head_name = auto_head(model)
-    head_module = find_module(model, head_name, "head")
-    inner, linear = ("", head_module) if isinstance(head_module, nn.Linear) else last_linear(head_module)
-    replace_module(model, f"{head_name}.{inner}" if inner else head_name, make_head(head, linear.in_features, num_bins, top))
+    head_name, replaced, in_features = classifier_of(model)
+    replace_module(model, replaced, make_head(head, in_features, num_bins, top))
     if weights:
         skipped = load_weights(model, weights, head_name)
     else:  # from scratch every tensor is new; from --pretrained the head's are
-        skipped = sorted(k for k in model.state_dict() if k == head_name or k.startswith(head_name + ".")) if pretrained else []
+        in_head = [k for k in model.state_dict() if k == head_name or k.startswith(head_name + ".")]
+        skipped = sorted(in_head) if pretrained else []
     return model, head_name, skipped
+
+
+def classifier_of(model: nn.Module) -> tuple[str, str, int]:
+    """Where a backbone's classifier is: the head module's name (where TFA mixes), the name
+    of its last ``nn.Linear`` (which :func:`build_model` replaces by the IAA head) and that
+    layer's input features."""
+    head_name = auto_head(model)
+    head_module = find_module(model, head_name, "head")
+    inner, linear = ("", head_module) if isinstance(head_module, nn.Linear) else last_linear(head_module)
+    return head_name, f"{head_name}.{inner}" if inner else head_name, linear.in_features
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
