@@ -70,6 +70,12 @@ def test_an_export_loads_without_elta_core_and_predicts_what_the_checkpoint_does
     spec = loaded["spec"]
     assert spec["backbone"] == backbone and spec["head"]["type"] == head and spec["num_bins"] == 10
     assert spec["bin_values"] == list(range(1, 11)) and spec["scale"] == [1.0, 10.0]
+    # elta predict on the same checkpoint: a score head has no distribution to write
+    assert main(["predict", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--images", str(data / "images"),
+                 "--out", str(tmp_path / "scores.csv"), "--workers", "0", "--quiet"]) == 0
+    header = (tmp_path / "scores.csv").read_text().splitlines()[0].split(",")
+    assert header == (["image", "score"] if head == "sigmoid" else ["image", "score", "std"] +
+                      [f"p_{v}" for v in range(1, 11)])
 
 
 def test_a_torch_export_program_runs_without_the_models_code(data, tmp_path):
