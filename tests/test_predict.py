@@ -123,3 +123,26 @@ def test_bad_arguments_are_named(run, tmp_path, capsys):
     assert "images: no images in" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", checkpoint, "--labels", str(run / "data" / "labels.csv")]) == 2
     assert "format: give --format with --labels" in capsys.readouterr().err
+
+
+def test_an_image_name_that_is_not_utf8_is_refused_by_name_before_any_prediction(run, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """A CSV of results cannot name a file whose name is not UTF-8: ``elta pseudo-label``
+    found that out after predicting the calibration set and the pool."""
+    import os
+
+    from elta_core.app import pseudo_label
+
+    photos = tmp_path / "photos"
+    shutil.copytree(run / "data" / "images", photos)
+    os.rename(photos / "0.jpg", os.path.join(os.fsencode(photos), b"caf\xe9.jpg"))  # a Latin-1 name
+    monkeypatch.setattr(pseudo_label, "predict_dataset", lambda *a, **k: pytest.fail("predicted before the check"))
+    checkpoint = str(run / "run" / "checkpoint.pt")
+    assert main(["pseudo-label", "--checkpoint", checkpoint, "--calibration", str(run / "data" / "labels.csv"),
+                 "--format", "ava", "--images", str(run / "data" / "images"), "--unlabelled", str(photos), "--out",
+                 str(tmp_path / "pseudo"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "unlabelled: the file name" in error and "caf\\xe9.jpg" in error and "rename it" in error
+    assert main(["predict", "--checkpoint", checkpoint, "--images", str(photos), "--out", str(tmp_path / "s.csv"),
+                 "--quiet"]) == 2
+    assert "images: the file name" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()

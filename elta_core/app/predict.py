@@ -18,6 +18,7 @@ from elta_core.adapters.torch.data import UnreadableImageError, image_files, ope
 from elta_core.adapters.torch.loop import progress_bar
 from elta_core.app.config import PredictConfig
 from elta_core.app.run.model import RunConfig, load_checkpoint
+from elta_core.app.run.reports import check_names_writable
 from elta_core.app.run.resources import device_named, loader_options, torch_threads
 from elta_core.data.labels import load_labels
 from elta_core.io import atomic_write
@@ -114,6 +115,7 @@ def predict(settings: PredictConfig) -> dict[str, Any]:
         device = device_named(settings.device)
         scorer, transform = load_model(settings.checkpoint, device)
         paths, names = images_to_score(settings)
+        check_names_writable(names, "images")
         data = _Images(paths, transform, scorer.config.image_size, settings.skip_unreadable)
         loader = DataLoader(data, batch_size=settings.batch_size,
                             **loader_options(settings.workers, device, settings.threads))

@@ -14,6 +14,7 @@ from elta_core.adapters.torch.data import ImageLabelDataset
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.app.config import PseudoLabelConfig
 from elta_core.app.run.model import load_checkpoint
+from elta_core.app.run.reports import check_names_writable
 from elta_core.app.run.resources import device_named, loader_options, output_folder, shows_progress, torch_threads
 from elta_core.app.run.round2 import unlabelled_pool
 from elta_core.data.labels import load_labels
@@ -33,12 +34,14 @@ def _pseudo_label(settings: PseudoLabelConfig) -> dict[str, Any]:
     wrapper, config = load_checkpoint(settings.checkpoint, device)
     if config.head_type == "sigmoid":
         raise ValueError(f"checkpoint: {settings.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
+    output_folder(settings.out)  # a --out that is a file is refused before the predictions
     calibration = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
+    pool = unlabelled_pool(settings, calibration, config)
+    check_names_writable(pool.table.images, "unlabelled")  # before both predictions, not after
     calibration_data = ImageLabelDataset(calibration, config.transform(False), skip_unreadable=settings.skip_unreadable)
     options = loader_options(settings.workers, device, settings.threads)
     logits, _ = predict_dataset(wrapper, calibration_data, batch_size=settings.batch_size, progress=shows_progress(settings),
                                 desc="calibration", loader_kwargs=options)
-    pool = unlabelled_pool(settings, calibration, config)
     pool_logits, _ = predict_dataset(wrapper, pool, batch_size=settings.batch_size, progress=shows_progress(settings),
                                      desc="unlabelled", loader_kwargs=options)
     true = torch.as_tensor(calibration.scores[list(calibration_data.rows)], dtype=torch.float32)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -116,3 +117,15 @@ def write_predictions(evaluation: Evaluation, out: Path, title: str) -> None:
     predicted_against_true(axis, evaluation.true, [evaluation.predicted], title)
     fig.tight_layout()
     save_png(fig, out / "predictions.png")
+
+
+def check_names_writable(names: Iterable[str], argument: str) -> None:
+    """Refuse, before any prediction, an image whose file name is not UTF-8 (Python holds
+    its undecodable bytes as surrogates): a CSV could not name it."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{argument}: the file name {os.fsencode(name)!r} is not UTF-8, so the CSV of results "
+                             "could not name it; rename it (e.g. convmv -f latin1 -t utf8 --notest), or move it "
+                             "out of the folder") from None
