@@ -685,3 +685,36 @@ def test_evaluate_without_labels_uses_the_runs_test_labels_file(folder_dataset, 
     evaluated = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluated["num_images"] == 20 == trained["num_images"]  # the test file's 20 images
     assert evaluated["plcc"] == pytest.approx(trained["plcc"], abs=1e-6)
+
+
+def test_a_file_with_train_and_validation_rows_only_tests_on_them_and_says_so(folder_dataset, tmp_path, capsys):
+    """Its validation rows are the test split (as the help says); with --test-labels they
+    are the validation set, where they were dropped (neither trained nor validated on)."""
+    import csv
+
+    _, images = folder_dataset
+    table = tmp_path / "split.csv"
+    table.write_text("image,score,split\n" + "".join(
+        f"{k}.jpg,{1 + k % 9},{'validation' if k < 12 else 'test' if k >= 56 else 'train'}\n" for k in range(64)))
+    two = tmp_path / "two.csv"
+    two.write_text("".join(line for line in table.read_text().splitlines(keepends=True) if not line.endswith("test\n")))
+    tested = tmp_path / "tested.csv"
+    tested.write_text("image,score,split\n" + "".join(line + "\n" for line in table.read_text().splitlines()[1:]
+                                                       if line.endswith("test")))
+    common = ["train", "--labels", str(two), "--format", "csv", "--split-column", "split", "--images", str(images),
+              "--image-size", "32", "--batch-size", "16", "--epochs", "1", "--workers", "0", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert "its validation rows are the test split" in capsys.readouterr().out
+
+    def splits(run):
+        with open(run / "split.csv", newline="") as stream:
+            rows = list(csv.DictReader(stream))
+        return {name: sorted(Path(r["image"]).name for r in rows if r["split"] == name) for name in
+                ("train", "validation", "test")}
+
+    validation_rows = sorted(f"{k}.jpg" for k in range(12))
+    assert splits(tmp_path / "a")["test"] == validation_rows
+    assert main([*common, "--test-labels", str(tested), "--select-best", "srcc", "--out", str(tmp_path / "b")]) == 0
+    assert "validation rows are the test split" not in capsys.readouterr().out
+    chosen = splits(tmp_path / "b")
+    assert chosen["validation"] == validation_rows and len(chosen["test"]) == 8 and len(chosen["train"]) == 44

@@ -81,9 +81,11 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
                                         "training, centre crop) or resize (straight to --image-size)"),
                                         choices=("crop", "resize"))
     val_labels: str | None = option(None, "a labelled validation file (same --format), evaluated every epoch "
-                                          "(default: the file's own validation split, if any)")
+                                          "(default: the file's own validation split, where it also has a test "
+                                          "split or --test-labels is given)")
     test_labels: str | None = option(None, "a labelled test file (same --format) for the final evaluation "
-                                           "(default: the file's test split, else a random --val-fraction hold-out)")
+                                           "(default: the file's test split; a file with train and validation rows "
+                                           "only: its validation rows; else a random --val-fraction hold-out)")
     select_best: str | None = option(None, recipe_help("select_best", "keep the epoch with the best validation "
                                      "SRCC or PLCC (best.pt) and test that one; without a validation set "
                                      "--val-fraction of the training images is held out for it"), choices=SELECT_BEST)

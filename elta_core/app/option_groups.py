@@ -27,7 +27,8 @@ class LabelFile:
     scale: tuple[float, ...] = option((1.0, 10.0), "for --format csv: the rating scale of the scores", type=floats,
                                       metavar="LOW,HIGH")
     split_column: str | None = option(None, "for --format csv: a column naming each image's split (train, "
-                                            "validation, test)")
+                                            "validation, test; a file with train and validation rows only tests on "
+                                            "its validation rows)")
 
     def csv_options(self) -> dict[str, Any]:
         """The --format csv options, for :func:`elta_core.data.load_labels`."""

@@ -49,6 +49,12 @@ def split_table(table: LabelTable, val_fraction: float, seed: int) -> tuple[Labe
     return hold_out_rows(table, val_fraction, seed)
 
 
+def _validation_rows_test(table: LabelTable) -> bool:
+    """Whether :func:`split_table` tests on the file's validation rows (it has no test rows)."""
+    split = set(table.split) if table.split is not None else set()
+    return "train" in split and not split & {"test", "testnew"} and bool(split & {"validation", "val"})
+
+
 def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
     """Training, validation and test rows. Test: ``--test-labels``, else the file's test
     split, else a random hold-out. Validation: ``--val-labels``, else the file's validation
@@ -61,10 +67,13 @@ def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
             train_rows = table.subset(_rows(table, ("train",)))
     else:
         train_rows, test = split_table(table, settings.val_fraction, settings.seed)
+        if _validation_rows_test(table) and ddp.is_main():
+            print(f"split: {table.source} has train and validation rows and no test rows; its validation rows are the "
+                  "test split (with --test-labels FILE they validate, and FILE tests)")
     validation = None
     if settings.val_labels:
         validation = load(settings.val_labels)
-    elif has_own_validation_split(table):
+    elif has_own_validation_split(table, settings.test_labels):
         validation = table.subset(_rows(table, ("validation", "val")))
     elif settings.select_best != "none":
         train_rows, validation = hold_out_rows(train_rows, settings.val_fraction, settings.seed + 1)
@@ -89,14 +98,15 @@ def holds_out_calibration(settings: TrainConfig) -> bool:
     table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
     if recipe.resolve(settings, table.distributions is not None).select_best != "none":
         return False  # its validation hold-out calibrates
-    return not has_own_validation_split(table)
+    return not has_own_validation_split(table, settings.test_labels)
 
 
-def has_own_validation_split(table: LabelTable) -> bool:
-    """Whether the label file names validation rows beside its test rows (then they are the
-    validation set; :func:`data_splits`)."""
+def has_own_validation_split(table: LabelTable, test_labels: str | None = None) -> bool:
+    """Whether the label file's validation rows are the validation set (:func:`data_splits`):
+    where it names test rows beside them, or the test split is another file
+    (``--test-labels``); without either, they are the test split (:func:`split_table`)."""
     split = set(table.split) if table.split is not None else set()
-    return bool(split & {"test", "testnew"} and split & {"validation", "val"})
+    return bool((split & {"test", "testnew"} or test_labels) and split & {"validation", "val"})
 
 
 SPLIT_NAMES = ("train", "validation", "val", "test", "testnew")
