@@ -146,3 +146,19 @@ def test_an_image_name_that_is_not_utf8_is_refused_by_name_before_any_prediction
     assert main(["predict", "--checkpoint", checkpoint, "--images", str(photos), "--out", str(tmp_path / "s.csv"),
                  "--quiet"]) == 2
     assert "images: the file name" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()
+
+
+def test_labels_on_another_rating_scale_are_refused_naming_both_files(run, tmp_path, capsys):
+    """A 1..10 model evaluated, or calibrated, on 1..5 labels: its scores would be compared
+    with scores they do not measure (pseudo-label did so silently)."""
+    other = tmp_path / "five.csv"
+    names = sorted(p.name for p in (run / "data" / "images").glob("*.jpg"))[:20]
+    other.write_text("image,score\n" + "".join(f"{name},{1 + k % 5}\n" for k, name in enumerate(names)))
+    checkpoint = str(run / "run" / "checkpoint.pt")
+    on_five = ["--format", "csv", "--scale", "1,5", "--images", str(run / "data" / "images")]
+    assert main(["evaluate", "--checkpoint", checkpoint, "--labels", str(other), *on_five]) == 2
+    error = capsys.readouterr().err
+    assert "five.csv rates on 10 levels 1..5" in error and "checkpoint.pt predicts 10 levels 1..10" in error
+    assert main(["pseudo-label", "--checkpoint", checkpoint, "--calibration", str(other), *on_five, "--unlabelled",
+                 str(run / "data" / "images"), "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    assert "five.csv rates on 10 levels 1..5" in capsys.readouterr().err

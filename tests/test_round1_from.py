@@ -130,6 +130,21 @@ def test_a_damaged_donor_checkpoint_is_refused(data, runs, tmp_path, capsys):
     assert not (out / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("garble,found", [
+    (lambda text: text.encode("utf-8")[:40] + b"\xff\xfe" + text.encode("utf-8")[40:], "can't decode byte 0xff"),
+    (lambda text: text.replace("image,split", "image;split").encode(), "its header is ['image;split']"),
+    (lambda text: text.replace(",train", ",trian", 1).encode(), "line 2 is not an image and one of its splits"),
+])
+def test_a_garbled_donor_split_csv_is_named_with_the_remedy(data, runs, tmp_path, capsys, garble, found):
+    donor = tmp_path / "donor"
+    shutil.copytree(runs / "elta", donor)
+    (donor / "split.csv").write_bytes(garble((donor / "split.csv").read_text(encoding="utf-8")))
+    assert _train(data, tmp_path / "run", *_apds(data), "--round1-from", str(donor)) == 2
+    error = capsys.readouterr().err
+    assert f"split: {donor / 'split.csv'} is damaged (" in error and found in error, error
+    assert "train round 1 here (leave out --round1-from)" in error
+
+
 @pytest.mark.parametrize("fault,message", [
     ("disk full", "could not be written"),
     ("bytes changed", "changed while it was copied"),

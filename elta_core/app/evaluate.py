@@ -11,7 +11,7 @@ from elta_core.adapters.torch import distributed as ddp
 from elta_core.adapters.torch.data import ImageLabelDataset
 from elta_core.adapters.torch.modules import device_of
 from elta_core.app.config import EvaluateConfig
-from elta_core.app.run.model import load_checkpoint
+from elta_core.app.run.model import check_rating_scale, load_checkpoint
 from elta_core.app.run.reports import evaluate_model, write_metrics, write_predictions
 from elta_core.app.run.resources import device_named, loader_options, output_folder, shows_progress, torch_threads
 from elta_core.app.run.splits import run_split
@@ -49,6 +49,7 @@ def _evaluate(settings: EvaluateConfig) -> dict[str, float]:
     if settings.split:
         table = table.where_split(settings.split) if table.split is not None else run_split(checkpoint, table,
                                                                                               settings.split)
+    check_rating_scale(config, table, settings.checkpoint)
     data = ImageLabelDataset(table, config.transform(False), skip_unreadable=settings.skip_unreadable)
     evaluation = evaluate_model(wrapper, data, table, settings.batch_size, shows_progress(settings),
                                 loader_kwargs=loader_options(settings.workers, device_of(wrapper.model), settings.threads))

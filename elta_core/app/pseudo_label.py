@@ -13,7 +13,7 @@ from elta_core.adapters.torch import distributed as ddp
 from elta_core.adapters.torch.data import ImageLabelDataset
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.app.config import PseudoLabelConfig
-from elta_core.app.run.model import load_checkpoint
+from elta_core.app.run.model import check_rating_scale, load_checkpoint
 from elta_core.app.run.reports import check_names_writable
 from elta_core.app.run.resources import device_named, loader_options, output_folder, shows_progress, torch_threads
 from elta_core.app.run.round2 import unlabelled_pool
@@ -36,6 +36,7 @@ def _pseudo_label(settings: PseudoLabelConfig) -> dict[str, Any]:
         raise ValueError(f"checkpoint: {settings.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
     output_folder(settings.out)  # a --out that is a file is refused before the predictions
     calibration = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
+    check_rating_scale(config, calibration, settings.checkpoint)
     pool = unlabelled_pool(settings, calibration, config)
     check_names_writable(pool.table.images, "unlabelled")  # before both predictions, not after
     calibration_data = ImageLabelDataset(calibration, config.transform(False), skip_unreadable=settings.skip_unreadable)

@@ -83,7 +83,8 @@ def _check_same_round1(settings: TrainConfig, manifest: RunManifest, splits: Dat
     round1_rows = lambda split: [sorted(split.get(name, [])) for name in ("train", "validation")]  # noqa: E731
     if not changed and not (folder / SPLIT_FILE).is_file():
         changed = [f"it has no {SPLIT_FILE}"]
-    if changed or round1_rows(read_split(folder / SPLIT_FILE)) != round1_rows(split_images(splits)):
+    donor_rows = {} if changed else read_split(folder / SPLIT_FILE, "train round 1 here (leave out --round1-from)")
+    if changed or round1_rows(donor_rows) != round1_rows(split_images(splits)):
         what = ", ".join(changed) or f"the training or validation rows of its {SPLIT_FILE}"
         raise StaleStateError(f"round1_from: {folder} trained on other data ({what}); train round 1 here "
                               "(leave out --round1-from), or give a run on this data")

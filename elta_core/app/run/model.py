@@ -81,3 +81,14 @@ def load_checkpoint(path: str, device: torch.device) -> tuple[ELTAWrapper, RunCo
     model.to(device)
     scale = (config.scale[1] - config.scale[0]) / 9.0
     return ELTAWrapper(model, config.head, bin_values=config.bin_values, score_scale=scale).eval(), config
+
+
+def check_rating_scale(config: RunConfig, table: LabelTable, checkpoint: str | Path) -> None:
+    """Refuse labels on another rating scale than the checkpoint's: its predicted scores
+    would be compared with scores they do not measure (a 10-level AVA model on PARA's 9
+    half-steps of 1..5, say), or fail deep in the metrics naming neither file."""
+    mine, theirs = [float(v) for v in config.bin_values], [float(v) for v in table.bin_values]
+    if len(mine) != len(theirs) or any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(mine, theirs)):
+        raise ValueError(f"labels: {table.source} rates on {len(theirs)} levels {theirs[0]:g}..{theirs[-1]:g}, and "
+                         f"{checkpoint} predicts {len(mine)} levels {mine[0]:g}..{mine[-1]:g}; give labels on the "
+                         "checkpoint's rating scale (--format, and --scale for csv), or train a model on this file")

@@ -18,6 +18,7 @@ from elta_core.data.labels import LabelTable, load_labels
 from elta_core.io import atomic_write_text
 
 SPLIT_FILE = "split.csv"  # image, split: the rows a run trained, validated, calibrated and tested on
+RUN_SPLITS = ("train", "validation", "calibration", "test")  # the names split.csv gives them
 
 
 class DataSplits(NamedTuple):
@@ -151,9 +152,8 @@ def check_choices_not_on_test(settings: TrainConfig, splits: DataSplits) -> None
 
 def split_images(splits: DataSplits) -> dict[str, list[str]]:
     """The images of each split a run uses, by the names ``split.csv`` gives them."""
-    return {name: list(part.images) for name, part in (("train", splits.train), ("validation", splits.validation),
-                                                       ("calibration", splits.calibration), ("test", splits.test))
-            if part is not None}
+    parts = (splits.train, splits.validation, splits.calibration, splits.test)
+    return {name: list(part.images) for name, part in zip(RUN_SPLITS, parts) if part is not None}
 
 
 def write_split(out: Path, splits: DataSplits) -> None:
@@ -163,12 +163,21 @@ def write_split(out: Path, splits: DataSplits) -> None:
     atomic_write_text(out / SPLIT_FILE, buffer.getvalue())
 
 
-def read_split(path: Path) -> dict[str, list[str]]:
-    """A run's ``split.csv``: the images of each split, in the file's order."""
+def read_split(path: Path, remedy: str) -> dict[str, list[str]]:
+    """A run's ``split.csv``: the images of each split, in the file's order; a file that is
+    not one (damaged, edited, not UTF-8) is named with ``remedy``."""
     rows: dict[str, list[str]] = {}
-    with open(path, newline="", encoding="utf-8") as stream:
-        for row in csv.DictReader(stream):
-            rows.setdefault(row["split"], []).append(row["image"])
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            reader = csv.DictReader(stream)
+            if reader.fieldnames is None or not {"image", "split"} <= set(reader.fieldnames):
+                raise ValueError(f"its header is {reader.fieldnames}, not image,split")
+            for row in reader:
+                if row["split"] not in RUN_SPLITS or not row["image"] or None in row:
+                    raise ValueError(f"line {reader.line_num} is not an image and one of its splits")
+                rows.setdefault(row["split"], []).append(row["image"])
+    except (ValueError, csv.Error, UnicodeDecodeError) as error:
+        raise ValueError(f"split: {path} is damaged ({str(error).splitlines()[0][:200]}); {remedy}") from None
     return rows
 
 
@@ -178,7 +187,7 @@ def run_split(checkpoint: Path, table: LabelTable, name: str) -> LabelTable:
     if not path.is_file():
         raise ValueError(f"split: {table.source} has no split column and {path} is missing (a run of an older "
                          "version?); give --labels a file with a split column, or the test file itself")
-    wanted = set(read_split(path).get(name, []))
+    wanted = set(read_split(path, "give --labels a file with a split column, or the test file itself").get(name, []))
     if not wanted:
         raise ValueError(f"split: the run in {checkpoint.parent} has no {name!r} split (its {path.name} lists train, "
                          "validation, calibration and test)")
