@@ -230,3 +230,18 @@ def test_no_rank_reaches_the_interpreters_teardown_with_the_process_groups_threa
     for rank in (0, 1):
         names = (threads / f"rank{rank}.txt").read_text().split()
         assert not [name for name in names if "gloo" in name], (rank, names)
+
+
+def test_too_few_training_images_for_the_processes_is_named_on_every_rank(data, tmp_path):
+    """3 training images for 2 processes (2 each needed): each rank says why it stops, so a
+    cluster's per-rank logs all carry the cause."""
+    names = sorted(p.name for p in (data / "images").glob("*.jpg"))
+    labels = tmp_path / "few.csv"
+    labels.write_text("image,score,split\n" + "".join(f"{name},{3 + k % 5},{'train' if k < 3 else 'test'}\n"
+                                                       for k, name in enumerate(names[:7])))
+    run = _elta("train", "--labels", labels, "--format", "csv", "--split-column", "split", "--images",
+                data / "images", *MODEL, "--epochs", "1", "--out", tmp_path / "run", processes=2, wait=False)
+    output, _ = run.communicate(timeout=240)
+    assert run.returncode != 0
+    cause = "labels: 3 training image(s) after the split; at least 4 are needed to train (2 per process, 2 processes)"
+    assert output.count(cause) == 2, output[-3000:]
