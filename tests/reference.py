@@ -159,8 +159,10 @@ def lds_weights(train_scores, num_bins, window, reweight="sqrt_inv"):
     counts = np.zeros(num_bins)
     for s in train_scores:
         counts[bin_of(s, low, high, num_bins)] += 1
-    counts = np.sqrt(counts) if reweight == "sqrt_inv" else np.clip(counts, 5, 1000)
-    density = smooth_bins(counts, window)
+    if reweight == "sqrt_inv":
+        density = smooth_bins(np.sqrt(counts), window)
+    else:  # their int array of clipped counts: SciPy's convolution truncates to int; their window peaks at 1
+        density = np.trunc(smooth_bins(np.clip(counts, 5, 1000), window / window.max()))
     density[density == 0] = density[density > 0].min()
     weights = 1.0 / density
     per_sample = np.array([weights[bin_of(s, low, high, num_bins)] for s in train_scores])

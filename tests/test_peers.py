@@ -57,6 +57,24 @@ def test_lds_weights_match_reference_and_average_one_over_the_training_set(score
     assert float(per_sample.mean()) == pytest.approx(1.0, rel=1e-10)
 
 
+def test_lds_inverse_weights_are_the_authors_with_their_integer_counts(ava_scores):
+    """DIR's code keeps the clipped counts in an int array; SciPy's ``convolve1d`` returns
+    the smoothing in the input's dtype, so it is truncated (by a window whose peak is 1).
+    Written out as their procedure, on AVA's scores."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    scores = ava_scores[:3000]
+    low, high, num_bins = float(scores.min()), float(scores.max()), 100
+    window = P.gaussian_window(5, 2.0).numpy()
+    bins = P.bin_index(torch.from_numpy(scores), low, high, num_bins).numpy()
+    counts = np.clip(np.bincount(bins, minlength=num_bins), 5, 1000).astype(np.int64)  # their value_dict
+    smoothed = ndimage.convolve1d(counts, weights=window / window.max(), mode="constant")
+    assert smoothed.dtype == np.int64
+    per_sample = 1.0 / smoothed[bins].astype(np.float64)
+    theirs = per_sample * len(per_sample) / per_sample.sum()
+    ours = P.lds_weights(torch.from_numpy(scores), low, high, num_bins, torch.from_numpy(window), "inverse")
+    np.testing.assert_allclose(ours.numpy()[bins], theirs, rtol=1e-12)
+
+
 def test_lds_weights_rarer_labels_more():
     scores = torch.tensor([5.0] * 50 + [7.0] * 10 + [9.0] * 2 + [1.0])
     lds = P.LDS(scores, num_bins=30)  # the labels more than a kernel apart
@@ -89,7 +107,8 @@ def test_fds_follows_the_authors_schedule_epoch_by_epoch():
         for features, batch in zip(batches, batch_scores):
             bins = np.array([ref.bin_of(v, low, high, 8) for v in batch])
             expected = authors.calibrate(features, bins)
-            got = fds.calibrate(torch.from_numpy(features), torch.from_numpy(batch)).numpy()
+            with fds.collecting():  # the authors' end-of-epoch pass: calibrate, and collect what it gives
+                got = fds.calibrate(torch.from_numpy(features), torch.from_numpy(batch)).numpy()
             np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9, err_msg=f"epoch {epoch}")
             seen.append(expected)  # the authors collect the calibrated features
             seen_bins.append(bins)
@@ -99,9 +118,34 @@ def test_fds_follows_the_authors_schedule_epoch_by_epoch():
         np.testing.assert_allclose(fds.running["var"].numpy(), authors.running_var, rtol=1e-9, atol=1e-9)
 
 
+def test_fds_collects_its_statistics_in_a_pass_after_the_epochs_steps_as_its_authors():
+    """``fit`` runs the training loader through the model once more after each epoch, in
+    train mode without gradients: the statistics are the head's input of that pass (the
+    model as the epoch left it), where they were the training steps' (a model that
+    changed during the epoch); the steps themselves collect nothing."""
+    torch.manual_seed(0)
+    scores = torch.linspace(1, 10, 32, dtype=torch.float64)
+    x = torch.randn(32, 6)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 10))
+    fds = P.FDS(scores, num_bins=4)
+    wrapper = ELTAWrapper(model, "2", tfa=False, flsa_weight=0, peers=[fds])
+    labels = torch.nn.functional.one_hot((scores - 1).round().long(), 10).float()  # scores 1..10, rounded
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=8)
+    seen = []
+    observe = wrapper.observe_features
+    wrapper.observe_features = lambda xb, yb: (seen.append(len(xb)), observe(xb, yb))
+    fit(wrapper, loader, torch.optim.SGD(wrapper.parameters(), lr=0.1), epochs=1, progress=False)
+    assert seen == [8, 8, 8, 8]  # one pass over the loader, after the steps
+    with torch.no_grad():
+        head_input = model[1](model[0](x)).double()  # the model as the epoch left it (the identity calibrates)
+    bins = fds.bins(labels.double() @ torch.arange(1.0, 11.0, dtype=torch.float64))
+    for b in range(4):
+        np.testing.assert_allclose(fds.running["mean"][b].numpy(), head_input[bins == b].mean(0).numpy(), rtol=1e-5)
+
+
 def test_fds_is_the_identity_in_its_first_two_epochs():
     scores, batch_scores, epochs = _fds_epochs(num_epochs=3)
-    fds = P.FDS(torch.from_numpy(scores), num_bins=8)
+    fds = P.FDS(torch.from_numpy(scores), num_bins=8, statistics="steps")
     fds.bind(_config())
     for epoch, batches in enumerate(epochs):
         for features, batch in zip(batches, batch_scores):
@@ -112,7 +156,7 @@ def test_fds_is_the_identity_in_its_first_two_epochs():
 
 def test_fds_leaves_zero_variance_features_and_one_sample_bins_unchanged():
     scores, batch_scores, epochs = _fds_epochs(num_epochs=4)
-    fds = P.FDS(torch.from_numpy(scores), num_bins=8)
+    fds = P.FDS(torch.from_numpy(scores), num_bins=8, statistics="steps")
     fds.bind(_config())
     lonely = P.bin_index(torch.tensor([5.3]), scores.min(), scores.max(), 8).item()
     assert (P.bin_index(torch.from_numpy(scores), scores.min(), scores.max(), 8) == lonely).sum() == 1
@@ -368,7 +412,7 @@ def test_bad_peer_settings_are_named(make, message):
 
 
 @pytest.mark.parametrize("train_labels,options,message", [
-    (torch.rand(40), {}, r"lds: train_labels: scores 0.0\d*..0.9\d*, off the model's rating scale 1..10"),
+    (torch.rand(40), {}, r"lds: train_labels: scores 0\.\d*..0\.\d*, off the model's rating scale 1..10"),
     (torch.softmax(torch.randn(40, 9), 1), {}, "lds: train_labels: distributions over 9 levels, but the model has 10"),
     (torch.rand(40), {"bin_values": tuple(range(1, 11))}, "off the model's rating scale 1..10"),
 ])
@@ -453,7 +497,7 @@ def test_the_cli_knows_every_peer():
 
 def test_fds_refuses_features_of_another_width():
     scores = torch.linspace(1, 10, 20, dtype=torch.float64)
-    fds = P.FDS(scores, num_bins=4)
+    fds = P.FDS(scores, num_bins=4, statistics="steps")
     fds.bind(_config())
     fds.calibrate(torch.randn(20, 3, dtype=torch.float64), scores)
     fds.end_epoch()

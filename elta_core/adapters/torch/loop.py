@@ -174,6 +174,11 @@ def fit(
             if epoch_terms is not None:
                 for name, part in parts.items():
                     terms[name] = terms.get(name, 0) + part.detach().double()
+        if wrapper.wants_feature_pass:  # FDS's statistics from a pass of their own, as its authors collect them
+            for batch in progress_bar(loader, progress and is_main(), desc=f"{label}: features", unit="batch"):
+                x, y = split_batch(batch)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    wrapper.observe_features(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         wrapper.end_epoch()
         names = sorted(terms)
         sums = torch.tensor([total, float(steps), *(float(terms[n]) for n in names)], dtype=torch.float64)

@@ -7,6 +7,7 @@ pseudo-labelled batches, and evaluation as Hugging Face's Trainer asks for it)."
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -42,6 +43,8 @@ class PeerSteps:
 
     def _peers_on_head_input(self, module, args):
         step = self._batch
+        if step is None and self._observed_labels is not None and args and isinstance(args[0], torch.Tensor):
+            return self._observed_head_input(args)
         if step is None or not args or not isinstance(args[0], torch.Tensor):
             return None
         features = args[0]
@@ -97,6 +100,37 @@ class PeerSteps:
         scores = _widened(self._scores(result.feature_labels))
         with _float32(result.features):  # RankSim's similarities and ranks: float32 under autocast, as FLSA
             return {p.name: p.regulariser(_widened(result.features), scores, self.generator) for p in regularising}
+
+    def _observed_head_input(self, args: tuple) -> tuple:
+        """The head's input in a feature pass (:meth:`observe_features`): calibrated, and
+        collected, by the peers at the head; nothing mixed."""
+        features = args[0]
+        scores = self._scores(self._observed_labels)
+        for peer in self._peers_at("head"):
+            with _float32(features):
+                features = peer.calibrate(_widened(features), _widened(scores)).to(features.dtype)
+        return (features,) + tuple(args[1:])
+
+    @property
+    def wants_feature_pass(self) -> bool:
+        return any(p.feature_pass for p in self.peers)
+
+    @torch.no_grad()
+    def observe_features(self, x: Any, y: torch.Tensor) -> None:
+        """One batch of the end-of-epoch feature pass (FDS's statistics, as its authors
+        collect them): the model's forward as it is (train mode), no gradient, no TFA, no
+        mixing, the peers that want the pass collecting the head's input. ``fit`` runs it
+        over the training loader after each epoch's steps; a custom loop calls it itself."""
+        like = x if isinstance(x, torch.Tensor) else next(self.model.parameters())
+        with contextlib.ExitStack() as collecting:
+            for peer in self.peers:
+                if peer.feature_pass:
+                    collecting.enter_context(peer.collecting())
+            self._observed_labels = as_float_labels(y, like)
+            try:
+                self.model(x)
+            finally:
+                self._observed_labels = None
 
     def end_epoch(self) -> None:
         """Tell the peers that an epoch ended (FDS folds the epoch's feature statistics

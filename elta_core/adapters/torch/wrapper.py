@@ -81,6 +81,7 @@ class ELTAWrapper(PeerSteps, nn.Module, core_step.ConfigAttributes):
         self.flsa_scope, self.task_loss_fn, self.mix_at = flsa_scope, task_loss, mix_at
         self.generator = generator_of(seed)
         self._batch: core_step.LabelledStep | None = None
+        self._observed_labels: torch.Tensor | None = None  # in a feature pass (PeerSteps.observe_features)
         head_module = find_module(self.model, self.head_name, "head")
         self._ends_in_softmax = ends_in_softmax(head_module)
         self._register_hooks(head_module, mix_at, align_at)

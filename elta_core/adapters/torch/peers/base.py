@@ -3,7 +3,8 @@ calls, and the check of a wrapper's ``peers`` argument."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,13 +40,16 @@ class Peer(nn.Module):
     input), ``"head"`` (:meth:`calibrate`, then :meth:`mix`, on the head's input) or None;
     ``replaces_task_loss`` (:meth:`sample_weights` weights the default task loss, else
     :meth:`task_loss` replaces it); ``needs_features`` (:meth:`regulariser` reads the
-    features FLSA aligns); ``needs_train_labels`` (its constructor takes them)."""
+    features FLSA aligns); ``needs_train_labels`` (its constructor takes them);
+    ``feature_pass`` (after each epoch's steps it reads the head's input of every training
+    batch in a pass of its own, without gradients: :meth:`collecting`)."""
 
     name = "peer"
     stage: str | None = None
     replaces_task_loss = False
     needs_features = False
     needs_train_labels = False
+    feature_pass = False
 
     def bind(self, config: Any) -> None:
         self.bin_values = config.bin_values
@@ -71,6 +75,11 @@ class Peer(nn.Module):
     def regulariser(self, features: torch.Tensor, scores: torch.Tensor,
                     generator: torch.Generator | None) -> torch.Tensor | None:
         return None
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        """The end-of-epoch feature pass (``feature_pass``): :meth:`calibrate` collects in it."""
+        yield
 
     def end_epoch(self) -> None:
         """Called once at the end of every training epoch (``fit`` does it)."""

@@ -3,7 +3,8 @@ Regression", ICML 2021)."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
@@ -32,7 +33,12 @@ class FDS(Binned):
     smoothed across neighbouring bins, in training only.
 
     Each epoch's (calibrated) features are collected per bin (under DDP, summed over the
-    ranks); at the epoch's end (:meth:`end_epoch`) the running statistics take the
+    ranks): by default, as the authors' code, in a pass of their own over the training
+    set after the epoch's steps, in train mode without gradients, with the model as the
+    epoch left it (``statistics="pass"``; ``fit`` runs it, costing one forward of the
+    training set an epoch); ``statistics="steps"`` collects the training steps' features
+    instead (no extra pass, the features of a model that changes during the epoch). At
+    the epoch's end (:meth:`end_epoch`) the running statistics take the
     epoch's mean and unbiased variance (a bin of one sample: variance 0), with
     ``momentum`` from the second epoch on; a bin never seen keeps mean 0 and variance 1.
     Calibration is the identity in the first two epochs; from the third on it reads the
@@ -44,13 +50,18 @@ class FDS(Binned):
 
     Args:
         train_labels: the training labels (their mean scores give the bins' range).
+        statistics: ``"pass"`` (the authors') or ``"steps"``: where the epoch's features
+            come from.
     """
 
     stage = "head"
 
     def __init__(self, train_labels: Any, num_bins: int = 100, kernel_size: int = 5, sigma: float = 2.0,
-                 momentum: float = 0.9, clip: tuple[float, float] = (0.1, 10.0)):
+                 momentum: float = 0.9, clip: tuple[float, float] = (0.1, 10.0), statistics: str = "pass"):
         super().__init__(train_labels, num_bins, kernel_size, sigma)
+        if statistics not in ("pass", "steps"):
+            raise ValueError(f"statistics: expected 'pass' or 'steps', got {statistics!r}")
+        self.statistics, self.feature_pass, self._collecting = statistics, statistics == "pass", statistics == "steps"
         self.momentum = fraction(momentum, "momentum")
         if len(clip) != 2 or not 0 < clip[0] <= 1 <= clip[1]:
             raise ValueError(f"clip: expected (low, high) with 0 < low <= 1 <= high, got {clip!r}")
@@ -68,8 +79,17 @@ class FDS(Binned):
             on = lambda stats, key: stats[key].to(flat.device)  # noqa: E731
             flat = fds_calibrate(flat, bins, on(self.running, "mean"), on(self.running, "var"),
                                  on(self.smoothed, "mean"), on(self.smoothed, "var"), self.clip)
-        self._observe(flat.detach(), bins)
+        if self._collecting:
+            self._observe(flat.detach(), bins)
         return flat.reshape(features.shape)
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        before, self._collecting = self._collecting, True
+        try:
+            yield
+        finally:
+            self._collecting = before
 
     def _check_width(self, width: int) -> None:
         if self.running is not None:

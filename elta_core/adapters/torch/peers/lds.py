@@ -17,15 +17,20 @@ def lds_weights(train_scores: torch.Tensor, low: float, high: float, num_bins: i
     """LDS (DIR's label distribution smoothing), per bin, as the authors compute it: the
     training scores' bin counts ``n``, made ``sqrt(n)`` (``reweight="sqrt_inv"``) or
     ``clip(n, 5, 1000)`` (``"inverse"``), convolved with ``window`` (zero beyond the ends),
-    inverted, and scaled to average 1 over the training samples. A bin whose smoothed value
-    is 0 (far from every training score) gets the largest weight of a populated bin, not an
-    infinite one."""
+    inverted, and scaled to average 1 over the training samples. For ``"inverse"`` the
+    authors' counts are an integer array, which SciPy's convolution keeps integer: the
+    smoothed values (of a window scaled to peak 1, as theirs) are truncated, as there
+    (docs/design.md, "The peers"). A bin whose smoothed value is 0 (far from every training
+    score) gets the largest weight of a populated bin, not an infinite one."""
     if reweight not in LDS_REWEIGHTS:
         raise ValueError(f"reweight: expected one of {', '.join(map(repr, LDS_REWEIGHTS))}, got {reweight!r}")
     bins = bin_index(train_scores, low, high, num_bins)
     counts = torch.bincount(bins, minlength=num_bins).double()
-    counts = counts.sqrt() if reweight == "sqrt_inv" else counts.clamp(5, 1000)
-    density = smooth_bins(counts, window.double(), "constant")
+    if reweight == "sqrt_inv":
+        density = smooth_bins(counts.sqrt(), window.double(), "constant")
+    else:  # their clipped counts stay integers: the smoothing (by a window whose peak is 1) is truncated
+        window = window.double() / window.max()
+        density = torch.trunc(smooth_bins(counts.clamp(5, 1000), window, "constant"))
     positive = density > 0
     density = torch.where(positive, density, density[positive].min())
     weights = 1.0 / density
