@@ -35,6 +35,7 @@ def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_argum
     difference = report["differences"]["elta"]["plcc"]
     assert difference["n"] == 2 and difference["low"] <= difference["mean"] <= difference["high"]
     assert (out / "compare.png").stat().st_size > 5_000 and (out / "compare.md").read_text().startswith("| method |")
+    assert (out / "differences.png").stat().st_size > 5_000
     for method, flags in (("baseline", (False, 0.0)), ("elta", (True, 0.3))):  # FLSA at the default recipe's weight
         config = json.loads((out / "runs" / method / "seed1" / "manifest.json").read_text())["config"]
         assert (config["tfa"], config["flsa"], config["seed"]) == (*flags, 1)
@@ -185,3 +186,27 @@ def test_an_apds_method_without_a_validation_set_trains_its_own_round_1(train_ar
     assert "| elta+apds |" in printed
     manifest = json.loads((out / "runs" / "elta+apds" / "seed0" / "manifest.json").read_text())
     assert manifest["config"].get("round1_from") in (None, "")
+
+
+def test_the_differences_picture_keeps_one_outlier_from_flattening_the_others():
+    """Per metric a panel of its own scale; a method far outside the others is drawn at
+    the edge with its value written, the rest keep a readable scale."""
+    pytest.importorskip("matplotlib")
+    from elta_core.app.compare import REPORTED
+    from elta_core.app.plotting import paired_differences, pyplot
+
+    cell = lambda mean, half: {"mean": mean, "low": mean - half, "high": mean + half, "n": 5}  # noqa: E731
+    differences = {"tfa": {k: cell(0.02, 0.01) for k, _, _ in REPORTED},
+                   "flsa": {k: cell(-0.03, 0.02) for k, _, _ in REPORTED},
+                   "elta": {k: cell(0.04, 0.01) for k, _, _ in REPORTED},
+                   "ranksim": {k: cell(-2.5, 0.4) for k, _, _ in REPORTED}}
+    differences["elta"]["mae_high"] = None  # undefined: written, not drawn
+    fig = paired_differences(differences, REPORTED, "baseline", "test")
+    panels = [axis for axis in fig.axes if axis.has_data()]
+    assert len(panels) == len(REPORTED)
+    for axis in panels:
+        low, high = axis.get_xlim()
+        assert 0.05 < high < 1 and low == -high  # the others' ends (0.05), not the outlier's 2.9
+        assert any("-2.5" in text.get_text() for text in axis.texts)  # the outlier's value, written
+    pyplot().close(fig)
+

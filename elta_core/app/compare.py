@@ -101,7 +101,9 @@ def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | 
                       | {"results": {m: [_finite(r) for r in runs] for m, runs in results.items()}})
     atomic_write_text(out / "compare.md", report["markdown"] + "\n")
     _figure(out / "compare.png", results, methods)
-    report["paths"] = {name: str(out / name) for name in ("compare.md", "compare.json", "compare.png")}
+    write_differences(out / "differences.png", report, "elta compare")
+    report["paths"] = {name: str(out / name) for name in ("compare.md", "compare.json", "compare.png",
+                                                          "differences.png")}
     return report
 
 
@@ -201,6 +203,14 @@ def summarise(results: dict[str, list[dict[str, Any]]], reference: str) -> dict[
     markdown = "\n".join(table) + "\n\n" + "\n".join(lines) + "\n\n" + note
     return {"means": means, "differences": differences, "markdown": markdown, "reference": reference,
             "results": results}
+
+
+def write_differences(path: Path, report: dict[str, Any], title: str) -> None:
+    """The paired differences of ``report`` (:func:`summarise`'s) as a picture, one panel
+    per metric (:func:`elta_core.app.plotting.paired_differences`)."""
+    from elta_core.app.plotting import paired_differences, save_png
+
+    save_png(paired_differences(report["differences"], REPORTED, report["reference"], title), path)
 
 
 def _figure(path: Path, results: dict[str, list[dict[str, Any]]], methods: list[str]) -> None:

@@ -31,7 +31,7 @@ from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.adapters.torch.loop import make_optimizer
 from elta_core.adapters.torch.peers import LDS, RankSim
-from elta_core.app.compare import RemainingTime, summarise
+from elta_core.app.compare import RemainingTime, summarise, write_differences
 from elta_core.app.methods import FLSA_OFF, METHODS, uses_self_training
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
@@ -252,7 +252,9 @@ def _run_demo(config: DemoConfig, out: Path, progress: bool) -> dict:
     atomic_write_json(out / "results.json", report)
     atomic_write_text(out / "table.md", summary["markdown"] + "\n")
     _figure(out / "figure.png", train_scores, test_scores, predictions, config.seeds)
-    report["paths"] = {name: str(out / name) for name in ("table.md", "results.json", "figure.png")}
+    write_differences(out / "differences.png", summary, f"elta demo, {len(config.seeds)} seeds")
+    report["paths"] = {name: str(out / name) for name in ("table.md", "results.json", "figure.png",
+                                                          "differences.png")}
     return report
 
 

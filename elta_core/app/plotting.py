@@ -81,3 +81,57 @@ def predicted_against_true(axis, true, runs: list, title: str, colour: str = "ta
     axis.set_title(f"{title}\nM = {spread('mae_medium')}, P = {np.mean([r['plcc'] for r in results]):.3f}", fontsize=10)
     if labels:
         axis.legend(loc="lower right", markerscale=3, fontsize=8)
+
+
+def paired_differences(differences: dict[str, dict[str, dict | None]], metrics: list[tuple[str, str, str]],
+                       reference: str, title: str):
+    """One panel per metric: each method's mean paired difference to ``reference`` (a
+    point) with its 95 % interval (a bar), the zero line marked, green where the interval
+    excludes 0 on the better side, red on the worse, grey where it does not exclude 0
+    (and the point alone where there is no interval: fewer than 3 seeds). Each panel has
+    its own scale; a method far outside the others' range is drawn at the panel's edge
+    with its value written, so that one outlier does not flatten the rest. ``differences``
+    is :func:`elta_core.app.compare.summarise`'s (method -> metric -> interval or None);
+    returns the figure."""
+    import numpy as np
+
+    methods = list(differences)
+    columns = 4 if len(metrics) > 4 else len(metrics)
+    rows = -(-len(metrics) // columns)
+    fig, axes = pyplot().subplots(rows, columns, figsize=(3.4 * columns, 0.45 * len(methods) * rows + 1.6 * rows),
+                                  squeeze=False)
+    for axis, (key, short, arrow) in zip(axes.flat, metrics):
+        cells = [differences[m].get(key) for m in methods]
+        ends = np.array([abs(v) for c in cells if c for v in (c["low"], c["high"], c["mean"])
+                         if np.isfinite(v)] or [1.0])
+        ordered = np.sort(ends)
+        reach = ordered[-1] if len(ordered) < 4 or ordered[-1] <= 3 * ordered[-4] else 3 * ordered[-4]
+        reach = float(reach) * 1.15 or 1.0
+        for y, cell in enumerate(cells):
+            if not cell:
+                axis.annotate("undefined", (0, y), ha="center", va="center", fontsize=7, color="grey")
+                continue
+            better = (cell["mean"] > 0) == (arrow == "↑")
+            interval = cell["n"] >= 3
+            significant = interval and (cell["low"] > 0 or cell["high"] < 0)
+            colour = ("tab:green" if better else "tab:red") if significant else "grey"
+            clip = lambda v: float(np.clip(v, -reach, reach))  # noqa: E731
+            if interval:
+                axis.plot([clip(cell["low"]), clip(cell["high"])], [y, y], color=colour, linewidth=2.2)
+            axis.plot([clip(cell["mean"])], [y], marker="o", color=colour, markersize=5)
+            if abs(cell["mean"]) > reach or (interval and max(abs(cell["low"]), abs(cell["high"])) > reach):
+                axis.annotate(f"{cell['mean']:+.3g}", (clip(cell["mean"]), y), xytext=(0, 5),
+                              textcoords="offset points", ha="center", fontsize=7, color=colour)
+        axis.axvline(0, color="black", linewidth=0.8)
+        axis.set_xlim(-reach, reach)
+        axis.set_yticks(range(len(methods)), methods if axis in axes[:, 0] else [""] * len(methods), fontsize=8)
+        axis.set_ylim(len(methods) - 0.5, -0.5)
+        axis.set_title(f"Δ{short} ({'higher' if arrow == '↑' else 'lower'} is better)", fontsize=9)
+        axis.tick_params(axis="x", labelsize=7)
+        axis.grid(axis="x", alpha=0.3)
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.axis("off")
+    fig.suptitle(title + f"\neach method minus {reference}, paired by seed: mean and 95 % interval; green / red: "
+                 "the interval excludes 0 on the better / worse side", fontsize=9)
+    fig.tight_layout()
+    return fig
