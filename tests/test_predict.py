@@ -123,6 +123,8 @@ def test_bad_arguments_are_named(run, tmp_path, capsys):
     assert "images: no images in" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", checkpoint, "--labels", str(run / "data" / "labels.csv")]) == 2
     assert "format: give --format with --labels" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", checkpoint, "--images", str(run / "data" / "labels.csv")]) == 2
+    assert "labels.csv is a file; give the folder of images" in capsys.readouterr().err
 
 
 def test_an_image_name_that_is_not_utf8_is_refused_by_name_before_any_prediction(run, tmp_path, capsys,

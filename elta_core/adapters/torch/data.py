@@ -168,6 +168,8 @@ class ImageLabelDataset(Dataset):
 def image_files(folder: str | Path) -> list[str]:
     """Image files under ``folder`` (recursively), sorted."""
     folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(f"images: {folder} is a file; give the folder of images")
     if not folder.is_dir():
         raise FileNotFoundError(f"images: no such folder: {folder}")
     return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
