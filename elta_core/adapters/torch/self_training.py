@@ -1,11 +1,10 @@
 """APDS self-training with torch (paper 3.5, Eq. 10).
 
 Round 1 trains on the labelled set; the calibration set and the unlabelled pool are
-predicted; the core's pseudo-label round (:mod:`elta_core.pseudo_labels`) picks
-(beta*, t*) and the confident pool samples (by default at most as many as the labelled
-set, most confident first); round 2 trains on ``L = L_s + L_u``. Every stage is saved atomically in ``workdir``, and a run
-that finds a stage's file there loads it instead of recomputing it.
-"""
+predicted; the core's pseudo-label round (:mod:`elta_core.pseudo_labels`) picks (beta*, t*)
+and the confident pool samples (by default at most as many as the labelled set, most
+confident first); round 2 trains on ``L = L_s + L_u``. Every stage is saved in ``workdir``
+(:class:`~elta_core.adapters.torch.stages.StageStore`) and reused while it is current."""
 
 from __future__ import annotations
 
@@ -113,8 +112,7 @@ class SelfTraining:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         self.batch_size, self.loader_kwargs = batch_size, dict(loader_kwargs or {})
-        self.progress = progress
-        self.tag = tag
+        self.progress, self.tag = progress, tag
         self.stages = StageStore(self.workdir, self._generators, {"grid": "grid.json"})
         # per round: each epoch's mean loss and terms (the default train only), kept with the stage
         self.epochs_log: dict[int, list[dict[str, float]]] = {}
