@@ -371,7 +371,8 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
 
     from elta_core import __version__
 
-    for command in ("demo", "synth", "stats", "prepare", "train", "evaluate", "pseudo-label", "doctor", "compare"):
+    for command in ("demo", "synth", "stats", "prepare", "train", "evaluate", "predict", "pseudo-label", "export",
+                    "doctor", "compare"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = capsys.readouterr().out
@@ -379,8 +380,8 @@ def test_help_shows_defaults_and_examples_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "learning rate (at the start of --lr-schedule) (default: 0.001 from scratch, 0.0001 with --weights; " \
-        "--recipe paper: 1e-05)" in text
+    assert "learning rate (at the start of --lr-schedule) (default: 0.001 from scratch, 0.0001 with --weights or " \
+        "--pretrained; --recipe paper: 1e-05)" in text
     assert "the optimizer (default: adamw; --recipe paper: adam)" in text
     assert "(default: 8/7 of --image-size; --recipe paper: 300 (x 300))" in text
     assert "--thresholds" in text and "(default: auto)" in text
