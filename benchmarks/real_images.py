@@ -114,8 +114,9 @@ def validate_run(data: Path, run: Path) -> dict:
     thread; kept in ``run/validation`` and computed again only for another checkpoint."""
     import json
 
-    from elta_core.app import evaluate, run
+    from elta_core.app import evaluate
     from elta_core.app.config import EvaluateConfig
+    from elta_core.app.run import json_ready
     from elta_core.io import atomic_write_json
     from elta_core.run_state import sha256_of_file
 
@@ -125,7 +126,7 @@ def validate_run(data: Path, run: Path) -> dict:
         metrics = evaluate.evaluate(EvaluateConfig(checkpoint=str(checkpoint), labels=str(data / "val.csv"),
                                                    format="ava", images=str(data / "images"), quiet=True,
                                                    workers=0, threads=1))
-        atomic_write_json(target / "evaluation.json", run.json_ready(metrics))
+        atomic_write_json(target / "evaluation.json", json_ready(metrics))
         atomic_write_json(target / "source.json", source)
     return json.loads((target / "evaluation.json").read_text())
 

@@ -670,6 +670,37 @@ def test_a_second_train_on_the_same_out_is_refused_while_the_first_runs(folder_d
     assert _train(labels, images, out, "--epochs", "1") == 0  # free again: it runs
 
 
+def test_a_killed_run_leaves_no_lock_behind_in_a_loader_worker_that_outlives_it(tmp_path):
+    """A DataLoader worker is a fork of the run and inherits its descriptors; killed, the
+    run left its lock on --out with the worker for as long as the worker lived on (up to
+    its next check of its parent), and a --resume started at once was refused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from elta_core.app.run.directory import run_lock
+
+    out = tmp_path / "run"
+    script = ("import os, signal, sys, time\n"
+              "from elta_core.app.run.directory import run_lock\n"
+              "with run_lock(sys.argv[1]):\n"
+              "    worker = os.fork()\n"
+              "    if worker == 0:  # the loader worker, alive after the run (its output not the test's pipe)\n"
+              "        quiet = os.open(os.devnull, os.O_RDWR); os.dup2(quiet, 1); os.dup2(quiet, 2)\n"
+              "        time.sleep(60); os._exit(0)\n"
+              "    print(worker, flush=True)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    worker = int(killed.stdout)
+    try:
+        with run_lock(str(out)):  # refused before: the orphaned worker held it
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 def test_evaluate_without_labels_uses_the_runs_test_labels_file(folder_dataset, tmp_path, capsys):
     """A run trained with --test-labels: ``elta evaluate --checkpoint`` alone evaluates on
     that file (it read the training file's rows as a test split that came from elsewhere)."""

@@ -43,8 +43,8 @@ def _evaluate(settings: EvaluateConfig) -> dict[str, float]:
                                        split=None if test_file else settings.split or "test",
                                        **{k: run[k] for k in ("image_column", "score_column", "split_column")
                                           if k in run}, scale=tuple(run.get("scale", settings.scale)))
-    elif settings.format is None:
-        raise ValueError("format: give --format with --labels")
+    else:
+        settings.check_format_given()
     table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
     if settings.split:
         table = table.where_split(settings.split) if table.split is not None else run_split(checkpoint, table,

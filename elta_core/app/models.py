@@ -135,8 +135,7 @@ def build_model(backbone: str, num_bins: int, head: str = "linear", weights: str
     ``nn.Linear``, and ``weights`` loaded from a local file or its ``pretrained`` weights
     (:func:`create_backbone`). Returns the model, the name of its head module (where TFA
     mixes) and the head tensors left at their initial values."""
-    if weights and pretrained:
-        raise ValueError("pretrained: give --pretrained or --weights, not both")
+    check_weights_source(weights, pretrained)
     model = create_backbone(backbone, num_bins, pretrained)
     head_name, replaced, in_features = classifier_of(model)
     replace_module(model, replaced, make_head(head, in_features, num_bins, top))
@@ -146,6 +145,12 @@ def build_model(backbone: str, num_bins: int, head: str = "linear", weights: str
         in_head = [k for k in model.state_dict() if k == head_name or k.startswith(head_name + ".")]
         skipped = sorted(in_head) if pretrained else []
     return model, head_name, skipped
+
+
+def check_weights_source(weights: str | None, pretrained: str | None) -> None:
+    """One source of starting weights: a file or the published ones."""
+    if weights and pretrained:
+        raise ValueError("pretrained: give --pretrained or --weights, not both")
 
 
 def classifier_of(model: nn.Module) -> tuple[str, str, int]:

@@ -30,6 +30,12 @@ class LabelFile:
                                             "validation, test; a file with train and validation rows only tests on "
                                             "its validation rows)")
 
+    def check_format_given(self) -> None:
+        """Where ``--format`` is optional (a command that reads a label file only if one is
+        given): refuse ``--labels`` without it."""
+        if self.labels and not self.format:
+            raise ValueError("format: give --format with --labels")
+
     def csv_options(self) -> dict[str, Any]:
         """The --format csv options, for :func:`elta_core.data.load_labels`."""
         if self.format != "csv":

@@ -92,8 +92,7 @@ def images_to_score(settings: PredictConfig) -> tuple[list[str], list[str]]:
     (recursively, sorted; named relative to it) or a label file's images (as it names
     them)."""
     if settings.labels:
-        if not settings.format:
-            raise ValueError("format: give --format with --labels")
+        settings.check_format_given()
         table = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
         root = settings.images
         return list(table.images), [str(Path(p).relative_to(root)) if root and Path(p).is_relative_to(root) else p

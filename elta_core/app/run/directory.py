@@ -179,7 +179,8 @@ def run_lock(out: str) -> Iterator[None]:
         return
     folder = check_out_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
-    handle = os.open(folder, os.O_RDONLY)
+    handle = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    _LOCKS_HELD.append(handle)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -188,7 +189,28 @@ def run_lock(out: str) -> Iterator[None]:
                              "--resume), or give another --out") from None
         yield
     finally:
-        os.close(handle)  # closing releases the lock
+        if handle in _LOCKS_HELD:  # (a fork has dropped its copy already)
+            _LOCKS_HELD.remove(handle)
+            os.close(handle)  # closing releases the lock
+
+
+# The run locks this process holds. A fork (a DataLoader worker) inherits their descriptors,
+# and a flock lives while any copy is open: a worker that outlived a killed run kept --out
+# locked. The child closes its copies at once.
+_LOCKS_HELD: list[int] = []
+
+
+def _drop_inherited_locks() -> None:
+    for handle in _LOCKS_HELD:
+        try:
+            os.close(handle)
+        except OSError:
+            pass
+    _LOCKS_HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 CHECKPOINT_KEY = "epochs"  # the manifest key of checkpoint.pt: what it holds is resumable training

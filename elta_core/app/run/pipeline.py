@@ -22,6 +22,7 @@ from elta_core.adapters.torch.modules import find_module
 from elta_core.app import recipe
 from elta_core.app.config import TrainConfig
 from elta_core.app.options import arguments_for
+from elta_core.app.models import check_weights_source
 from elta_core.app.run.adopt import adopt_round1
 from elta_core.app.run.directory import BEST, CHECKPOINT, open_run_everywhere, run_lock
 from elta_core.app.run.model import RunConfig, ScaledScoreMSE, optimizer_class, score_scale_of
@@ -40,8 +41,7 @@ def _check_train_args(settings: TrainConfig) -> None:
         raise ValueError(f"lr: expected a finite learning rate > 0, got {settings.lr}")
     if settings.round2_lr is not None and not (math.isfinite(settings.round2_lr) and settings.round2_lr > 0):
         raise ValueError(f"round2_lr: expected a finite learning rate > 0, got {settings.round2_lr}")
-    if settings.weights and settings.pretrained:
-        raise ValueError("pretrained: give --pretrained or --weights, not both")
+    check_weights_source(settings.weights, settings.pretrained)
     if settings.head == "sigmoid" and settings.apds:
         raise ValueError("apds: needs a distribution head (--head linear or emd-mlp); --head sigmoid predicts one "
                          "score per image, which APDS cannot sharpen")
