@@ -42,19 +42,23 @@ class PeerSteps:
             return core_losses.label_scores(labels, self.elta_config.bin_values, validate=False)
 
     def _peers_on_head_input(self, module, args):
+        """The head's input calibrated by the peers at the head, in a training step (then
+        mixed too, once, should the head run twice) or in a feature pass
+        (:meth:`observe_features`: never mixed)."""
         step = self._batch
-        if step is None and self._observed_labels is not None and args and isinstance(args[0], torch.Tensor):
-            return self._observed_head_input(args)
-        if step is None or not args or not isinstance(args[0], torch.Tensor):
+        labels = step.labels if step is not None else self._observed_labels
+        if labels is None or not args or not isinstance(args[0], torch.Tensor):
             return None
         features = args[0]
+        mixing = step is not None and not step.peer_mixed
         for peer in self._peers_at("head"):
             with _float32(features):  # FDS's statistics: float32 under autocast, as FLSA
-                calibrated = peer.calibrate(_widened(features), _widened(self._scores(step.labels)))
+                calibrated = peer.calibrate(_widened(features), _widened(self._scores(labels)))
             features = calibrated.to(features.dtype)
-            if not step.peer_mixed:  # once, should the head run twice
-                features, step.labels = peer.mix(features, step.labels, self._scores(step.labels), self.generator)
-        step.peer_mixed = True
+            if mixing:
+                features, labels = peer.mix(features, labels, self._scores(labels), self.generator)
+        if step is not None:
+            step.labels, step.peer_mixed = labels, True
         return (features,) + tuple(args[1:])
 
     def _mix_input_with_peers(self, x: Any, step: core_step.LabelledStep) -> Any:
@@ -100,16 +104,6 @@ class PeerSteps:
         scores = _widened(self._scores(result.feature_labels))
         with _float32(result.features):  # RankSim's similarities and ranks: float32 under autocast, as FLSA
             return {p.name: p.regulariser(_widened(result.features), scores, self.generator) for p in regularising}
-
-    def _observed_head_input(self, args: tuple) -> tuple:
-        """The head's input in a feature pass (:meth:`observe_features`): calibrated, and
-        collected, by the peers at the head; nothing mixed."""
-        features = args[0]
-        scores = self._scores(self._observed_labels)
-        for peer in self._peers_at("head"):
-            with _float32(features):
-                features = peer.calibrate(_widened(features), _widened(scores)).to(features.dtype)
-        return (features,) + tuple(args[1:])
 
     @property
     def wants_feature_pass(self) -> bool:

@@ -61,7 +61,7 @@ class FDS(Binned):
         super().__init__(train_labels, num_bins, kernel_size, sigma)
         if statistics not in ("pass", "steps"):
             raise ValueError(f"statistics: expected 'pass' or 'steps', got {statistics!r}")
-        self.statistics, self.feature_pass, self._collecting = statistics, statistics == "pass", statistics == "steps"
+        self.statistics, self._collecting = statistics, statistics == "steps"
         self.momentum = fraction(momentum, "momentum")
         if len(clip) != 2 or not 0 < clip[0] <= 1 <= clip[1]:
             raise ValueError(f"clip: expected (low, high) with 0 < low <= 1 <= high, got {clip!r}")
@@ -82,6 +82,10 @@ class FDS(Binned):
         if self._collecting:
             self._observe(flat.detach(), bins)
         return flat.reshape(features.shape)
+
+    @property
+    def feature_pass(self) -> bool:
+        return self.statistics == "pass"
 
     @contextlib.contextmanager
     def collecting(self) -> Iterator[None]:
