@@ -99,15 +99,15 @@ def test_a_run_killed_midway_leaves_the_earlier_scores_and_no_partial_file(run, 
     arguments = ["predict", "--checkpoint", str(run / "run" / "checkpoint.pt"), "--images",
                  str(run / "data" / "images"), "--out", str(out), "--workers", "0", "--quiet", "--batch-size", "8"]
     calls = {"n": 0}
-    distribution = predict.Scorer.distribution
+    scoring = predict.Scorer.predict
 
     def failing(self, x):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # the user's Ctrl-C in the third batch
-        return distribution(self, x)
+        return scoring(self, x)
 
-    monkeypatch.setattr(predict.Scorer, "distribution", failing)
+    monkeypatch.setattr(predict.Scorer, "predict", failing)
     with pytest.raises(KeyboardInterrupt):
         main(arguments)
     assert out.read_text() == "image,score\nearlier.jpg,5\n"

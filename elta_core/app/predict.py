@@ -44,18 +44,22 @@ class Scorer(nn.Module):
             raise ValueError(f"x: expected an image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
         return (x[None], True) if x.ndim == 3 else (x, False)
 
-    def distribution(self, x: torch.Tensor) -> torch.Tensor | None:
-        if not self.predicts_distribution:
-            return None
-        batch, single = self._batched(x)
-        probabilities = torch.softmax(self.network(batch).float(), dim=1)
-        return probabilities[0] if single else probabilities
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scores and the distributions (None for a sigmoid head), from one forward."""
         batch, single = self._batched(x)
         out = self.network(batch).float()
-        scores = out.reshape(-1) if not self.predicts_distribution else torch.softmax(out, dim=1) @ self.bin_values
-        return scores[0] if single else scores
+        if not self.predicts_distribution:
+            scores, probabilities = out.reshape(-1), None
+        else:
+            probabilities = torch.softmax(out, dim=1)
+            scores = probabilities @ self.bin_values
+        return (scores[0], None if probabilities is None else probabilities[0]) if single else (scores, probabilities)
+
+    def distribution(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.predict(x)[1] if self.predicts_distribution else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x)[0]
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device | None = None) -> tuple[Scorer, Callable]:
@@ -132,13 +136,14 @@ def predict(settings: PredictConfig) -> dict[str, Any]:
                     rows, x = rows[readable], x[readable].to(device)
                     if not len(rows):
                         continue
-                    distribution = scorer.distribution(x)
-                    scores = (distribution @ scorer.bin_values if distribution is not None else scorer(x)).cpu()
-                    spread = losses.score_std(distribution.double(), values).cpu() if distribution is not None else None
-                    for k, row in enumerate(rows.tolist()):
-                        extra = [f"{spread[k]:.6g}", *(f"{p:.6f}" for p in distribution[k].tolist())] \
-                            if distribution is not None else []
-                        writer.writerow([names[row], f"{scores[k]:.6g}", *extra])
+                    scores, distribution = (part.cpu() if part is not None else None for part in scorer.predict(x))
+                    extras = [[]] * len(rows)  # a sigmoid head: the score alone
+                    if distribution is not None:  # read once per batch, not per row from the device
+                        spread = losses.score_std(distribution.double(), values)
+                        extras = [[f"{s:.6g}", *(f"{p:.6f}" for p in ps)]
+                                  for s, ps in zip(spread.tolist(), distribution.tolist())]
+                    for row, score, extra in zip(rows.tolist(), scores.tolist(), extras):
+                        writer.writerow([names[row], f"{score:.6g}", *extra])
                     text.flush()
             text.detach()
 
