@@ -67,16 +67,15 @@ def create_backbone(backbone: str, num_bins: int, pretrained: str | None = None)
     import torchvision
 
     try:
-        if pretrained:
-            return pretrained_torchvision(backbone, pretrained)
-        return torchvision.models.get_model(backbone, weights=None, num_classes=num_bins)
-    except ValueError as error:
-        if pretrained and str(error).startswith("pretrained:"):
-            raise
+        builder = torchvision.models.get_model_builder(backbone)
+    except ValueError:
         names = sorted(torchvision.models.list_models(module=torchvision.models))
         nearest = difflib.get_close_matches(backbone, names, n=5, cutoff=0.5) or names[:8]
         raise ValueError(f"backbone: unknown torchvision model {backbone!r} (e.g. {', '.join(nearest)}; "
                          "timm models as timm/<name>)") from None
+    if pretrained:
+        return pretrained_torchvision(backbone, pretrained)
+    return builder(weights=None, num_classes=num_bins)
 
 
 def pretrained_timm(name: str, tag: str, num_bins: int) -> nn.Module:
@@ -109,7 +108,7 @@ def pretrained_torchvision(backbone: str, tag: str) -> nn.Module:
 
     import torchvision
 
-    enum = torchvision.models.get_model_weights(backbone)  # ValueError: an unknown model, named by the caller
+    enum = torchvision.models.get_model_weights(backbone)
     try:
         weights = enum.DEFAULT if tag == "default" else enum[tag]
     except KeyError:

@@ -34,7 +34,7 @@ def _pseudo_label(settings: PseudoLabelConfig) -> dict[str, Any]:
     wrapper, config = load_checkpoint(settings.checkpoint, device)
     if config.head_type == "sigmoid":
         raise ValueError(f"checkpoint: {settings.checkpoint} has a sigmoid (score) head; APDS needs a distribution head")
-    output_folder(settings.out)  # a --out that is a file is refused before the predictions
+    out = output_folder(settings.out)  # a --out that is a file is refused before the predictions
     calibration = load_labels(settings.labels, settings.format, image_root=settings.images, **settings.csv_options())
     check_rating_scale(config, calibration, settings.checkpoint)
     pool = unlabelled_pool(settings, calibration, config)
@@ -51,7 +51,6 @@ def _pseudo_label(settings: PseudoLabelConfig) -> dict[str, Any]:
         chosen = pseudo_label_round(logits, true, pool_logits, betas=settings.betas, thresholds=settings.thresholds,
                                     bin_values=config.bin_values, min_selected=settings.min_selected,
                                     pseudo_label=settings.pseudo_label, score_scale=wrapper.score_scale)
-        out = output_folder(settings.out)
         atomic_write_json(out / "grid.json", chosen.grid.as_dict())
         atomic_write_text(out / "grid.md", chosen.grid.to_markdown() + "\n")
         values = torch.as_tensor(config.bin_values)

@@ -284,8 +284,7 @@ class SelfTraining:
         summary["num_kept"] = len(selection["indices"])
 
     def _stage_round2(self, state: dict, summary: dict) -> None:
-        selection = state["selection"]
-        labelled = state["labelled"]
+        selection, labelled = state["selection"], state["labelled"]
         labels = selection["labels"]
         if self.round2 == "concat" and len(labels) and len(labelled) and is_score_label(labelled[0]):
             values = torch.as_tensor(self.wrapper.bin_values or range(1, labels.shape[1] + 1), dtype=labels.dtype)

@@ -15,6 +15,7 @@ import torch
 from elta_core.adapters.torch import distributed as ddp
 from elta_core.app.config import TrainConfig
 from elta_core.app.options import may_change_on_resume, run_identity
+from elta_core.app.run.resources import check_out_folder
 from elta_core.app.run.splits import SPLIT_FILE
 from elta_core.run_state import RunManifest, StaleStateError, fingerprint, sha256_of_file
 
@@ -92,14 +93,6 @@ def _check_epochs_not_fewer(path: Path, epochs: int) -> None:
         raise ValueError(f"epochs: the run in {path.parent} has trained {trained} epochs; --epochs {epochs} would "
                          f"report that {trained}-epoch model as a {epochs}-epoch one: give --epochs {trained} or "
                          "more, or a new --out")
-
-
-def check_out_folder(out: str) -> Path:
-    """``--out`` as a path, refused where it names a file."""
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"out: {folder} is a file; give a directory for the run")
-    return folder
 
 
 def _never_trained(out: Path) -> bool:

@@ -28,11 +28,17 @@ def device_named(name: str | None) -> torch.device:
     return device
 
 
-def output_folder(path: str) -> Path:
-    """The folder ``--out`` names, made where it is missing, refused where it is a file."""
-    folder = Path(path)
+def check_out_folder(out: str) -> Path:
+    """``--out`` as a path, refused where it names a file."""
+    folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"out: {folder} is a file; give a directory")
+    return folder
+
+
+def output_folder(path: str) -> Path:
+    """The folder ``--out`` names, made where it is missing, refused where it is a file."""
+    folder = check_out_folder(path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -41,7 +41,6 @@ def train_round1(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Mo
     checkpoint again, equals the uninterrupted one. Returns the last epoch's state (a
     copy: the state to resume from), None when stopped early. After an APDS round the
     checkpoint holds the round-2 model and, under ``"resume"``, this state."""
-    path = manifest.folder / CHECKPOINT
     if len(data) < 2 * ddp.world_size():
         per_process = f" (2 per process, {ddp.world_size()} processes)" if ddp.is_distributed() else ""
         raise ValueError(f"labels: {len(data)} training image(s) after the split; at least {2 * ddp.world_size()} are "
@@ -60,7 +59,8 @@ def train_round1(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Mo
                 epoch_end=epoch_end, grad_scaler=scaler)
         except FloatingPointError as error:
             saved = epoch_end.saved
-            kept = f"the last good checkpoint (epoch {saved}) is kept at {path}" if saved else "no checkpoint was written"
+            kept = f"the last good checkpoint (epoch {saved}) is kept at {epoch_end.path}" if saved else \
+                "no checkpoint was written"
             raise FloatingPointError(f"{error}; {kept}") from None
     if epoch_end.stopped:
         return None
@@ -122,7 +122,7 @@ class EpochEnd:
         row["seconds"] = round(time.perf_counter() - self.started, 3)
         self.history.append(row)
         previous_best = self.best
-        self.best = _keep_best(settings, row, self.best, model, self.optimizer, self.config, self.manifest)
+        self.best = self._keep_best(row)
         # a new best.pt is checkpointed with it: the run it resumes from must name that epoch
         if epoch % settings.checkpoint_every == 0 or epoch >= self.last_epoch or self.best is not previous_best:
             snapshots = ddp.gather_objects(rng.snapshot(self.generators))
@@ -140,22 +140,22 @@ class EpochEnd:
             self.stopped = True
         return self.stopped
 
-
-def _keep_best(settings: TrainConfig, row: dict[str, Any], best: dict | None, model, optimizer, config: RunConfig,
-               manifest: RunManifest) -> dict | None:
-    """With ``--select-best``: save this epoch to ``best.pt`` when its validation metric is
-    the best so far (a NaN metric, e.g. from constant predictions, never is)."""
-    if settings.select_best == "none":
-        return best
-    value = row[f"val_{settings.select_best}"]
-    if not math.isfinite(value) or (best is not None and value <= best["value"]):
-        return best
-    best = {"epoch": row["epoch"], "value": value, "metric": settings.select_best}
-    state = {"model": model.state_dict(), "epoch": row["epoch"], "config": config.__dict__, "validation": row}
-    if settings.round2_resume_optimizer:  # also without --apds: an APDS run may take this round 1 (--round1-from)
-        state["optimizer"] = optimizer.state_dict()
-    save_and_record(state, manifest.folder / BEST, manifest, "best", manifest.stage_key("best", CHECKPOINT_KEY))
-    return best
+    def _keep_best(self, row: dict[str, Any]) -> dict | None:
+        """With ``--select-best``: save this epoch to ``best.pt`` when its validation metric is
+        the best so far (a NaN metric, e.g. from constant predictions, never is)."""
+        metric, best = self.settings.select_best, self.best
+        if metric == "none":
+            return best
+        value = row[f"val_{metric}"]
+        if not math.isfinite(value) or (best is not None and value <= best["value"]):
+            return best
+        state = {"model": self.model.state_dict(), "epoch": row["epoch"], "config": self.config.__dict__,
+                 "validation": row}
+        if self.settings.round2_resume_optimizer:  # also without --apds: --round1-from may take this round 1
+            state["optimizer"] = self.optimizer.state_dict()
+        save_and_record(state, self.manifest.folder / BEST, self.manifest, "best",
+                        self.manifest.stage_key("best", CHECKPOINT_KEY))
+        return {"epoch": row["epoch"], "value": value, "metric": metric}
 
 
 def load_best(manifest: RunManifest, best: dict | None, device: torch.device) -> dict:

@@ -41,19 +41,19 @@ def hold_out_rows(table: LabelTable, fraction: float, seed: int) -> tuple[LabelT
 
 
 def split_table(table: LabelTable, val_fraction: float, seed: int) -> tuple[LabelTable, LabelTable]:
-    """Training and test rows: the file's own split where it has one, else a seeded random
-    ``val_fraction`` hold-out."""
-    if table.split is not None and "train" in table.split:
-        held_out = [s for s in ("test", "testnew", "validation", "val") if s in table.split]
-        if held_out:
-            return table.subset(_rows(table, ("train",))), table.subset(_rows(table, (held_out[0],)))
-    return hold_out_rows(table, val_fraction, seed)
+    """Training and test rows: the file's own split where it has one
+    (:func:`own_test_split`), else a seeded random ``val_fraction`` hold-out."""
+    tested = own_test_split(table)
+    if tested is None:
+        return hold_out_rows(table, val_fraction, seed)
+    return table.subset(_rows(table, ("train",))), table.subset(_rows(table, (tested,)))
 
 
-def _validation_rows_test(table: LabelTable) -> bool:
-    """Whether :func:`split_table` tests on the file's validation rows (it has no test rows)."""
+def own_test_split(table: LabelTable) -> str | None:
+    """The split of a file with training rows that :func:`split_table` tests on: its test
+    rows, else its validation rows; None without either."""
     split = set(table.split) if table.split is not None else set()
-    return "train" in split and not split & {"test", "testnew"} and bool(split & {"validation", "val"})
+    return next((s for s in ("test", "testnew", "validation", "val") if s in split), None) if "train" in split else None
 
 
 def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
@@ -68,7 +68,7 @@ def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
             train_rows = table.subset(_rows(table, ("train",)))
     else:
         train_rows, test = split_table(table, settings.val_fraction, settings.seed)
-        if _validation_rows_test(table) and ddp.is_main():
+        if own_test_split(table) in ("validation", "val") and ddp.is_main():
             print(f"split: {table.source} has train and validation rows and no test rows; its validation rows are the "
                   "test split (with --test-labels FILE they validate, and FILE tests)")
     validation = None
