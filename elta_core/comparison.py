@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -93,3 +93,27 @@ def paired_difference(method: Sequence[float], baseline: Sequence[float], confid
     mean = float(differences.mean())
     half = t_quantile((1 + confidence) / 2, len(a) - 1) * float(differences.std(ddof=1)) / math.sqrt(len(a))
     return PairedDifference(mean, mean - half, mean + half, len(a), confidence)
+
+
+# How ``elta compare --tune`` scores a trial on the validation split: the criterion's name ->
+# (its value from a run's metrics, whether larger is better, what it is).
+SELECTION_CRITERIA: dict[str, tuple[Callable[[Mapping[str, float]], float], bool, str]] = {
+    "mae": (lambda m: m["mae"], False, "validation MAE"),
+    "tails": (lambda m: (m["mae_low"] + m["mae_high"]) / 2, False,
+              "the mean of the validation L and H (the MAE of the 20 % tails)"),
+    "mse": (lambda m: m["mse"], False, "validation MSE"),
+    "plcc": (lambda m: m["plcc"], True, "validation PLCC"),
+    "srcc": (lambda m: m["srcc"], True, "validation SRCC"),
+}
+
+
+def selection_value(metrics: Mapping[str, float], criterion: str) -> float:
+    """The ``criterion`` (:data:`SELECTION_CRITERIA`) of a run's metrics; NaN where a
+    metric it reads is missing or undefined (a run that diverged)."""
+    if criterion not in SELECTION_CRITERIA:
+        raise ValueError(f"criterion: expected one of {', '.join(SELECTION_CRITERIA)}, got {criterion!r}")
+    try:
+        value = float(SELECTION_CRITERIA[criterion][0](metrics))
+    except (KeyError, TypeError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan

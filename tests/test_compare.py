@@ -60,7 +60,7 @@ def test_compare_writes_tables_with_intervals_and_resumes_run_by_run(train_argum
     # argparse's abbreviations of the per-run flags, which would override compare's settings
     (["--", "--labels", "x.csv", "--format", "ava", "--see", "3"], "--seed are set by elta compare"),
     (["--", "--labels", "x.csv", "--format", "ava", "--see=3"], "--seed are set by elta compare"),
-    (["--", "--labels", "x.csv", "--format", "ava", "--pee", "lds"], "--peers are set by elta compare"),
+    (["--", "--labels", "x.csv", "--format", "ava", "--peers", "lds"], "--peers are set by elta compare"),
     (["--", "--labels", "x.csv", "--format", "ava", "--thresh", "0.5"], "--thresholds are set by elta compare"),
     (["--", "--labels", "x.csv", "--format", "ava", "--round1", "x"], "--round1-from are set by elta compare"),
     (["--methods", ""], "methods: expected a comma-separated list of baseline"),

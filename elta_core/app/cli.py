@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from elta_core.app import commands, config, options
 from elta_core.app.options import HelpFormatter
-from elta_core.app.methods import METHODS
+from elta_core.app.methods import METHODS, search_space_help
 
 
 # name: (settings, run, summary, description, example)
@@ -80,9 +80,16 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str, str, str]] = {
                 "in OUT/runs/METHOD/seedN), then writes compare.md, compare.json and compare.png: P, S,\n"
                 "accuracy, MSE, L, M, H as mean +- std, and each method's paired difference to the first\n"
                 "method with its 95 % Student-t interval. The elta train arguments follow `--`; without\n"
-                "them, the built-in synthetic dataset is used. Methods: " + ", ".join(METHODS) + ".",
+                "them, the built-in synthetic dataset is used. Methods: " + ", ".join(METHODS) + ".\n\n"
+                "--tune first chooses each method's main settings on the validation split under one budget of\n"
+                "trials (OUT/tuning/, OUT/tuning.md), then trains every seed at the chosen setting. Search\n"
+                "spaces, tried in this order (the default first; the baseline has nothing to tune; an APDS\n"
+                "method takes the setting chosen for the method that trains its round 1):\n"
+                + search_space_help(),
                 "elta compare --methods baseline,elta --seeds 5 --out cmp -- --labels data/labels.csv "
-                "--format ava --images data/images --epochs 10"),
+                "--format ava --images data/images --epochs 10\n  elta compare --methods baseline,elta,ranksim "
+                "--tune --out tuned -- --labels data/train.csv --val-labels data/val.csv --test-labels "
+                "data/test.csv --format ava --images data/images"),
 }
 
 

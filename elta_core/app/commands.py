@@ -159,26 +159,41 @@ def run_compare(settings: config.CompareConfig) -> int:
     arguments = [a for a in settings.train_arguments if a != "--"]
     check_train_arguments(arguments)
     if not arguments:  # the built-in dataset, written once under --out
-        from elta_core.data.synthetic import export, generate
-
-        count, size, epochs = (160, 32, 2) if settings.quick else (600, 32, 4)
-        data = Path(settings.out) / "data"
-        if not (data / "labels.csv").exists():
-            export(generate(count, size, seed=2024), data)
-        arguments = ["--labels", str(data / "labels.csv"), "--format", "ava", "--images", str(data / "images"),
-                     "--backbone", "resnet18", "--image-size", str(size), "--epochs", str(epochs),
-                     "--batch-size", "32", "--val-fraction", "0.25"]
+        arguments = _builtin_compare_data(Path(settings.out) / "data", settings.quick, fixed_test=bool(settings.tune))
     seeds = list(range(settings.seeds if settings.seeds is not None else (2 if settings.quick else 3)))
     base = config.train_settings(arguments)
     if settings.threads is not None:
         base = base.replace(threads=settings.threads)
-    report = compare(base, methods, seeds, settings.out, progress=not settings.quiet, train_arguments=arguments)
+    tuning = None
+    if settings.tune:
+        from elta_core.app.tuning import tune, tuning_seeds
+
+        tuning = tune(base, methods, settings.tune, tuning_seeds(settings.tune_seeds, seeds), settings.tune_criterion,
+                      settings.out, progress=not settings.quiet)
+    report = compare(base, methods, seeds, settings.out, progress=not settings.quiet, train_arguments=arguments,
+                     tuning=tuning)
     print(report["markdown"])
     if settings.quick:
         print("--quick is a smoke test (160 images, 2 epochs, 2 seeds): it shows that every method runs, not which "
               "is better; run without --quick, with 5 or more seeds, for a comparison.")
     print("written: " + ", ".join(report["paths"].values()))
     return 0
+
+
+def _builtin_compare_data(data: Path, quick: bool, fixed_test: bool) -> list[str]:
+    """``elta compare``'s arguments for the built-in dataset, written to ``data`` once. With
+    ``fixed_test`` (``--tune``): train, validation and test files, so that every seed tests
+    on the same images and the tuning never reads them; else one file, each seed holding
+    out its own test images."""
+    from elta_core.data.synthetic import export, generate
+
+    count, size, epochs = (160, 32, 2) if quick else (600, 32, 4)
+    if not (data / ("test.csv" if fixed_test else "labels.csv")).exists():
+        export(generate(count, size, seed=2024), data, splits=(0.6, 0.15, 0.25) if fixed_test else None)
+    files = ["--labels", str(data / "train.csv"), "--val-labels", str(data / "val.csv"), "--test-labels",
+             str(data / "test.csv")] if fixed_test else ["--labels", str(data / "labels.csv")]
+    return [*files, "--format", "ava", "--images", str(data / "images"), "--backbone", "resnet18", "--image-size",
+            str(size), "--epochs", str(epochs), "--batch-size", "32", "--val-fraction", "0.25"]
 
 
 def run_prepare(settings: config.PrepareConfig) -> int:

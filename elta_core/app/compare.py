@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from elta_core.app.methods import METHODS, SET_PER_RUN, round1_donor
+from elta_core.app.methods import METHODS, SET_PER_RUN, point_label, round1_donor
 from elta_core.comparison import paired_difference
 from elta_core.io import atomic_write_json, atomic_write_text
 
@@ -77,39 +77,48 @@ def check_train_arguments(train_arguments: Sequence[str]) -> None:
 
 
 def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | Path, progress: bool = True,
-            train_arguments: Sequence[str] = (), results: dict[str, list[dict[str, Any]]] | None = None
-            ) -> dict[str, Any]:
+            train_arguments: Sequence[str] = (), results: dict[str, list[dict[str, Any]]] | None = None,
+            tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every method with every seed: :func:`elta_core.app.run.train` with the
     shared settings ``base`` (a :class:`~elta_core.app.config.TrainConfig`) and the
     method's (:data:`elta_core.app.methods.METHODS`), in this process; then write
     ``compare.md``, ``compare.json`` and ``compare.png`` to ``out``. The first method is
     the reference of the paired differences (``baseline`` when it is there). ``results``:
     the runs' metrics where the caller trained them (:func:`train_run`), per method in
-    seed order."""
+    seed order. ``tuning``: :func:`elta_core.app.tuning.tune`'s report, whose chosen
+    setting each method trains at (and which ``compare.md`` shows)."""
+    from elta_core.app.tuning import chosen_points, settings_table
+
     methods = list(methods)
     if len(seeds) < 2:
         raise ValueError(f"seeds: a paired interval needs at least 2 seeds, got {len(seeds)}")
     out = Path(out)
+    chosen = chosen_points(tuning, methods) if tuning else {}
     if results is None:
-        results = train_runs(base, methods, seeds, out, progress)
+        results = train_runs(base, methods, seeds, out, progress, chosen)
     elif [len(results.get(m, ())) for m in methods] != [len(seeds)] * len(methods):
         raise ValueError(f"results: expected {len(seeds)} runs of each of {', '.join(methods)}")
     report = summarise(results, methods[0])
     report.update(methods=methods, seeds=list(seeds), train_arguments=list(train_arguments))
+    if tuning:
+        report["tuning"] = {m: point_label(chosen[m]) for m in methods}
+        report["markdown"] += "\n\n" + settings_table(tuning, methods)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "compare.json", {k: v for k, v in report.items() if k != "results"}
                       | {"results": {m: [_finite(r) for r in runs] for m, runs in results.items()}})
     atomic_write_text(out / "compare.md", report["markdown"] + "\n")
     _figure(out / "compare.png", results, methods)
     write_differences(out / "differences.png", report, "elta compare")
-    report["paths"] = {name: str(out / name) for name in ("compare.md", "compare.json", "compare.png",
-                                                          "differences.png")}
+    written = ("compare.md", "compare.json", "compare.png", "differences.png") + (("tuning.md",) if tuning else ())
+    report["paths"] = {name: str(out / name) for name in written}
     return report
 
 
 def train_runs(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | Path,
-               progress: bool = True) -> dict[str, list[dict[str, Any]]]:
-    """The metrics of every (method, seed) run (:func:`train_run`), seeds in order."""
+               progress: bool = True, chosen: dict[str, dict[str, Any]] | None = None
+               ) -> dict[str, list[dict[str, Any]]]:
+    """The metrics of every (method, seed) run (:func:`train_run`), seeds in order, each
+    method at its ``chosen`` point (``elta compare --tune``) where there is one."""
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     runs = [(m, s) for s in seeds for m in methods]
     clock = RemainingTime(len(runs))
@@ -117,7 +126,7 @@ def train_runs(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str
         if progress:
             print(f"compare: run {k}/{len(runs)}: {method}, seed {seed} -> {run_folder(out, method, seed)}"
                   f"{clock.line()}", flush=True)
-        results[method].append(train_run(base, method, seed, out, methods))
+        results[method].append(train_run(base, method, seed, out, methods, point=(chosen or {}).get(method)))
         clock.done()
     return results
 
@@ -127,18 +136,23 @@ def run_folder(out: str | Path, method: str, seed: int) -> Path:
     return Path(out) / "runs" / method / f"seed{seed}"
 
 
-def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Sequence[str] = ()) -> dict[str, Any]:
-    """The test metrics of the run of ``method`` with ``seed`` under ``out/runs/METHOD/seedS``,
-    trained or continued there; a finished run is read back, not trained again, so several
-    processes can share the runs of one comparison (each its own) before :func:`compare`
-    reads them. An APDS method takes its round 1 from the finished run of its
+def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Sequence[str] = (),
+              point: dict[str, Any] | None = None, folder: str | Path | None = None) -> dict[str, Any]:
+    """The metrics of the run of ``method`` with ``seed`` in ``folder`` (default
+    ``out/runs/METHOD/seedS``), trained or continued there; a finished run is read back,
+    not trained again, so several processes can share the runs of one comparison (each
+    its own) before :func:`compare` reads them. ``point``: settings of
+    :data:`~elta_core.app.methods.SEARCH_SPACES` over the method's own (``--tune``). An
+    APDS method takes its round 1 from the finished run of its
     :func:`~elta_core.app.methods.round1_donor` among ``methods`` (``--round1-from``),
     where there is one."""
     from elta_core.app.run import holds_out_calibration, train
 
-    folder, donor = run_folder(out, method, seed), round1_donor(method, methods)
+    folder = Path(folder) if folder is not None else run_folder(out, method, seed)
+    donor = round1_donor(method, methods)
     donor_run = run_folder(out, donor, seed) if donor else None
     settings = base.replace(**METHODS[method], seed=seed, out=str(folder), resume=True, quiet=True)
+    settings = settings.replace(**point_settings(settings, point or {}))
     # an APDS run that holds training images out to calibrate on trains on other rows than
     # its donor: it trains its own round 1
     if donor_run and (donor_run / "metrics.json").is_file() and not holds_out_calibration(settings):
@@ -148,6 +162,20 @@ def train_run(base: Any, method: str, seed: int, out: str | Path, methods: Seque
     except (ValueError, OSError, FloatingPointError) as error:
         raise type(error)(f"{method}, seed {seed}: {error} (its run directory is {folder})") from None
     return json.loads((folder / "metrics.json").read_text())
+
+
+def point_settings(settings: Any, point: dict[str, Any]) -> dict[str, Any]:
+    """``point``'s settings as fields of ``settings``: a field by name, ``PEER.SETTING``
+    through ``peer_settings`` (over the shared ones); shared settings of peers the run
+    does not train are left out."""
+    from elta_core.app.options import peer_settings
+
+    fields = {k: v for k, v in point.items() if "." not in k}
+    entries = {e.partition("=")[0]: e for e in settings.peer_settings if e.partition(".")[0] in settings.peers}
+    for key, value in point.items():
+        if "." in key:
+            entries[key] = peer_settings(f"{key}={value}")[0]
+    return {**fields, "peer_settings": tuple(entries.values())}
 
 
 def _finite(run: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from elta_core.app.option_groups import FORMAT_HELP, APDSSettings, LabelFile, Loading
+from elta_core.app.option_groups import FORMAT_HELP, APDSSettings, LabelFile, Loading, TuneSettings
 from elta_core.app.options import (at_least, check_number, floats, from_namespace, max_pseudo_labels, option, options_of,
-                                   peer_list, settings_parser)
+                                   peer_list, peer_settings, settings_parser)
 from elta_core.app.recipe import RECIPES, ROUND2_LR_DIVISOR, recipe_help
 from elta_core.data.labels import FORMATS
 from elta_core.peer_names import PEER_NAMES
@@ -62,6 +62,9 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     peers: tuple[str, ...] = option((), "established imbalanced-regression methods to train with, comma-separated: "
                                     f"{', '.join(PEER_NAMES)} (their authors' defaults; beside TFA and FLSA unless "
                                     "--no-tfa --flsa 0)", type=peer_list, metavar="NAMES")
+    peer_settings: tuple[str, ...] = option((), "the --peers' settings over their authors' defaults: keyword arguments "
+                                            "of their classes, e.g. ranksim.weight=1,lds.sigma=1", type=peer_settings,
+                                            metavar="PEER.SETTING=VALUE,...")
     optimizer: str | None = option(None, recipe_help("optimizer", "the optimizer"), choices=tuple(OPTIMIZERS))
     lr: float | None = option(None, recipe_help("lr", "learning rate (at the start of --lr-schedule)"), type=float)
     lr_schedule: str | None = option(None, recipe_help("lr_schedule", "constant, or cosine: the learning rate of "
@@ -89,6 +92,8 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     select_best: str | None = option(None, recipe_help("select_best", "keep the epoch with the best validation "
                                      "SRCC or PLCC (best.pt) and test that one; without a validation set "
                                      "--val-fraction of the training images is held out for it"), choices=SELECT_BEST)
+    evaluate_on: str = option("test", "the split the final model is tested on: test, or validation (to choose settings "
+                              "by; the test split and --test-labels are then never read)", choices=("test", "validation"))
     val_fraction: float = option(0.1, "held out (seeded) for testing when the file has no split, and for validation "
                                  "when --select-best needs a validation set and there is none", type=float)
     apds: bool = option(False, "one APDS self-training round after training", action="store_true", round2_only=True)
@@ -159,6 +164,7 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
         if self.num_pairs is not None and self.num_pairs >= 1:  # a count; below 1, a fraction of the batch
             object.__setattr__(self, "num_pairs", int(self.num_pairs))
         object.__setattr__(self, "peers", tuple(self.peers))
+        object.__setattr__(self, "peer_settings", tuple(self.peer_settings))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -285,7 +291,7 @@ class DoctorConfig:
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(TuneSettings):
     """``elta compare``: ``train_arguments`` are ``elta train`` arguments (after ``--``)."""
 
     methods: str | None = option(None, "comma-separated; the first is the reference of the differences (default: "

@@ -8,6 +8,7 @@ from typing import Any
 
 from elta_core import apds
 from elta_core.app.options import at_least, check_number, floats, option, thresholds
+from elta_core.comparison import SELECTION_CRITERIA
 from elta_core.data.labels import FORMATS
 
 FORMAT_HELP = ("label file format: ava (CSV with score2..score11 vote counts), ava-txt (AVA.txt), tad66k (image,score "
@@ -91,3 +92,19 @@ class APDSSettings:
                          lambda m: 0 < m < 1 or (m >= 1 and m == int(m)))
         if self.min_selected is not None and self.min_selected >= 1:  # a count; below 1, a fraction
             object.__setattr__(self, "min_selected", int(self.min_selected))
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """``elta compare --tune`` (:mod:`elta_core.app.tuning`)."""
+
+    tune: int = option(0, "first choose each method's main settings: the first TRIALS points of its search space "
+                       "(below; alone: 4), each trained with --tune-seeds and scored on the validation split by "
+                       "--tune-criterion, the test split unread; then every seed trains at the chosen setting "
+                       "(needs a fixed test split: --test-labels or a split column)", type=at_least(0),
+                       bare=4, metavar="TRIALS")
+    tune_seeds: int = option(2, "seeds of each trial: 1000, 1001, ... (apart from the reported seeds)",
+                             type=at_least(1))
+    tune_criterion: str = option("mae", "what a trial is scored by on the validation split: "
+                                 + "; ".join(f"{name}: {text}" for name, (_, _, text) in SELECTION_CRITERIA.items()),
+                                 choices=tuple(SELECTION_CRITERIA))

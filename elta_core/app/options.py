@@ -70,6 +70,45 @@ def peer_list(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def peer_settings(text: str) -> tuple[str, ...]:
+    """``PEER.SETTING=VALUE,...`` as entries ``PEER.SETTING=VALUE``, a number written as
+    Python writes the float (so ``1`` and ``1.0`` are one setting of a run's identity)."""
+    import math
+
+    entries: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        key, _, value = item.partition("=")
+        peer, _, name = key.partition(".")
+        if peer not in PEER_NAMES or not name.isidentifier() or not value.strip():
+            raise argparse.ArgumentTypeError(f"expected PEER.SETTING=VALUE with PEER one of {', '.join(PEER_NAMES)} "
+                                             f"(comma-separated), got {item!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            entries[key] = f"{key}={value.strip()}"
+            continue
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"expected a finite number for {key}, got {value!r}")
+        if key in entries:
+            raise argparse.ArgumentTypeError(f"{key} is given twice in {text!r}")
+        entries[key] = f"{key}={number!r}"
+    return tuple(entries.values())
+
+
+def peer_setting_values(entries: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """:func:`peer_settings`' entries by peer: ``{"ranksim": {"weight": 1.0}}`` (a value
+    that is not a number stays text)."""
+    values: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        peer, _, name = key.partition(".")
+        try:
+            values.setdefault(peer, {})[name] = float(value)
+        except ValueError:
+            values.setdefault(peer, {})[name] = value
+    return values
+
+
 def check_number(value: Any, flag: str, expected: str, ok: Callable[[float], bool]) -> None:
     """Refuse a NaN, an infinity or a value outside ``ok``, naming the option, before
     anything is trained or recorded (a NaN would otherwise surface as an unwritable

@@ -22,7 +22,8 @@ from elta_core.run_state import RunManifest, StaleStateError, fingerprint, sha25
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 # What a run recorded before an option existed did, so that it resumes under that value.
-SETTINGS_BEFORE_RECORDED = {"lr_schedule": "constant", "pretrained": None}
+SETTINGS_BEFORE_RECORDED = {"lr_schedule": "constant", "pretrained": None, "peer_settings": [],
+                            "evaluate_on": "test"}
 
 
 def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | None = None) -> RunManifest:

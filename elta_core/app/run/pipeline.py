@@ -21,7 +21,7 @@ from elta_core.adapters.torch.loop import make_optimizer
 from elta_core.adapters.torch.modules import find_module
 from elta_core.app import recipe
 from elta_core.app.config import TrainConfig
-from elta_core.app.options import arguments_for
+from elta_core.app.options import arguments_for, peer_setting_values
 from elta_core.app.models import check_weights_source
 from elta_core.app.run.adopt import adopt_round1
 from elta_core.app.run.directory import BEST, CHECKPOINT, open_run_everywhere, run_lock
@@ -31,7 +31,7 @@ from elta_core.app.run.resources import device_named, loader_options, shows_prog
 from elta_core.app.run.round1 import load_best, train_round1
 from elta_core.app.run.round2 import train_round2, unlabelled_pool
 from elta_core.app.run.splits import DataSplits, check_choices_not_on_test, check_splits, data_splits, write_split
-from elta_core.data.labels import LabelTable, load_labels
+from elta_core.data.labels import load_labels
 from elta_core.io import atomic_write_json
 from elta_core.run_state import StaleStateError
 
@@ -50,6 +50,10 @@ def _check_train_args(settings: TrainConfig) -> None:
     if changing and settings.head == "sigmoid":
         raise ValueError(f"peers: {changing[0]} changes the task loss, and --head sigmoid has its own (MSE on the "
                          f"labels' scale); use --head linear or emd-mlp with {changing[0]}")
+    for entry in settings.peer_settings:
+        if entry.partition(".")[0] not in named:
+            raise ValueError(f"peer_settings: {entry} sets {entry.partition('.')[0]}, which --peers does not name")
+    _peers(settings, None)  # a setting a peer does not take, or a value it refuses, before the run directory
     if "bmse" in named and ddp.launched_by_torchrun():
         raise ValueError("peers: bmse learns its noise scale outside the DDP model, so the processes would drift "
                          "apart; run bmse in one process")
@@ -106,7 +110,7 @@ def _train(settings: TrainConfig, hold_out: Callable[[], Any] = lambda: None) ->
         bin_values=config.bin_values, score_scale=score_scale_of(table), seed=settings.seed + ddp.rank(),
         flsa_scope=settings.flsa_scope if ddp.is_distributed() else "local",
         task_loss=ScaledScoreMSE(table.scale[1], config.bin_values) if settings.head == "sigmoid" else None,
-        peers=_peers(settings, splits.train),
+        peers=_peers(settings, splits.train.scores),
     )
     train_data, val_data, test_data, held_out = _datasets(settings, splits, config)
     pool = unlabelled_pool(settings, table, config) if settings.apds else None  # its errors before round 1
@@ -144,15 +148,18 @@ def _train(settings: TrainConfig, hold_out: Callable[[], Any] = lambda: None) ->
     result["world_size"] = ddp.world_size()
     if best:
         result.update(best_epoch=best["epoch"], **{f"best_val_{settings.select_best}": best["value"]})
-    write_on_main(write_predictions, evaluation, out, f"{settings.backbone}, test split")
+    if settings.evaluate_on != "test":
+        result["evaluated_on"] = settings.evaluate_on
+    write_on_main(write_predictions, evaluation, out, f"{settings.backbone}, {settings.evaluate_on} split")
     write_on_main(atomic_write_json, out / "metrics.json", json_ready(result))
     if skipped and ddp.is_main():
         print(f"weights: {len(skipped)} head tensors not loaded (a new head), e.g. {skipped[0]}")
     return result
 
 
-def _peers(settings: TrainConfig, train_table: LabelTable) -> list:
-    """The plug-ins named by ``--peers``, with their papers' defaults; LDS and FDS bin the
-    training split's labels."""
-    made = [peers.PEERS[name] for name in getattr(settings, "peers", None) or []]
-    return [kind(train_table.scores) if kind.needs_train_labels else kind() for kind in made]
+def _peers(settings: TrainConfig, train_labels: Any) -> list:
+    """The plug-ins named by ``--peers``, with their papers' defaults where
+    ``--peer-settings`` does not set them; LDS and FDS bin ``train_labels`` (the training
+    split's scores)."""
+    values = peer_setting_values(settings.peer_settings)
+    return [peers.make_peer(name, train_labels, values.get(name)) for name in settings.peers]

@@ -59,16 +59,19 @@ def own_test_split(table: LabelTable) -> str | None:
 def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
     """Training, validation and test rows. Test: ``--test-labels``, else the file's test
     split, else a random hold-out. Validation: ``--val-labels``, else the file's validation
-    split (when it also has a test split), else, when ``--select-best`` needs one, a random
-    ``--val-fraction`` of the training rows."""
+    split (when it also has a test split), else, when ``--select-best`` or
+    ``--evaluate-on validation`` needs one, a random ``--val-fraction`` of the training
+    rows. With ``--evaluate-on validation`` the validation rows are also the rows tested,
+    and the test split is left out unread (``--test-labels`` is not opened)."""
     load = lambda path: load_labels(path, settings.format, image_root=settings.images, **settings.csv_options())  # noqa: E731
+    on_validation = settings.evaluate_on == "validation"
     if settings.test_labels:
-        train_rows, test = table, load(settings.test_labels)
+        train_rows, test = table, None if on_validation else load(settings.test_labels)
         if table.split is not None and "train" in table.split:
             train_rows = table.subset(_rows(table, ("train",)))
     else:
         train_rows, test = split_table(table, settings.val_fraction, settings.seed)
-        if own_test_split(table) in ("validation", "val") and ddp.is_main():
+        if own_test_split(table) in ("validation", "val") and ddp.is_main() and not on_validation:
             print(f"split: {table.source} has train and validation rows and no test rows; its validation rows are the "
                   "test split (with --test-labels FILE they validate, and FILE tests)")
     validation = None
@@ -76,11 +79,14 @@ def data_splits(settings: TrainConfig, table: LabelTable) -> DataSplits:
         validation = load(settings.val_labels)
     elif has_own_validation_split(table, settings.test_labels):
         validation = table.subset(_rows(table, ("validation", "val")))
-    elif settings.select_best != "none":
+    elif settings.select_best != "none" or on_validation:
         train_rows, validation = hold_out_rows(train_rows, settings.val_fraction, settings.seed + 1)
         if ddp.is_main():
-            print(f"select-best: no validation set given; holding out {len(validation)} training images for it "
+            needs = "select-best" if settings.select_best != "none" else "evaluate-on validation"
+            print(f"{needs}: no validation set given; holding out {len(validation)} training images for it "
                   "(--val-fraction)")
+    if on_validation:
+        test = validation
     calibration = None
     if settings.apds and not settings.calibration and validation is None and settings.calibrate_on == "auto":
         train_rows, calibration = hold_out_rows(train_rows, settings.val_fraction, settings.seed + 2)
@@ -141,6 +147,8 @@ def check_choices_not_on_test(settings: TrainConfig, splits: DataSplits) -> None
     made on the test set (``--calibrate-on test`` is the way to ask for that)."""
     if splits.validation is None or not (settings.select_best != "none" or (settings.apds and not settings.calibration)):
         return
+    if splits.test is splits.validation:  # --evaluate-on validation: choosing on these rows is what it is for
+        return
     tested = set(splits.test.images)
     shared = [image for image in splits.validation.images if image in tested]
     if shared:
@@ -152,7 +160,8 @@ def check_choices_not_on_test(settings: TrainConfig, splits: DataSplits) -> None
 
 def split_images(splits: DataSplits) -> dict[str, list[str]]:
     """The images of each split a run uses, by the names ``split.csv`` gives them."""
-    parts = (splits.train, splits.validation, splits.calibration, splits.test)
+    parts = (splits.train, splits.validation, splits.calibration,
+             None if splits.test is splits.validation else splits.test)  # --evaluate-on validation: no test rows
     return {name: list(part.images) for name, part in zip(RUN_SPLITS, parts) if part is not None}
 
 

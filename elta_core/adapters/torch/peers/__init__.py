@@ -33,7 +33,7 @@ was written, so the docstrings name each paper and method, not its equation numb
 
 from __future__ import annotations
 
-from elta_core.adapters.torch.peers.base import Peer, check_peers, task_loss_changers
+from elta_core.adapters.torch.peers.base import Peer, check_peers, make_peer, task_loss_changers
 from elta_core.adapters.torch.peers.binning import MAX_BINS, bin_index, gaussian_window, smooth_bins
 from elta_core.adapters.torch.peers.bmse import BalancedMSE, bmc_loss
 from elta_core.adapters.torch.peers.cmixup import CMixup, _beta, cmixup_probabilities  # noqa: F401
@@ -47,4 +47,4 @@ PEERS: dict[str, type[Peer]] = {name: peer_class(name) for name in PEER_NAMES}
 
 __all__ = ["BalancedMSE", "CMixup", "FDS", "LDS", "LDS_REWEIGHTS", "MAX_BINS", "PEERS", "Peer", "RankSim", "bin_index",
            "bmc_loss", "check_peers", "cmixup_probabilities", "fds_calibrate", "gaussian_window", "lds_weights",
-           "ranksim_loss", "smooth_bins", "task_loss_changers", "unique_label_rows"]
+           "make_peer", "ranksim_loss", "smooth_bins", "task_loss_changers", "unique_label_rows"]

@@ -4,6 +4,7 @@ calls, and the check of a wrapper's ``peers`` argument."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -110,6 +111,42 @@ def task_loss_changers(peers: Sequence[Peer | type[Peer]]) -> list[str]:
     if len(replacing) > 1:
         raise ValueError(f"peers: {' and '.join(replacing)} both change the task loss; use one of them")
     return replacing
+
+
+def make_peer(name: str, train_labels: Any, settings: dict[str, Any] | None = None) -> Peer:
+    """The peer registered as ``name``, with ``settings`` (``--peer-settings``: keyword
+    arguments of its class, a number converted to the type of the argument's default) in
+    place of its defaults; ``train_labels`` for a peer that bins them (LDS, FDS)."""
+    from elta_core.peer_names import peer_class
+
+    kind = peer_class(name)
+    parameters = {n: p.default for n, p in inspect.signature(kind.__init__).parameters.items()
+                  if n not in ("self", "train_labels") and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    arguments = {}
+    for setting, value in (settings or {}).items():
+        if setting not in parameters:
+            raise ValueError(f"peer_settings: {name} has no setting {setting!r} (its settings: "
+                             f"{', '.join(parameters)})")
+        arguments[setting] = _as_type_of(parameters[setting], value, f"peer_settings: {name}.{setting}")
+    try:
+        return kind(train_labels, **arguments) if kind.needs_train_labels else kind(**arguments)
+    except ValueError as error:
+        if not arguments:
+            raise
+        raise ValueError(f"peer_settings: {name}: {error}") from None
+
+
+def _as_type_of(default: Any, value: Any, name: str) -> Any:
+    if isinstance(default, str):
+        return value if isinstance(value, str) else f"{value:g}"
+    if isinstance(value, str) or isinstance(default, (bool, tuple, list)):
+        raise ValueError(f"{name}: expected {'a number' if isinstance(value, str) else 'a setting of one value'}, "
+                         f"got {value!r}")
+    if isinstance(default, int):
+        if value != int(value):
+            raise ValueError(f"{name}: expected a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def registered_class_names() -> list[str]:
