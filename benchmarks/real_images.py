@@ -137,28 +137,40 @@ def mean_std_cells(rows: list[dict]) -> list[str]:
             for k, _ in VALIDATION_KEYS]
 
 
-def validation_table(out: Path, methods: list[str], seeds: list[int]) -> str:
-    """Each run's final checkpoint on ``val.csv``, mean +- sample std over the seeds: the
+def validation_table(comparison: Path, methods: list[str], seeds: list[int]) -> str:
+    """Each run of the comparison in ``comparison`` (``DIR/compare``, ``DIR/tuned``), its
+    final checkpoint on ``DIR/data/val.csv``, mean +- sample std over the seeds: the
     numbers settings are chosen on (the test split is only reported)."""
     from elta_core.app.compare import run_folder
 
     lines = ["| method (validation split) | " + " | ".join(short for _, short in VALIDATION_KEYS) + " |",
              "|---|" + "---:|" * len(VALIDATION_KEYS)]
     for method in methods:
-        rows = [validate_run(out / "data", run_folder(out / "compare", method, seed)) for seed in seeds]
+        rows = [validate_run(comparison.parent / "data", run_folder(comparison, method, seed)) for seed in seeds]
         lines.append(f"| {method} | " + " | ".join(mean_std_cells(rows)) + " |")
     return "\n".join(lines)
 
 
-def train_and_validate(arguments: list[str], method: str, seed: int, out: str, methods: list[str]) -> dict:
-    """One pool process's task: the (method, seed) run of the comparison, and its
-    validation-split evaluation; returns its test metrics."""
+def train_and_validate(arguments: list[str], method: str, seed: int, out: str, methods: list[str],
+                       point: dict | None = None) -> dict:
+    """One pool process's task: the (method, seed) run of the comparison in ``out`` (at
+    ``point``, a setting chosen by tuning, where there is one), and its validation-split
+    evaluation; returns its test metrics."""
     from elta_core.app.config import train_settings
     from elta_core.app.compare import run_folder, train_run
 
-    metrics = train_run(train_settings(arguments).replace(threads=1), method, seed, Path(out) / "compare", methods)
-    validate_run(Path(out) / "data", run_folder(Path(out) / "compare", method, seed))
+    metrics = train_run(train_settings(arguments).replace(threads=1), method, seed, out, methods, point=point)
+    validate_run(Path(out).parent / "data", run_folder(out, method, seed))
     return metrics
+
+
+def train_trial(arguments: list[str], method: str, point: dict, seed: int, out: str) -> dict:
+    """One pool process's task: a tuning trial (:func:`elta_core.app.tuning.train_trial`),
+    validated on ``val.csv`` (``--val-labels``)."""
+    from elta_core.app import tuning
+    from elta_core.app.config import train_settings
+
+    return tuning.train_trial(train_settings(arguments).replace(threads=1), method, point, seed, out)
 
 
 # glibc settings for the pool's processes: keep freed memory in the heap (no mmap, no trim)
@@ -183,41 +195,70 @@ def _environment(variables: dict[str, str]):
                 os.environ[name] = value
 
 
-def run_all(arguments: list[str], out: Path, methods: list[str], seeds: list[int], parallel: int) -> dict:
-    """Every (method, seed) run in a pool of ``parallel`` processes: the runs that train
-    round 1 first (``elta`` first in each seed), then each APDS run, short, once its
-    round-1 donor is done; the metrics per method in seed order."""
+def run_in_pool(jobs: dict, after: dict, parallel: int, name: str) -> dict:
+    """Every job of ``jobs`` (key -> (function, arguments)) in a pool of ``parallel``
+    processes, in the order given, a job whose key ``after`` maps to another key once that
+    one is done; the results by key."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
     from elta_core.app.compare import RemainingTime
-    from elta_core.app.methods import round1_donor
 
-    donors = {m: round1_donor(m, methods) for m in methods}
-    order = lambda run: (donors[run[0]] is not None, run[1], run[0] not in donors.values())  # noqa: E731
-    waiting = sorted(((m, s) for s in seeds for m in methods), key=order)
-    done: dict[tuple[str, int], dict] = {}
+    waiting, done = list(jobs), {}
     clock = RemainingTime(len(waiting))
     with _environment(WORKER_MALLOC), ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
         running: dict = {}
         while waiting or running:
-            ready = [r for r in waiting if donors[r[0]] is None or (donors[r[0]], r[1]) in done]
+            ready = [key for key in waiting if after.get(key) is None or after[key] in done]
             if not ready and not running:
-                raise RuntimeError(f"runs {waiting} wait for round-1 donors that are not scheduled")
-            for run in ready[:parallel - len(running)]:
-                waiting.remove(run)
-                running[pool.submit(train_and_validate, arguments, *run, str(out), methods)] = run
+                raise RuntimeError(f"jobs {waiting} wait for jobs that are not scheduled")
+            for key in ready[:parallel - len(running)]:
+                waiting.remove(key)
+                function, arguments = jobs[key]
+                running[pool.submit(function, *arguments)] = key
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                method, seed = running.pop(future)
+                key = running.pop(future)
                 try:
-                    done[method, seed] = future.result()
+                    done[key] = future.result()
                 except BaseException:
                     pool.shutdown(cancel_futures=True)
                     raise
                 clock.done()
-                print(f"real_images: {method}, seed {seed} done{clock.line()}", flush=True)
+                print(f"{name}: {', '.join(map(str, key))} done{clock.line()}", flush=True)
+    return done
+
+
+def run_all(arguments: list[str], out: Path, methods: list[str], seeds: list[int], parallel: int,
+            chosen: dict | None = None) -> dict:
+    """Every (method, seed) run of the comparison in ``out`` in a pool of ``parallel``
+    processes: the runs that train round 1 first (``elta`` first in each seed), then each
+    APDS run, short, once its round-1 donor is done; each method at its ``chosen`` point
+    where there is one. The metrics per method in seed order."""
+    from elta_core.app.methods import round1_donor
+
+    donors = {m: round1_donor(m, methods) for m in methods}
+    order = lambda run: (donors[run[0]] is not None, run[1], run[0] not in donors.values())  # noqa: E731
+    runs = sorted(((m, s) for s in seeds for m in methods), key=order)
+    jobs = {(m, s): (train_and_validate, (arguments, m, s, str(out), methods, (chosen or {}).get(m))) for m, s in runs}
+    after = {(m, s): (donors[m], s) if donors[m] else None for m, s in runs}
+    done = run_in_pool(jobs, after, parallel, "real_images")
     return {m: [done[m, s] for s in seeds] for m in methods}
+
+
+def tune_all(arguments: list[str], out: Path, methods: list[str], budget: int, seeds: list[int], criterion: str,
+             parallel: int) -> dict:
+    """``elta compare --tune``'s trials in a pool of ``parallel`` processes, scored on
+    ``val.csv``; then its report (:func:`elta_core.app.tuning.tune`, which reads the
+    finished trials back)."""
+    from elta_core.app import tuning
+    from elta_core.app.config import train_settings
+
+    base = train_settings(arguments).replace(threads=1)
+    jobs = {(m, tuning.point_label(p), s): (train_trial, (arguments, m, p, s, str(out)))
+            for m, p, s in tuning.trial_plan(base, methods, budget, seeds)}
+    run_in_pool(jobs, {}, parallel, "real_images tuning")
+    return tuning.tune(base, methods, budget, seeds, criterion, out, progress=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,15 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=60, help="the measured table's length (docs/design.md)")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--parallel", type=int, default=2, help="processes, one torch thread each")
+    parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                        help="also the comparison with every method tuned (elta compare --tune) under DIR/tuned, "
+                             "the untuned one kept in DIR/compare")
+    parser.add_argument("--tune-seeds", type=int, default=2)
+    parser.add_argument("--tune-criterion", default="mae")
     parser.add_argument("--write-only", action="store_true")
     parser.add_argument("extra", nargs="*", help="more elta train arguments, after --")
     args = parser.parse_args(argv)
-    from elta_core.app.config import train_settings
-    from elta_core.app.compare import check_train_arguments, compare
+    from elta_core.app import tuning
+    from elta_core.app.compare import check_train_arguments
     from elta_core.app.methods import parse_methods
+    from elta_core.comparison import SELECTION_CRITERIA
 
     check_train_arguments(args.extra)  # a method's own setting (--flsa, --num-pairs ...) would be overridden
-    for name, least in (("seeds", 2), ("epochs", 1), ("parallel", 1)):  # refused now, not after the training
+    for name, least in (("seeds", 2), ("epochs", 1), ("parallel", 1), ("tune", 0), ("tune_seeds", 1)):  # refused now
         if getattr(args, name) < least:
             raise ValueError(f"{name}: expected at least {least}, got {getattr(args, name)}")
     out = Path(args.out)
@@ -247,14 +294,38 @@ def main(argv: list[str] | None = None) -> int:
 
     arguments = train_arguments(data, args.epochs, data / "pool.csv") + [a for a in args.extra if a != "--"]
     methods, seeds = parse_methods(args.methods), list(range(args.seeds))
-    results = run_all(arguments, out, methods, seeds, args.parallel)
-    base = train_settings(arguments).replace(threads=1)
-    report = compare(base, methods, seeds, out / "compare", progress=False, train_arguments=arguments,
-                     results=results)
-    validation = validation_table(out, methods, seeds)
-    atomic_write_text(out / "compare" / "validation.md", validation + "\n")
-    print(report["markdown"] + "\n\n" + validation)
+    if args.tune:
+        tuning.tuning_seeds(args.tune_seeds, seeds)  # refused now: a tuning seed among the reported ones
+        if args.tune_criterion not in SELECTION_CRITERIA:
+            raise ValueError(f"tune_criterion: expected one of {', '.join(SELECTION_CRITERIA)}, got "
+                             f"{args.tune_criterion!r}")
+    tables = [_comparison(arguments, out / "compare", methods, seeds, args.parallel)]
+    if args.tune:
+        # the trials validate on val.csv every epoch (--val-labels); the reported runs do not need to
+        trials = arguments + ["--val-labels", str(data / "val.csv")]
+        report = tune_all(trials, out / "tuned", methods, args.tune, tuning.tuning_seeds(args.tune_seeds, seeds),
+                          args.tune_criterion, args.parallel)
+        tables.append(_comparison(arguments, out / "tuned", methods, seeds, args.parallel, report))
+    print("\n\n".join(tables))
     return 0
+
+
+def _comparison(arguments: list[str], out: Path, methods: list[str], seeds: list[int], parallel: int,
+                tuning_report: dict | None = None) -> str:
+    """The comparison in ``out`` (its runs trained in the pool, at the tuned settings of
+    ``tuning_report`` where given) and its tables, ``validation.md`` included."""
+    from elta_core.app.config import train_settings
+    from elta_core.app.compare import compare
+    from elta_core.app.tuning import chosen_points
+
+    chosen = chosen_points(tuning_report, methods) if tuning_report else None
+    results = run_all(arguments, out, methods, seeds, parallel, chosen)
+    base = train_settings(arguments).replace(threads=1)
+    report = compare(base, methods, seeds, out, progress=False, train_arguments=arguments, results=results,
+                     tuning=tuning_report)
+    validation = validation_table(out, methods, seeds)
+    atomic_write_text(out / "validation.md", validation + "\n")
+    return report["markdown"] + "\n\n" + validation
 
 
 if __name__ == "__main__":

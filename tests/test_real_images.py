@@ -77,11 +77,11 @@ def test_the_validation_table_evaluates_a_changed_checkpoint_again(tmp_path, mon
         run = tmp_path / "compare" / "runs" / "elta" / f"seed{seed}"
         run.mkdir(parents=True)
         (run / "checkpoint.pt").write_bytes(b"epoch 20")
-    real_images.validation_table(tmp_path, ["elta"], [0, 1])
-    real_images.validation_table(tmp_path, ["elta"], [0, 1])
+    real_images.validation_table(tmp_path / "compare", ["elta"], [0, 1])
+    real_images.validation_table(tmp_path / "compare", ["elta"], [0, 1])
     assert len(calls) == 2, "an unchanged checkpoint is not evaluated twice"
     (tmp_path / "compare" / "runs" / "elta" / "seed1" / "checkpoint.pt").write_bytes(b"epoch 40")
-    table = real_images.validation_table(tmp_path, ["elta"], [0, 1])
+    table = real_images.validation_table(tmp_path / "compare", ["elta"], [0, 1])
     assert len(calls) == 3 and calls[-1].endswith("seed1/checkpoint.pt")
     assert "| elta | 2.000 ± 1.414 |" in table, "seed 1's new metrics (3), not its old ones (2)"
 
@@ -127,6 +127,28 @@ def test_the_benchmark_trains_each_round_1_once_and_resumes_run_by_run(tmp_path)
     elta = (runs / "elta" / "seed0" / "metrics.csv").read_text().splitlines()[1:]
     # (separate's round-2 rows add a column, which round 1's leave empty)
     assert rows[0].startswith(elta[0] + ",1"), "round 1 is the benchmark's, not trained again"
+
+
+@pytest.mark.slow
+def test_the_tuned_benchmark_tunes_on_val_csv_and_keeps_the_untuned_table_beside_it(tmp_path):
+    import json
+
+    pytest.importorskip("torchvision")
+    out = tmp_path / "bench"
+    assert real_images.main(["--out", str(out), "--seeds", "2", "--epochs", "1", "--methods", "baseline,ranksim",
+                             "--tune", "2", "--tune-seeds", "1"]) == 0
+    assert (out / "compare" / "compare.md").is_file() and not (out / "compare" / "tuning.json").exists()
+    report = json.loads((out / "tuned" / "tuning.json").read_text())
+    chosen = report["methods"]["ranksim"]["chosen"]["ranksim.weight"]
+    trial = out / "tuned" / "tuning" / "ranksim" / "ranksim.weight=1" / "seed1000"
+    config = json.loads((trial / "manifest.json").read_text())["config"]
+    assert config["val_labels"].endswith("val.csv") and config["evaluate_on"] == "validation"
+    for seed in (0, 1):
+        run = json.loads((out / "tuned" / "runs" / "ranksim" / f"seed{seed}" / "manifest.json").read_text())
+        assert run["config"]["peer_settings"] == [f"ranksim.weight={chosen!r}"]
+        assert run["config"]["val_labels"] is None, "the reported runs do not validate every epoch"
+    assert "setting chosen by --tune" in (out / "tuned" / "compare.md").read_text()
+    assert (out / "tuned" / "validation.md").read_text().startswith("| method (validation split) |")
 
 
 @pytest.mark.parametrize("text,message", [
