@@ -315,8 +315,7 @@ def _comparison(arguments: list[str], out: Path, methods: list[str], seeds: list
     """The comparison in ``out`` (its runs trained in the pool, at the tuned settings of
     ``tuning_report`` where given) and its tables, ``validation.md`` included."""
     from elta_core.app.config import train_settings
-    from elta_core.app.compare import compare
-    from elta_core.app.tuning import chosen_points
+    from elta_core.app.compare import chosen_points, compare
 
     chosen = chosen_points(tuning_report, methods) if tuning_report else None
     results = run_all(arguments, out, methods, seeds, parallel, chosen)

@@ -12,6 +12,7 @@ run whose settings changed is refused by name, never reused.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,8 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from elta_core.app.methods import METHODS, SET_PER_RUN, point_label, round1_donor
-from elta_core.comparison import paired_difference
+from elta_core.app.methods import METHODS, SET_PER_RUN, point_label, round1_donor, tuned_as
+from elta_core.comparison import SELECTION_CRITERIA, paired_difference
 from elta_core.io import atomic_write_json, atomic_write_text
 
 MIN_SEEDS_FOR_INTERVALS = 3
@@ -87,8 +88,6 @@ def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | 
     the runs' metrics where the caller trained them (:func:`train_run`), per method in
     seed order. ``tuning``: :func:`elta_core.app.tuning.tune`'s report, whose chosen
     setting each method trains at (and which ``compare.md`` shows)."""
-    from elta_core.app.tuning import chosen_points, settings_table
-
     methods = list(methods)
     if len(seeds) < 2:
         raise ValueError(f"seeds: a paired interval needs at least 2 seeds, got {len(seeds)}")
@@ -176,6 +175,32 @@ def point_settings(settings: Any, point: dict[str, Any]) -> dict[str, Any]:
         if "." in key:
             entries[key] = peer_settings(f"{key}={value}")[0]
     return {**fields, "peer_settings": tuple(entries.values())}
+
+
+def chosen_points(report: dict[str, Any], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each of ``methods``' chosen point (an APDS method: its round-1 method's)."""
+    return {m: report["methods"][tuned_as(m)]["chosen"] for m in methods}
+
+
+def settings_table(report: dict[str, Any], methods: Sequence[str]) -> str:
+    """The setting each of ``methods`` trained at, for ``compare.md``."""
+    name, budget = SELECTION_CRITERIA[report["criterion"]][2], report["budget"]
+    lines = ["| method | setting chosen by --tune | " + name + " (mean over the tuning seeds) | trials |",
+             "|---|---|---:|---:|"]
+    for method in methods:
+        tuned = report["methods"][tuned_as(method)]
+        via = f" (as {tuned_as(method)})" if tuned_as(method) != method else ""
+        if not tuned["trials"]:
+            lines.append(f"| {method} | nothing to tune{via} | | 0 |")
+            continue
+        chosen = next(r for r in tuned["trials"] if r["setting"] == tuned["setting"])
+        diverged = chosen["mean"] is None or math.isnan(chosen["mean"])  # null once read back from tuning.json
+        value = "every trial diverged" if diverged else f"{chosen['mean']:.3f}"
+        lines.append(f"| {method} | {chosen['setting'] + via} | {value} | {len(tuned['trials'])} |")
+    seeds = ("seed " if len(report["seeds"]) == 1 else "seeds ") + ", ".join(map(str, report["seeds"]))
+    return ("\n".join(lines) + f"\n\nEach method: the first {budget} points of its search space (elta compare --help), "
+            f"each trained with the tuning {seeds} and scored on the validation split; the test split was not read. "
+            "Every trial: tuning.md.")
 
 
 def _finite(run: dict[str, Any]) -> dict[str, Any]:

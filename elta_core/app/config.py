@@ -92,8 +92,9 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     select_best: str | None = option(None, recipe_help("select_best", "keep the epoch with the best validation "
                                      "SRCC or PLCC (best.pt) and test that one; without a validation set "
                                      "--val-fraction of the training images is held out for it"), choices=SELECT_BEST)
-    evaluate_on: str = option("test", "the split the final model is tested on: test, or validation (to choose settings "
-                              "by; the test split and --test-labels are then never read)", choices=("test", "validation"))
+    evaluate_on: str = option("test", "the split the final model is tested on: test, or validation (to choose "
+                              "settings by; the test split and --test-labels are then never read)",
+                              choices=("test", "validation"))
     val_fraction: float = option(0.1, "held out (seeded) for testing when the file has no split, and for validation "
                                  "when --select-best needs a validation set and there is none", type=float)
     apds: bool = option(False, "one APDS self-training round after training", action="store_true", round2_only=True)

@@ -105,6 +105,6 @@ class TuneSettings:
                        bare=4, metavar="TRIALS")
     tune_seeds: int = option(2, "seeds of each trial: 1000, 1001, ... (apart from the reported seeds)",
                              type=at_least(1))
-    tune_criterion: str = option("mae", "what a trial is scored by on the validation split: "
-                                 + "; ".join(f"{name}: {text}" for name, (_, _, text) in SELECTION_CRITERIA.items()),
+    tune_criterion: str = option("mae", "what a trial is scored by on the validation split: " + "; ".join(
+        f"{name}: {text}" for name, (_, _, text) in SELECTION_CRITERIA.items()).replace("%", "%%"),  # argparse's %
                                  choices=tuple(SELECTION_CRITERIA))

@@ -132,11 +132,6 @@ def tune(base: Any, methods: Sequence[str], budget: int, seeds: Sequence[int], c
     return report
 
 
-def chosen_points(report: dict[str, Any], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Each of ``methods``' chosen point (an APDS method: its round-1 method's)."""
-    return {m: report["methods"][tuned_as(m)]["chosen"] for m in methods}
-
-
 def tuning_markdown(report: dict[str, Any]) -> str:
     """Every trial's criterion per tuning seed and mean, the chosen setting marked."""
     name = SELECTION_CRITERIA[report["criterion"]][2]
@@ -150,26 +145,6 @@ def tuning_markdown(report: dict[str, Any]) -> str:
             mark = "chosen" if row["setting"] == tuned["setting"] else ""
             lines.append(f"| {method} | {row['setting']} | {values} | {mean} | {mark} |")
     return "\n".join(lines)
-
-
-def settings_table(report: dict[str, Any], methods: Sequence[str]) -> str:
-    """The setting each of ``methods`` trained at, for ``compare.md``."""
-    name, budget = SELECTION_CRITERIA[report["criterion"]][2], report["budget"]
-    lines = ["| method | setting chosen by --tune | " + name + " (mean over the tuning seeds) | trials |",
-             "|---|---|---:|---:|"]
-    for method in methods:
-        tuned = report["methods"][tuned_as(method)]
-        via = f" (as {tuned_as(method)})" if tuned_as(method) != method else ""
-        if not tuned["trials"]:
-            lines.append(f"| {method} | nothing to tune{via} | | 0 |")
-            continue
-        chosen = next(r for r in tuned["trials"] if r["setting"] == tuned["setting"])
-        value = "every trial diverged" if _undefined(chosen["mean"]) else f"{chosen['mean']:.3f}"
-        lines.append(f"| {method} | {chosen['setting'] + via} | {value} | {len(tuned['trials'])} |")
-    seeds = ("seed " if len(report["seeds"]) == 1 else "seeds ") + ", ".join(map(str, report["seeds"]))
-    return ("\n".join(lines) + f"\n\nEach method: the first {budget} points of its search space (elta compare --help), "
-            f"each trained with the tuning {seeds} and scored on the validation split; the test split was not read. "
-            "Every trial: tuning.md.")
 
 
 def _undefined(value: float | None) -> bool:  # NaN here, null once read back from tuning.json
