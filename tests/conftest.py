@@ -2,6 +2,11 @@ import os
 
 # Triton reads this when its kernel modules are imported, so it must come first.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under pytest-xdist (the README's test command: one worker a core), torch computes on one
+# thread in each worker: two workers of two threads each on two cores stall each other's
+# thread pools (README, "elta demo": 2 threads on a busy machine took 3 times as long as 1).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -106,7 +106,9 @@ def test_an_fp16_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run(pn
     again and train another model."""
     scaler = torch.amp.GradScaler
     monkeypatch.setattr(torch.amp, "GradScaler", lambda *args, **kwargs: scaler(*args, init_scale=2.0 ** 24, **kwargs))
-    fp16 = ("--precision", "fp16", "--epochs", "3", "--workers", "0", "--lr-schedule", "constant")
+    # timm's test ResNet: fp16's backward on a CPU is slow, and resnet18's took 90 s of the suite here
+    fp16 = ("--precision", "fp16", "--epochs", "3", "--workers", "0", "--lr-schedule", "constant",
+            "--backbone", "timm/test_resnet")
     assert _train(png_data, tmp_path / "straight", *fp16) == 0
     assert _train(png_data, tmp_path / "resumed", *fp16, "--stop-after-epoch", "2") == 0
     saved = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["grad_scaler"]

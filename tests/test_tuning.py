@@ -99,6 +99,19 @@ def test_evaluate_on_validation_reads_no_test_row(data, tmp_path):
     assert sum(1 for _ in (out / "predictions.csv").open()) - 1 == validation_images
 
 
+def test_a_run_recorded_before_peer_settings_and_evaluate_on_resumes(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    run = ["train", *arguments(data), "--lr-schedule", "constant", "--out", str(out), "--quiet"]
+    assert main([*run, "--epochs", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("peer_settings", "evaluate_on"):  # as a run of the version before them recorded it
+        del manifest["config"][name]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main([*run, "--epochs", "2", "--resume"]) == 0
+    assert main([*run, "--epochs", "2", "--resume", "--evaluate-on", "validation"]) == 2  # not what it recorded
+    assert "evaluate_on" in capsys.readouterr().err
+
+
 def test_tune_never_reads_the_test_split_chooses_resumes_and_names_the_choice(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cmp"
     command = ["compare", "--methods", "baseline,ranksim", "--seeds", "2", "--tune", "2", "--tune-seeds", "1",

@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     every = ",".join(str(cc) for cc in TARGETS.values())
     parser.add_argument("--targets", default=every, help=f"compute capabilities (default {every}: "
                         + ", ".join(f"{name} {cc}" for name, cc in TARGETS.items()) + ")")
+    parser.add_argument("--dtypes", help="comma-separated torch dtypes (default: the CI subset's "
+                        f"{','.join(CI_DTYPES)}; with --sweep {','.join(SWEEP_DTYPES)})")
     parser.add_argument("--json", help="write every result here")
     parser.add_argument("--markdown", help="write the resource table here")
     parser.add_argument("--quiet", action="store_true")
@@ -261,11 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in targets if t not in TARGETS.values()]
     if unknown:
         parser.error(f"--targets: expected some of {every}, got {unknown}")
+    known = tuple(dict.fromkeys(SWEEP_DTYPES + CI_DTYPES))
+    dtypes = tuple(args.dtypes.split(",")) if args.dtypes else (SWEEP_DTYPES if args.sweep else CI_DTYPES)
+    if not set(dtypes) <= set(known):
+        parser.error(f"--dtypes: expected some of {','.join(known)}, got {args.dtypes!r}")
     import torch
 
     torch.set_num_threads(1)
-    shapes = (SWEEP_FLSA_SHAPES, SWEEP_APDS_SHAPES, SWEEP_DTYPES) if args.sweep else \
-        (CI_FLSA_SHAPES, CI_APDS_SHAPES, CI_DTYPES)
+    shapes = (SWEEP_FLSA_SHAPES, SWEEP_APDS_SHAPES, dtypes) if args.sweep else (CI_FLSA_SHAPES, CI_APDS_SHAPES, dtypes)
     say = (lambda _: None) if args.quiet else (lambda text: print(text, flush=True))
     results, failures = compile_all(*shapes, targets, progress=say)
     table = resource_table(results)
