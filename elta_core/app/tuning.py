@@ -6,9 +6,8 @@ A method's trials are the first ``budget`` points of its search space
 tuning seeds (:func:`tuning_seeds`, apart from the reported seeds) as an ``elta train``
 run with ``--evaluate-on validation``: its final model is scored on the validation split,
 and the test split is never read, neither its images nor its labels file. The point with
-the best mean criterion
-(:data:`~elta_core.comparison.SELECTION_CRITERIA`) over the tuning seeds is chosen; a tie keeps
-the earlier point. An APDS method takes the choice of the method that trains its round 1
+the best mean criterion (:data:`~elta_core.comparison.SELECTION_CRITERIA`) over the
+tuning seeds is chosen; a tie keeps the earlier point. An APDS method takes the choice of the method that trains its round 1
 (:func:`~elta_core.app.methods.tuned_as`), so round 1 is still shared.
 
 Every trial is a resumable run directory under ``OUT/tuning/METHOD/SETTING/seedS``, named
