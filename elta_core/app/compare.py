@@ -104,7 +104,7 @@ def compare(base: Any, methods: Sequence[str], seeds: Sequence[int], out: str | 
         report["markdown"] += "\n\n" + settings_table(tuning, methods)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "compare.json", {k: v for k, v in report.items() if k != "results"}
-                      | {"results": {m: [_finite(r) for r in runs] for m, runs in results.items()}})
+                      | {"results": finite_or_null(results)})
     atomic_write_text(out / "compare.md", report["markdown"] + "\n")
     _figure(out / "compare.png", results, methods)
     write_differences(out / "differences.png", report, "elta compare")
@@ -194,8 +194,7 @@ def settings_table(report: dict[str, Any], methods: Sequence[str]) -> str:
             lines.append(f"| {method} | nothing to tune{via} | | 0 |")
             continue
         chosen = next(r for r in tuned["trials"] if r["setting"] == tuned["setting"])
-        diverged = chosen["mean"] is None or math.isnan(chosen["mean"])  # null once read back from tuning.json
-        value = "every trial diverged" if diverged else f"{chosen['mean']:.3f}"
+        value = "every trial diverged" if undefined(chosen["mean"]) else f"{chosen['mean']:.3f}"
         lines.append(f"| {method} | {chosen['setting'] + via} | {value} | {len(tuned['trials'])} |")
     seeds = ("seed " if len(report["seeds"]) == 1 else "seeds ") + ", ".join(map(str, report["seeds"]))
     return ("\n".join(lines) + f"\n\nEach method: the first {budget} points of its search space (elta compare --help), "
@@ -203,8 +202,19 @@ def settings_table(report: dict[str, Any], methods: Sequence[str]) -> str:
             "Every trial: tuning.md.")
 
 
-def _finite(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in run.items()}
+def finite_or_null(value: Any) -> Any:
+    """``value`` (a run's metrics, a report) with every non-finite float, at any depth, as
+    null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def undefined(value: float | None) -> bool:
+    """Whether a mean or a criterion is undefined: NaN, or null once read back from JSON."""
+    return value is None or math.isnan(value)
 
 
 def _value(run: dict[str, Any], key: str) -> float:

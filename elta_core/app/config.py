@@ -11,12 +11,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from elta_core.app.option_groups import FORMAT_HELP, APDSSettings, LabelFile, Loading, TuneSettings
+from elta_core.app.option_groups import FORMAT_HELP, APDSSettings, LabelFile, Loading, PeerSettings, TuneSettings
 from elta_core.app.options import (at_least, check_number, floats, from_namespace, max_pseudo_labels, option, options_of,
-                                   peer_list, peer_settings, settings_parser)
+                                   settings_parser)
 from elta_core.app.recipe import RECIPES, ROUND2_LR_DIVISOR, recipe_help
 from elta_core.data.labels import FORMATS
-from elta_core.peer_names import PEER_NAMES
 from elta_core.pseudo_labels import DEFAULT_ROUND2, ROUND2_MODES
 from elta_core.training_options import LR_SCHEDULES, PRECISIONS
 
@@ -28,7 +27,7 @@ MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
-class TrainConfig(APDSSettings, Loading, LabelFile):
+class TrainConfig(PeerSettings, APDSSettings, Loading, LabelFile):
     """``elta train``: every setting of a training run (see ``elta train --help``). Items of
     the recipe (``None`` here) are filled by :func:`elta_core.app.recipe.resolve`."""
 
@@ -59,12 +58,6 @@ class TrainConfig(APDSSettings, Loading, LabelFile):
     flsa_scope: str = option("global", "under torchrun: FLSA on the global batch (gathered from every process, the "
                              "same loss as one process on that batch) or on each process's own batch",
                              choices=("global", "local"))
-    peers: tuple[str, ...] = option((), "established imbalanced-regression methods to train with, comma-separated: "
-                                    f"{', '.join(PEER_NAMES)} (their authors' defaults; beside TFA and FLSA unless "
-                                    "--no-tfa --flsa 0)", type=peer_list, metavar="NAMES")
-    peer_settings: tuple[str, ...] = option((), "the --peers' settings over their authors' defaults: keyword arguments "
-                                            "of their classes, e.g. ranksim.weight=1,lds.sigma=1", type=peer_settings,
-                                            metavar="PEER.SETTING=VALUE,...")
     optimizer: str | None = option(None, recipe_help("optimizer", "the optimizer"), choices=tuple(OPTIMIZERS))
     lr: float | None = option(None, recipe_help("lr", "learning rate (at the start of --lr-schedule)"), type=float)
     lr_schedule: str | None = option(None, recipe_help("lr_schedule", "constant, or cosine: the learning rate of "

@@ -50,6 +50,11 @@ def uses_self_training(method: str) -> bool:
     return bool(METHODS[method].get("apds"))
 
 
+def _round1_settings(method: str) -> dict[str, Any]:
+    """What ``method`` sets that round 1 reads: two methods equal in it train the same round 1."""
+    return {k: v for k, v in METHODS[method].items() if k not in ROUND2_ONLY}
+
+
 def round1_donor(method: str, methods: Sequence[str]) -> str | None:
     """The method of ``methods`` (those before ``method``, where it is listed) whose run
     trains ``method``'s round 1 (the same settings but for APDS's own), a run without APDS
@@ -58,9 +63,8 @@ def round1_donor(method: str, methods: Sequence[str]) -> str | None:
     if not uses_self_training(method):
         return None
     listed = list(methods)
-    round1 = lambda name: {k: v for k, v in METHODS[name].items() if k not in ROUND2_ONLY}  # noqa: E731
     before = listed[:listed.index(method)] if method in listed else listed
-    same = [m for m in before if round1(m) == round1(method)]
+    same = [m for m in before if _round1_settings(m) == _round1_settings(method)]
     return min(same, key=uses_self_training, default=None)  # stable: the first plain one, else the first
 
 
@@ -96,8 +100,7 @@ def tuned_as(method: str) -> str:
     without APDS that trains the same round 1 (``elta`` for ``elta+apds``)."""
     if not uses_self_training(method):
         return method
-    round1 = lambda name: {k: v for k, v in METHODS[name].items() if k not in ROUND2_ONLY}  # noqa: E731
-    return next(m for m in METHODS if not uses_self_training(m) and round1(m) == round1(method))
+    return next(m for m in METHODS if not uses_self_training(m) and _round1_settings(m) == _round1_settings(method))
 
 
 def search_points(method: str, budget: int, score_scale: float) -> list[dict[str, Any]]:
@@ -115,10 +118,12 @@ def point_label(point: dict[str, Any]) -> str:
 
 def search_space_help() -> str:
     """The search spaces, one line a method, for ``elta compare --help``."""
+    def value(v: Any) -> str:
+        return f"{v.points:g}" if isinstance(v, OnScale) else f"{v:g}"
+
     lines = []
     for method, points in SEARCH_SPACES.items():
         keys = list(points[0])
-        value = lambda v: f"{v.points:g}" if isinstance(v, OnScale) else f"{v:g}"  # noqa: E731
         shown = [value(p[keys[0]]) if len(keys) == 1 else "(" + ", ".join(value(p[k]) for k in keys) + ")"
                  for p in points]
         on_scale = " (points of a 1..10 scale)" if isinstance(points[0][keys[0]], OnScale) else ""

@@ -1,5 +1,6 @@
-"""The groups of options that several commands share: a label file and how to read it,
-where the images are and how they are loaded, and APDS's grid search."""
+"""The groups of options that several commands share, or that make one concept of a
+command's: a label file and how to read it, where the images are and how they are
+loaded, APDS's grid search, the peers a run trains with, and compare's tuning."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from elta_core import apds
-from elta_core.app.options import at_least, check_number, floats, option, thresholds
+from elta_core.app.options import at_least, check_number, floats, option, peer_list, peer_settings, thresholds
 from elta_core.comparison import SELECTION_CRITERIA
 from elta_core.data.labels import FORMATS
+from elta_core.peer_names import PEER_NAMES
 
 FORMAT_HELP = ("label file format: ava (CSV with score2..score11 vote counts), ava-txt (AVA.txt), tad66k (image,score "
                "CSV or a folder of per-theme CSVs), aadb (imgList*Regression_score.txt, 0..1), para (PARA GIAA CSVs, "
@@ -92,6 +94,19 @@ class APDSSettings:
                          lambda m: 0 < m < 1 or (m >= 1 and m == int(m)))
         if self.min_selected is not None and self.min_selected >= 1:  # a count; below 1, a fraction
             object.__setattr__(self, "min_selected", int(self.min_selected))
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """The established methods a run trains with (``adapters/torch/peers``), and their
+    settings (read by ``elta train``'s ``_peers``)."""
+
+    peers: tuple[str, ...] = option((), "established imbalanced-regression methods to train with, comma-separated: "
+                                    f"{', '.join(PEER_NAMES)} (their authors' defaults; beside TFA and FLSA unless "
+                                    "--no-tfa --flsa 0)", type=peer_list, metavar="NAMES")
+    peer_settings: tuple[str, ...] = option((), "the --peers' settings over their authors' defaults: keyword arguments "
+                                            "of their classes, e.g. ranksim.weight=1,lds.sigma=1", type=peer_settings,
+                                            metavar="PEER.SETTING=VALUE,...")
 
 
 @dataclass(frozen=True)

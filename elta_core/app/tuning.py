@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from elta_core.app import compare
+from elta_core.app.compare import RemainingTime, finite_or_null, undefined
 from elta_core.app.methods import point_label, search_points, tuned_as
 from elta_core.comparison import SELECTION_CRITERIA, selection_value
 from elta_core.io import atomic_write_json, atomic_write_text
@@ -38,28 +40,16 @@ def tuning_seeds(count: int, reported: Sequence[int]) -> list[int]:
     return seeds
 
 
-def check_fixed_test_split(base: Any) -> None:
-    """Refuse to tune on data whose test split is a per-seed random hold-out: the tuning
-    seeds would hold out other images, and choose on images that a reported seed tests on."""
+def check_fixed_test_split(base: Any, table: Any) -> None:
+    """Refuse to tune on data whose test split is a per-seed random hold-out (``table``:
+    ``base``'s label file): the tuning seeds would hold out other images, and choose on
+    images that a reported seed tests on."""
     from elta_core.app.run.splits import own_test_split
-    from elta_core.data.labels import load_labels
 
-    if base.test_labels:
-        return
-    table = load_labels(base.labels, base.format, image_root=base.images, **base.csv_options())
-    if own_test_split(table) is None:
+    if not base.test_labels and own_test_split(table) is None:
         raise ValueError(f"tune: {table.source} has no test split, so each seed holds out test images of its own "
                          "and the tuning seeds would choose settings on images that a reported seed tests on; give "
                          "--test-labels, or a label file with a split column")
-
-
-def score_scale(base: Any) -> float:
-    """The points of the label file's rating scale per point of a 1..10 scale (a search
-    space's scale-dependent values are given on 1..10)."""
-    from elta_core.data.labels import load_labels
-
-    low, high = load_labels(base.labels, base.format, image_root=base.images, **base.csv_options()).scale
-    return (high - low) / 9.0
 
 
 def trial_folder(out: str | Path, method: str, point: dict[str, Any], seed: int) -> Path:
@@ -69,8 +59,12 @@ def trial_folder(out: str | Path, method: str, point: dict[str, Any], seed: int)
 def trial_plan(base: Any, methods: Sequence[str], budget: int, seeds: Sequence[int]) -> list[tuple[str, dict, int]]:
     """The trials of tuning ``methods`` (each as the method it is tuned as): (method,
     point, seed), method by method; the data is checked first (a fixed test split)."""
-    check_fixed_test_split(base)
-    scale = score_scale(base)
+    from elta_core.app.run.model import score_scale_of
+    from elta_core.data.labels import load_labels
+
+    table = load_labels(base.labels, base.format, image_root=base.images, **base.csv_options())
+    check_fixed_test_split(base, table)
+    scale = score_scale_of(table)  # the search spaces' values on 1..10 are scaled by it
     tuned = list(dict.fromkeys(tuned_as(m) for m in methods))
     return [(m, p, s) for m in tuned for p in search_points(m, budget, scale) for s in seeds]
 
@@ -79,8 +73,6 @@ def train_trial(base: Any, method: str, point: dict[str, Any], seed: int, out: s
     """The validation metrics of one trial, trained or read back from its run directory
     (:func:`trial_folder`); a trial that diverges gives ``{"diverged": reason}``: a
     result of the tuning, not its end."""
-    from elta_core.app import compare
-
     try:
         return compare.train_run(base.replace(evaluate_on="validation"), method, seed, out, point=point,
                                  folder=trial_folder(out, method, point, seed))
@@ -93,8 +85,6 @@ def tune(base: Any, methods: Sequence[str], budget: int, seeds: Sequence[int], c
     """The tuning of ``methods`` (each to the method it is tuned as): the trials, their
     criterion per seed and mean, and the chosen point per method; written to
     ``out/tuning.json`` and ``out/tuning.md``. ``seeds``: the tuning seeds."""
-    from elta_core.app.compare import RemainingTime
-
     if criterion not in SELECTION_CRITERIA:
         raise ValueError(f"tune_criterion: expected one of {', '.join(SELECTION_CRITERIA)}, got {criterion!r}")
     if budget < 1:
@@ -126,7 +116,7 @@ def tune(base: Any, methods: Sequence[str], budget: int, seeds: Sequence[int], c
         report["methods"][method] = {"trials": rows, "chosen": best["point"], "setting": best["setting"]}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "tuning.json", _json_ready(report))
+    atomic_write_json(out / "tuning.json", finite_or_null(report))
     atomic_write_text(out / "tuning.md", tuning_markdown(report) + "\n")
     return report
 
@@ -139,21 +129,8 @@ def tuning_markdown(report: dict[str, Any]) -> str:
              "|---|---|---:|---:|---|"]
     for method, tuned in report["methods"].items():
         for row in tuned["trials"]:
-            values = ", ".join("diverged" if _undefined(v) else f"{v:.3f}" for v in row["values"])
-            mean = "undefined" if _undefined(row["mean"]) else f"{row['mean']:.3f}"
+            values = ", ".join("diverged" if undefined(v) else f"{v:.3f}" for v in row["values"])
+            mean = "undefined" if undefined(row["mean"]) else f"{row['mean']:.3f}"
             mark = "chosen" if row["setting"] == tuned["setting"] else ""
             lines.append(f"| {method} | {row['setting']} | {values} | {mean} | {mark} |")
     return "\n".join(lines)
-
-
-def _undefined(value: float | None) -> bool:  # NaN here, null once read back from tuning.json
-    return value is None or math.isnan(value)
-
-
-def _json_ready(value: Any) -> Any:
-    """``value`` with every non-finite float as null (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
