@@ -206,18 +206,18 @@ def test_checkpoint_every_n_epochs_and_a_crash_after_it_resumes_bit_identically(
     import csv
 
     from elta_core.adapters.torch import ELTAWrapper
-    from elta_core.app.run import round1
+    from elta_core.adapters.torch.checkpoints import Checkpointer
 
     labels, images = folder_dataset
     saved = []
-    save = round1.save_and_record
+    save = Checkpointer.save
 
-    def recording(state, path, *args, **kwargs):
-        if Path(path).name == "checkpoint.pt":
+    def recording(self, stage, state, *args, **kwargs):
+        if stage == "checkpoint":
             saved.append(state["epoch"])
-        return save(state, path, *args, **kwargs)
+        return save(self, stage, state, *args, **kwargs)
 
-    monkeypatch.setattr(round1, "save_and_record", recording)
+    monkeypatch.setattr(Checkpointer, "save", recording)
     every = ("--epochs", "5", "--checkpoint-every", "2")
     assert _train(labels, images, tmp_path / "straight", *every) == 0
     assert saved == [2, 4, 5]

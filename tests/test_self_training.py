@@ -134,12 +134,12 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tmp_p
 def test_a_checkpoint_is_hashed_as_it_is_written_and_the_hash_is_the_file_s(tmp_path):
     import hashlib
 
-    from elta_core.adapters.torch.checkpoints import save_and_record
+    from elta_core.adapters.torch.checkpoints import Checkpointer
     from elta_core.run_state import RunManifest, sha256_of_file
 
     manifest = RunManifest(tmp_path)
     state = {"model": torch.nn.Linear(64, 10).state_dict(), "epoch": 3}
-    save_and_record(state, tmp_path / "checkpoint.pt", manifest, "checkpoint", "key")
+    Checkpointer(tmp_path, manifest=manifest).save("checkpoint", state, "key")
     recorded = manifest.data["stages"]["checkpoint"]["sha256"]
     assert recorded == sha256_of_file(tmp_path / "checkpoint.pt")
     assert manifest.reusable("checkpoint", tmp_path / "checkpoint.pt", "key")
@@ -285,3 +285,32 @@ def test_a_last_batch_of_one_image_is_dropped_so_batchnorm_trains(size, batch_si
         fit(wrapper, loader, torch.optim.SGD(wrapper.parameters(), lr=0.01), epochs=1, progress=False)
     kept = training_loader(torch.utils.data.TensorDataset(torch.randn(size + 1, 4)), batch_size, drop_last=False)
     assert sum(len(x) for (x,) in kept) == size + 1  # a last batch of 2 is kept when asked
+
+
+def test_a_saved_stage_restores_each_rank_s_own_generators(tmp_path, monkeypatch):
+    """Under DDP each rank's generators differ; a resumed stage gives every rank its own
+    state back (a stage kept rank 0's alone, which rank 1 then took as its own). A stage
+    saved with rank 0's state alone, as before, still restores that."""
+    from elta_core.adapters.torch import checkpoints, rng
+
+    generator = torch.Generator().manual_seed(7)
+    rank0_state = generator.get_state()
+    rank1 = rng.snapshot([torch.Generator().manual_seed(100)])
+    monkeypatch.setattr(checkpoints, "gather_objects", lambda own: [own, rank1])
+    monkeypatch.setattr(checkpoints, "world_size", lambda: 2)
+    monkeypatch.setattr(checkpoints, "rank", lambda: 0)  # rank 0 computes and writes the stage
+    checkpoints.Checkpointer(tmp_path, lambda: [generator]).cached(
+        "round1", "key", lambda: {"value": torch.ones(1)}, lambda record: record)
+
+    monkeypatch.setattr(checkpoints, "rank", lambda: 1)  # rank 1 of a resumed run reads it
+    generator = torch.Generator().manual_seed(8)
+    record = checkpoints.Checkpointer(tmp_path, lambda: [generator]).cached(
+        "round1", "key", lambda: pytest.fail("a current stage is not recomputed"), lambda record: record)
+    assert torch.equal(record["value"], torch.ones(1))
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(100).get_state()), \
+        "rank 1 took rank 0's generator state"
+
+    old_form = {k: v for k, v in torch.load(tmp_path / "round1.pt", weights_only=True).items() if k != "rng_ranks"}
+    checkpoints.Checkpointer(tmp_path).save("round1", old_form, "key")
+    checkpoints.Checkpointer(tmp_path, lambda: [generator]).cached("round1", "key", pytest.fail, lambda r: r)
+    assert torch.equal(generator.get_state(), rank0_state)

@@ -4,7 +4,7 @@ Round 1 trains on the labelled set; the calibration set and the unlabelled pool 
 predicted; the core's pseudo-label round (:mod:`elta_core.pseudo_labels`) picks (beta*, t*)
 and the confident pool samples (by default at most as many as the labelled set, most
 confident first); round 2 trains on ``L = L_s + L_u``. Every stage is saved in ``workdir``
-(:class:`~elta_core.adapters.torch.stages.StageStore`) and reused while it is current."""
+(:class:`~elta_core.adapters.torch.checkpoints.Checkpointer`) and reused while it is current."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from elta_core import apds
+from elta_core.adapters.torch.checkpoints import Checkpointer
 from elta_core.adapters.torch.distributed import is_main, on_main
 from elta_core.adapters.torch.loop import Precision, fit, make_optimizer, training_loader
 from elta_core.adapters.torch.prediction import predict_dataset
 from elta_core.adapters.torch.pseudo_labelled import PseudoLabelledDataset, dataset_fingerprint, is_score_label
-from elta_core.adapters.torch.stages import StageStore
 from elta_core.adapters.torch.wrapper import ELTAWrapper
 from elta_core.io import atomic_write_text
 from elta_core.pseudo_labels import DEFAULT_ROUND2, Round2, check_round2, pseudo_label_round
@@ -113,17 +113,17 @@ class SelfTraining:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         self.batch_size, self.loader_kwargs = batch_size, dict(loader_kwargs or {})
         self.progress, self.tag = progress, tag
-        self.stages = StageStore(self.workdir, self._generators, {"grid": "grid.json"})
+        self.checkpoints = Checkpointer(self.workdir, self._generators, file_names={"grid": "grid.json"})
         # per round: each epoch's mean loss and terms (the default train only), kept with the stage
         self.epochs_log: dict[int, list[dict[str, float]]] = {}
 
     def path(self, stage: Stage) -> Path:
-        return self.stages.path(stage)
+        return self.checkpoints.path(stage)
 
     def done(self, stage: Stage) -> bool:
         """Whether ``stage``'s file is there, recorded in the manifest (it is reused only if
         it also matches this run's settings and inputs)."""
-        return self.stages.done(stage)
+        return self.checkpoints.done(stage)
 
     def _generators(self) -> list[torch.Generator | None]:
         return [self.wrapper.generator, self.loader_kwargs.get("generator")]
@@ -153,13 +153,13 @@ class SelfTraining:
             self.wrapper.model.load_state_dict(record["model"])
             self.epochs_log[round_index] = list(record.get("epochs", []))
 
-        self.stages.cached(stage, key, compute, restore)
+        self.checkpoints.cached(stage, key, compute, restore)
 
     def _predictions(self, stage: Stage, dataset: Dataset) -> dict[str, torch.Tensor]:
         """The model's logits (and labels) on ``dataset``, predicted ``prediction_chunk``
         images at a time; each chunk is saved as it is done, so a run killed in a long pool
         resumes at the chunk it was in. The chunks give way to the stage's file."""
-        manifest = self.stages.manifest
+        manifest = self.checkpoints.manifest
         key = manifest.stage_key(stage, {"data": dataset_fingerprint(dataset)}, ["round1"])
         starts = range(0, len(dataset), self.prediction_chunk)
         names = [f"{stage}.{k:05d}" for k in range(len(starts))]
@@ -167,13 +167,13 @@ class SelfTraining:
         def chunk(name: str, start: int) -> dict:
             rows = range(start, min(start + self.prediction_chunk, len(dataset)))
             path, chunk_key = self.workdir / CHUNKS / f"{name}.pt", fingerprint({"stage": key, "rows": [rows.start, rows.stop]})
-            if manifest.reusable(name, path, chunk_key):
-                return self.stages.load(name, path)
+            if self.checkpoints.current(name, chunk_key, path):
+                return self.checkpoints.load(name, path)
             logits, labels = predict_dataset(self.wrapper, Subset(dataset, rows), batch_size=self.batch_size,
                                              progress=self.progress, desc=f"predict {stage} {name[-5:]}",
                                              loader_kwargs=self.loader_kwargs)
             record = {"logits": logits} if labels is None else {"logits": logits, "labels": labels}
-            self.stages.save(name, record, chunk_key, path)
+            self.checkpoints.save(name, record, chunk_key, path)
             return record
 
         def compute() -> dict:
@@ -182,7 +182,7 @@ class SelfTraining:
                 return {"logits": torch.zeros(0, 0)}
             return {field: torch.cat([r[field] for r in records]) for field in records[0]}
 
-        record = self.stages.cached(stage, key, compute, lambda record: record)
+        record = self.checkpoints.cached(stage, key, compute, lambda record: record)
         for name in names:  # the stage's file holds them all now
             if is_main():
                 (self.workdir / CHUNKS / f"{name}.pt").unlink(missing_ok=True)
@@ -227,7 +227,7 @@ class SelfTraining:
 
     def _stage_round1(self, state: dict, summary: dict) -> None:
         settings = {**state["training"], "weights": state["initial_weights"], "mode": state["round1"]}
-        key = self.stages.manifest.stage_key("round1", settings)
+        key = self.checkpoints.manifest.stage_key("round1", settings)
         if state["round1"] == "current":
             self._weights("round1", key, lambda: None)
         else:
@@ -249,11 +249,11 @@ class SelfTraining:
     def _stage_grid(self, state: dict, summary: dict) -> None:
         """The grid search and the selection come from one core round; both are reused
         only together."""
-        manifest, settings = self.stages.manifest, self._round_settings(state["labelled"])
+        manifest, settings = self.checkpoints.manifest, self._round_settings(state["labelled"])
         grid_key = manifest.stage_key("grid", settings, ["calibration", "unlabelled"])
-        if manifest.reusable("grid", self.path("grid"), grid_key) and manifest.reusable(
-                "selection", self.path("selection"), manifest.stage_key("selection", settings, ["grid", "unlabelled"])):
-            summary["grid"] = self.stages.load("grid")
+        if self.checkpoints.current("grid", grid_key) and self.checkpoints.current(
+                "selection", manifest.stage_key("selection", settings, ["grid", "unlabelled"])):
+            summary["grid"] = self.checkpoints.load("grid")
             return
         manifest.forget("grid")
         record, pool = state["calibration_record"], state["pool"]
@@ -266,19 +266,19 @@ class SelfTraining:
         summary["grid"] = result.grid.as_dict()
         if is_main():
             atomic_write_text(self.workdir / "grid.md", result.grid.to_markdown() + "\n")
-        self.stages.save("grid", summary["grid"], grid_key)
+        self.checkpoints.save("grid", summary["grid"], grid_key)
         state["round"] = result
 
     def _stage_selection(self, state: dict, summary: dict) -> None:
-        manifest = self.stages.manifest
+        manifest = self.checkpoints.manifest
         key = manifest.stage_key("selection", self._round_settings(state["labelled"]), ["grid", "unlabelled"])
         if "round" in state:
             result = state["round"]
             selection = {"indices": result.indices, "labels": result.labels,
                          "num_selected": torch.tensor(result.num_selected)}
-            self.stages.save("selection", selection, key)
+            self.checkpoints.save("selection", selection, key)
         else:
-            selection = self.stages.load("selection")
+            selection = self.checkpoints.load("selection")
         state["selection"] = selection
         summary["num_selected"] = int(selection["num_selected"])
         summary["num_kept"] = len(selection["indices"])
@@ -295,5 +295,5 @@ class SelfTraining:
         else:
             loaders = (self._loader(labelled), self._loader(pseudo) if len(pseudo) else None)
         settings = {**state["training"], "round2": self.round2}
-        key = self.stages.manifest.stage_key("round2", settings, ["round1", "selection"])
+        key = self.checkpoints.manifest.stage_key("round2", settings, ["round1", "selection"])
         self._weights("round2", key, lambda: self._train(*loaders, 2))

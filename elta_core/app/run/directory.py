@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from elta_core.adapters.torch import distributed as ddp
+from elta_core.adapters.torch.checkpoints import Checkpointer, Generators
 from elta_core.app.config import TrainConfig
 from elta_core.app.options import may_change_on_resume, run_identity
 from elta_core.app.run.resources import check_out_folder
@@ -24,6 +25,13 @@ BEST = "best.pt"
 # What a run recorded before an option existed did, so that it resumes under that value.
 SETTINGS_BEFORE_RECORDED = {"lr_schedule": "constant", "pretrained": None, "peer_settings": [],
                             "evaluate_on": "test"}
+
+
+def run_checkpoints(manifest: RunManifest, generators: Generators = list) -> Checkpointer:
+    """The run's checkpoints in its manifest: ``checkpoint.pt`` (round 1's last state; after
+    an APDS round, the round-2 model with that state) and ``best.pt`` (``--select-best``)."""
+    return Checkpointer(manifest.folder, generators, file_names={"checkpoint": CHECKPOINT, "best": BEST},
+                        manifest=manifest)
 
 
 def open_run(settings: TrainConfig, world_size: int = 1, images: list[str] | None = None) -> RunManifest:

@@ -13,13 +13,11 @@ import torch
 
 from elta_core.adapters.torch import ELTAWrapper, fit
 from elta_core.adapters.torch import distributed as ddp
-from elta_core.adapters.torch import rng
-from elta_core.adapters.torch.checkpoints import save_and_record
 from elta_core.adapters.torch.data import ImageLabelDataset
 from elta_core.adapters.torch.loop import training_loader
 from elta_core.adapters.torch.modules import device_of
 from elta_core.app.config import TrainConfig
-from elta_core.app.run.directory import BEST, CHECKPOINT, CHECKPOINT_KEY
+from elta_core.app.run.directory import CHECKPOINT_KEY, run_checkpoints
 from elta_core.app.run.model import RunConfig, load_checkpoint_file
 from elta_core.app.run.reports import csv_text, evaluate_model
 from elta_core.app.run.resources import loader_options, shows_progress, write_on_main
@@ -75,9 +73,9 @@ class EpochEnd:
                  validation: ImageLabelDataset | None, optimizer, scaler: torch.amp.GradScaler, config: RunConfig,
                  manifest: RunManifest, generators: list):
         self.settings, self.wrapper, self.model, self.validation = settings, wrapper, model, validation
-        self.optimizer, self.scaler, self.config, self.manifest, self.generators = (optimizer, scaler, config, manifest,
-                                                                                   generators)
-        self.path, self.key = manifest.folder / CHECKPOINT, manifest.stage_key("checkpoint", CHECKPOINT_KEY)
+        self.optimizer, self.scaler, self.config, self.manifest = optimizer, scaler, config, manifest
+        self.checkpoints = run_checkpoints(manifest, lambda: generators)
+        self.path, self.key = self.checkpoints.path("checkpoint"), manifest.stage_key("checkpoint", CHECKPOINT_KEY)
         self.state: dict | None = None
         self.history: list[dict[str, Any]] = []
         self.best: dict | None = None
@@ -88,7 +86,7 @@ class EpochEnd:
 
     def resume(self) -> int:
         """The epochs the run's checkpoint has trained (0 without one), its state loaded."""
-        if not self.manifest.reusable("checkpoint", self.path, self.key):
+        if not self.checkpoints.current("checkpoint", self.key):
             return 0
         state = load_checkpoint_file(self.path, device_of(self.model))
         state = state.get("resume", state)
@@ -97,8 +95,7 @@ class EpochEnd:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
-        per_rank = state.get("rng_ranks") or [state["rng"]]
-        rng.restore(per_rank[ddp.rank()] if len(per_rank) == ddp.world_size() else state["rng"], self.generators)
+        self.checkpoints.restore_generators(state)
         self.state, self.history, self.best = state, list(state.get("history", [])), state.get("best")
         self.saved = int(state["epoch"])
         if ddp.is_main():
@@ -125,12 +122,11 @@ class EpochEnd:
         self.best = self._keep_best(row)
         # a new best.pt is checkpointed with it: the run it resumes from must name that epoch
         if epoch % settings.checkpoint_every == 0 or epoch >= self.last_epoch or self.best is not previous_best:
-            snapshots = ddp.gather_objects(rng.snapshot(self.generators))
             self.state = {"model": model.state_dict(), "peers": self.wrapper.peers.state_dict(),
                           "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict(),
-                          "epoch": epoch, "config": self.config.__dict__, "loss": loss, "rng": snapshots[0],
-                          "rng_ranks": snapshots, "history": self.history, "best": self.best}
-            save_and_record(self.state, self.path, self.manifest, "checkpoint", self.key)
+                          "epoch": epoch, "config": self.config.__dict__, "loss": loss,
+                          **self.checkpoints.generator_state(), "history": self.history, "best": self.best}
+            self.checkpoints.save("checkpoint", self.state, self.key)
             self.saved = epoch
         write_on_main(atomic_write_text, self.manifest.folder / "metrics.csv", csv_text(self.history))
         self.started = time.perf_counter()
@@ -153,18 +149,18 @@ class EpochEnd:
                  "validation": row}
         if self.settings.round2_resume_optimizer:  # also without --apds: --round1-from may take this round 1
             state["optimizer"] = self.optimizer.state_dict()
-        save_and_record(state, self.manifest.folder / BEST, self.manifest, "best",
-                        self.manifest.stage_key("best", CHECKPOINT_KEY))
+        self.checkpoints.save("best", state, self.manifest.stage_key("best", CHECKPOINT_KEY))
         return {"epoch": row["epoch"], "value": value, "metric": metric}
 
 
 def load_best(manifest: RunManifest, best: dict | None, device: torch.device) -> dict:
     """``best.pt``, checked against the epoch the last checkpoint names as the best."""
-    path = manifest.folder / BEST
+    checkpoints = run_checkpoints(manifest)
+    path = checkpoints.path("best")
     if best is None:
         raise ValueError("select-best: no epoch had a finite validation score (constant predictions?); pass "
                          "--select-best none to keep the last epoch")
-    if not manifest.reusable("best", path, manifest.stage_key("best", CHECKPOINT_KEY)):
+    if not checkpoints.current("best", manifest.stage_key("best", CHECKPOINT_KEY)):
         raise ValueError(f"select-best: {path} is missing or does not match the run; delete {manifest.folder} "
                          "and train again")
     state = load_checkpoint_file(path, device)

@@ -12,14 +12,13 @@ import torch
 
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining
 from elta_core.adapters.torch import distributed as ddp
-from elta_core.adapters.torch.checkpoints import save_and_record
 from elta_core.adapters.torch.data import ImageLabelDataset, image_files
 from elta_core.adapters.torch.loop import BASE_LR, make_optimizer
 from elta_core.adapters.torch.modules import device_of
 from elta_core.app import recipe
 from elta_core.app.config import PseudoLabelConfig, TrainConfig
 from elta_core.app.options import arguments_for
-from elta_core.app.run.directory import CHECKPOINT, CHECKPOINT_KEY
+from elta_core.app.run.directory import CHECKPOINT_KEY, run_checkpoints
 from elta_core.app.run.model import RunConfig, optimizer_class
 from elta_core.app.run.reports import csv_text
 from elta_core.app.run.resources import loader_options, shows_progress, write_on_main
@@ -86,8 +85,9 @@ def train_round2(settings: TrainConfig, wrapper: ELTAWrapper, model: torch.nn.Mo
         print(f"APDS: beta* {grid['beta']:g}, t* {grid['threshold']:g}, {summary['num_kept']} pseudo-labels kept of "
               f"{summary['num_selected']} selected; calibrated on {calibrated_on}; thresholds: {grid['thresholds_from']}")
     resume = {k: v for k, v in round1.items() if k != "round2_optimizer"}
-    save_and_record({"model": model.state_dict(), "epoch": round1["epoch"], "config": round1["config"], "round": 2,
-            "resume": resume}, out / CHECKPOINT, manifest, "checkpoint", manifest.stage_key("checkpoint", CHECKPOINT_KEY))
+    run_checkpoints(manifest).save("checkpoint", {"model": model.state_dict(), "epoch": round1["epoch"],
+                                                  "config": round1["config"], "round": 2, "resume": resume},
+                                   manifest.stage_key("checkpoint", CHECKPOINT_KEY))
 
 
 def unlabelled_pool(settings: TrainConfig | PseudoLabelConfig, table: LabelTable, config: RunConfig) -> ImageLabelDataset:
