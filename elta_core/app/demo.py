@@ -30,9 +30,10 @@ from torch.utils.data import TensorDataset
 from elta_core import apds, metrics
 from elta_core.adapters.torch import ELTAWrapper, SelfTraining, fit
 from elta_core.adapters.torch.loop import make_optimizer
-from elta_core.adapters.torch.peers import LDS, RankSim
+from elta_core.adapters.torch.peers import make_peer
 from elta_core.app.compare import RemainingTime, summarise, write_differences
 from elta_core.app.methods import FLSA_OFF, METHODS, uses_self_training
+from elta_core.app.options import peer_setting_values, peer_settings
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
 from elta_core.io import atomic_write_json, atomic_write_text
@@ -44,8 +45,7 @@ ROW_NAMES = {"baseline": "baseline", "tfa": "+TFA", "flsa": "+FLSA", "elta": "+T
              "lds": "LDS", "ranksim": "RankSim"}
 ROWS = list(ROW_NAMES.values())
 CONTROL = ROW_NAMES["elta+round2-control"]
-PEER_FACTORIES = {"lds": lambda config, train_labels: LDS(train_labels),
-                  "ranksim": lambda config, train_labels: RankSim(weight=config.ranksim_weight)}
+PEER_ROWS = [method for method in ROW_NAMES if METHODS[method].get("peers")]
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,9 @@ class DemoConfig:
     flsa_weight: float = 1.0
     # RankSim's authors weigh their per-row sum 100 beside an L1 loss in years of age; beside
     # this EMD (about 0.1) that swamps the task loss, and so does 1 (P 0.22 in the full
-    # demo). 1 / 64 (the batch) makes its term the per-row mean at weight 1.
-    ranksim_weight: float = 1 / 64
+    # demo). 1 / 64 (the batch) makes its term the per-row mean at weight 1. Written as
+    # elta train's --peer-settings.
+    peer_settings: tuple[str, ...] = peer_settings(f"ranksim.weight={1 / 64}")
     betas: tuple[float, ...] = apds.DEFAULT_BETAS
     thresholds: str | tuple[float, ...] = apds.DEFAULT_THRESHOLDS
     data_seed: int = 2024
@@ -124,7 +125,8 @@ def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: 
     """Train one method's row; for the APDS rows the +TFA+FLSA round 1 is resumed from disk."""
     torch.manual_seed(seed)
     settings, row = METHODS[method], ROW_NAMES[method]
-    peers = [PEER_FACTORIES[name](config, data["train"][1]) for name in settings.get("peers", ())]
+    values = peer_setting_values(config.peer_settings)
+    peers = [make_peer(name, data["train"][1], values.get(name)) for name in settings.get("peers", ())]
     wrapper = ELTAWrapper(
         SmallCNN(), "head", tfa=settings["tfa"], num_pairs=config.num_pairs,
         flsa_weight=0.0 if settings["flsa"] == FLSA_OFF else config.flsa_weight, seed=seed, peers=peers,
@@ -271,8 +273,8 @@ def describe(report: dict) -> str:
         f"{config['unlabelled']} unlabelled and {config['test']} test images of {config['image_size']}x{config['image_size']}.",
         f"Small CNN, {config['epochs']} epochs (+{config['round2_epochs']} for the APDS round), "
         f"TFA {config['num_pairs']:g} of each batch, FLSA weight {config['flsa_weight']:g}, seeds {list(config['seeds'])}; "
-        f"{' and '.join(ROW_NAMES[name] for name in PEER_FACTORIES)} alone, with their authors' defaults (RankSim's "
-        f"weight {config['ranksim_weight']:g}).",
+        f"{' and '.join(ROW_NAMES[name] for name in PEER_ROWS)} alone, with their authors' defaults but "
+        f"{', '.join(config['peer_settings'])}.",
         "P = PLCC, S = SRCC, L/M/H = MAE on the low 20 % / middle 60 % / high 20 % of true scores.",
         "",
         report["table"],
