@@ -96,10 +96,13 @@ def paired_differences(differences: dict[str, dict[str, dict | None]], metrics: 
     import numpy as np
 
     methods = list(differences)
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     columns = 4 if len(metrics) > 4 else len(metrics)
     rows = -(-len(metrics) // columns)
-    fig, axes = pyplot().subplots(rows, columns, figsize=(3.4 * columns, 0.45 * len(methods) * rows + 1.6 * rows),
-                                  squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 0.45 * len(methods) * rows + 1.6 * rows),
+                             squeeze=False)
     for axis, (key, short, arrow) in zip(axes.flat, metrics):
         cells = [differences[m].get(key) for m in methods]
         ends = np.array([abs(v) for c in cells if c for v in (c["low"], c["high"], c["mean"])
@@ -127,6 +130,7 @@ def paired_differences(differences: dict[str, dict[str, dict | None]], metrics: 
         axis.set_yticks(range(len(methods)), methods if axis in axes[:, 0] else [""] * len(methods), fontsize=8)
         axis.set_ylim(len(methods) - 0.5, -0.5)
         axis.set_title(f"Δ{short} ({'higher' if arrow == '↑' else 'lower'} is better)", fontsize=9)
+        axis.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))  # matplotlib's default crowds the labels
         axis.tick_params(axis="x", labelsize=7)
         axis.grid(axis="x", alpha=0.3)
     for axis in list(axes.flat)[len(metrics):]:
