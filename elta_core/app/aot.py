@@ -270,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    shapes = (SWEEP_FLSA_SHAPES, SWEEP_APDS_SHAPES, dtypes) if args.sweep else (CI_FLSA_SHAPES, CI_APDS_SHAPES, dtypes)
+    shapes = (SWEEP_FLSA_SHAPES, SWEEP_APDS_SHAPES) if args.sweep else (CI_FLSA_SHAPES, CI_APDS_SHAPES)
     say = (lambda _: None) if args.quiet else (lambda text: print(text, flush=True))
-    results, failures = compile_all(*shapes, targets, progress=say)
+    results, failures = compile_all(*shapes, dtypes, targets, progress=say)
     table = resource_table(results)
     if args.json:
         atomic_write_json(args.json, {"results": [asdict(r) for r in results], "failures": failures})

@@ -7,8 +7,9 @@ tuning seeds (:func:`tuning_seeds`, apart from the reported seeds) as an ``elta 
 run with ``--evaluate-on validation``: its final model is scored on the validation split,
 and the test split is never read, neither its images nor its labels file. The point with
 the best mean criterion (:data:`~elta_core.comparison.SELECTION_CRITERIA`) over the
-tuning seeds is chosen; a tie keeps the earlier point. An APDS method takes the choice of the method that trains its round 1
-(:func:`~elta_core.app.methods.tuned_as`), so round 1 is still shared.
+tuning seeds is chosen; a tie keeps the earlier point. An APDS method takes the choice of
+the method that trains its round 1 (:func:`~elta_core.app.methods.tuned_as`), so round 1
+is still shared.
 
 Every trial is a resumable run directory under ``OUT/tuning/METHOD/SETTING/seedS``, named
 by its setting: a killed tuning resumes trial by trial, another budget reuses the trials

@@ -95,9 +95,8 @@ class Checkpointer:
         barrier()
         self.manifest.record(stage, path, key, digest.hexdigest() if digest is not None else None)
 
-    def load(self, stage: str, path: Path | None = None, *, map_location: Any = "cpu",
-             what: str = "delete it to recompute this stage, or restore it") -> Any:
-        return load_file(path or self.path(stage), map_location, what=what)
+    def load(self, stage: str, path: Path | None = None) -> Any:
+        return load_file(path or self.path(stage), what="delete it to recompute this stage, or restore it")
 
     def generator_state(self) -> dict[str, Any]:
         """Every rank's generator state (a collective under DDP): ``rng`` is rank 0's,

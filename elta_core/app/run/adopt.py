@@ -11,7 +11,7 @@ import torch
 
 from elta_core.adapters.torch import distributed as ddp
 from elta_core.app.config import ROUND2_ONLY, TrainConfig
-from elta_core.app.run.directory import BEST, CHECKPOINT, CHECKPOINT_KEY, SETTINGS_BEFORE_RECORDED, run_checkpoints
+from elta_core.app.run.directory import CHECKPOINT_KEY, SETTINGS_BEFORE_RECORDED, run_checkpoints
 from elta_core.app.run.splits import SPLIT_FILE, DataSplits, read_split, split_images
 from elta_core.io import atomic_write
 from elta_core.run_state import RunManifest, StaleStateError
@@ -23,30 +23,29 @@ def adopt_round1(settings: TrainConfig, manifest: RunManifest, splits: DataSplit
     taken only where DIR trained the round 1 this run would (:func:`_check_same_round1`);
     round 1 is then bit-identical (``tests/test_round1_from.py``). A run whose own
     checkpoint is already there resumes it instead."""
-    out, key = manifest.folder, manifest.stage_key("checkpoint", CHECKPOINT_KEY)
-    if run_checkpoints(manifest).current("checkpoint", key):
+    own, key = run_checkpoints(manifest), manifest.stage_key("checkpoint", CHECKPOINT_KEY)
+    if own.current("checkpoint", key):
         return
     folder = Path(settings.round1_from)
     donor = run_checkpoints(_check_same_round1(settings, manifest, splits, folder))
     if not donor.current("checkpoint", key):  # hashes it: a damaged file is refused here
         raise ValueError(f"round1_from: {folder} has no finished checkpoint; train it first "
                          f"(elta train --resume --out {folder})")
-    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)
+    state = torch.load(donor.path("checkpoint"), map_location="cpu", weights_only=True, mmap=True)
     trained = int((state.get("resume") or state).get("epoch", 0))
     if trained != settings.epochs:
         raise ValueError(f"round1_from: {folder} has trained {trained} of round 1's {settings.epochs} epochs; "
                          f"finish it first (elta train --resume --out {folder})")
-    stages = [("checkpoint", CHECKPOINT)]
+    stages = ["checkpoint"]
     if settings.select_best != "none":
         if not donor.current("best", manifest.stage_key("best", CHECKPOINT_KEY)):
-            raise ValueError(f"round1_from: {folder / BEST} is missing or does not match its run; train round 1 "
-                             "here (leave out --round1-from)")
-        stages.append(("best", BEST))
-    for stage, name in stages:
-        stage_key = manifest.stage_key(stage, CHECKPOINT_KEY)
+            raise ValueError(f"round1_from: {donor.path('best')} is missing or does not match its run; train "
+                             "round 1 here (leave out --round1-from)")
+        stages.append("best")
+    for stage in stages:
         expected = donor.manifest.data["stages"][stage]["sha256"]
-        ddp.on_main(lambda: _copy_verified(folder / name, out / name, expected))  # an error stops every rank
-        manifest.record(stage, out / name, stage_key, expected)
+        ddp.on_main(lambda: _copy_verified(donor.path(stage), own.path(stage), expected))  # an error stops every rank
+        manifest.record(stage, own.path(stage), manifest.stage_key(stage, CHECKPOINT_KEY), expected)
     if ddp.is_main():
         print(f"round 1: taken from {folder}, trained to epoch {trained}; training the APDS round")
 
