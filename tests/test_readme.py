@@ -33,6 +33,12 @@ def test_the_readme_has_code_blocks():
     assert len(BLOCKS) >= 6 and any(kind == "bash" for kind, _ in BLOCKS)
 
 
+def test_a_passing_test_leaves_no_temporary_folder(pytestconfig):
+    """The suite's runs write about 18 GB of checkpoints in all, which once filled CI's
+    disk: a passing test's ``tmp_path`` is deleted when it ends."""
+    assert pytestconfig.getini("tmp_path_retention_policy") == "failed"
+
+
 @pytest.mark.parametrize("name", ["README.md", "benchmarks/README.md", "docs/design.md"])
 def test_no_table_is_pasted_into_a_sentence(name):
     """Outside code blocks, a line with three or more cell separators is a table row and
