@@ -3,9 +3,9 @@ the CI machine's 2 cores are shared): B = 65,536, D = 256, float32, forward + ba
 
 The floor is the form's two matmuls, ``Zh^T Zh`` (D x D) and ``Zh G`` (B x D); the rest
 (normalising, the walk over the rows in score order, the normalisation's backward)
-should cost less than half of them again. Rows: the two matmuls alone; elta_core with the
-native walk (the default where the native kernels are built); elta_core with the native
-kernels off (the backend-neutral walk, blocked prefix sums). ``peak_extra_mib`` and
+should cost less than half of them again. Rows: the two matmuls alone; elta_core native
+(the default where the native kernels are built: a pass before the matmuls and the walk
+after them); elta_core with the native kernels off (the backend-neutral walk, blocked prefix sums). ``peak_extra_mib`` and
 ``times_features`` are in each result's ``extra_info``.
 """
 
@@ -41,14 +41,14 @@ def _run(name, features, scores):
         two_matmuls(features, scores)
         return
     native = kernels.native_enabled()
-    kernels.set_native_enabled(name == "elta_core, native walk")
+    kernels.set_native_enabled(name == "elta_core, native")
     try:
         _step(_loss, features, scores)
     finally:
         kernels.set_native_enabled(native)
 
 
-NAMES = ["two matmuls (the floor)", "elta_core, native walk", "elta_core, native off"]
+NAMES = ["two matmuls (the floor)", "elta_core, native", "elta_core, native off"]
 
 
 def prepared_step(name):
@@ -60,7 +60,7 @@ def prepared_step(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gram_form_against_its_floor(benchmark, name):
-    if name == "elta_core, native walk" and not kernels.native_available():
+    if name == "elta_core, native" and not kernels.native_available():
         pytest.skip(str(kernels.native_available().reason))
     torch.set_num_threads(1)  # 2 shared cores: see benchmarks/README.md
     features, scores = _inputs()

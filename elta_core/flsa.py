@@ -143,7 +143,6 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple
     asked) its gradient ``4 (Zh G - M Zh)`` w.r.t. ``Zh`` from the same prefix sums
     (docs/design.md). The rows are walked in chunks (in score order for the prefix sums,
     then in input order for the gradient), into one (B, D) buffer."""
-    size = backend.shape(zh)[0]
     gram = backend.matmul(backend.transpose(zh), zh)
     sum_c2 = backend.sum(gram * gram)
 
@@ -151,22 +150,10 @@ def _gram_sum_and_grad(backend, zh: Tensor, u: Tensor, with_grad: bool) -> tuple
     u_sorted = backend.take(u, order)
 
     # The totals T0 = sum_j z_j and T1 = sum_j u_j z_j, then the walk over the rows in
-    # score order (a native kernel on the CPU where one is built).
+    # score order.
     total = backend.sum(zh, axis=0, keepdims=True)
     weighted_total = backend.matmul(backend.reshape(u, (1, -1)), zh)
-    from elta_core.kernels import dispatch
-
-    def native(gram_walk) -> tuple[Tensor, Tensor | None]:
-        gradient = backend.matmul(zh, gram) if with_grad else None  # Zh G, then 4 (Zh G - M Zh) in place
-        walked = gram_walk(zh, order, u_sorted, total, weighted_total, gradient)
-        return backend.constant(walked, sum_c2), gradient
-
-    def reference() -> tuple[Tensor, Tensor | None]:
-        return _gram_walk(backend, zh, gram, order, u_sorted, total, weighted_total, with_grad)
-
-    width = backend.shape(zh)[1]
-    sum_cm, gradient = dispatch.run(dispatch.kernel("gram_walk", backend.name, zh, rows=size, width=width),
-                                    native, reference)
+    sum_cm, gradient = _gram_walk(backend, zh, gram, order, u_sorted, total, weighted_total, with_grad)
     return sum_c2 - 2 * sum_cm + sum_similarity_squared(backend, u, u_sorted), gradient
 
 

@@ -50,17 +50,20 @@ def test_flsa_kernel_degenerate_batches(z, s):
 def test_dispatch_uses_the_kernel_only_where_it_wins(rng, monkeypatch):
     calls = []
     real = native.flsa_loss_and_grad
-    monkeypatch.setattr(native, "flsa_loss_and_grad", lambda *a: calls.append(a[0].shape) or real(*a))
-    small, large = rng.normal(size=(16, 256)), rng.normal(size=(128, 256))
+    monkeypatch.setattr(native, "flsa_loss_and_grad",
+                        lambda *a, **k: calls.append((a[0].shape, a[2])) or real(*a, **k))
+    small, large, tall = rng.normal(size=(16, 256)), rng.normal(size=(128, 256)), rng.normal(size=(512, 16))
     a = flsa.alignment_loss(small, rng.uniform(1, 10, 16))
-    flsa.alignment_loss(large, rng.uniform(1, 10, 128))
-    flsa.alignment_loss(small, rng.uniform(1, 10, 16), form="direct")  # the kernel implements this form
-    flsa.alignment_loss(small, rng.uniform(1, 10, 16), form="gram")  # ... but not this one
-    assert calls == [(16, 256), (16, 256)]
+    flsa.alignment_loss(large, rng.uniform(1, 10, 128))  # the direct form past the pair pass's size: BLAS
+    flsa.alignment_loss(small, rng.uniform(1, 10, 16), form="direct")
+    flsa.alignment_loss(small, rng.uniform(1, 10, 16), form="gram")  # the Gram form runs native at every size
+    flsa.alignment_loss(tall, rng.uniform(1, 10, 512))  # "auto" is the Gram form for B > D
+    assert calls == [((16, 256), "direct"), ((16, 256), "direct"), ((16, 256), "gram"), ((512, 16), "gram")]
     assert isinstance(a, np.floating)
     torch = pytest.importorskip("torch")
     assert dispatch.select_impl("flsa", "torch", torch.zeros(16, 256), rows=16, width=256) == "native"
     assert dispatch.select_impl("flsa", "torch", torch.zeros(48, 256), rows=48, width=256) == "reference"
+    assert dispatch.select_impl("flsa", "torch", torch.zeros(512, 16), rows=512, width=16) == "native"
 
 
 @needs_native
@@ -99,6 +102,7 @@ def test_torch_op_gradients_and_compile(rng):
     expected_loss, expected_grad = _reference_loss_and_grad(z.detach().numpy(), s.numpy())
     np.testing.assert_allclose(z.grad.numpy(), expected_grad, rtol=1e-9, atol=1e-12)
     assert torch.autograd.gradcheck(lambda f: native.flsa_loss(f, s), (z.detach().clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda f: native.flsa_loss(f, s, "gram"), (z.detach().clone().requires_grad_(),))
 
     # Under torch.compile the dispatch picks the reference, which the compiler traces.
     compiled = torch.compile(lambda f, t: flsa.alignment_loss(f, t, validate=False) * 2, backend="aot_eager",
@@ -172,32 +176,48 @@ def test_environment_switch_forces_the_reference():
 
 @needs_native
 @pytest.mark.parametrize("backend_name", ["numpy", "torch"])
-@pytest.mark.parametrize("size", [300, 1500])  # 1500 rows: the walk runs on both threads' ranges
-def test_the_native_gram_walk_equals_the_backend_neutral_walk(backend_name, size, rng):
-    """The Gram form on the CPU: the native walk over the rows in score order against the
-    walk in backend operations, float64, scores 1..10 in steps of 0.5 (ties across every
-    range), with and without the gradient."""
+@pytest.mark.parametrize("size,threads", [(300, 1), (1500, 1), (1500, 2)])  # 1500 rows: two threads' ranges
+def test_the_native_gram_form_equals_the_backend_neutral_one(backend_name, size, threads, rng):
+    """The Gram form on the CPU: the native passes (normalisation with the totals, then the
+    walk in score order with the normalisation's backward) against the form in backend
+    operations, float64, scores 1..10 in steps of 0.5 (ties across every range), a zero row
+    and a row under the norm's floor, with and without the gradient, at torch's thread count."""
     z = rng.normal(size=(size, 24))
+    z[3], z[5] = 0, z[5] * 1e-10
     s = np.round(rng.uniform(1, 10, size) * 2) / 2
     results = {}
-    for native_on in (True, False):
-        kernels.set_native_enabled(native_on)
-        try:
+    torch = pytest.importorskip("torch")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for native_on in (True, False):
+            kernels.set_native_enabled(native_on)
             if backend_name == "numpy":
                 results[native_on] = (float(flsa.alignment_loss(z, s, form="gram")), None)
             else:
-                torch = pytest.importorskip("torch")
                 leaf = torch.tensor(z, requires_grad=True)
                 loss = flsa.alignment_loss(leaf, torch.tensor(s), form="gram")
                 loss.backward()
                 results[native_on] = (loss.item(), leaf.grad.numpy())
-        finally:
-            kernels.set_native_enabled(True)
-    assert dispatch.select_impl("gram_walk", backend_name, z if backend_name == "numpy" else leaf, rows=size) == "native"
+    finally:
+        kernels.set_native_enabled(True)
+        torch.set_num_threads(threads_before)
+    assert dispatch.select_impl("flsa", backend_name, z if backend_name == "numpy" else leaf, rows=size, width=24,
+                                form="gram") == "native"
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-12)
     assert results[True][0] == pytest.approx(float(flsa.alignment_loss(z, s, form="direct")), rel=1e-10)
     if backend_name == "torch":
-        np.testing.assert_allclose(results[True][1], results[False][1], rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(results[True][1], results[False][1], rtol=1e-9, atol=1e-9)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_native_gram_form_has_no_loss_without_a_score_range(dtype, rng):
+    torch = pytest.importorskip("torch")
+    leaf = torch.tensor(rng.normal(size=(600, 8)).astype(dtype), requires_grad=True)
+    loss = flsa.alignment_loss(leaf, torch.full((600,), 3.0, dtype=leaf.dtype))
+    loss.backward()
+    assert loss.item() == 0 and not leaf.grad.any()
 
 
 @pytest.mark.parametrize("rows", [1, 63, 64, 128, 129, 700])
@@ -206,3 +226,45 @@ def test_blocked_prefix_sums_equal_a_running_sum(rows, rng):
 
     x = rng.normal(size=(rows, 5))
     np.testing.assert_allclose(flsa._prefix_sums(get_backend(x), x), np.cumsum(x, axis=0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+@pytest.mark.parametrize("shape,dtype", [((3, 5), np.float32), ((1 << 20, 2), np.float32), ((1 << 19,), np.int64),
+                                         ((7,), np.uint8)])
+def test_large_buffers_are_plain_writable_arrays(shape, dtype, as_torch):
+    """Buffers from 4 MiB on are mapped asking for huge pages: they must still be ordinary
+    C-contiguous, writable arrays (tensors sharing their memory) of the shape and dtype."""
+    if as_torch:
+        pytest.importorskip("torch")
+    buffer = native.large_empty(shape, dtype, as_torch)
+    array = buffer.numpy() if as_torch else buffer
+    assert array.shape == shape and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable
+    array[...] = 3
+    assert int(buffer.sum()) == 3 * int(np.prod(shape))
+
+
+@needs_native
+def test_the_native_gram_form_in_huge_buffers_and_under_create_graph(rng):
+    """B = 8192, D = 128 in float32: the (B, D) buffers cross 4 MiB, so they are mapped for
+    huge pages; loss and gradient equal the reference at float32 tolerance. With
+    ``create_graph`` the upstream gradient is part of a graph, and the scaling keeps it."""
+    torch = pytest.importorskip("torch")
+    z = torch.tensor(rng.normal(size=(8192, 128)), dtype=torch.float32)
+    s = torch.tensor(rng.uniform(1, 10, 8192), dtype=torch.float32)
+    results = []
+    for native_on in (True, False):
+        kernels.set_native_enabled(native_on)
+        try:
+            leaf = z.clone().requires_grad_()
+            loss = flsa.alignment_loss(leaf, s)
+            (grad,) = torch.autograd.grad(loss * 3, leaf)
+            results.append((loss.item(), grad))
+        finally:
+            kernels.set_native_enabled(True)
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-9)
+    leaf = z[:300].clone().double().requires_grad_()
+    weight = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(native.flsa_loss(leaf, s[:300].double(), "gram") * weight, leaf, create_graph=True)
+    grad.sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad)

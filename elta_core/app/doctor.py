@@ -27,7 +27,7 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 6e-2, tor
 TF32_TOLERANCE = 5e-3  # float32 tiles at TF32 (torch.get_float32_matmul_precision() != "highest")
 GPU_FLSA = [(8192, 768), (65536, 256), (1024, 4096)]
 GPU_GRID = [255_000]
-CPU_FLSA = [(64, 32), (16, 512)]  # the native kernel's domain: B * B * D <= 131,072
+CPU_FLSA = [(2048, 64), (16, 512)]  # the native Gram form (B > D) and pair pass (B * B * D <= 131,072)
 CPU_GRID = [4096]
 INTERPRETER_FLSA = [(24, 40), (40, 12)]  # the Triton interpreter is ~1000x slower than eager
 INTERPRETER_GRID = [300]

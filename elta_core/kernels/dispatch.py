@@ -5,9 +5,8 @@ Policy (the reference is the definition; a kernel is an optional speed-up):
 =============  =======================================  ========================================  =========
 operation      Triton (GPU)                             native (CPU)                              reference
 =============  =======================================  ========================================  =========
-``flsa``       torch CUDA tensor; both forms            NumPy or torch CPU; form ``"auto"`` or    otherwise
-                                                        ``"direct"``; ``B*B*D <= 131,072``
-``gram_walk``  never (inside the Triton FLSA kernel)     NumPy or torch CPU                        otherwise
+``flsa``       torch CUDA tensor; both forms            NumPy or torch CPU: the Gram form, or     otherwise
+                                                        the direct one at ``B*B*D <= 131,072``
 ``apds_rows``  torch CUDA tensor with rows              never (the reference is as fast)          otherwise
 ``apds_grid``  torch CUDA tensor with rows              NumPy or torch CPU; ``N >= 2,048``        otherwise
 =============  =======================================  ========================================  =========
@@ -19,8 +18,7 @@ Rules shared by both kernel families, checked in this order:
    and importable (:func:`~elta_core.kernels.triton_available`, ``native_available``).
 2. Under ``torch.compile`` tracing the reference runs, so that the compiler sees plain ops.
 3. An explicit FLSA ``form`` runs on a kernel only if the kernel implements that form
-   (Triton implements ``"direct"`` and ``"gram"``; the native kernel the single-pass
-   ``"direct"`` sum).
+   (both families implement ``"direct"`` and ``"gram"``).
 4. The shape rule of the table. The native thresholds were measured on 2 CPU cores
    (``benchmarks/README.md``). The Triton kernels have only run under the interpreter:
    no GPU measurement shows them faster than the reference yet, so ``TRITON_BY_DEFAULT``
@@ -44,21 +42,19 @@ from typing import Any, Callable, Literal, NamedTuple, TypeVar
 __all__ = ["Impl", "Kernel", "TRITON_BY_DEFAULT", "flsa_form", "kernel", "run", "select_impl"]
 
 Impl = Literal["triton", "native", "reference"]
-Operation = Literal["flsa", "gram_walk", "apds_rows", "apds_grid"]
+Operation = Literal["flsa", "apds_rows", "apds_grid"]
 
 TRITON_BY_DEFAULT = os.environ.get("ELTA_TRITON_DEFAULT", "1").strip().lower() not in ("0", "false", "no", "off")
 NATIVE_FLSA_MAX_PAIR_WORK = 131_072  # B * B * D; past this BLAS wins (benchmarks/README.md)
 NATIVE_GRID_MIN_ROWS = 2048
-_NATIVE_FORMS = {"flsa": ("auto", "direct"), "gram_walk": ("auto",), "apds_grid": ("auto",)}
+_NATIVE_FORMS = {"flsa": ("auto", "direct", "gram"), "apds_grid": ("auto",)}
 # (operation, implementation) -> "module:function"; the signatures are the core's contract:
 #   flsa(features (B, D), scores (B,), form) -> loss, differentiable w.r.t. the features
-#   gram_walk(zh, order, u_sorted, total, weighted_total, grad or None) -> sum_k zh_k . (M Zh)_k, grad in place
 #   apds_rows(logits, values, beta, mean_score, score_scale, threshold=1, strict=False) -> (sharpened, max, kept)
 #   apds_grid(logits, true, values, betas, thresholds, mean_score, score_scale, strict, sharpened) -> (counts, sums)
 _KERNELS: dict[tuple[str, str], str] = {
     ("flsa", "triton"): "elta_core.kernels.triton_ops.flsa:flsa_loss",
     ("flsa", "native"): "elta_core.kernels.native:flsa_loss",
-    ("gram_walk", "native"): "elta_core.kernels.native:gram_walk",
     ("apds_rows", "triton"): "elta_core.kernels.triton_ops.apds:sharpen_rows",
     ("apds_grid", "triton"): "elta_core.kernels.triton_ops.apds:grid_accumulate",
     ("apds_grid", "native"): "elta_core.kernels.native:grid_accumulate",
@@ -108,9 +104,8 @@ def _native_allowed(op: Operation, backend_name: str, tensor: Any, rows: int, wi
     if _device_type(backend_name, tensor) != "cpu" or not native_enabled():
         return False
     if op == "flsa":
-        return rows * rows * width <= NATIVE_FLSA_MAX_PAIR_WORK
-    if op == "gram_walk":
-        return True
+        resolved = flsa_form(rows, width) if form == "auto" else form
+        return resolved == "gram" or rows * rows * width <= NATIVE_FLSA_MAX_PAIR_WORK
     return rows >= NATIVE_GRID_MIN_ROWS
 
 

@@ -7,6 +7,7 @@ runs the reference instead, so no custom operator is registered.
 
 from __future__ import annotations
 
+import mmap
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,22 +24,97 @@ def _host(x: Any) -> np.ndarray:
     return x.detach().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def flsa_loss_and_grad(features: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray]:
-    """FLSA loss and its gradient w.r.t. the (B, D) features, float32 or float64."""
-    dtype = np.float64 if features.dtype == np.float64 else np.float32
-    z = _float_array(features, dtype)
+def _threads(x: Any) -> int:
+    """The native kernels' thread count: torch's for torch tensors (``torch.set_num_threads``
+    holds for them too), OpenMP's own (0) for NumPy arrays."""
+    if hasattr(x, "detach"):
+        import torch
+
+        return torch.get_num_threads()
+    return 0
+
+
+def flsa_loss_and_grad(features: Any, scores: Any, form: str = "direct",
+                       with_grad: bool = True) -> tuple[float, Any]:
+    """FLSA loss [Eqs. 5, 6] and its gradient w.r.t. the (B, D) features (None without
+    ``with_grad``): float32 or float64 NumPy arrays, or torch CPU tensors (detached,
+    C-contiguous, of one dtype). ``"direct"`` sums the B x B pairs in one pass (small
+    batches); ``"gram"`` is the Gram form (docs/design.md), two native passes around its two
+    matmuls, which run in the features' own library (its BLAS, its thread count)."""
+    if form == "gram":
+        return _gram_loss_and_grad(features, scores, with_grad)
+    host = _host(features)
+    dtype = np.float64 if host.dtype == np.float64 else np.float32
+    z = _float_array(host, dtype)
     grad = np.empty_like(z)
-    loss = native_module().flsa_forward_backward(z, _float_array(scores, dtype), grad)
+    loss = native_module().flsa_forward_backward(z, _float_array(_host(scores), dtype), grad)
+    if hasattr(features, "detach"):
+        import torch
+
+        grad = torch.from_numpy(grad)
     return loss, grad
 
 
+def _gram_loss_and_grad(z: Any, s: Any, with_grad: bool) -> tuple[float, Any]:
+    size, width = z.shape
+    as_torch = hasattr(z, "detach")
+    if not as_torch:
+        z, s = np.ascontiguousarray(z), np.ascontiguousarray(s, dtype=z.dtype)
+    dtype = _host(z).dtype
+
+    def empty(shape, kind=dtype):
+        return large_empty(shape, kind, as_torch)
+
+    zh, u, order, factor = empty((size, width)), empty(size), empty(size, np.int64), empty(size)
+    floored, total, weighted_total = empty(size, np.uint8), empty(width), empty(width)
+    kernels, threads = native_module(), _threads(z)
+    has_range = kernels.flsa_gram_prepare(*map(_host, (z, s, zh, u, order, factor, floored, total, weighted_total)),
+                                          threads)
+    gram = zh.T @ zh
+    sum_c2 = float((gram * gram).sum())
+    grad = None
+    if with_grad:  # Zh G, then dL/dz written over it
+        grad = empty((size, width))
+        (torch_module().matmul if as_torch else np.matmul)(zh, gram, out=grad)
+    target = _host(grad) if with_grad else np.empty((1, width), dtype=dtype)
+    sum_cm, sum_m2 = kernels.flsa_gram_walk(*map(_host, (zh, order, u, total, weighted_total)), target,
+                                            _host(factor), _host(floored), with_grad, threads)
+    loss = (sum_c2 - 2 * sum_cm + sum_m2) / (size * size) if has_range else 0.0
+    return loss, grad
+
+
+HUGE_PAGES_FROM_BYTES = 4 << 20
+
+
+def large_empty(shape: int | tuple[int, ...], dtype: Any, as_torch: bool) -> Any:
+    """An uninitialised C-contiguous NumPy array of ``dtype`` (a torch tensor sharing its
+    memory where ``as_torch``). From 4 MiB on it is mapped asking for transparent huge
+    pages where the system offers them: the first touch of a fresh 64 MiB buffer page by
+    page cost about 20 ms of the Gram form's 300 (docs/design.md)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    if count * dtype.itemsize >= HUGE_PAGES_FROM_BYTES and hasattr(mmap, "MADV_HUGEPAGE"):
+        mapped = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapped.madvise(mmap.MADV_HUGEPAGE)
+        array = np.frombuffer(mapped, dtype=dtype, count=count).reshape(shape)
+    else:
+        array = np.empty(shape, dtype=dtype)
+    return torch_module().from_numpy(array) if as_torch else array
+
+
+def torch_module():
+    import torch
+
+    return torch
+
+
 def flsa_loss(features: Any, scores: Any, form: str = "direct") -> Any:
-    """The FLSA loss [Eqs. 5, 6] of (B, D) features: a NumPy scalar for arrays, a
-    differentiable 0-d tensor for torch CPU tensors. The kernel sums the B x B pairs in
-    one pass, which is exact for every ``form``."""
+    """The FLSA loss [Eqs. 5, 6] of (B, D) features in ``form`` (``"direct"`` or
+    ``"gram"``, as :func:`flsa_loss_and_grad`): a NumPy scalar for arrays, a differentiable
+    0-d tensor for torch CPU tensors."""
     if hasattr(features, "detach"):
-        return _native_flsa_function().apply(features, scores)
-    loss, _ = flsa_loss_and_grad(features, scores)
+        return _native_flsa_function().apply(features, scores, form)
+    loss, _ = flsa_loss_and_grad(features, scores, form, with_grad=form != "gram")
     return features.dtype.type(loss)
 
 
@@ -46,44 +122,31 @@ _FUNCTION = None
 
 
 def _native_flsa_function():
-    """The autograd Function over the kernel (torch imported on first use)."""
+    """The autograd Function over the kernels (torch imported on first use)."""
     global _FUNCTION
     if _FUNCTION is None:
         import torch
 
         class NativeFLSA(torch.autograd.Function):
-            """The kernel returns the gradient with the loss; the backward scales it (first order)."""
+            """The kernels return the gradient with the loss; the backward scales it (first order)."""
 
             @staticmethod
-            def forward(ctx, features, scores):
+            def forward(ctx, features, scores, form):
                 z = features.detach().contiguous()
-                grad = torch.empty_like(z)
-                loss = native_module().flsa_forward_backward(z, scores.detach().to(z.dtype).contiguous(), grad)
+                loss, grad = flsa_loss_and_grad(z, scores.detach().to(z.dtype).contiguous(), form,
+                                                with_grad=ctx.needs_input_grad[0])
                 ctx.save_for_backward(grad)
                 return torch.tensor(loss, dtype=z.dtype)
 
             @staticmethod
             def backward(ctx, grad_loss):
                 (grad,) = ctx.saved_tensors
-                return grad_loss * grad, None
+                if grad_loss.requires_grad:  # a graph of the scaling itself (create_graph=True)
+                    return grad_loss * grad, None, None
+                return torch.mul(grad, grad_loss, out=large_empty(grad.shape, grad.numpy().dtype, True)), None, None
 
         _FUNCTION = NativeFLSA
     return _FUNCTION
-
-
-def gram_walk(zh: Any, order: Any, u_sorted: Any, total: Any, weighted_total: Any, grad: Any | None) -> float:
-    """The Gram form's walk over the rows in score order: ``sum_k zh_k . (M Zh)_k``, and,
-    where ``grad`` (B, D) holds ``Zh G``, ``4 (Zh G - M Zh)`` written over it in place. CPU
-    arrays or tensors of one float dtype; ``order`` int64."""
-    zh = _host(zh)
-    dtype = np.float64 if zh.dtype == np.float64 else np.float32
-    target = _host(grad) if grad is not None else np.empty((1, zh.shape[1]), dtype=dtype)
-    if target.dtype != dtype or not target.flags.c_contiguous:
-        raise ValueError("grad: expected a C-contiguous buffer of the features' dtype")  # written in place
-    return native_module().flsa_gram_walk(
-        _float_array(zh, dtype), _float_array(_host(order), np.int64), _float_array(_host(u_sorted), dtype),
-        _float_array(_host(total).reshape(-1), dtype), _float_array(_host(weighted_total).reshape(-1), dtype), target,
-        grad is not None)
 
 
 def grid_accumulate(logits: Any, true_scores: Any, bin_values: Any, betas: Sequence[float],
@@ -91,6 +154,7 @@ def grid_accumulate(logits: Any, true_scores: Any, bin_values: Any, betas: Seque
                     pseudo_sharpened: bool) -> tuple[np.ndarray, np.ndarray]:
     """Selected counts and summed absolute errors, each (len(betas), len(thresholds)), for
     CPU arrays or tensors."""
+    threads = _threads(logits)
     logits, true_scores, bin_values = _host(logits), _host(true_scores), _host(bin_values)
     dtype = np.float64 if logits.dtype == np.float64 else np.float32
     counts = np.zeros((len(betas), len(thresholds)))
@@ -99,6 +163,6 @@ def grid_accumulate(logits: Any, true_scores: Any, bin_values: Any, betas: Seque
         _float_array(logits, dtype), _float_array(true_scores, np.float64), _float_array(bin_values, np.float64),
         _float_array(betas, np.float64), _float_array(thresholds, np.float64),
         np.nan if mean_score is None else float(mean_score), float(score_scale), bool(strict), bool(pseudo_sharpened),
-        counts, sums,
+        counts, sums, threads,
     )
     return counts, sums
