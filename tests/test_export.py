@@ -97,3 +97,20 @@ def test_a_torch_export_program_runs_without_the_models_code(data, tmp_path):
 def test_export_names_a_missing_checkpoint(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_a_run_of_the_demo_model_trains_and_scores_but_is_not_exported(data, tmp_path, capsys):
+    """``elta train --backbone elta/small-cnn`` trains the demo's model from image files;
+    the exported loader could not build it without elta_core, so export refuses by name,
+    and load_model scores with it."""
+    from elta_core.app.predict import load_model
+
+    assert main(["train", "--labels", str(data / "labels.csv"), "--format", "ava", "--images", str(data / "images"),
+                 "--backbone", "elta/small-cnn", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
+                 "--val-fraction", "0.25", "--workers", "0", "--threads", "1", "--quiet", "--out",
+                 str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "elta/small-cnn is elta_core's own" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    scorer, transform = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert scorer is not None and transform is not None

@@ -193,6 +193,19 @@ def test_unknown_timm_model_and_missing_timm_are_clear(monkeypatch, capsys):
         models.create_backbone("timm/test_resnet", 10)
 
 
+def test_the_demo_model_is_a_backbone_with_no_published_weights():
+    from elta_core.app import demo
+
+    torch.manual_seed(0)
+    model, head, skipped = models.build_model(demo.DEMO_MODEL, 7)
+    assert isinstance(model, models.SmallCNN) and head == "head" and skipped == []
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    with pytest.raises(ValueError, match=r"elta_core has no model 'elta/big-cnn' \(its own: elta/small-cnn\)"):
+        models.create_backbone("elta/big-cnn", 10)
+    with pytest.raises(ValueError, match="pretrained: elta/small-cnn has no published weights"):
+        models.create_backbone("elta/small-cnn", 10, pretrained="default")
+
+
 def test_round2_resumes_a_copy_of_the_optimizer_state():
     parameter = torch.nn.Parameter(torch.ones(3))
     first = torch.optim.Adam([parameter], lr=0.1)

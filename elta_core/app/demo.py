@@ -33,6 +33,7 @@ from elta_core.adapters.torch.loop import make_optimizer
 from elta_core.adapters.torch.peers import make_peer
 from elta_core.app.compare import RemainingTime, summarise, write_differences
 from elta_core.app.methods import FLSA_OFF, METHODS, uses_self_training
+from elta_core.app.models import create_backbone
 from elta_core.app.options import peer_setting_values, peer_settings
 from elta_core.data.stats import FIGURE1_BINS, figure1_counts
 from elta_core.data.synthetic import generate
@@ -46,6 +47,7 @@ ROW_NAMES = {"baseline": "baseline", "tfa": "+TFA", "flsa": "+FLSA", "elta": "+T
 ROWS = list(ROW_NAMES.values())
 CONTROL = ROW_NAMES["elta+round2-control"]
 PEER_ROWS = [method for method in ROW_NAMES if METHODS[method].get("peers")]
+DEMO_MODEL = "elta/small-cnn"  # registered with the backbones (elta train --backbone elta/small-cnn)
 
 
 @dataclass(frozen=True)
@@ -80,25 +82,6 @@ FULL = DemoConfig()
 QUICK = replace(FULL, train=1200, calibration=400, unlabelled=1200, test=800, epochs=4, round2_epochs=4)
 
 
-class SmallCNN(nn.Module):
-    """Four strided convolutions, global pooling, and a 10-level distribution head."""
-
-    def __init__(self, width: int = 32, num_bins: int = 10):
-        super().__init__()
-
-        def block(cin, cout, stride):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-        self.features = nn.Sequential(
-            block(3, width, 1), block(width, width, 2), block(width, 2 * width, 2), block(2 * width, 2 * width, 2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.head = nn.Linear(2 * width, num_bins)
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
 def _tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.from_numpy(data.images).permute(0, 3, 1, 2).float().div_(255).sub_(0.5).div_(0.25)
     return images, torch.from_numpy(data.distributions).float()
@@ -128,7 +111,7 @@ def _train_row(method: str, seed: int, data: dict, config: DemoConfig, workdir: 
     values = peer_setting_values(config.peer_settings)
     peers = [make_peer(name, data["train"][1], values.get(name)) for name in settings.get("peers", ())]
     wrapper = ELTAWrapper(
-        SmallCNN(), "head", tfa=settings["tfa"], num_pairs=config.num_pairs,
+        create_backbone(DEMO_MODEL, 10), "head", tfa=settings["tfa"], num_pairs=config.num_pairs,
         flsa_weight=0.0 if settings["flsa"] == FLSA_OFF else config.flsa_weight, seed=seed, peers=peers,
     )
     generator = torch.Generator().manual_seed(seed)

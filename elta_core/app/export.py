@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from elta_core.app.config import ExportConfig
-from elta_core.app.models import EMD_MLP_HIDDEN, SIGMOID_DROPOUT, classifier_of, create_backbone
+from elta_core.app.models import BUILTIN_PREFIX, EMD_MLP_HIDDEN, SIGMOID_DROPOUT, classifier_of, create_backbone
 from elta_core.app.run.model import RunConfig, load_checkpoint
 from elta_core.app.run.resources import output_folder
 from elta_core.io import atomic_write, atomic_write_json
@@ -60,6 +60,10 @@ def export(settings: ExportConfig) -> dict[str, str]:
     from safetensors.torch import save
 
     wrapper, config = load_checkpoint(settings.checkpoint, torch.device("cpu"))
+    if config.backbone.startswith(BUILTIN_PREFIX):
+        raise ValueError(f"checkpoint: its backbone {config.backbone} is elta_core's own, which the exported loader "
+                         "(torch, torchvision and timm only) cannot build; load the checkpoint with "
+                         "elta_core.app.predict.load_model instead")
     out = output_folder(settings.out)
     model = wrapper.model.eval()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

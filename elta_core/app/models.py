@@ -1,4 +1,4 @@
-"""The models ``elta train`` builds: a torchvision or timm backbone with one of three heads,
+"""The models ``elta train`` builds: a torchvision, timm or built-in backbone with one of three heads,
 and weights from a local file (``.pth`` / ``.pt`` or ``.safetensors``) or the backbone's
 published ones (``--pretrained``: timm's hub, torchvision's weights enums, each cached)."""
 
@@ -17,6 +17,30 @@ from elta_core.optional import require
 EMD_MLP_HIDDEN = 64  # the authors' EMD head: Linear(F, 64), ReLU, Linear(64, C)
 SIGMOID_DROPOUT = 0.75  # the authors' score head: Dropout(0.75), Linear(F, 1), Sigmoid
 TIMM_PREFIX = "timm/"
+BUILTIN_PREFIX = "elta/"
+
+
+class SmallCNN(nn.Module):
+    """``elta/small-cnn``, the demo's model: four strided convolutions, global pooling, and a
+    linear classifier over the rating levels (``head``)."""
+
+    def __init__(self, width: int = 32, num_bins: int = 10):
+        super().__init__()
+
+        def block(cin, cout, stride):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.features = nn.Sequential(
+            block(3, width, 1), block(width, width, 2), block(width, 2 * width, 2), block(2 * width, 2 * width, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * width, num_bins)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+BUILTIN_BACKBONES = {"small-cnn": SmallCNN}  # elta/<name>: models of this library, with no published weights
 
 
 class ScaledSigmoid(nn.Module):
@@ -52,7 +76,17 @@ def create_backbone(backbone: str, num_bins: int, pretrained: str | None = None)
     """``timm/<name>`` (any timm model, ``timm/<name>.<tag>`` naming its weights) or a
     torchvision model name, randomly initialised with a ``num_bins``-way classifier, or
     with ``pretrained`` ("default", or a timm tag or torchvision weights name) from its
-    published weights (:func:`pretrained_timm`, :func:`pretrained_torchvision`)."""
+    published weights (:func:`pretrained_timm`, :func:`pretrained_torchvision`); or
+    ``elta/<name>``, a model of this library (:data:`BUILTIN_BACKBONES`)."""
+    if backbone.startswith(BUILTIN_PREFIX):
+        name = backbone[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_BACKBONES:
+            known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_BACKBONES)
+            raise ValueError(f"backbone: elta_core has no model {backbone!r} (its own: {known})")
+        if pretrained:
+            raise ValueError(f"pretrained: {backbone} has no published weights; train it from scratch or give "
+                             "--weights")
+        return BUILTIN_BACKBONES[name](num_bins=num_bins)
     if backbone.startswith(TIMM_PREFIX):
         timm = require("timm", "timm")
         name = backbone[len(TIMM_PREFIX):]
