@@ -70,17 +70,26 @@ def _gram_loss_and_grad(z: Any, s: Any, with_grad: bool) -> tuple[float, Any]:
     kernels, threads = native_module(), _threads(z)
     has_range = kernels.flsa_gram_prepare(*map(_host, (z, s, zh, u, order, factor, floored, total, weighted_total)),
                                           threads)
-    gram = zh.T @ zh
+    matmul = _exact_torch_matmul if as_torch else np.matmul
+    gram = matmul(zh.T, zh)
     sum_c2 = float((gram * gram).sum())
     grad = None
     if with_grad:  # Zh G, then dL/dz written over it
         grad = empty((size, width))
-        (torch_module().matmul if as_torch else np.matmul)(zh, gram, out=grad)
+        matmul(zh, gram, out=grad)
     target = _host(grad) if with_grad else np.empty((1, width), dtype=dtype)
     sum_cm, sum_m2 = kernels.flsa_gram_walk(*map(_host, (zh, order, u, total, weighted_total)), target,
                                             _host(factor), _host(floored), with_grad, threads)
     loss = (sum_c2 - 2 * sum_cm + sum_m2) / (size * size) if has_range else 0.0
     return loss, grad
+
+
+def _exact_torch_matmul(a: Any, b: Any, out: Any = None) -> Any:
+    """``torch.matmul`` in the operands' own precision: under autocast it would run in
+    bfloat16, where the reference's matmuls never do."""
+    torch = torch_module()
+    with torch.autocast("cpu", enabled=False):
+        return torch.matmul(a, b, out=out)
 
 
 HUGE_PAGES_FROM_BYTES = 4 << 20
