@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks.baselines import plain_formula  # noqa: E402
-from benchmarks.memory import peak_extra_mib  # noqa: E402
+from benchmarks.memory import clearing_gradient, peak_extra_mib  # noqa: E402
 from elta_core import flsa  # noqa: E402
 
 WIDTH = 256
@@ -43,7 +43,7 @@ def _step(fn, features, scores):
 def prepared_step(name, size):
     """Inputs built, one measured fwd+bwd returned (for ``peak_extra_mib``)."""
     fn, (features, scores) = IMPLEMENTATIONS[name], _inputs(size)
-    return lambda: _step(fn, features, scores)
+    return clearing_gradient(lambda: _step(fn, features, scores), features)
 
 
 @pytest.mark.parametrize("size", SIZES)

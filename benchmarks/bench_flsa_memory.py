@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks.bench_flsa import WIDTH, _inputs, _step  # noqa: E402
-from benchmarks.memory import peak_extra_mib  # noqa: E402
+from benchmarks.memory import clearing_gradient, peak_extra_mib  # noqa: E402
 from elta_core import flsa  # noqa: E402
 
 SIZES = [65_536, 262_144]
@@ -45,7 +45,7 @@ def prepared_step(name, size):
     """Inputs built, one measured fwd+bwd returned (for ``peak_extra_mib``)."""
     torch.set_num_threads(1)
     fn, (features, scores) = IMPLEMENTATIONS[name], _inputs(size)
-    return lambda: _step(fn, features, scores)
+    return clearing_gradient(lambda: _step(fn, features, scores), features)
 
 
 def test_the_eager_gram_form_is_the_loss():

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks.bench_flsa import _step  # noqa: E402
-from benchmarks.memory import peak_extra_mib  # noqa: E402
+from benchmarks.memory import clearing_gradient, peak_extra_mib  # noqa: E402
 from elta_core import flsa, kernels  # noqa: E402
 
 SIZE, WIDTH = 65_536, 256
@@ -55,7 +55,7 @@ def prepared_step(name):
     """Inputs built, one measured call returned (for ``peak_extra_mib``)."""
     torch.set_num_threads(1)
     features, scores = _inputs()
-    return lambda: _run(name, features, scores)
+    return clearing_gradient(lambda: _run(name, features, scores), features)
 
 
 @pytest.mark.parametrize("name", NAMES)
