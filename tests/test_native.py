@@ -231,12 +231,13 @@ def test_blocked_prefix_sums_equal_a_running_sum(rows, rng):
 @pytest.mark.parametrize("as_torch", [False, True])
 @pytest.mark.parametrize("shape,dtype", [((3, 5), np.float32), ((1 << 20, 2), np.float32), ((1 << 19,), np.int64),
                                          ((7,), np.uint8)])
-def test_large_buffers_are_plain_writable_arrays(shape, dtype, as_torch):
-    """Buffers from 4 MiB on are mapped asking for huge pages: they must still be ordinary
-    C-contiguous, writable arrays (tensors sharing their memory) of the shape and dtype."""
+def test_the_native_buffers_are_plain_writable_arrays(shape, dtype, as_torch):
+    """The native passes' buffers come from NumPy's allocator (huge pages from 4 MiB on):
+    ordinary C-contiguous, writable arrays (tensors sharing their memory) of the shape and
+    dtype."""
     if as_torch:
         pytest.importorskip("torch")
-    buffer = native.large_empty(shape, dtype, as_torch)
+    buffer = native.numpy_allocated(shape, dtype, as_torch)
     array = buffer.numpy() if as_torch else buffer
     assert array.shape == shape and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable
     array[...] = 3
@@ -244,9 +245,9 @@ def test_large_buffers_are_plain_writable_arrays(shape, dtype, as_torch):
 
 
 @needs_native
-def test_the_native_gram_form_in_huge_buffers_and_under_create_graph(rng):
-    """B = 8192, D = 128 in float32: the (B, D) buffers cross 4 MiB, so they are mapped for
-    huge pages; loss and gradient equal the reference at float32 tolerance. With
+def test_the_native_gram_form_in_large_buffers_and_under_create_graph(rng):
+    """B = 8192, D = 128 in float32: the (B, D) buffers cross 4 MiB (NumPy's huge pages);
+    loss and gradient equal the reference at float32 tolerance. With
     ``create_graph`` the upstream gradient is part of a graph, and the scaling keeps it."""
     torch = pytest.importorskip("torch")
     z = torch.tensor(rng.normal(size=(8192, 128)), dtype=torch.float32)

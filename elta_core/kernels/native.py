@@ -7,7 +7,6 @@ runs the reference instead, so no custom operator is registered.
 
 from __future__ import annotations
 
-import mmap
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,7 +62,7 @@ def _gram_loss_and_grad(z: Any, s: Any, with_grad: bool) -> tuple[float, Any]:
     dtype = _host(z).dtype
 
     def empty(shape, kind=dtype):
-        return large_empty(shape, kind, as_torch)
+        return numpy_allocated(shape, kind, as_torch)
 
     zh, u, order, factor = empty((size, width)), empty(size), empty(size, np.int64), empty(size)
     floored, total, weighted_total = empty(size, np.uint8), empty(width), empty(width)
@@ -92,22 +91,12 @@ def _exact_torch_matmul(a: Any, b: Any, out: Any = None) -> Any:
         return torch.matmul(a, b, out=out)
 
 
-HUGE_PAGES_FROM_BYTES = 4 << 20
-
-
-def large_empty(shape: int | tuple[int, ...], dtype: Any, as_torch: bool) -> Any:
-    """An uninitialised C-contiguous NumPy array of ``dtype`` (a torch tensor sharing its
-    memory where ``as_torch``). From 4 MiB on it is mapped asking for transparent huge
-    pages where the system offers them: the first touch of a fresh 64 MiB buffer page by
-    page cost about 20 ms of the Gram form's 300 (docs/design.md)."""
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
-    if count * dtype.itemsize >= HUGE_PAGES_FROM_BYTES and hasattr(mmap, "MADV_HUGEPAGE"):
-        mapped = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        mapped.madvise(mmap.MADV_HUGEPAGE)
-        array = np.frombuffer(mapped, dtype=dtype, count=count).reshape(shape)
-    else:
-        array = np.empty(shape, dtype=dtype)
+def numpy_allocated(shape: int | tuple[int, ...], dtype: Any, as_torch: bool) -> Any:
+    """An uninitialised C-contiguous array from NumPy's allocator (a torch tensor sharing its
+    memory where ``as_torch``). NumPy asks Linux for transparent huge pages for arrays of
+    4 MiB or more, and torch's CPU allocator does not: the first touch of a fresh 64 MiB
+    torch buffer page by page cost about 20 ms of the Gram form's 300 (docs/design.md)."""
+    array = np.empty(shape, dtype=dtype)
     return torch_module().from_numpy(array) if as_torch else array
 
 
@@ -152,7 +141,7 @@ def _native_flsa_function():
                 (grad,) = ctx.saved_tensors
                 if grad_loss.requires_grad:  # a graph of the scaling itself (create_graph=True)
                     return grad_loss * grad, None, None
-                return torch.mul(grad, grad_loss, out=large_empty(grad.shape, grad.numpy().dtype, True)), None, None
+                return torch.mul(grad, grad_loss, out=numpy_allocated(grad.shape, grad.numpy().dtype, True)), None, None
 
         _FUNCTION = NativeFLSA
     return _FUNCTION
