@@ -5,8 +5,8 @@ The floor is the form's two matmuls, ``Zh^T Zh`` (D x D) and ``Zh G`` (B x D); t
 (normalising, the walk over the rows in score order, the normalisation's backward)
 should cost less than half of them again. Rows: the two matmuls alone; elta_core native
 (the default where the native kernels are built: a pass before the matmuls and the walk
-after them); elta_core with the native kernels off (the backend-neutral walk, blocked prefix sums). ``peak_extra_mib`` and
-``times_features`` are in each result's ``extra_info``.
+after them); elta_core with the native kernels off (the backend-neutral walk, blocked
+prefix sums). ``peak_extra_mib`` and ``times_features`` are in each result's ``extra_info``.
 """
 
 import pytest

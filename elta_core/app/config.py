@@ -34,9 +34,8 @@ class TrainConfig(PeerSettings, APDSSettings, Loading, LabelFile):
     recipe: str = option("default", "default: this library's settings; paper: Adam, lr 1e-5, batch 48, 20 epochs, "
                          "resize 300 + random crop 256 + flip, test resize 256, the authors' heads, best validation "
                          "SRCC", choices=RECIPES)
-    backbone: str = option("resnet18", "a torchvision model name, timm/<name> for any timm model (e.g. "
-                           "timm/swinv2_base_window8_256; needs elta-core[timm]), or elta/small-cnn (the demo's "
-                           "model)")
+    backbone: str = option("resnet18", "a torchvision model name, timm/<name> for any timm model (e.g. timm/"
+                           "swinv2_base_window8_256; needs elta-core[timm]), or elta/small-cnn (the demo's model)")
     weights: str | None = option(None, "local weights to start from: a .pth/.pt state dict or a .safetensors file "
                                        "(no downloads; the head may differ)")
     pretrained: str | None = option(None, "start from the backbone's published ImageNet weights, downloaded once into "

@@ -26,11 +26,7 @@ def _host(x: Any) -> np.ndarray:
 def _threads(x: Any) -> int:
     """The native kernels' thread count: torch's for torch tensors (``torch.set_num_threads``
     holds for them too), OpenMP's own (0) for NumPy arrays."""
-    if hasattr(x, "detach"):
-        import torch
-
-        return torch.get_num_threads()
-    return 0
+    return torch_module().get_num_threads() if hasattr(x, "detach") else 0
 
 
 def flsa_loss_and_grad(features: Any, scores: Any, form: str = "direct",
@@ -42,24 +38,24 @@ def flsa_loss_and_grad(features: Any, scores: Any, form: str = "direct",
     matmuls, which run in the features' own library (its BLAS, its thread count)."""
     if form == "gram":
         return _gram_loss_and_grad(features, scores, with_grad)
-    host = _host(features)
-    dtype = np.float64 if host.dtype == np.float64 else np.float32
-    z = _float_array(host, dtype)
+    dtype = _kernel_dtype(features)
+    z = _float_array(_host(features), dtype)
     grad = np.empty_like(z)
     loss = native_module().flsa_forward_backward(z, _float_array(_host(scores), dtype), grad)
-    if hasattr(features, "detach"):
-        import torch
+    return loss, torch_module().from_numpy(grad) if hasattr(features, "detach") else grad
 
-        grad = torch.from_numpy(grad)
-    return loss, grad
+
+def _kernel_dtype(x: Any) -> type:
+    """The kernels' float type for ``x``: float64 for float64, else float32."""
+    return np.float64 if _host(x).dtype == np.float64 else np.float32
 
 
 def _gram_loss_and_grad(z: Any, s: Any, with_grad: bool) -> tuple[float, Any]:
     size, width = z.shape
     as_torch = hasattr(z, "detach")
+    dtype = _kernel_dtype(z)
     if not as_torch:
-        z, s = np.ascontiguousarray(z), np.ascontiguousarray(s, dtype=z.dtype)
-    dtype = _host(z).dtype
+        z, s = _float_array(z, dtype), _float_array(s, dtype)
 
     def empty(shape, kind=dtype):
         return numpy_allocated(shape, kind, as_torch)
@@ -154,7 +150,7 @@ def grid_accumulate(logits: Any, true_scores: Any, bin_values: Any, betas: Seque
     CPU arrays or tensors."""
     threads = _threads(logits)
     logits, true_scores, bin_values = _host(logits), _host(true_scores), _host(bin_values)
-    dtype = np.float64 if logits.dtype == np.float64 else np.float32
+    dtype = _kernel_dtype(logits)
     counts = np.zeros((len(betas), len(thresholds)))
     sums = np.zeros((len(betas), len(thresholds)))
     native_module().grid_accumulate(
